@@ -1,0 +1,37 @@
+# Thin wrappers: everything real happens in `trt-pipeline` (see `trt-pipeline --help`).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+RECIPE ?= recipes/resnet50.yaml
+STAMP  := $(VENV)/.installed
+MODELS := models/resnet50.onnx models/cleanup_needed.onnx models/two_input.onnx
+
+.PHONY: engine test check models clean-venv
+
+## engine: build the engines of RECIPE (default recipes/resnet50.yaml) into artifacts/
+engine: $(STAMP) $(MODELS)
+	$(BIN)/trt-pipeline build $(RECIPE)
+
+## test: run the test suite (real TensorRT-RTX builds on CPU)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## check: validate every shipped recipe without building
+check: $(STAMP) $(MODELS)
+	$(BIN)/trt-pipeline check recipes/*.yaml
+
+## models: generate the example models that are missing (seeded random weights)
+models: $(MODELS)
+
+# Generated only when missing: a model you put there yourself is never overwritten.
+models/%.onnx: | $(STAMP)
+	$(BIN)/python models/make_models.py $* $@
+
+# The virtualenv, created and filled on first use and again whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,146 @@
+"""trt-pipeline: the command line. One handler turns errors into one clear line and a trustworthy exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from pipeline import __version__
+from pipeline.errors import PipelineError, RecipeError
+
+STORE_ENV = "TRT_PIPELINE_STORE"
+EXIT_OK, EXIT_USER, EXIT_INTERRUPTED, EXIT_BUG = 0, 1, 130, 3
+
+EPILOG = """\
+examples:
+  trt-pipeline check recipes/*.yaml             validate recipes (schema, stage order, model I/O, backend)
+  trt-pipeline build recipes/resnet50.yaml      build one engine per target into artifacts/
+  trt-pipeline build recipes/resnet50.yaml --target sm89 --dry-run
+  trt-pipeline list                             what the store holds
+  trt-pipeline show resnet50@1.0.0 --tag sm89.rtx-1.7.1 --json
+
+artifacts are named NAME@VERSION (newest build), NAME@VERSION+BUILD, or by directory.
+exit codes: 0 ok, 1 user error or failed build, 2 cannot run here (no GPU), 3 internal error (a bug), 130 Ctrl-C.
+"""
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-v: TensorRT info, -vv: debug)")
+    common.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress lines")
+    common.add_argument("--store", metavar="DIR", type=Path,
+                        help=f"artifact store root (default: ${STORE_ENV} or ./artifacts)")
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common()
+    top = argparse.ArgumentParser(
+        prog="trt-pipeline", parents=[common], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build TensorRT engines from YAML recipes into a versioned, GPU-tagged artifact store.")
+    top.add_argument("--version", action="version", version=f"trt-pipeline {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, func: Callable, help_: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_, description=description,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    from pipeline import commands
+
+    p = command("check", commands.check, "validate recipes without building",
+                "Check recipes against the schema, the stage order, the model's inputs and outputs, and what the "
+                "chosen TensorRT backend supports. Every problem is reported at once as FILE:LINE:COL: key: message.")
+    p.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
+
+    p = command("build", commands.build, "build engines from a recipe",
+                "Run the recipe's stages (parse, graph-cleanup, network-flag, memory-pool, serialize) for each target "
+                "and publish one artifact directory per target. Progress goes to stderr; the artifact directories "
+                "written are printed on stdout, one per line, last.")
+    p.add_argument("recipe", type=Path, metavar="RECIPE")
+    p.add_argument("--target", action="append", default=[], metavar="T",
+                   help="build only this target (e.g. sm89 or local); repeatable; default: the recipe's targets")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and where artifacts would go; build nothing")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild even when an artifact with the same build key exists (default: reuse it)")
+
+    p = command("list", commands.list_, "list artifacts in the store",
+                "List published artifacts: name, version+build, GPU tag, engine size, validation status.")
+    p.add_argument("name", nargs="?", help="only this recipe name")
+
+    p = command("show", commands.show, "show one artifact's manifest",
+                "Show what produced an artifact: recipe, model hashes, backend, target, builder settings, validation.")
+    p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
+    p.add_argument("--tag", help="GPU tag, when the version was built for several")
+    return top
+
+
+def _setup_logging(args: argparse.Namespace) -> logging.Logger:
+    log = logging.getLogger("pipeline")
+    log.setLevel(logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.setLevel(logging.ERROR if args.quiet else
+                     [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
+    log.handlers[:] = [handler]
+    log.propagate = False
+    return log
+
+
+def _crash_log(error: BaseException) -> Path:
+    path = Path(tempfile.gettempdir()) / f"trt-pipeline-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    versions = {"trt-pipeline": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for module in ("tensorrt", "tensorrt_rtx", "onnx", "onnx_graphsurgeon", "polygraphy", "onnxruntime", "numpy"):
+        if module in sys.modules:
+            versions[module] = getattr(sys.modules[module], "__version__", "?")
+    path.write_text(json.dumps(versions, indent=2) + "\n\n" + "".join(traceback.format_exception(error)))
+    return path
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    args.store = args.store or Path(environ.get(STORE_ENV) or "artifacts")
+    args.environ = environ
+    log = _setup_logging(args)
+    try:
+        return args.func(args, log)
+    except RecipeError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        _hint(error)
+        return error.exit_code
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        _hint(error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: nothing was published by the interrupted step", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - the one place unexpected errors are reported
+        path = _crash_log(error)
+        print(f"internal error (this is a bug): {type(error).__name__}: {error}\n"
+              f"details and versions: {path}", file=sys.stderr)
+        return EXIT_BUG
+
+
+def _hint(error: PipelineError) -> None:
+    if error.hint:
+        print(f"hint: {error.hint}", file=sys.stderr)
+
+
+def emit_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2)
+    sys.stdout.write("\n")

@@ -1,0 +1,133 @@
+"""What each CLI command does. Each takes the parsed arguments and the project logger, returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from pipeline import backend as backends
+from pipeline import gpu, recipe as recipes, runner
+from pipeline.cli import emit_json
+from pipeline.errors import PipelineError, RecipeError
+from pipeline.store import Artifact, Store
+
+
+def _progress(args: argparse.Namespace) -> runner.Progress:
+    if args.quiet:
+        return lambda line: None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def _plan(path, target_names: tuple[str, ...] = ()) -> runner.Plan:
+    recipe = recipes.load(path)
+    try:
+        backend = backends.load(recipe.backend)
+    except PipelineError as error:
+        raise RecipeError([recipe.problem(("backend",), str(error))], hint=error.hint) from None
+    return runner.plan(recipe, backend, gpu.probe(), target_names)
+
+
+def check(args: argparse.Namespace, log: logging.Logger) -> int:
+    results = []
+    for path in args.recipes:
+        try:
+            plan = _plan(path)
+            results.append({"recipe": str(path), "ok": True, "problems": [],
+                            "targets": [t.tag for t in plan.targets], "backend": plan.backend.label()})
+        except RecipeError as error:
+            results.append({"recipe": str(path), "ok": False, "problems": error.problems})
+    if args.json:
+        emit_json(results)
+    else:
+        for result in results:
+            if result["ok"]:
+                print(f"ok   {result['recipe']} ({result['backend']}; {', '.join(result['targets'])})")
+            for problem in result["problems"]:
+                print(problem, file=sys.stderr)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def build(args: argparse.Namespace, log: logging.Logger) -> int:
+    plan = _plan(args.recipe, tuple(args.target))
+    store = Store(args.store)
+    if args.dry_run:
+        for line in runner.describe(plan, store):
+            print(line)
+        return 0
+    started = time.perf_counter()
+    outcomes = runner.build(plan, store, log, _progress(args), force=args.force)
+    if not args.quiet:
+        built = sum(not o.reused for o in outcomes)
+        print(f"built {built} engine(s), reused {len(outcomes) - built}, for {plan.recipe.name} "
+              f"{plan.recipe.version} with {plan.backend.label()} in {time.perf_counter() - started:.1f}s",
+              file=sys.stderr)
+    if args.json:
+        emit_json([{**_row(o.artifact), "reused": o.reused} for o in outcomes])
+    else:
+        for outcome in outcomes:
+            print(outcome.artifact.path)
+    return 0
+
+
+def _row(artifact: Artifact) -> dict:
+    manifest = artifact.manifest()
+    return {"ref": artifact.ref, "name": artifact.name, "version": artifact.version, "build": artifact.build,
+            "tag": artifact.tag, "path": str(artifact.path), "engine_bytes": manifest["engine"]["bytes"],
+            "created_at": manifest["build"]["created_at"], "validation": manifest["validation"]["status"]}
+
+
+def list_(args: argparse.Namespace, log: logging.Logger) -> int:
+    rows = [_row(a) for a in Store(args.store).artifacts(args.name)]
+    if args.json:
+        emit_json(rows)
+        return 0
+    if not rows:
+        print(f"no artifacts in {args.store}", file=sys.stderr)
+        return 0
+    header = ("ARTIFACT", "TAG", "ENGINE", "VALIDATION", "CREATED")
+    table = [header] + [(r["ref"], r["tag"], _size(r["engine_bytes"]), r["validation"], r["created_at"])
+                        for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return str(nbytes)
+
+
+def show(args: argparse.Namespace, log: logging.Logger) -> int:
+    artifact = Store(args.store).resolve(args.artifact, args.tag)
+    manifest = artifact.manifest()
+    if args.json:
+        emit_json({"path": str(artifact.path), **manifest})
+        return 0
+    m = manifest
+    lines = [
+        ("artifact", f"{artifact.ref} [{artifact.tag}]"),
+        ("path", str(artifact.path)),
+        ("recipe", f"{m['recipe']['path']} (sha256 {m['recipe']['sha256']})"),
+        ("model", f"{m['model']['path']} (sha256 {m['model']['sha256']})"),
+        ("cleaned", f"{m['model']['cleaned_file'] or '(no graph-cleanup)'} (sha256 {m['model']['cleaned_sha256']})"),
+        ("inputs", ", ".join(f"{n} {v['dtype']}{v['shape']}" for n, v in m["model"]["inputs"].items())),
+        ("outputs", ", ".join(f"{n} {v['dtype']}{v['shape']}" for n, v in m["model"]["outputs"].items())),
+        ("backend", f"{m['backend']['name']} {m['backend']['version']}"),
+        ("target", f"{m['target']['tag']} (compute capability {m['target']['compute_capability']})"),
+        ("network", ", ".join(m["network"]["flags"]) or "(no creation flags)"),
+        ("pools", ", ".join(f"{k}={_size(v)}" for k, v in m["config"]["memory_pools"].items()) or "(defaults)"),
+        ("opt level", str(m["config"]["builder_optimization_level"])),
+        ("engine", f"{m['engine']['file']} {_size(m['engine']['bytes'])} (sha256 {m['engine']['sha256']})"),
+        ("built", f"{m['build']['created_at']} on {m['build']['host']} in {m['build']['duration_s']}s "
+                  f"(build key {m['build']['key'][:16]})"),
+        ("validation", f"{m['validation']['status']}: {m['validation'].get('reason') or ''}".rstrip(": ")),
+    ]
+    for key, value in lines:
+        print(f"{key:<11} {value}")
+    return 0

@@ -1,0 +1,45 @@
+"""The state one build carries from stage to stage. Stages read what earlier stages left here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.backend import Backend
+from pipeline.recipe import Recipe
+from pipeline.target import Target
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    backend: Backend
+    scratch: Path  # private working directory for this build, inside the store
+    log: logging.Logger
+    trt_logger: Any
+    # parse
+    model: Any = None  # onnx.ModelProto, weights loaded only when graph-cleanup needs them
+    model_record: dict = field(default_factory=dict)
+    # graph-cleanup (or the original model when there is no cleanup)
+    onnx_path: Path | None = None
+    cleaned_path: Path | None = None
+    cleaned_sha256: str | None = None
+    cleanup_record: dict = field(default_factory=dict)
+    # per target: network-flag, memory-pool, serialize
+    target: Target | None = None
+    staged: Path | None = None  # the artifact directory being written for this target
+    builder: Any = None
+    network: Any = None
+    parser: Any = None  # the network borrows the parser's weights: it lives as long as the network
+    network_record: dict = field(default_factory=dict)
+    config: Any = None
+    config_record: dict = field(default_factory=dict)
+    timing_cache: Any = None
+    engine_path: Path | None = None
+
+    def for_target(self, target: Target, staged: Path) -> "Context":
+        """A copy for one target: shared results carried over, per-target state fresh."""
+        return replace(self, target=target, staged=staged, builder=None, network=None, parser=None,
+                       network_record={}, config=None, config_record={}, timing_cache=None, engine_path=None)

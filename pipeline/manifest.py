@@ -1,0 +1,95 @@
+"""manifest.json: exactly what produced an engine, so that anyone can reproduce it."""
+
+from __future__ import annotations
+
+import platform
+import socket
+import time
+from importlib import metadata
+from typing import Any
+
+from pipeline import __version__
+from pipeline.backend import Backend
+from pipeline.context import Context
+from pipeline.digest import file_sha256, json_sha256, plain
+from pipeline.recipe import STAGE_ORDER, Recipe
+from pipeline.target import Target
+
+SCHEMA = 1
+KEY_STAGES = ("network-flag", "memory-pool", "serialize")
+TOOLS = ("onnx", "onnx-graphsurgeon", "onnxruntime", "numpy")
+
+
+def _settings(recipe: Recipe, stages: tuple[str, ...]) -> dict:
+    """Stage settings as written (an absent stage is None), with the timing cache named by content."""
+    settings = {stage: plain(recipe.stages.get(stage)) for stage in stages}
+    cache = recipe.spec("serialize").timing_cache
+    if settings.get("serialize") and cache:
+        settings["serialize"]["timing_cache"] = file_sha256(cache.path) if cache.path.is_file() else None
+    return settings
+
+
+def build_key_inputs(recipe: Recipe, cleaned_sha256: str, backend: Backend, target: Target) -> dict:
+    """Everything that determines the engine bytes, and nothing cosmetic (names, paths, comments)."""
+    return {
+        "settings": _settings(recipe, KEY_STAGES),
+        "cleaned_sha256": cleaned_sha256,
+        "backend": {"name": backend.name, "version": backend.version},
+        "target": target.sm,
+    }
+
+
+def build_key(recipe: Recipe, cleaned_sha256: str, backend: Backend, target: Target) -> str:
+    return json_sha256(build_key_inputs(recipe, cleaned_sha256, backend, target))
+
+
+def source_key(recipe: Recipe, model: dict, backend: Backend, target: Target) -> str:
+    """Like the build key, but from the inputs before any stage runs: the original model's hashes, every
+    stage's settings and the versions of the tools that transform the graph. Cheap to compute, so an
+    unchanged rebuild can be recognised without parsing or cleaning the model."""
+    return json_sha256({
+        "settings": _settings(recipe, STAGE_ORDER),
+        "model": {"sha256": model["sha256"], "external_data": [d["sha256"] for d in model["external_data"]]},
+        "backend": {"name": backend.name, "version": backend.version},
+        "target": target.sm,
+        "tools": {name: _version(name) for name in TOOLS} | {"trt-pipeline": __version__},
+    })
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def manifest(ctx: Context, stages: list[dict[str, Any]], started: float) -> dict:
+    recipe, target = ctx.recipe, ctx.target
+    engine = ctx.engine_path
+    model = dict(ctx.model_record)
+    model.update(cleaned_sha256=ctx.cleaned_sha256,
+                 cleaned_file=ctx.cleaned_path.name if ctx.cleaned_path else None)
+    return {
+        "schema": SCHEMA,
+        "recipe": {"name": recipe.name, "version": recipe.version, "path": str(recipe.path.resolve()),
+                   "sha256": recipe.sha256},
+        "model": model,
+        "cleanup": ctx.cleanup_record or None,
+        "backend": {"name": ctx.backend.name, "version": ctx.backend.version},
+        "target": {"name": target.name, "tag": target.tag, "compute_capability": target.compute_capability,
+                   "gpu": target.gpu},
+        "network": ctx.network_record,
+        "config": ctx.config_record,
+        "engine": {"file": engine.name, "sha256": file_sha256(engine), "bytes": engine.stat().st_size},
+        "build": {
+            "number": None,  # set by the store when it publishes
+            "key": build_key(recipe, ctx.cleaned_sha256, ctx.backend, target),
+            "source_key": source_key(recipe, ctx.model_record, ctx.backend, target),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "duration_s": round(sum(stage["seconds"] for stage in stages), 3),
+            "host": socket.gethostname(),
+            "tool": {"name": "trt-pipeline", "version": __version__, "python": platform.python_version()},
+            "stages": stages,
+        },
+        "validation": {"status": "not-run", "reason": "no validation has run on this artifact yet"},
+    }

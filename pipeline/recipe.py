@@ -1,0 +1,443 @@
+"""Recipes: load the YAML keeping line marks, validate against the schema, apply defaults, freeze.
+
+Nothing past `load()` sees a raw dict: stages get typed, immutable specs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping
+
+import yaml
+
+from pipeline.errors import RecipeError
+
+KeyPath = tuple[str | int, ...]
+
+STAGE_ORDER = ("parse", "graph-cleanup", "network-flag", "memory-pool", "serialize")
+OPTIONAL_STAGES = frozenset({"graph-cleanup"})
+
+_UNITS = {
+    "": 1, "B": 1,
+    "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+    "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
+}
+_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)$")
+
+
+def size_bytes(value: int | str) -> int:
+    """'2GiB' -> 2147483648; ints are bytes. The schema has already checked the form."""
+    if isinstance(value, int):
+        return value
+    number, unit = _SIZE.match(value.strip()).groups()  # type: ignore[union-attr]
+    return int(float(number) * _UNITS[unit])
+
+
+# ---------------------------------------------------------------- frozen types
+
+
+@dataclass(frozen=True)
+class InputProfile:
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def shape(self, which: str) -> tuple[int, ...]:
+        return getattr(self, which)
+
+
+@dataclass(frozen=True)
+class ParseSpec:
+    check: bool = True
+    infer_shapes: bool = True
+
+
+@dataclass(frozen=True)
+class CleanupSpec:
+    fold_constants: bool = True
+    freeze_inputs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    override_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    passes: tuple[str, ...] = ("cleanup", "toposort")
+
+
+@dataclass(frozen=True)
+class FlagSpec:
+    explicit_batch: bool = True
+    strongly_typed: bool = False
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    limits: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # pool -> bytes
+
+
+@dataclass(frozen=True)
+class TimingCache:
+    path: Path
+    sha256: str | None = None
+    error_on_miss: bool = False
+
+
+@dataclass(frozen=True)
+class SerializeSpec:
+    builder_optimization_level: int = 3
+    profiles: tuple[tuple[InputProfile, ...], ...] = ()
+    flags: tuple[str, ...] = ()
+    hardware_compatibility: str = "none"
+    timing_cache: TimingCache | None = None
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+
+
+@dataclass(frozen=True)
+class ValidateSpec:
+    reference: str = "onnxruntime"
+    atol: float = 1e-3
+    rtol: float = 1e-3
+    outputs: Mapping[str, Tolerance] = field(default_factory=lambda: MappingProxyType({}))
+    shapes: tuple[str, ...] = ("opt",)
+    seed: int = 0
+
+    def tolerance(self, output: str) -> Tolerance:
+        return self.outputs.get(output, Tolerance(self.atol, self.rtol))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    sha256: str
+    name: str
+    version: str
+    model_path: Path
+    model_sha256: str | None
+    backend: str
+    targets: tuple[str, ...]
+    stages: Mapping[str, Any]  # stage name -> spec, in recipe order
+    validate: ValidateSpec | None
+    marks: Mapping[KeyPath, tuple[int, int]] = field(repr=False, compare=False)
+
+    def spec(self, stage: str) -> Any:
+        """The spec of a stage, or the defaults when the recipe leaves an optional stage out."""
+        if stage in self.stages:
+            return self.stages[stage]
+        return _SPEC_TYPES[stage]()
+
+    def where(self, path: KeyPath) -> str:
+        """'recipes/x.yaml:14:7' for the closest marked key path."""
+        while path not in self.marks and path:
+            path = path[:-1]
+        line, col = self.marks.get(path, (1, 1))
+        return f"{self.path}:{line}:{col}"
+
+    def problem(self, path: KeyPath, message: str) -> str:
+        return f"{self.where(path)}: {dotted(path)}: {message}"
+
+    def stage_path(self, stage: str, *rest: str | int) -> KeyPath:
+        index = list(self.stages).index(stage) if stage in self.stages else 0
+        return ("stages", index, stage, *rest)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(path: str | Path) -> Recipe:
+    """Read, validate (every problem at once) and freeze a recipe. Raises RecipeError."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise RecipeError([f"{path}: cannot read recipe: {error.strerror}"]) from None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise RecipeError([f"{where}: invalid YAML: {error.problem or error.context}"]) from None
+    marks: dict[KeyPath, tuple[int, int]] = {}
+    problems = [f"{path}:{line}:{col}: {dotted(p)}: duplicate key" for p, (line, col) in _walk(node, (), marks)]
+    if not isinstance(data, dict):
+        raise RecipeError([f"{path}:1:1: (top): expected a mapping with name, version, model, targets, stages"])
+    problems += _schema_problems(path, data, marks)
+    if not problems:
+        problems += _order_problems(path, data, marks)
+    if problems:
+        raise RecipeError(problems)
+    recipe = _freeze(path, raw, data, marks)
+    problems = _profile_problems(recipe)
+    if problems:
+        raise RecipeError(problems)
+    return recipe
+
+
+def _walk(node: yaml.Node | None, path: KeyPath, marks: dict) -> Iterator[tuple[KeyPath, tuple[int, int]]]:
+    """Record (line, col) of every value; yield duplicate keys."""
+    if node is None:
+        return
+    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            child = (*path, key.value)
+            key_mark = (key.start_mark.line + 1, key.start_mark.column + 1)
+            if key.value in seen:
+                yield child, key_mark
+            seen.add(key.value)
+            yield from _walk(value, child, marks)
+            marks[(*child, "<key>")] = key_mark
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _walk(item, (*path, index), marks)
+
+
+def dotted(path: KeyPath) -> str:
+    """('stages', 2, 'memory-pool', 'workspace') -> 'stages[2].memory-pool.workspace'."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top)"
+
+
+def _position(path: Path, marks: Mapping, key_path: KeyPath, at_key: bool = False) -> str:
+    probe = (*key_path, "<key>") if at_key else key_path
+    while probe not in marks and probe:
+        probe = probe[:-1]
+    line, col = marks.get(probe, (1, 1))
+    return f"{path}:{line}:{col}"
+
+
+# ---------------------------------------------------------------- schema
+
+
+def schema() -> dict:
+    return json.loads(resources.files("pipeline").joinpath("recipe.schema.json").read_text())
+
+
+def _schema_problems(path: Path, data: dict, marks: Mapping) -> list[str]:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    found: list[tuple[tuple[int, int], str]] = []
+    for error in validator.iter_errors(data):
+        for key_path, message, at_key in _explain(error):
+            where = _position(path, marks, key_path, at_key)
+            line, col = (int(x) for x in where.rsplit(":", 2)[1:])
+            found.append(((line, col), f"{where}: {dotted(key_path)}: {message}"))
+    return [text for _, text in sorted(set(found))]
+
+
+def _explain(error: Any) -> list[tuple[KeyPath, str, bool]]:
+    """Turn one jsonschema error into (key path, message, point-at-key) triples users can act on."""
+    key_path: KeyPath = tuple(error.absolute_path)
+    schema_: dict = error.schema if isinstance(error.schema, dict) else {}
+    kind, value = error.validator, error.instance
+    if kind == "additionalProperties":
+        known = sorted(schema_.get("properties", {}))
+        extra = [k for k in value if k not in schema_.get("properties", {})]
+        return [((*key_path, k), _unknown_key(k, known), True) for k in extra]
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in value]
+        return [((*key_path, k), "required key is missing", False) for k in missing]
+    if "x-expected" in schema_ and kind in {"pattern", "type", "minimum", "minProperties", "maxProperties"}:
+        return [(key_path, f"expected {schema_['x-expected']}, got {_show(value)}", False)]
+    messages = {
+        "type": lambda: f"expected {_types(error.validator_value)}, got {_show(value)}",
+        "enum": lambda: f"expected one of {', '.join(map(repr, error.validator_value))}, got {_show(value)}",
+        "minimum": lambda: f"expected a number >= {error.validator_value}, got {_show(value)}",
+        "maximum": lambda: f"expected a number <= {error.validator_value}, got {_show(value)}",
+        "minItems": lambda: f"expected at least {error.validator_value} item(s), got {len(value)}",
+        "uniqueItems": lambda: f"expected unique items, got {_show(value)}",
+        "minLength": lambda: "expected a non-empty string",
+        "minProperties": lambda: f"expected at least {error.validator_value} key(s)",
+    }
+    return [(key_path, messages.get(kind, lambda: error.message)(), False)]
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown key{hint}; expected one of {', '.join(known)}"
+
+
+def _types(names: str | list[str]) -> str:
+    words = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+             "number": "a number", "boolean": "true or false", "null": "nothing"}
+    names = [names] if isinstance(names, str) else names
+    return " or ".join(words.get(n, n) for n in names)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ---------------------------------------------------------------- semantic checks
+
+
+def _order_problems(path: Path, data: dict, marks: Mapping) -> list[str]:
+    """The five stages, each once, in pipeline order; graph-cleanup may be left out."""
+    names = [next(iter(item)) for item in data["stages"]]
+    problems = []
+    for index, name in enumerate(names):
+        if names.index(name) != index:
+            where = _position(path, marks, ("stages", index), False)
+            problems.append(f"{where}: stages[{index}]: stage '{name}' appears twice; each stage runs once")
+    if problems:
+        return problems
+    expected = [s for s in STAGE_ORDER if s in names or s not in OPTIONAL_STAGES]
+    missing = [s for s in expected if s not in names]
+    if missing:
+        where = _position(path, marks, ("stages",), True)
+        return [f"{where}: stages: missing stage(s) {', '.join(missing)}; order is {_order_text()}"]
+    for index, (got, want) in enumerate(zip(names, expected)):
+        if got != want:
+            where = _position(path, marks, ("stages", index), False)
+            return [f"{where}: stages[{index}]: expected stage '{want}' here, got '{got}'; order is {_order_text()}"]
+    return []
+
+
+def _order_text() -> str:
+    return " -> ".join(f"{s} (optional)" if s in OPTIONAL_STAGES else s for s in STAGE_ORDER)
+
+
+def _profile_problems(recipe: Recipe) -> list[str]:
+    problems = []
+    for p, profile in enumerate(recipe.spec("serialize").profiles):
+        for item in profile:
+            at = recipe.stage_path("serialize", "profiles", p, item.name)
+            if not len(item.min) == len(item.opt) == len(item.max):
+                problems.append(recipe.problem(at, f"min, opt and max must have the same rank, got "
+                                                   f"{len(item.min)}, {len(item.opt)}, {len(item.max)}"))
+            elif not all(a <= b <= c for a, b, c in zip(item.min, item.opt, item.max)):
+                problems.append(recipe.problem(at, f"expected min <= opt <= max in every dimension, got "
+                                                   f"min {list(item.min)}, opt {list(item.opt)}, max {list(item.max)}"))
+    return problems
+
+
+def check_model_io(recipe: Recipe, inputs: Mapping[str, list], outputs: Mapping[str, list]) -> list[str]:
+    """Problems where the recipe names inputs/outputs the model does not have, or shapes of the wrong rank.
+
+    `inputs`/`outputs` map names to shapes as the model declares them (str for symbolic dims).
+    """
+    problems = []
+
+    def unknown(at: KeyPath, name: str, known: Mapping[str, list], what: str) -> None:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        problems.append(recipe.problem(at, f"model has no {what} '{name}'{hint}; its {what}s are "
+                                           f"{', '.join(known) or 'none'}"))
+
+    for p, profile in enumerate(recipe.spec("serialize").profiles):
+        for item in profile:
+            at = recipe.stage_path("serialize", "profiles", p, item.name)
+            if item.name not in inputs:
+                unknown(at, item.name, inputs, "input")
+            elif len(inputs[item.name]) != len(item.min):
+                problems.append(recipe.problem(at, f"input '{item.name}' has rank {len(inputs[item.name])} "
+                                                   f"{inputs[item.name]}, profile shapes have rank {len(item.min)}"))
+    cleanup = recipe.spec("graph-cleanup")
+    for key in ("freeze_inputs", "override_shapes"):
+        for name in getattr(cleanup, key):
+            if name not in inputs:
+                unknown(recipe.stage_path("graph-cleanup", key, name), name, inputs, "input")
+    if recipe.validate:
+        for name in recipe.validate.outputs:
+            if name not in outputs:
+                unknown(("validate", "outputs", name), name, outputs, "output")
+    return problems
+
+
+# ---------------------------------------------------------------- freezing
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _parse_spec(body: dict, base: Path) -> ParseSpec:
+    return ParseSpec(**body)
+
+
+def _cleanup_spec(body: dict, base: Path) -> CleanupSpec:
+    return CleanupSpec(**{k: _frozen(v) for k, v in body.items()})
+
+
+def _flag_spec(body: dict, base: Path) -> FlagSpec:
+    return FlagSpec(**body)
+
+
+def _pool_spec(body: dict, base: Path) -> PoolSpec:
+    return PoolSpec(MappingProxyType({k: size_bytes(v) for k, v in body.items()}))
+
+
+def _serialize_spec(body: dict, base: Path) -> SerializeSpec:
+    body = dict(body)
+    profiles = tuple(
+        tuple(InputProfile(name, tuple(s["min"]), tuple(s["opt"]), tuple(s["max"])) for name, s in profile.items())
+        for profile in body.pop("profiles", [])
+    )
+    cache = body.pop("timing_cache", None)
+    if cache:
+        cache = TimingCache(path=(base / cache["path"]).resolve(), sha256=cache.get("sha256"),
+                            error_on_miss=cache.get("error_on_miss", False))
+    return SerializeSpec(profiles=profiles, timing_cache=cache, flags=tuple(body.pop("flags", ())), **body)
+
+
+_FREEZERS = {"parse": _parse_spec, "graph-cleanup": _cleanup_spec, "network-flag": _flag_spec,
+             "memory-pool": _pool_spec, "serialize": _serialize_spec}
+_SPEC_TYPES = {"parse": ParseSpec, "graph-cleanup": CleanupSpec, "network-flag": FlagSpec,
+               "memory-pool": PoolSpec, "serialize": SerializeSpec}
+
+
+def _freeze(path: Path, raw: bytes, data: dict, marks: dict) -> Recipe:
+    base = path.resolve().parent
+    stages = {}
+    for item in data["stages"]:
+        (name, body), = item.items()
+        stages[name] = _FREEZERS[name](body or {}, base)
+    validate = None
+    if "validate" in data:
+        body = dict(data["validate"])
+        outputs = body.pop("outputs", {})
+        atol, rtol = body.get("atol", 1e-3), body.get("rtol", 1e-3)
+        validate = ValidateSpec(
+            **{k: _frozen(v) for k, v in body.items()},
+            outputs=MappingProxyType({n: Tolerance(t.get("atol", atol), t.get("rtol", rtol)) for n, t in outputs.items()}),
+        )
+    model = data["model"]
+    return Recipe(
+        path=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        name=data["name"],
+        version=data["version"],
+        model_path=(base / model["path"]).resolve(),
+        model_sha256=model.get("sha256"),
+        backend=data.get("backend", "auto"),
+        targets=tuple(data["targets"]),
+        stages=MappingProxyType(stages),
+        validate=validate,
+        marks=MappingProxyType(marks),
+    )

@@ -1,0 +1,191 @@
+"""Run a recipe's stages in order: shared stages once, per-target stages for each target; time and report."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pipeline import capability
+from pipeline.backend import Backend, make_logger
+from pipeline.context import Context
+from pipeline.errors import PipelineError, RecipeError
+from pipeline.gpu import Probe
+from pipeline.manifest import build_key, manifest, source_key
+from pipeline.recipe import Recipe
+from pipeline.stages import PER_TARGET, STAGES
+from pipeline.stages.parse import digests, preflight
+from pipeline.store import Artifact, Store, write_bytes
+from pipeline.target import Target
+
+BUILD_LOG = "build.log"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: Recipe
+    backend: Backend
+    targets: tuple[Target, ...]
+    stages: tuple[str, ...]
+
+
+def plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tuple[str, ...] = ()) -> Plan:
+    """Check everything that can be checked before building; raise every problem at once."""
+    targets, problems = capability.targets(recipe, backend, probe, target_names)
+    problems += capability.problems(recipe, backend, probe) + preflight(recipe)
+    if problems:
+        raise RecipeError(problems)
+    return Plan(recipe, backend, tuple(targets), tuple(recipe.stages))
+
+
+def describe(plan_: Plan, store: Store) -> list[str]:
+    """The --dry-run text: what would run, with which settings, and where it would go."""
+    recipe = plan_.recipe
+    lines = [f"{recipe.name} {recipe.version} from {recipe.path} (sha256 {recipe.sha256[:12]})",
+             f"  backend  {plan_.backend.label()}",
+             f"  model    {recipe.model_path}",
+             f"  stages   {' -> '.join(plan_.stages)}"]
+    for stage in plan_.stages:
+        lines.append(f"    {stage:<14} {_settings(recipe, stage)}")
+    for target in plan_.targets:
+        builds = [a.build for a in store.artifacts(recipe.name) if a.version == recipe.version and a.tag == target.tag]
+        number = max(builds, default=0) + 1
+        version = recipe.version if number == 1 else f"{recipe.version}+{number}"
+        lines.append(f"  target   {target.name:<6} -> {store.root / recipe.name / version / target.tag}")
+    return lines
+
+
+def _settings(recipe: Recipe, stage: str) -> str:
+    from pipeline.digest import canonical_json, plain
+
+    return canonical_json(plain(recipe.spec(stage)))
+
+
+def _run_stage(name: str, ctx: Context, number: int, total: int, progress: Progress) -> dict:
+    label = f"{name} {ctx.target.name}" if name in PER_TARGET and ctx.target else name
+    start = time.perf_counter()
+    try:
+        STAGES[name](ctx)
+    except PipelineError as error:
+        ctx.log.error("stage %s failed: %s", label, error)
+        raise
+    except Exception:
+        ctx.log.exception("stage %s crashed", label)
+        raise
+    seconds = round(time.perf_counter() - start, 3)
+    progress(f"[{number}/{total}] {label:<24} {seconds:7.2f}s")
+    return {"name": name, "target": ctx.target.name if name in PER_TARGET and ctx.target else None,
+            "seconds": seconds}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    target: Target
+    artifact: Artifact
+    reused: bool  # True when an artifact with the same key already existed
+
+
+def _reusable(store: Store, recipe: Recipe, field: str, key: str) -> Artifact | None:
+    """The newest artifact of this recipe name and version whose manifest has build[field] == key."""
+    for artifact in reversed(store.artifacts(recipe.name)):
+        if artifact.version == recipe.version and artifact.manifest()["build"].get(field) == key:
+            return artifact
+    return None
+
+
+def build(plan_: Plan, store: Store, log: logging.Logger, progress: Progress = lambda line: None,
+          force: bool = False, annotate: dict | None = None) -> list[Outcome]:
+    """Build every target of the plan, reusing artifacts whose key is unchanged unless `force`.
+
+    Skip predicates, cheapest first: the source key (hashes of the recipe settings and original model,
+    before any stage runs), then the build key (after graph-cleanup, from the cleaned model's hash).
+    `annotate` is merged into each new manifest (e.g. where a promotion came from).
+    Nothing half-written survives a failure: every target is staged and renamed into place whole.
+    """
+    recipe, backend = plan_.recipe, plan_.backend
+    model = digests(recipe.model_path)
+    done: dict[Target, Outcome] = {}
+    for target in plan_.targets:
+        hit = None if force else _reusable(store, recipe, "source_key", source_key(recipe, model, backend, target))
+        if hit:
+            progress(f"[skip] {target.name:<6} unchanged recipe and model (source key): reusing {hit.ref} {hit.tag}")
+            done[target] = Outcome(target, hit, reused=True)
+    todo = [t for t in plan_.targets if t not in done]
+    if todo:
+        _build_targets(plan_, todo, model, store, log, progress, force, annotate or {}, done)
+    reused = sum(o.reused for o in done.values())
+    if reused:
+        progress(f"{reused} of {len(plan_.targets)} target(s) skipped (unchanged); use --force to rebuild")
+    return [done[t] for t in plan_.targets]
+
+
+def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, log: logging.Logger,
+                   progress: Progress, force: bool, annotate: dict, done: dict) -> None:
+    recipe, backend = plan_.recipe, plan_.backend
+    shared = [s for s in plan_.stages if s not in PER_TARGET]
+    per_target = [s for s in plan_.stages if s in PER_TARGET]
+    total = len(plan_.stages)
+    with store.staging(recipe.name) as scratch, _build_log(log, scratch / BUILD_LOG) as handler:
+        ctx = Context(recipe, backend, scratch, log, make_logger(backend, log.getChild("trt")), model_record=model)
+        timings = [_run_stage(name, ctx, i + 1, total, progress) for i, name in enumerate(shared)]
+        shared_log = handler.stream.tell()
+        for target in todo:
+            key = build_key(recipe, ctx.cleaned_sha256, backend, target)
+            hit = None if force else _reusable(store, recipe, "key", key)
+            if hit:
+                progress(f"[skip] {target.name:<6} unchanged cleaned model and settings (build key): "
+                         f"reusing {hit.ref} {hit.tag}")
+                done[target] = Outcome(target, hit, reused=True)
+                continue
+            target_log = handler.stream.tell()
+            with store.staging(f"{recipe.name}-{target.sm}") as staged:
+                tctx = ctx.for_target(target, staged)
+                stage_times = timings + [_run_stage(name, tctx, len(shared) + i + 1, total, progress)
+                                         for i, name in enumerate(per_target)]
+                _link_shared_files(tctx, staged)
+                handler.flush()
+                _copy_log(scratch / BUILD_LOG, staged / BUILD_LOG, shared_log, target_log)
+                record = manifest(tctx, stage_times, started=time.time())
+                record.update(annotate)
+                artifact = store.publish(recipe.name, recipe.version, target.tag, staged, record)
+                log.info("published %s", artifact.path)
+                done[target] = Outcome(target, artifact, reused=False)
+
+
+@contextlib.contextmanager
+def _build_log(log: logging.Logger, path: Path) -> Iterator[logging.FileHandler]:
+    """Everything at INFO and above (TensorRT's messages included) also goes to `path` during the build."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _copy_log(source: Path, dest: Path, shared_end: int, target_start: int) -> None:
+    """The shared stages' part of the log, then this target's part only."""
+    data = source.read_bytes()
+    write_bytes(dest, data[:shared_end] + data[target_start:])
+
+
+def _link_shared_files(ctx: Context, staged: Path) -> None:
+    """The cleaned model (and its external data) next to the engine: hard links when possible."""
+    if ctx.cleaned_path is None:
+        return
+    for source in ctx.cleaned_path.parent.glob(f"{ctx.cleaned_path.name}*"):
+        try:
+            os.link(source, staged / source.name)
+        except OSError:
+            shutil.copyfile(source, staged / source.name)

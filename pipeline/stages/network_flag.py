@@ -1,0 +1,59 @@
+"""network-flag: create the network with the recipe's creation flags, then let the ONNX parser fill it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.backend import Backend
+from pipeline.context import Context
+from pipeline.errors import BuildError
+from pipeline.recipe import FlagSpec
+
+
+def creation_flags(spec: FlagSpec, backend: Backend) -> tuple[int, list[str], list[str]]:
+    """(bit mask, flags set, notes) for this backend. EXPLICIT_BATCH only exists before TensorRT 10 matters;
+    STRONGLY_TYPED is always on in TensorRT 11, so it is not set there."""
+    mask, names, notes = 0, [], []
+    explicit = backend.member("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH")
+    if spec.explicit_batch:
+        if explicit is not None and not backend.is_rtx and backend.major < 10:
+            mask |= 1 << int(explicit)
+            names.append("EXPLICIT_BATCH")
+        else:
+            notes.append(f"explicit batch is the only mode in {backend.label()}; EXPLICIT_BATCH not set")
+    if spec.strongly_typed:
+        if not backend.is_rtx and backend.major >= 11:
+            notes.append(f"{backend.label()} is always strongly typed; STRONGLY_TYPED not set")
+        else:
+            mask |= 1 << int(backend.require("NetworkDefinitionCreationFlag", "STRONGLY_TYPED", "strongly_typed"))
+            names.append("STRONGLY_TYPED")
+    return mask, names, notes
+
+
+def parser_errors(parser: Any) -> list[str]:
+    """Every error the ONNX parser recorded, as 'node NAME (OP): DESCRIPTION'."""
+    found = []
+    for index in range(parser.num_errors):
+        error = parser.get_error(index)
+        name = error.node_name() if hasattr(error, "node_name") else f"#{error.node()}"
+        op = error.node_operator() if hasattr(error, "node_operator") else "?"
+        found.append(f"node '{name or '?'}' ({op or '?'}): {error.desc()}")
+    return found
+
+
+def network_from_onnx(ctx: Context) -> None:
+    trt = ctx.backend.trt
+    mask, names, notes = creation_flags(ctx.recipe.spec("network-flag"), ctx.backend)
+    for note in notes:
+        ctx.log.info("network-flag: %s", note)
+    ctx.builder = trt.Builder(ctx.trt_logger)
+    ctx.network = ctx.builder.create_network(mask)
+    parser = trt.OnnxParser(ctx.network, ctx.trt_logger)
+    if not parser.parse_from_file(str(ctx.onnx_path)):
+        errors = parser_errors(parser) or ctx.trt_logger.errors[-1:] or ["no detail given"]
+        for line in errors:
+            ctx.log.error("ONNX parser: %s", line)
+        raise BuildError(f"network-flag: the TensorRT ONNX parser reported {len(errors)} error(s) in "
+                         f"{ctx.onnx_path.name}; first: {errors[0]}", hint="run with -v to see every message")
+    ctx.parser = parser
+    ctx.network_record = {"flags": names, "notes": notes, "layers": ctx.network.num_layers}
