@@ -33,21 +33,24 @@ exit codes: 0 ok, 1 user error or failed build, 2 cannot run here (no GPU), 3 in
 """
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(top: bool) -> argparse.ArgumentParser:
+    """Options accepted before or after the command. Sub-commands leave unset values alone (SUPPRESS),
+    so `trt-pipeline --store D list` and `trt-pipeline list --store D` mean the same."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more log output (-v: TensorRT info, -vv: debug)")
-    common.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress lines")
+    unset = {} if top else {"default": argparse.SUPPRESS}
+    common.add_argument("-v", "--verbose", action="count", help="more log output (-v: TensorRT info, -vv: debug)",
+                        **(unset or {"default": 0}))
+    common.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress lines", **unset)
     common.add_argument("--store", metavar="DIR", type=Path,
-                        help=f"artifact store root (default: ${STORE_ENV} or ./artifacts)")
-    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+                        help=f"artifact store root (default: ${STORE_ENV} or ./artifacts)", **unset)
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout", **unset)
     return common
 
 
 def parser() -> argparse.ArgumentParser:
-    common = _common()
+    common = _common(top=False)
     top = argparse.ArgumentParser(
-        prog="trt-pipeline", parents=[common], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="trt-pipeline", parents=[_common(top=True)], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build TensorRT engines from YAML recipes into a versioned, GPU-tagged artifact store.")
     top.add_argument("--version", action="version", version=f"trt-pipeline {__version__}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -58,32 +61,9 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    from pipeline import commands
+    from pipeline.commands import register_all
 
-    p = command("check", commands.check, "validate recipes without building",
-                "Check recipes against the schema, the stage order, the model's inputs and outputs, and what the "
-                "chosen TensorRT backend supports. Every problem is reported at once as FILE:LINE:COL: key: message.")
-    p.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
-
-    p = command("build", commands.build, "build engines from a recipe",
-                "Run the recipe's stages (parse, graph-cleanup, network-flag, memory-pool, serialize) for each target "
-                "and publish one artifact directory per target. Progress goes to stderr; the artifact directories "
-                "written are printed on stdout, one per line, last.")
-    p.add_argument("recipe", type=Path, metavar="RECIPE")
-    p.add_argument("--target", action="append", default=[], metavar="T",
-                   help="build only this target (e.g. sm89 or local); repeatable; default: the recipe's targets")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and where artifacts would go; build nothing")
-    p.add_argument("--force", action="store_true",
-                   help="rebuild even when an artifact with the same build key exists (default: reuse it)")
-
-    p = command("list", commands.list_, "list artifacts in the store",
-                "List published artifacts: name, version+build, GPU tag, engine size, validation status.")
-    p.add_argument("name", nargs="?", help="only this recipe name")
-
-    p = command("show", commands.show, "show one artifact's manifest",
-                "Show what produced an artifact: recipe, model hashes, backend, target, builder settings, validation.")
-    p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
-    p.add_argument("--tag", help="GPU tag, when the version was built for several")
+    register_all(command)
     return top
 
 
@@ -94,6 +74,8 @@ def _setup_logging(args: argparse.Namespace) -> logging.Logger:
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     handler.setLevel(logging.ERROR if args.quiet else
                      [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
+    if not args.verbose:  # TensorRT's own messages: in every build.log, on the terminal with -v
+        handler.addFilter(lambda record: not record.name.startswith("pipeline.trt"))
     log.handlers[:] = [handler]
     log.propagate = False
     return log

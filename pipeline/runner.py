@@ -73,7 +73,7 @@ def _run_stage(name: str, ctx: Context, number: int, total: int, progress: Progr
     try:
         STAGES[name](ctx)
     except PipelineError as error:
-        ctx.log.error("stage %s failed: %s", label, error)
+        ctx.log.info("stage %s failed: %s", label, error)
         raise
     except Exception:
         ctx.log.exception("stage %s crashed", label)
@@ -131,7 +131,7 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
     shared = [s for s in plan_.stages if s not in PER_TARGET]
     per_target = [s for s in plan_.stages if s in PER_TARGET]
     total = len(plan_.stages)
-    with store.staging(recipe.name) as scratch, _build_log(log, scratch / BUILD_LOG) as handler:
+    with store.staging(recipe.name) as scratch, _build_log(log, scratch / BUILD_LOG, store, recipe.name) as handler:
         ctx = Context(recipe, backend, scratch, log, make_logger(backend, log.getChild("trt")), model_record=model)
         timings = [_run_stage(name, ctx, i + 1, total, progress) for i, name in enumerate(shared)]
         shared_log = handler.stream.tell()
@@ -159,8 +159,9 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
 
 
 @contextlib.contextmanager
-def _build_log(log: logging.Logger, path: Path) -> Iterator[logging.FileHandler]:
-    """Everything at INFO and above (TensorRT's messages included) also goes to `path` during the build."""
+def _build_log(log: logging.Logger, path: Path, store: Store, name: str) -> Iterator[logging.FileHandler]:
+    """Everything at INFO and above (TensorRT's messages included) also goes to `path` during the build.
+    When the build fails, the log is kept in the store and the error's hint names it."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
@@ -169,6 +170,12 @@ def _build_log(log: logging.Logger, path: Path) -> Iterator[logging.FileHandler]
     log.addHandler(handler)
     try:
         yield handler
+    except PipelineError as error:
+        handler.flush()
+        kept = store.keep_failure_log(name, path)
+        error.hint = f"{error.hint}; " if error.hint else ""
+        error.hint += f"full log: {kept}"
+        raise
     finally:
         log.removeHandler(handler)
         handler.close()

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,6 +22,7 @@ from pipeline.errors import StoreError
 
 MANIFEST = "manifest.json"
 STAGING = ".staging"
+FAILED = "_failed"
 _VERSION_DIR = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:\+(\d+))?$")
 
 
@@ -134,6 +136,13 @@ class Store:
             except OSError as error:
                 raise StoreError(f"cannot publish {final}: {error.strerror}") from None
         return Artifact(final, name, version, build, tag)
+
+    def keep_failure_log(self, name: str, log: Path) -> Path:
+        """Copy a failed build's log to ROOT/_failed/<name>-<time>.log (failed builds publish nothing else)."""
+        kept = self.root / FAILED / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, kept)
+        return kept
 
     def update_manifest(self, artifact: Artifact, change: Callable[[dict], None]) -> dict:
         """Apply `change` to a published manifest atomically, under the recipe's lock."""

@@ -14,9 +14,8 @@ CLEANED_FILE = "model.cleaned.onnx"
 
 
 def _freeze_inputs(graph: Any, spec: CleanupSpec) -> Any:
-    """Replace each named input by a constant of its dtype (scalar values fill the input's static shape)."""
+    """Turn each named input into a constant of its dtype (a scalar value fills the input's static shape)."""
     import numpy as np
-    import onnx_graphsurgeon as gs
 
     for name, value in spec.freeze_inputs.items():
         var = next(v for v in graph.inputs if v.name == name)
@@ -24,23 +23,9 @@ def _freeze_inputs(graph: Any, spec: CleanupSpec) -> Any:
         static = var.shape is not None and all(isinstance(d, int) for d in var.shape)
         if values.size == 1 and static:
             values = np.full(var.shape, values.reshape(()), dtype=var.dtype)
-        const = gs.Constant(f"{name}_frozen", values)
-        for node in list(var.outputs):
-            node.inputs[:] = [const if t is var else t for t in node.inputs]
-        for sub in _subgraphs(graph):
-            for node in sub.nodes:
-                node.inputs[:] = [const if t is var else t for t in node.inputs]
         graph.inputs.remove(var)
+        var.to_constant(values)  # in place: every consumer, in subgraphs too, now reads the constant
     return graph
-
-
-def _subgraphs(graph: Any) -> list[Any]:
-    found = []
-    for node in graph.nodes:
-        for attr in node.attrs.values():
-            if hasattr(attr, "nodes"):
-                found += [attr, *_subgraphs(attr)]
-    return found
 
 
 def _override_shapes(graph: Any, spec: CleanupSpec) -> Any:
@@ -57,7 +42,9 @@ def _override_shapes(graph: Any, spec: CleanupSpec) -> Any:
 
 
 def _fold_constants(graph: Any, spec: CleanupSpec) -> Any:
-    return graph.fold_constants()
+    """Fold, then drop what folding disconnected (e.g. the untaken branch of an `If`): graphsurgeon leaves it
+    dangling, and the graph is only valid again after cleanup."""
+    return graph.fold_constants().cleanup()
 
 
 def _infer_shapes(graph: Any, spec: CleanupSpec) -> Any:

@@ -37,7 +37,7 @@ def parser_errors(parser: Any) -> list[str]:
         error = parser.get_error(index)
         name = error.node_name() if hasattr(error, "node_name") else f"#{error.node()}"
         op = error.node_operator() if hasattr(error, "node_operator") else "?"
-        found.append(f"node '{name or '?'}' ({op or '?'}): {error.desc()}")
+        found.append(f"node '{name or '?'}' ({op or '?'}): {error.desc().strip()}")
     return found
 
 
@@ -54,6 +54,19 @@ def network_from_onnx(ctx: Context) -> None:
         for line in errors:
             ctx.log.error("ONNX parser: %s", line)
         raise BuildError(f"network-flag: the TensorRT ONNX parser reported {len(errors)} error(s) in "
-                         f"{ctx.onnx_path.name}; first: {errors[0]}", hint="run with -v to see every message")
+                         f"{ctx.onnx_path.name}; first: {errors[0].splitlines()[0]}",
+                         hint="graph-cleanup (freeze_inputs, override_shapes, fold_constants) often cures this; "
+                              "-v shows TensorRT's full log")
     ctx.parser = parser
-    ctx.network_record = {"flags": names, "notes": notes, "layers": ctx.network.num_layers}
+    ctx.network_record = {"flags": names, "notes": notes, "layers": ctx.network.num_layers,
+                          "inputs": tensors(ctx.network, ctx.network.num_inputs, ctx.network.get_input),
+                          "outputs": tensors(ctx.network, ctx.network.num_outputs, ctx.network.get_output)}
+
+
+def tensors(network: Any, count: int, get: Any) -> dict[str, dict]:
+    """The engine's I/O as the network sees it: name -> dtype and shape (-1 for a dynamic dimension)."""
+    found = {}
+    for index in range(count):
+        tensor = get(index)
+        found[tensor.name] = {"dtype": str(tensor.dtype).rsplit(".", 1)[-1].lower(), "shape": list(tensor.shape)}
+    return found

@@ -1,4 +1,4 @@
-"""What each CLI command does. Each takes the parsed arguments and the project logger, returns an exit code."""
+"""The core commands: check, build, list, show."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 from pipeline import backend as backends
 from pipeline import gpu, recipe as recipes, runner
 from pipeline.cli import emit_json
+from pipeline.commands import Command
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.store import Artifact, Store
 
@@ -131,3 +133,30 @@ def show(args: argparse.Namespace, log: logging.Logger) -> int:
     for key, value in lines:
         print(f"{key:<11} {value}")
     return 0
+
+
+def register(command: Command) -> None:
+    p = command("check", check, "validate recipes without building",
+                "Check recipes against the schema, the stage order, the model's inputs and outputs, and what the "
+                "chosen TensorRT backend supports. Every problem is reported at once as FILE:LINE:COL: key: message.")
+    p.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
+
+    p = command("build", build, "build engines from a recipe",
+                "Run the recipe's stages (parse, graph-cleanup, network-flag, memory-pool, serialize) for each target "
+                "and publish one artifact directory per target. Progress goes to stderr; the artifact directories "
+                "are printed on stdout, one per line, last.")
+    p.add_argument("recipe", type=Path, metavar="RECIPE")
+    p.add_argument("--target", action="append", default=[], metavar="T",
+                   help="build only this target (e.g. sm89 or local); repeatable; default: the recipe's targets")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and where artifacts would go; build nothing")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild even when an artifact with the same build key exists (default: reuse it)")
+
+    p = command("list", list_, "list artifacts in the store",
+                "List published artifacts: name, version+build, GPU tag, engine size, validation status.")
+    p.add_argument("name", nargs="?", help="only this recipe name")
+
+    p = command("show", show, "show one artifact's manifest",
+                "Show what produced an artifact: recipe, model hashes, backend, target, builder settings, validation.")
+    p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
+    p.add_argument("--tag", help="GPU tag, when the version was built for several")
