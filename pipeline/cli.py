@@ -108,6 +108,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"error: {error}", file=sys.stderr)
         _hint(error)
         return error.exit_code
+    except BrokenPipeError:  # `trt-pipeline list | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("interrupted: nothing was published by the interrupted step", file=sys.stderr)
         return EXIT_INTERRUPTED
