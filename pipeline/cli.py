@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -97,6 +99,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args.store = args.store or Path(environ.get(STORE_ENV) or "artifacts")
     args.environ = environ
     log = _setup_logging(args)
+    # A job scheduler's SIGTERM unwinds like Ctrl-C, so staged work is cleaned up on the way out.
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args, log)
     except RecipeError as error:
@@ -119,6 +124,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"internal error (this is a bug): {type(error).__name__}: {error}\n"
               f"details and versions: {path}", file=sys.stderr)
         return EXIT_BUG
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _hint(error: PipelineError) -> None:
