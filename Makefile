@@ -35,3 +35,11 @@ $(STAMP): pyproject.toml
 
 clean-venv:
 	rm -rf $(VENV)
+
+## nightly: rebuild every recipe in RECIPES (default recipes/) for every target, compare with the previous
+##          night, write the report under artifacts/_nightly/ (JOBS=N builds N pairs at once)
+RECIPES ?= recipes
+JOBS    ?= 1
+.PHONY: nightly
+nightly: $(STAMP) $(MODELS)
+	$(BIN)/trt-pipeline nightly $(RECIPES) --jobs $(JOBS)

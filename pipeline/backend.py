@@ -69,6 +69,8 @@ def load(name: str = "auto", importer: Callable[[str], Any] = importlib.import_m
                 continue
         raise BackendError("no TensorRT is importable (tried tensorrt, tensorrt_rtx)",
                            hint=f"install one: {INSTALL_HINT['tensorrt-rtx']}")
+    if name not in MODULES:
+        raise BackendError(f"unknown backend '{name}'", hint=f"use one of auto, {', '.join(MODULES)}")
     try:
         module = importer(MODULES[name])
         module.__version__  # a half-installed wheel imports but has no libraries behind it

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, MutableMapping
 
 from pipeline.backend import Backend
 from pipeline.recipe import Recipe
@@ -27,6 +28,7 @@ class Context:
     cleaned_path: Path | None = None
     cleaned_sha256: str | None = None
     cleanup_record: dict = field(default_factory=dict)
+    cleanup_check: dict | None = None  # cleaned graph vs original under ONNX Runtime (pipeline.validate)
     # per target: network-flag, memory-pool, serialize
     target: Target | None = None
     staged: Path | None = None  # the artifact directory being written for this target
@@ -38,6 +40,7 @@ class Context:
     config_record: dict = field(default_factory=dict)
     timing_cache: Any = None
     engine_path: Path | None = None
+    environ: MutableMapping[str, str] = field(default_factory=lambda: os.environ)  # Polygraphy reads it at import
 
     def for_target(self, target: Target, staged: Path) -> "Context":
         """A copy for one target: shared results carried over, per-target state fresh."""

@@ -37,3 +37,7 @@ class CannotRunHere(PipelineError):
     """This machine cannot run the engine (no driver, no GPU, unsupported GPU). Distinct exit code."""
 
     exit_code = 2
+
+
+class PromotionError(PipelineError):
+    """A promotion was refused (the message names the mismatch) or blocked by the production gate."""

@@ -29,13 +29,18 @@ def _settings(recipe: Recipe, stages: tuple[str, ...]) -> dict:
     return settings
 
 
+def _target_key(target: Target) -> str:
+    """'sm89' for TensorRT-RTX; full TensorRT builds for one GPU model, so 'sm80 NVIDIA A100-SXM4-80GB'."""
+    return target.sm if target.gpu is None else f"{target.sm} {target.gpu}"
+
+
 def build_key_inputs(recipe: Recipe, cleaned_sha256: str, backend: Backend, target: Target) -> dict:
     """Everything that determines the engine bytes, and nothing cosmetic (names, paths, comments)."""
     return {
         "settings": _settings(recipe, KEY_STAGES),
         "cleaned_sha256": cleaned_sha256,
         "backend": {"name": backend.name, "version": backend.version},
-        "target": target.sm,
+        "target": _target_key(target),
     }
 
 
@@ -51,7 +56,7 @@ def source_key(recipe: Recipe, model: dict, backend: Backend, target: Target) ->
         "settings": _settings(recipe, STAGE_ORDER),
         "model": {"sha256": model["sha256"], "external_data": [d["sha256"] for d in model["external_data"]]},
         "backend": {"name": backend.name, "version": backend.version},
-        "target": target.sm,
+        "target": _target_key(target),
         "tools": {name: _version(name) for name in TOOLS} | {"trt-pipeline": __version__},
     })
 
@@ -75,6 +80,7 @@ def manifest(ctx: Context, stages: list[dict[str, Any]], started: float) -> dict
                    "sha256": recipe.sha256},
         "model": model,
         "cleanup": ctx.cleanup_record or None,
+        "cleanup_check": ctx.cleanup_check,
         "backend": {"name": ctx.backend.name, "version": ctx.backend.version},
         "target": {"name": target.name, "tag": target.tag, "compute_capability": target.compute_capability,
                    "gpu": target.gpu},

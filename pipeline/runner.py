@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 from pipeline import capability
 from pipeline.backend import Backend, make_logger
 from pipeline.context import Context
-from pipeline.errors import PipelineError, RecipeError
+from pipeline.errors import BuildError, PipelineError, RecipeError
 from pipeline.gpu import Probe
 from pipeline.manifest import build_key, manifest, source_key
 from pipeline.recipe import Recipe
@@ -110,6 +110,10 @@ def build(plan_: Plan, store: Store, log: logging.Logger, progress: Progress = l
     """
     recipe, backend = plan_.recipe, plan_.backend
     model = digests(recipe.model_path)
+    if recipe.model_sha256 and recipe.model_sha256 != model["sha256"]:  # before any reuse: a pin is never skipped
+        raise BuildError(f"{recipe.where(('model', 'sha256'))}: model.sha256: pinned {recipe.model_sha256}, "
+                         f"but {recipe.model_path} has sha256 {model['sha256']}",
+                         hint="update the pin if the model change is intended")
     done: dict[Target, Outcome] = {}
     for target in plan_.targets:
         hit = None if force else _reusable(store, recipe, "source_key", source_key(recipe, model, backend, target))

@@ -139,10 +139,17 @@ class Store:
 
     def keep_failure_log(self, name: str, log: Path) -> Path:
         """Copy a failed build's log to ROOT/_failed/<name>-<time>.log (failed builds publish nothing else)."""
-        kept = self.root / FAILED / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(log, kept)
-        return kept
+        stamp = f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        (self.root / FAILED).mkdir(parents=True, exist_ok=True)
+        for number in range(1, 10_000):  # two failures in one second and process (threads) keep both logs
+            kept = self.root / FAILED / (f"{stamp}.log" if number == 1 else f"{stamp}.{number}.log")
+            try:
+                with open(kept, "xb") as out, open(log, "rb") as source:
+                    shutil.copyfileobj(source, out)
+                return kept
+            except FileExistsError:
+                continue
+        raise StoreError(f"cannot keep the failure log: too many in {self.root / FAILED}")
 
     def update_manifest(self, artifact: Artifact, change: Callable[[dict], None]) -> dict:
         """Apply `change` to a published manifest atomically, under the recipe's lock."""

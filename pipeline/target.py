@@ -26,20 +26,20 @@ def compute_capability(sm: str) -> str:
 
 def resolve(name: str, backend: Backend, probe: Probe) -> Target:
     """Turn a recipe target into a concrete one, or say why this backend/machine cannot build it."""
-    gpu = probe.gpu
+    gpu, sm = probe.gpu, name
     if name == "local":
         if gpu is None:
             raise BackendError(f"target 'local' means the GPU of this machine, but {probe.reason}",
                                hint="name the targets instead, e.g. targets: [sm86, sm89]")
-        name = gpu.sm
-    cc = compute_capability(name)
+        sm = gpu.sm
+    cc = compute_capability(sm)
     if backend.is_rtx:
-        if backend.member("ComputeCapability", name.upper()) is None:
+        if backend.member("ComputeCapability", sm.upper()) is None:
             supported = [m.lower() for m in backend.member_names("ComputeCapability") if m.startswith("SM")]
-            raise BackendError(f"{backend.label()} cannot build for {name}; it supports {', '.join(supported)}")
-        return Target(name, f"{name}.rtx-{backend.short_version}", cc, None, name)
-    if gpu is None or gpu.sm != name:
+            raise BackendError(f"{backend.label()} cannot build for {sm}; it supports {', '.join(supported)}")
+        return Target(name, f"{sm}.rtx-{backend.short_version}", cc, None, sm)
+    if gpu is None or gpu.sm != sm:
         here = f"this machine's GPU is {gpu.name} ({gpu.sm})" if gpu else probe.reason
-        raise BackendError(f"full TensorRT builds for the GPU it runs on; target {name} is not buildable here: {here}",
+        raise BackendError(f"full TensorRT builds for the GPU it runs on; target {sm} is not buildable here: {here}",
                            hint="build on a machine with that GPU, or use targets: [local]")
-    return Target(name, f"{gpu.slug}.{name}.trt-{backend.short_version}", cc, gpu.name, name)
+    return Target(name, f"{gpu.slug}.{sm}.trt-{backend.short_version}", cc, gpu.name, sm)

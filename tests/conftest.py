@@ -70,3 +70,58 @@ def tiny_recipe(write_recipe: Callable[..., Path]) -> Path:
     """The smallest complete recipe: tiny model, one target, no cleanup."""
     return write_recipe("name: tiny\nversion: 1.0.0\nmodel: {path: {models}/tiny.onnx}\nbackend: tensorrt-rtx\n"
                         "targets: [sm89]\n" + TINY_STAGES)
+
+
+# ---------------------------------------------------------------- core pipeline tests (issue 2)
+
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from pipeline.backend import Backend
+    from pipeline.context import Context
+
+
+@pytest.fixture(scope="session")
+def rtx_backend() -> "Backend":
+    """The real TensorRT-RTX backend (it builds engines on this CPU-only machine)."""
+    from pipeline.backend import load
+
+    return load("tensorrt-rtx")
+
+
+@pytest.fixture
+def build_context(tmp_path: Path, rtx_backend: "Backend") -> Callable[..., "Context"]:
+    """build_context(recipe_path, target='sm89') -> a real build Context for running stages one by one:
+    TensorRT-RTX, the project's TensorRT logger on logger 'x.trt', scratch and staged dirs under tmp_path."""
+    import logging
+
+    from pipeline import recipe as recipes
+    from pipeline.backend import make_logger
+    from pipeline.context import Context
+    from pipeline.gpu import Probe
+    from pipeline.target import resolve
+
+    def make(recipe_path: Path, target: str = "sm89") -> Context:
+        log = logging.getLogger("x")
+        scratch, staged = tmp_path / "scratch", tmp_path / "staged"
+        scratch.mkdir(exist_ok=True)
+        staged.mkdir(exist_ok=True)
+        no_gpu = Probe(False, (), "no CUDA driver (test)")
+        trt_logger = make_logger(rtx_backend, log.getChild("trt"))
+        return Context(recipes.load(recipe_path), rtx_backend, scratch, log, trt_logger,
+                       target=resolve(target, rtx_backend, no_gpu), staged=staged)
+
+    return make
+
+
+def run_stages(ctx: "Context", *names: str) -> None:
+    """Run the named stages, in the order given, on one context."""
+    from pipeline.stages import STAGES
+
+    for name in names:
+        STAGES[name](ctx)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: the one README test that builds the full ResNet-50 (~10 s); "
+                                       "deselect with -m 'not slow'")

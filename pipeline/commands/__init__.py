@@ -11,7 +11,7 @@ from typing import Callable
 
 Command = Callable[[str, Callable, str, str], argparse.ArgumentParser]
 
-MODULES = ("core",)
+MODULES = ("core", "lifecycle", "nightly", "validation")
 
 
 def register_all(command: Command) -> None:

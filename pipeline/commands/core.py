@@ -60,6 +60,10 @@ def build(args: argparse.Namespace, log: logging.Logger) -> int:
         return 0
     started = time.perf_counter()
     outcomes = runner.build(plan, store, log, _progress(args), force=args.force)
+    from pipeline.validate import after_build  # the recipe's validate: step; 'skipped' where no GPU can run it
+
+    valid = after_build(plan.recipe, [o.artifact for o in outcomes if not o.reused], store, gpu.probe(),
+                        args.environ, log, _progress(args))
     if not args.quiet:
         built = sum(not o.reused for o in outcomes)
         print(f"built {built} engine(s), reused {len(outcomes) - built}, for {plan.recipe.name} "
@@ -70,7 +74,7 @@ def build(args: argparse.Namespace, log: logging.Logger) -> int:
     else:
         for outcome in outcomes:
             print(outcome.artifact.path)
-    return 0
+    return 0 if valid else 1
 
 
 def _row(artifact: Artifact) -> dict:
@@ -81,16 +85,20 @@ def _row(artifact: Artifact) -> dict:
 
 
 def list_(args: argparse.Namespace, log: logging.Logger) -> int:
-    rows = [_row(a) for a in Store(args.store).artifacts(args.name)]
+    from pipeline import channel
+
+    store = Store(args.store)
+    rows = [_row(a) for a in store.artifacts(args.name)]
+    channel.annotate(store, rows)
     if args.json:
         emit_json(rows)
         return 0
     if not rows:
         print(f"no artifacts in {args.store}", file=sys.stderr)
         return 0
-    header = ("ARTIFACT", "TAG", "ENGINE", "VALIDATION", "CREATED")
-    table = [header] + [(r["ref"], r["tag"], _size(r["engine_bytes"]), r["validation"], r["created_at"])
-                        for r in rows]
+    header = ("ARTIFACT", "TAG", "ENGINE", "VALIDATION", "CREATED", "CHANNELS")
+    table = [header] + [(r["ref"], r["tag"], _size(r["engine_bytes"]), r["validation"], r["created_at"],
+                         ", ".join(r["channels"])) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -1,16 +1,28 @@
-"""graph-cleanup: onnx-graphsurgeon passes that make a graph buildable. The graph is checked after every pass."""
+"""graph-cleanup: onnx-graphsurgeon passes that make a graph buildable. The graph is checked after every pass.
+
+Weights that parse left on disk (more than protobuf can hold) stay on disk: they are copied file to file into the
+cleaned model's external data before the passes, and onnx-graphsurgeon reads one only if folding needs it.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import hashlib
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from pipeline.context import Context
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError
 from pipeline.recipe import CleanupSpec
-from pipeline.stages.parse import PROTO_LIMIT
+from pipeline.stages.parse import ITEMSIZE, PROTO_LIMIT, big_float, infer_shapes
 
 CLEANED_FILE = "model.cleaned.onnx"
+WEIGHTS_FILE = f"{CLEANED_FILE}.data"
+CHECKED_FILE, STAND_IN_FILE = "graph-check.onnx", "graph-check.weights"  # scratch files of check_graph
 
 
 def _freeze_inputs(graph: Any, spec: CleanupSpec) -> Any:
@@ -48,10 +60,10 @@ def _fold_constants(graph: Any, spec: CleanupSpec) -> Any:
 
 
 def _infer_shapes(graph: Any, spec: CleanupSpec) -> Any:
-    import onnx
+    """onnx shape inference (data_prop) on the exported graph; the weights are not sent through it."""
     import onnx_graphsurgeon as gs
 
-    return gs.import_onnx(onnx.shape_inference.infer_shapes(gs.export_onnx(graph), data_prop=True))
+    return _readable(gs.import_onnx(infer_shapes(gs.export_onnx(graph))), _weights_dir(graph))
 
 
 PASSES: dict[str, Callable[[Any, CleanupSpec], Any]] = {
@@ -70,9 +82,15 @@ def planned_passes(spec: CleanupSpec) -> list[str]:
     return first + (["fold_constants"] if spec.fold_constants else []) + list(spec.passes)
 
 
-def check_graph(graph: Any, after: str) -> None:
-    """Every consumed tensor is produced, and the ONNX checker accepts the exported model."""
-    import onnx
+def check_graph(graph: Any, after: str, workdir: Path | None = None, checked_weights: bool = False) -> None:
+    """Every consumed tensor is produced, and the ONNX checker accepts the exported model.
+
+    `checked_weights`: the ONNX checker has already accepted every weight the graph was imported with (parse's
+    check). Those that are big floats are then not copied and serialized for it again: while the graph is
+    exported, each stands in as a reference to a sparse file of its exact size. Passes never change an imported
+    weight's bytes, and all the checker reads of them is whether they are there and large enough.
+    The model is checked on a path in `workdir` (a temp dir by default) whenever it has external data.
+    """
     import onnx_graphsurgeon as gs
 
     produced = {t.name for t in graph.inputs} | {out.name for node in graph.nodes for out in node.outputs}
@@ -84,31 +102,192 @@ def check_graph(graph: Any, after: str) -> None:
     for tensor in graph.outputs:
         if isinstance(tensor, gs.Variable) and tensor.name not in produced:
             raise BuildError(f"graph-cleanup: pass '{after}' broke the graph: output '{tensor.name}' is not produced")
-    model = gs.export_onnx(graph)
-    if model.ByteSize() < PROTO_LIMIT:
-        try:
-            onnx.checker.check_model(model)
-        except onnx.checker.ValidationError as error:
-            first = str(error).strip().splitlines()[0]
-            raise BuildError(f"graph-cleanup: pass '{after}' broke the graph: ONNX checker: {first}") from None
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="graph-check-") as tmp:
+            return check_graph(graph, after, Path(tmp), checked_weights)
+    with _stand_ins(graph) if checked_weights else contextlib.nullcontext(0) as stand_in:
+        model = gs.export_onnx(graph)
+    _check_model(model, after, workdir, stand_in)
+
+
+@contextlib.contextmanager
+def _stand_ins(graph: Any) -> Iterator[int]:
+    """Swap each big float weight read from the import for a stand-in: the same TensorProto without its bytes,
+    pointing at STAND_IN_FILE instead. Yields the size that file needs; puts the weights back on exit."""
+    import onnx
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    swapped: list[tuple[Any, Any]] = []
+    size = 0
+    try:
+        for sub in [graph, *graph.subgraphs(recursive=True)]:
+            for tensor in sub.tensors().values():
+                values = getattr(tensor, "_values", None)  # graphsurgeon's LazyValues: the imported TensorProto
+                if type(values) is not LazyValues or not big_float(values.tensor) or values.tensor.external_data:
+                    continue
+                weight, light = values.tensor, onnx.TensorProto()
+                for field in light.DESCRIPTOR.fields:
+                    if field.name == "raw_data":
+                        continue
+                    if getattr(field, "is_repeated", None) or getattr(field, "label", None) == 3:  # LABEL_REPEATED
+                        getattr(light, field.name).extend(getattr(weight, field.name))
+                    elif weight.HasField(field.name):
+                        if field.message_type:
+                            getattr(light, field.name).CopyFrom(getattr(weight, field.name))
+                        else:
+                            setattr(light, field.name, getattr(weight, field.name))
+                nbytes = ITEMSIZE[weight.data_type] * math.prod(weight.dims)
+                _point_at(light, STAND_IN_FILE, 0, nbytes)
+                swapped.append((values, weight))
+                values.tensor, size = light, max(size, nbytes)
+        yield size
+    finally:
+        for values, weight in swapped:
+            values.tensor = weight
+
+
+def _check_model(model: Any, after: str, workdir: Path, stand_in: int) -> None:
+    """The ONNX checker on an exported model: on its bytes, or on a path when it has external data (the
+    checker resolves it next to the model), with a sparse stand-in file of `stand_in` bytes beside it."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    try:
+        data = model.SerializeToString()
+    except Exception:  # more than protobuf can serialize: too big for the checker, as before
+        return
+    if len(data) >= PROTO_LIMIT:
+        return
+    try:
+        if stand_in or any(uses_external_data(t) for t in _get_all_tensors(model)):
+            (workdir / CHECKED_FILE).write_bytes(data)
+            with open(workdir / STAND_IN_FILE, "wb") as handle:
+                handle.truncate(stand_in)  # sparse: nothing is written
+            onnx.checker.check_model(str(workdir / CHECKED_FILE))
+        else:
+            onnx.checker.check_model(data)
+    except onnx.checker.ValidationError as error:
+        first = str(error).strip().splitlines()[0]
+        raise BuildError(f"graph-cleanup: pass '{after}' broke the graph: ONNX checker: {first}") from None
+    finally:
+        for name in (CHECKED_FILE, STAND_IN_FILE):
+            (workdir / name).unlink(missing_ok=True)
 
 
 def cleaned_model_from_model(ctx: Context) -> None:
-    import onnx
     import onnx_graphsurgeon as gs
 
     spec: CleanupSpec = ctx.recipe.spec("graph-cleanup")
-    graph = gs.import_onnx(ctx.model)
+    on_disk = _copy_weights(ctx.model, ctx.recipe.model_path.parent, ctx.scratch / WEIGHTS_FILE)
+    graph = _readable(gs.import_onnx(ctx.model), str(ctx.scratch) if on_disk else None)
     nodes_before = len(graph.nodes)
+    # parse's checker read every weight in the file: in-memory weights need not be serialized for it again
+    checked = ctx.recipe.spec("parse").check and not ctx.model_record.get("external_data")
     for name in planned_passes(spec):
         graph = PASSES[name](graph, spec)
-        check_graph(graph, name)
+        check_graph(graph, name, ctx.scratch, checked_weights=checked)
         ctx.log.debug("graph-cleanup: %s -> %d nodes", name, len(graph.nodes))
     model = gs.export_onnx(graph)
     path = ctx.scratch / CLEANED_FILE
-    large = model.ByteSize() >= PROTO_LIMIT
-    onnx.save(model, str(path), save_as_external_data=large, location=f"{CLEANED_FILE}.data" if large else None)
+    ctx.cleaned_sha256 = _save(model, path, on_disk)
     ctx.model = model
     ctx.onnx_path = ctx.cleaned_path = path
-    ctx.cleaned_sha256 = file_sha256(path)
     ctx.cleanup_record = {"passes": planned_passes(spec), "nodes_before": nodes_before, "nodes_after": len(graph.nodes)}
+    from pipeline.validate import cleanup_check  # ONNX Runtime: cleaned vs original; raises when numerics change
+
+    ctx.cleanup_check = cleanup_check(ctx)
+
+
+def _save(model: Any, path: Path, on_disk: bool) -> str:
+    """Write the cleaned model as onnx.save does (external data in WEIGHTS_FILE when it is more than protobuf
+    holds, or when the weights stayed on disk), serializing it once; returns the sha256 of `path`."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data, write_external_data_tensors
+
+    if on_disk:  # weights made in memory (folded, frozen) are appended to the copied ones
+        convert_model_to_external_data(model, all_tensors_to_one_file=True, location=WEIGHTS_FILE)
+        write_external_data_tensors(model, str(path.parent))
+    try:
+        data = model.SerializeToString()
+    except Exception:  # protobuf's EncodeError: more than 2 GiB
+        data = None
+    if data is None or len(data) >= PROTO_LIMIT:
+        onnx.save(model, str(path), save_as_external_data=True, location=WEIGHTS_FILE)
+        return file_sha256(path)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _copy_weights(model: Any, source: Path, dest: Path) -> bool:
+    """Copy the external data that `model` still points at (parse leaves it on disk when it is more than protobuf
+    holds) from `source` into the one file `dest`, file to file, and point the model's tensors at it. Unused
+    tensors are copied too. Returns False when every weight is in memory."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    tensors = [tensor for tensor in _get_all_tensors(model) if uses_external_data(tensor)]
+    if not tensors:
+        return False
+    starts: dict[str, tuple[int, int]] = {}  # location -> (start in dest, size)
+    with open(dest, "wb") as out:
+        for tensor in tensors:
+            info = ExternalDataInfo(tensor)
+            if info.location not in starts:
+                file = (source / info.location).resolve()
+                if not file.is_relative_to(source.resolve()) or not file.is_file():
+                    raise BuildError(f"graph-cleanup: tensor '{tensor.name}' names external data {info.location!r}, "
+                                     f"which is not a file inside {source}")
+                starts[info.location] = (out.tell(), file.stat().st_size)
+                with open(file, "rb") as handle:
+                    shutil.copyfileobj(handle, out, 1 << 24)
+            start, size = starts[info.location]
+            offset = info.offset or 0
+            length = info.length if info.length is not None else size - offset
+            _point_at(tensor, dest.name, start + offset, length, info.checksum)
+    return True
+
+
+def _point_at(tensor: Any, location: str, offset: int, length: int, checksum: str | None = None) -> None:
+    """Make `tensor` a reference to `length` bytes at `offset` of external data file `location`."""
+    import onnx
+
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", offset), ("length", length), ("checksum", checksum)):
+        if value is not None:
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
+
+
+def _readable(graph: Any, weights_dir: str | None) -> Any:
+    """Let onnx-graphsurgeon read constants whose data is in external data (relative to `weights_dir`) when
+    folding needs their values; exporting still writes the reference, not the data."""
+    if weights_dir is None:
+        return graph
+    from onnx.external_data_helper import uses_external_data
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    class OnDisk(LazyValues):
+        def load(self) -> Any:
+            import numpy as np
+            import onnx
+
+            copy = onnx.TensorProto()
+            copy.CopyFrom(self.tensor)  # no data in it: to_array reads it into the copy, not into the model
+            return np.array(onnx.numpy_helper.to_array(copy, base_dir=self.weights_dir))
+
+    for sub in [graph, *graph.subgraphs(recursive=True)]:
+        for tensor in sub.tensors().values():
+            values = getattr(tensor, "_values", None)  # graphsurgeon's own LazyValues, as imported
+            if type(values) is LazyValues and uses_external_data(values.tensor):
+                tensor._values = OnDisk(values.tensor)
+                tensor._values.weights_dir = weights_dir
+    return graph
+
+
+def _weights_dir(graph: Any) -> str | None:
+    """Where _readable() told the graph's on-disk constants to read from, if anywhere."""
+    for tensor in graph.tensors().values():
+        weights_dir = getattr(getattr(tensor, "_values", None), "weights_dir", None)
+        if weights_dir:
+            return weights_dir
+    return None

@@ -23,10 +23,11 @@ def _profiles(ctx: Context, spec: SerializeSpec) -> list[dict]:
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     dynamic = [t.name for t in inputs if any(d < 0 for d in t.shape) and t.name not in covered]
     if dynamic:
-        where = recipe.where(recipe.stage_path("serialize"))
-        raise BuildError(f"{where}: serialize.profiles: input(s) {', '.join(dynamic)} have dynamic dimensions "
-                         f"({', '.join(f'{t.name} {list(t.shape)}' for t in inputs if t.name in dynamic)}) but no "
-                         "optimization profile", hint="add '- NAME: {min: [...], opt: [...], max: [...]}' to profiles")
+        shapes = ", ".join(f"{t.name} {list(t.shape)}" for t in inputs if t.name in dynamic)
+        raise BuildError(recipe.problem(recipe.stage_path("serialize", "profiles"),
+                                        f"input(s) {', '.join(dynamic)} have dynamic dimensions ({shapes}) but no "
+                                        "optimization profile"),
+                         hint="add '- NAME: {min: [...], opt: [...], max: [...]}' to profiles")
     return [{item.name: {"min": list(item.min), "opt": list(item.opt), "max": list(item.max)} for item in profile}
             for profile in spec.profiles]
 

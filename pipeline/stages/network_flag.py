@@ -43,11 +43,15 @@ def parser_errors(parser: Any) -> list[str]:
 
 def network_from_onnx(ctx: Context) -> None:
     trt = ctx.backend.trt
-    mask, names, notes = creation_flags(ctx.recipe.spec("network-flag"), ctx.backend)
-    for note in notes:
-        ctx.log.info("network-flag: %s", note)
+    mask, asked, notes = creation_flags(ctx.recipe.spec("network-flag"), ctx.backend)
     ctx.builder = trt.Builder(ctx.trt_logger)
     ctx.network = ctx.builder.create_network(mask)
+    # Record the flags the network really has: TensorRT-RTX, for one, is strongly typed whether asked or not.
+    names = [name for name, flag in trt.NetworkDefinitionCreationFlag.__members__.items()
+             if ctx.network.get_flag(flag)]
+    notes += [f"{ctx.backend.label()} sets {name} on every network" for name in names if name not in asked]
+    for note in notes:
+        ctx.log.info("network-flag: %s", note)
     parser = trt.OnnxParser(ctx.network, ctx.trt_logger)
     if not parser.parse_from_file(str(ctx.onnx_path)):
         errors = parser_errors(parser) or ctx.trt_logger.errors[-1:] or ["no detail given"]

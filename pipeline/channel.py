@@ -1,0 +1,133 @@
+"""Named channels (candidate, production, ...) per recipe and GPU tag, with an append-only history.
+
+Layout: ROOT/<name>/_channels/<gpu-tag>.json  {"name", "tag", "channels": {channel: pointer}}
+        ROOT/<name>/_channels/history.jsonl   one event per line: who, when, which build, from where, why.
+A pointer names a published build: version, build number and the tag of its directory (which differs from
+the channel's tag when an engine is reused on another GPU type). Every change is made under the store's lock
+for the recipe, so two promotions racing each other are both applied and both recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipeline.errors import StoreError
+from pipeline.store import Artifact, Store, replace_json, version_dir
+
+DIR = "_channels"
+HISTORY = "history.jsonl"
+CANDIDATE, PRODUCTION = "candidate", "production"
+_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def check_name(channel: str) -> str:
+    if not _NAME.match(channel):
+        raise StoreError(f"invalid channel name '{channel}': use lower-case letters, digits, '-' or '_', "
+                         f"e.g. {CANDIDATE} or {PRODUCTION}")
+    return channel
+
+
+def pointer(artifact: Artifact, **extra: Any) -> dict:
+    """What a channel stores about the build it points at."""
+    manifest = artifact.manifest()
+    return {"ref": artifact.ref, "version": artifact.version, "build": artifact.build, "tag": artifact.tag,
+            "engine_sha256": manifest["engine"]["sha256"], **extra}
+
+
+def resolve(store: Store, name: str, entry: dict) -> Artifact:
+    """The artifact a pointer names (StoreError if it is gone)."""
+    path = store.root / name / version_dir(entry["version"], entry["build"]) / entry["tag"]
+    if not (path / "manifest.json").is_file():
+        raise StoreError(f"channel points at {entry['ref']} {entry['tag']}, which is not in store {store.root}")
+    return Artifact(path, name, entry["version"], entry["build"], entry["tag"])
+
+
+def _dir(store: Store, name: str) -> Path:
+    return store.root / name / DIR
+
+
+def read(store: Store, name: str, tag: str) -> dict[str, dict]:
+    """channel -> pointer for one recipe and GPU tag ({} when nothing was promoted there)."""
+    path = _dir(store, name) / f"{tag}.json"
+    try:
+        return json.loads(path.read_text())["channels"]
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError) as error:
+        raise StoreError(f"cannot read channel file {path}: {error}") from None
+
+
+def tags(store: Store, name: str) -> list[str]:
+    """GPU tags that have a channel file."""
+    return sorted(p.name[:-5] for p in _dir(store, name).glob("*.json"))
+
+
+def everything(store: Store, name: str) -> Iterator[tuple[str, str, dict]]:
+    """(tag, channel, pointer) for every channel of a recipe."""
+    for tag in tags(store, name):
+        for channel, entry in sorted(read(store, name, tag).items()):
+            yield tag, channel, entry
+
+
+def history(store: Store, name: str) -> list[dict]:
+    path = _dir(store, name) / HISTORY
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    try:
+        return [json.loads(line) for line in lines if line.strip()]
+    except ValueError as error:
+        raise StoreError(f"cannot read history {path}: {error}") from None
+
+
+def _append(path: Path, record: dict) -> None:
+    """One JSON line, appended and fsynced (the history is never rewritten)."""
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise StoreError(f"cannot append to {path}: {error.strerror}") from None
+
+
+def set_(store: Store, name: str, tag: str, channel: str, entry: dict, event: dict) -> dict | None:
+    """Point `channel` of `tag` at `entry`, recording `event` in the history; returns the previous pointer.
+
+    Read-modify-write under the recipe's lock: the history line is appended first, then the channel file
+    is replaced atomically, so a promotion is never applied without being recorded.
+    """
+    check_name(channel)
+    with store.lock(name):
+        folder = _dir(store, name)
+        folder.mkdir(parents=True, exist_ok=True)
+        channels = read(store, name, tag)
+        previous = channels.get(channel)
+        channels[channel] = entry
+        _append(folder / HISTORY, {**event, "name": name, "tag": tag, "channel": channel,
+                                   "artifact": entry, "previous": previous})
+        replace_json(folder / f"{tag}.json", {"name": name, "tag": tag, "channels": dict(sorted(channels.items()))})
+    return previous
+
+
+def pointing_at(store: Store, name: str) -> dict[tuple[str, int, str], list[str]]:
+    """(version, build, artifact tag) -> ['production', 'candidate@sm86.rtx-1.7.1', ...] for `list`."""
+    found: dict[tuple[str, int, str], list[str]] = {}
+    for tag, channel, entry in everything(store, name):
+        label = channel if tag == entry["tag"] else f"{channel}@{tag}"
+        found.setdefault((entry["version"], entry["build"], entry["tag"]), []).append(label)
+    return found
+
+
+def annotate(store: Store, rows: list[dict]) -> None:
+    """Add 'channels' (as in `pointing_at`) to `list` rows, which carry name, version, build and tag."""
+    found: dict[str, dict] = {}
+    for row in rows:
+        if row["name"] not in found:
+            found[row["name"]] = pointing_at(store, row["name"])
+        row["channels"] = found[row["name"]].get((row["version"], row["build"], row["tag"]), [])

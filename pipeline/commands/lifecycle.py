@@ -1,0 +1,152 @@
+"""Lifecycle commands: promote, channel, history, export triton, gc."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline import channel as channels
+from pipeline.cli import emit_json
+from pipeline.commands import Command
+from pipeline.store import Store
+
+
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    if args.quiet:
+        return lambda line: None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def promote(args: argparse.Namespace, log: logging.Logger) -> int:
+    from pipeline import promote as promotion
+
+    done = promotion.promote(Store(args.store), args.artifact, args.from_tag, args.to_tag or args.from_tag,
+                             args.channel, by=promotion.who(args.environ), log=log,
+                             allow_unvalidated=args.allow_unvalidated, reason=args.reason, progress=_progress(args))
+    if args.json:
+        emit_json(done.to_json())
+        return 0
+    print(f"{done.decision.action}: {done.decision.reason}")
+    note = ""
+    if done.decision.action == "rebuild":
+        note = " (new build)" if done.built else " (already built from the same inputs; not rebuilt)"
+    print(f"{done.channel} of {done.tag} -> {done.artifact.ref} [{done.artifact.tag}]{note} {done.artifact.path}")
+    if done.waiver:
+        print(f"waiver recorded: {done.waiver}")
+    return 0
+
+
+def channel(args: argparse.Namespace, log: logging.Logger) -> int:
+    rows: list[dict[str, Any]] = [{"tag": tag, "channel": name, "artifact": entry}
+                                  for tag, name, entry in channels.everything(Store(args.store), args.name)]
+    if args.json:
+        emit_json(rows)
+        return 0
+    if not rows:
+        print(f"no channels for '{args.name}' in {args.store}", file=sys.stderr)
+        return 0
+    _table(("TAG", "CHANNEL", "ARTIFACT", "ENGINE TAG", "SINCE", "BY", "DECISION"),
+           [(r["tag"], r["channel"], r["artifact"]["ref"], r["artifact"]["tag"], r["artifact"].get("since", ""),
+             r["artifact"].get("by", ""),
+             r["artifact"].get("decision", "") + (" (waiver)" if r["artifact"].get("waiver") else ""))
+            for r in rows])
+    return 0
+
+
+def history(args: argparse.Namespace, log: logging.Logger) -> int:
+    events = channels.history(Store(args.store), args.name)
+    if args.json:
+        emit_json(events)
+        return 0
+    for e in events:
+        art, source = e["artifact"], e.get("from") or {}
+        how = f" ({e.get('decision', '?')} from {source.get('ref', '?')} [{source.get('tag', '?')}])"
+        why = f" why: {e['why']}" if e.get("why") else ""
+        waiver = " [WAIVER: unvalidated]" if e.get("waiver") else ""
+        print(f"{e.get('at', '?')} {e.get('by', '?')} {e['channel']}@{e['tag']} <- {art['ref']} [{art['tag']}]"
+              f"{how}{waiver}{why}")
+    return 0
+
+
+def export(args: argparse.Namespace, log: logging.Logger) -> int:
+    from pipeline import triton
+
+    done = triton.export(Store(args.store), args.name, args.channel, args.repo)
+    if args.json:
+        emit_json(done.to_json())
+        return 0
+    state = "written" if done.changed else "unchanged (the newest version already holds these engines)"
+    print(f"{done.model_dir}/{done.version}: {state}")
+    for tag, file in sorted(done.files.items()):
+        print(f"  {tag:<22} {file}")
+    return 0
+
+
+def gc(args: argparse.Namespace, log: logging.Logger) -> int:
+    from pipeline import gc as collector
+
+    sweep = collector.collect(Store(args.store), args.keep, args.name, dry_run=args.dry_run)
+    if args.json:
+        emit_json({"dry_run": args.dry_run, "removed" if not args.dry_run else "would_remove":
+                   [{"ref": a.ref, "tag": a.tag, "path": str(a.path)} for a in sweep.remove],
+                   "protected": [{"ref": a.ref, "tag": a.tag, "why": why} for a, why in sweep.protected],
+                   "kept": sweep.kept})
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for artifact in sweep.remove:
+        print(f"{verb} {artifact.ref} [{artifact.tag}] {artifact.path}")
+    for artifact, why in sweep.protected:
+        print(f"kept   {artifact.ref} [{artifact.tag}]: {why}")
+    print(f"{verb} {len(sweep.remove)} build(s); kept {sweep.kept} newest and {len(sweep.protected)} promoted",
+          file=sys.stderr)
+    return 0
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    table = [header] + [tuple(str(c) for c in row) for row in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def register(command: Command) -> None:
+    p = command("promote", promote, "put a build on a channel of a GPU tag (reuse, rebuild or refuse)",
+                "Decide from the build's manifest whether its engine is valid on the target GPU tag as it is (reuse), "
+                "must be rebuilt from exactly the same inputs (rebuild), or cannot be (refuse, naming the mismatch), "
+                "then point the channel at it and record who/when/why in the history. The production channel takes "
+                "only builds whose validation passed on that GPU tag, unless --allow-unvalidated --reason is given.")
+    p.add_argument("artifact", metavar="NAME@VERSION",
+                   help="the build to promote (NAME@VERSION+BUILD for an older one)")
+    p.add_argument("--from", dest="from_tag", required=True, metavar="TAG",
+                   help="GPU tag of the build, e.g. sm89.rtx-1.7.1")
+    p.add_argument("--to", dest="to_tag", metavar="TAG", help="GPU tag to promote to (default: the --from tag)")
+    p.add_argument("--channel", default=channels.CANDIDATE, help="candidate (default), production, or another name")
+    p.add_argument("--allow-unvalidated", action="store_true",
+                   help="let an unvalidated build into production; needs --reason, recorded as a waiver")
+    p.add_argument("--reason", help="why: recorded in the history (required with --allow-unvalidated)")
+
+    p = command("channel", channel, "show a recipe's channels",
+                "Show which build each channel of each GPU tag points at.")
+    p.add_argument("name", metavar="NAME")
+
+    p = command("history", history, "show a recipe's promotion history",
+                "Every promotion of a recipe, oldest first: when, who, channel and tag, build, decision, waiver, why.")
+    p.add_argument("name", metavar="NAME")
+
+    p = command("export", export, "export a channel to a Triton model repository",
+                "Write DIR/NAME/config.pbtxt (platform tensorrt_plan, I/O from the manifest, cc_model_filenames when "
+                "several GPU tags are exported) and a new numbered version folder holding the channel's engines.")
+    p.add_argument("format", choices=["triton"], help="the serving format (triton)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--channel", default=channels.PRODUCTION, help="which channel to export (default production)")
+    p.add_argument("--repo", type=Path, required=True, metavar="DIR", help="the model repository directory")
+
+    p = command("gc", gc, "remove old builds that no channel points at",
+                "Keep the newest N builds per recipe and GPU tag; remove older ones unless a channel points at them or "
+                "they were ever promoted. --dry-run lists what would go.")
+    p.add_argument("name", nargs="?", metavar="NAME", help="only this recipe")
+    p.add_argument("--keep", type=int, required=True, metavar="N", help="newest builds to keep per recipe and GPU tag")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")

@@ -1,0 +1,104 @@
+"""Commands that need a GPU: validate, infer, bench. Where no GPU can run the engine they exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline import engine as engines
+from pipeline import gpu
+from pipeline.cli import emit_json
+from pipeline.commands import Command
+from pipeline.errors import CannotRunHere, PipelineError
+from pipeline.store import Artifact, Store
+
+
+def _artifact(args: argparse.Namespace) -> tuple[Artifact, dict]:
+    artifact = Store(args.store).resolve(args.artifact, args.tag)
+    return artifact, artifact.manifest()
+
+
+def validate(args: argparse.Namespace, log: logging.Logger) -> int:
+    from pipeline import validate as validation
+
+    store = Store(args.store)
+    artifact = store.resolve(args.artifact, args.tag)
+    spec = validation.settings(artifact.manifest(), log)
+    report = validation.validate_artifact(store, artifact, spec, gpu.probe(), args.environ, log)
+    if args.json:
+        emit_json({"artifact": artifact.ref, "tag": artifact.tag, "path": str(artifact.path), **report})
+    if report["status"] == "skipped":
+        raise CannotRunHere(f"cannot validate {artifact.ref} [{artifact.tag}] here: {report['reason']} "
+                            f"(recorded as skipped)")
+    if not args.json:
+        lines = validation.describe_report(report)
+        print(f"{artifact.ref} [{artifact.tag}] {lines[0]}", *lines[1:], sep="\n")
+    return 0 if report["status"] == "passed" else 1
+
+
+def infer(args: argparse.Namespace, log: logging.Logger) -> int:
+    artifact, manifest = _artifact(args)
+    feed = engines.read_inputs(args.input, manifest["network"]["inputs"])  # user errors before any probing
+    engines.runnable_gpu(manifest, gpu.probe())
+    backend = engines.runtime_backend(manifest)
+    shapes = {name: tuple(array.shape) for name, array in feed.items()}
+    profile = engines.profile_for(manifest["config"]["profiles"], shapes)
+    with engines.open_session(backend, artifact.path / manifest["engine"]["file"], args.environ, log) as session:
+        outputs = engines.infer(session, feed, profile)
+    written = engines.write_outputs(outputs, args.output_dir)
+    if args.json:
+        emit_json({"artifact": artifact.ref, "tag": artifact.tag, "profile": profile, "outputs": {
+            name: {"path": str(path), "shape": list(outputs[name].shape), "dtype": outputs[name].dtype.name}
+            for name, path in written.items()}})
+    else:
+        for path in written.values():
+            print(path)
+    return 0
+
+
+def bench(args: argparse.Namespace, log: logging.Logger) -> int:
+    artifact, manifest = _artifact(args)
+    if args.iterations < 1 or args.warmup < 0:
+        raise PipelineError("--iterations must be >= 1 and --warmup >= 0")
+    engines.runnable_gpu(manifest, gpu.probe())
+    backend = engines.runtime_backend(manifest)
+    profiles = range(max(1, len(manifest["config"]["profiles"])))
+    with engines.open_session(backend, artifact.path / manifest["engine"]["file"], args.environ, log) as session:
+        results = [engines.bench(session, p, args.iterations, args.warmup) for p in profiles]
+    if args.json:
+        emit_json({"artifact": artifact.ref, "tag": artifact.tag, "results": results})
+        return 0
+    for r in results:
+        shapes = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in r["shapes"].items())
+        print(f"profile {r['profile']} opt [{shapes}]: p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f} ms  "
+              f"p99 {r['p99_ms']:.3f} ms  throughput {r['throughput_qps']:.1f}/s ({r['iterations']} runs)")
+    return 0
+
+
+def register(command: Command) -> None:
+    p = command("validate", validate, "compare an engine with ONNX Runtime (needs a GPU)",
+                "Run the engine (Polygraphy TrtRunner) and the original ONNX model (ONNX Runtime) on identical seeded "
+                "inputs at each shape the recipe's validate: block asks for, and compare every output with its "
+                "atol/rtol. The result goes into validation.json and the manifest's validation block.\n"
+                "exit codes: 0 passed, 1 failed, 2 cannot run here (recorded as skipped).")
+    p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
+    p.add_argument("--tag", help="GPU tag, when the version was built for several")
+
+    p = command("infer", infer, "run an engine on .npy inputs (needs a GPU)",
+                "Run the engine once with TensorRT's Python API and write one OUTPUT.npy per output into --output-dir. "
+                "The optimization profile is the first one whose range holds the input shapes.\n"
+                "exit codes: 0 ok, 1 error, 2 cannot run here.")
+    p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
+    p.add_argument("--tag", help="GPU tag, when the version was built for several")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", required=True,
+                   help="an input tensor from a .npy file; repeat for each input")
+    p.add_argument("--output-dir", type=Path, required=True, metavar="DIR", help="where the outputs are written")
+
+    p = command("bench", bench, "measure an engine's latency (needs a GPU)",
+                "Time execute + synchronize at each optimization profile's opt shapes, after warm-up: "
+                "p50/p90/p99 latency and throughput.\nexit codes: 0 ok, 1 error, 2 cannot run here.")
+    p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
+    p.add_argument("--tag", help="GPU tag, when the version was built for several")
+    p.add_argument("--iterations", type=int, default=100, metavar="N", help="timed runs per profile (default 100)")
+    p.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed runs first (default 10)")

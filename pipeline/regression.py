@@ -1,0 +1,219 @@
+"""Nightly thresholds (nightly.yaml) and the comparison of one night's results with the previous night's.
+
+A pair is one (recipe, target). A regression names the recipe, target, metric, before and after; a change is
+worth reporting but not a failure (a recovery, a better validation status, a timing cache that moved).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import RecipeError
+from pipeline.recipe import dotted, size_bytes
+
+SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?\s*(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$"
+CONFIG_SCHEMA: dict = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "thresholds": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "engine_bytes_pct": {"type": "number", "minimum": 0},
+                "build_time_pct": {"type": "number", "minimum": 0},
+                "build_time_min_s": {"type": "number", "minimum": 0},
+                "max_error_budget": {"type": "number", "minimum": 0},
+            },
+        },
+        "memory_per_job": {"type": ["integer", "string"], "minimum": 1, "pattern": SIZE_PATTERN},
+        "history": {"type": "integer", "minimum": 1},
+    },
+}
+# Worse statuses rank lower; a drop in rank is a regression, a rise a change.
+VALIDATION_RANK = {"failed": 0, "error": 0, "not-run": 1, "skipped": 1, "passed": 2}
+
+
+@dataclass(frozen=True)
+class Config:
+    engine_bytes_pct: float = 10.0  # engine size change, either way, in percent
+    build_time_pct: float = 50.0  # build time increase, in percent ...
+    build_time_min_s: float = 1.0  # ... and in seconds (small models' builds are noisy)
+    max_error_budget: float = 0.25  # max-error growth allowed, as a fraction of the output's atol
+    memory_per_job: int = 1 << 30  # bytes one parallel build is assumed to need, at least
+    history: int = 30  # nights shown in the HTML charts
+
+    def thresholds(self) -> dict:
+        return {"engine_bytes_pct": self.engine_bytes_pct, "build_time_pct": self.build_time_pct,
+                "build_time_min_s": self.build_time_min_s, "max_error_budget": self.max_error_budget}
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and check nightly.yaml (every problem at once, FILE:LINE:COL: key: message); None gives defaults."""
+    if path is None:
+        return Config()
+    import yaml
+
+    try:
+        text = path.read_text()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text) or {}
+    except OSError as error:
+        raise RecipeError([f"{path}: cannot read nightly config: {error.strerror}"]) from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        raise RecipeError([f"{path}:{mark.line + 1 if mark else 1}:1: invalid YAML: {error.problem}"]) from None
+    problems = _config_problems(path, data, _marks(node, (), {}))
+    if problems:
+        raise RecipeError(problems, hint="see the Nightly section of README.md for the keys and their meaning")
+    thresholds = data.get("thresholds") or {}
+    memory = data.get("memory_per_job")
+    return Config(**{k: float(v) for k, v in thresholds.items()},
+                  memory_per_job=size_bytes(memory) if memory is not None else Config.memory_per_job,
+                  history=data.get("history", Config.history))
+
+
+def _marks(node: Any, path: tuple, out: dict) -> dict:
+    """(key path) -> (line, column) of every value in the YAML node tree."""
+    if node is not None:
+        out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node.value, list):
+            for index, item in enumerate(node.value):
+                key, value = item if isinstance(item, tuple) else (None, item)
+                _marks(value, (*path, key.value if key is not None else index), out)
+    return out
+
+
+def _config_problems(path: Path, data: Any, marks: dict) -> list[str]:
+    import jsonschema
+
+    if not isinstance(data, dict):
+        return [f"{path}:1:1: (top): expected a mapping with thresholds, memory_per_job, history"]
+    problems: list[tuple[tuple[int, int], str]] = []
+    for error in jsonschema.Draft202012Validator(CONFIG_SCHEMA).iter_errors(data):
+        at = tuple(error.absolute_path)
+        if error.validator == "additionalProperties":
+            known = ", ".join(sorted(error.schema["properties"]))
+            problems += [_problem(path, marks, (*at, key), f"unknown key; expected one of {known}")
+                         for key in sorted(set(error.instance) - set(error.schema["properties"]))]
+            continue
+        message = "expected a size like '1GiB' or a number of bytes" if error.validator == "pattern" else error.message
+        problems.append(_problem(path, marks, at, message))
+    return [text for _, text in sorted(problems)]
+
+
+def _problem(path: Path, marks: dict, at: tuple, message: str) -> tuple[tuple[int, int], str]:
+    """((line, column), 'FILE:LINE:COL: key.path: message') for the closest marked key path."""
+    probe = at
+    while probe not in marks and probe:
+        probe = probe[:-1]
+    line, col = marks.get(probe, (1, 1))
+    return (line, col), f"{path}:{line}:{col}: {dotted(at)}: {message}"
+
+
+# ---------------------------------------------------------------- comparison
+
+
+def pair_key(record: dict) -> tuple[str, str]:
+    return record["recipe"], record["target"]
+
+
+def compare(previous: list[dict], current: list[dict], config: Config) -> tuple[list[dict], list[dict]]:
+    """(regressions, changes) between two nights' pair records."""
+    before = {pair_key(r): r for r in previous}
+    regressions: list[dict] = []
+    changes: list[dict] = []
+    for record in current:
+        old = before.get(pair_key(record))
+        _timing_cache(record, old, changes)
+        if record["status"] == "failed":
+            if old is None or old["status"] != "failed":
+                regressions.append(_item(record, "status", old["status"] if old else "absent", "failed",
+                                         record.get("error", "").splitlines()[0] if record.get("error") else ""))
+            continue
+        if old is None:
+            changes.append(_item(record, "pair", "absent", record["status"], "new (recipe, target) pair"))
+            continue
+        if old["status"] == "failed":
+            changes.append(_item(record, "status", "failed", record["status"], "recovered"))
+            continue
+        regressions += _metrics(old, record, config, changes)
+    gone = {pair_key(r) for r in current}
+    changes += [_item(r, "pair", r["status"], "absent", "no longer built") for r in previous if pair_key(r) not in gone]
+    return regressions, changes
+
+
+def _item(record: dict, metric: str, before: Any, after: Any, detail: str = "") -> dict:
+    return {"recipe": record["recipe"], "target": record["target"], "metric": metric,
+            "before": before, "after": after, "detail": detail}
+
+
+def _metrics(old: dict, new: dict, config: Config, changes: list[dict]) -> list[dict]:
+    found = []
+    status_old, status_new = _validation_status(old), _validation_status(new)
+    if status_old != status_new:
+        worse = VALIDATION_RANK.get(status_new, 1) < VALIDATION_RANK.get(status_old, 1)
+        (found if worse else changes).append(_item(new, "validation", status_old, status_new))
+    found += _max_error_growth(old, new, config)
+    found += _engine_size(old, new, config)
+    found += _build_time(old, new, config)
+    return found
+
+
+def _validation_status(record: dict) -> str:
+    return (record.get("validation") or {}).get("status") or "not-run"
+
+
+def _max_error_growth(old: dict, new: dict, config: Config) -> list[dict]:
+    found = []
+    errors_old = (old.get("validation") or {}).get("max_errors") or {}
+    errors_new = (new.get("validation") or {}).get("max_errors") or {}
+    tolerances = (new.get("validation") or {}).get("tolerances") or {}
+    for output, after in errors_new.items():
+        before = errors_old.get(output)
+        if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
+            continue
+        atol = tolerances.get(output)
+        allowed = config.max_error_budget * atol if atol else config.max_error_budget * abs(before)
+        if after - before > allowed:
+            basis = f"atol {atol:g}" if atol else "previous max error"
+            found.append(_item(new, f"max_error[{output}]", before, after,
+                               f"grew {after - before:.3g}, budget {config.max_error_budget:g} x {basis} "
+                               f"= {allowed:.3g}"))
+    return found
+
+
+def _engine_size(old: dict, new: dict, config: Config) -> list[dict]:
+    before, after = old.get("engine_bytes"), new.get("engine_bytes")
+    if not before or after is None:
+        return []
+    pct = (after - before) / before * 100
+    if abs(pct) <= config.engine_bytes_pct:
+        return []
+    return [_item(new, "engine_bytes", before, after, f"{pct:+.1f}%, threshold {config.engine_bytes_pct:g}%")]
+
+
+def _build_time(old: dict, new: dict, config: Config) -> list[dict]:
+    before, after = old.get("build_s"), new.get("build_s")
+    if before is None or after is None:
+        return []
+    allowed = max(config.build_time_min_s, before * config.build_time_pct / 100)
+    if after - before <= allowed:
+        return []
+    pct = f"{(after - before) / before * 100:+.0f}%" if before else "from 0"
+    return [_item(new, "build_s", before, after,
+                  f"{pct}, threshold {config.build_time_pct:g}% and {config.build_time_min_s:g}s")]
+
+
+def _timing_cache(record: dict, old: dict | None, changes: list[dict]) -> None:
+    cache = record.get("timing_cache")
+    if not cache:
+        return
+    if cache.get("before") != cache.get("after"):
+        changes.append(_item(record, "timing_cache", cache.get("before"), cache.get("after"),
+                             f"this build changed {cache.get('path')}"))
+    elif old and old.get("timing_cache") and old["timing_cache"].get("after") != cache.get("before"):
+        changes.append(_item(record, "timing_cache", old["timing_cache"].get("after"), cache.get("before"),
+                             f"{cache.get('path')} changed since the previous night"))

@@ -1,0 +1,286 @@
+"""A night's report as one self-contained HTML file (inline CSS and SVG, nothing fetched) and as Markdown for a
+CI job's summary page. Both are rendered from report.json records; the charts span the recorded nights."""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+from typing import Any, Callable
+
+HTML = "report.html"
+MARKDOWN = "summary.md"
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f")
+METRICS: dict[str, tuple[str, Callable[[dict], float | None]]] = {
+    "build_s": ("build time (s)", lambda r: r.get("build_s")),
+    "engine_bytes": ("engine size (bytes)", lambda r: r.get("engine_bytes")),
+    "max_error": ("max error", lambda r: max_error(r)),
+}
+
+
+def write(night: Path, report: dict, history: list[dict]) -> None:
+    from pipeline.store import write_bytes
+
+    write_bytes(night / HTML, html(report, history).encode())
+    write_bytes(night / MARKDOWN, markdown(report).encode())
+
+
+# ---------------------------------------------------------------- values
+
+
+def max_error(record: dict) -> float | None:
+    errors = [v for v in ((record.get("validation") or {}).get("max_errors") or {}).values()
+              if isinstance(v, (int, float))]
+    return max(errors, default=None)
+
+
+def size(nbytes: float | None) -> str:
+    if nbytes is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(nbytes) < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return str(nbytes)
+
+
+def value(metric: str, number: Any) -> str:
+    """A regression's before/after as people read it."""
+    if metric == "engine_bytes" and isinstance(number, (int, float)):
+        return f"{number} B" if abs(number) < 1024 else f"{size(number)} ({number} B)"
+    if metric == "build_s" and isinstance(number, (int, float)):
+        return f"{number:.2f}s"
+    if isinstance(number, float):
+        return f"{number:.3g}"
+    return "-" if number is None else str(number)
+
+
+def headline(report: dict) -> str:
+    s = report["summary"]
+    verdict = "all good" if s["ok"] else ", ".join(
+        part for part in (f"{s['regressions']} regression(s)" if s["regressions"] else "",
+                          f"{s['failed']} failure(s)" if s["failed"] else "",
+                          f"{s['validation_failed']} failed validation" if s.get("validation_failed") else "")
+        if part)
+    return (f"{s['pairs']} pairs: {s['built']} built, {s['skipped']} skipped (unchanged), {s['failed']} failed; "
+            f"{verdict}")
+
+
+def regression_line(r: dict) -> str:
+    """'tiny sm89 engine_bytes: 144.8 KiB (148268 B) -> 288.4 KiB (295348 B) (+99.2%, threshold 10%)'."""
+    detail = f" ({r['detail']})" if r["detail"] and r["metric"] != "status" else ""  # a failure's error is listed
+    return f"{r['recipe']} {r['target']} {r['metric']}: {value(r['metric'], r['before'])} -> " \
+           f"{value(r['metric'], r['after'])}{detail}"
+
+
+def change_line(c: dict) -> str:
+    return f"{c['recipe']} {c['target']} {c['metric']}: {c['before']} -> {c['after']} {c['detail']}".rstrip()
+
+
+def first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def markdown(report: dict) -> str:
+    s = report["summary"]
+    lines = [f"## {'✅' if s['ok'] else '❌'} Nightly {report['run']}", "", headline(report) +
+             f" (previous night: {report['previous'] or 'none'}; {report['duration_s']:.1f}s, "
+             f"{report['workers']} worker(s))", ""]
+    if report["regressions"]:
+        lines += ["### Regressions", "", *_md_table(("recipe", "target", "metric", "before", "after", "detail"), [
+            (r["recipe"], r["target"], r["metric"], value(r["metric"], r["before"]), value(r["metric"], r["after"]),
+             r["detail"]) for r in report["regressions"]]), ""]
+    failures = [p for p in report["pairs"] if p["status"] == "failed"]
+    if failures:
+        lines += ["### Failures", "", *_md_table(("recipe", "target", "error"), [
+            (p["recipe"], p["target"], first_line(p.get("error"))) for p in failures]), ""]
+    lines += ["### Pairs", "", *_md_table(("recipe", "target", "status", "engine", "build", "max error", "validation",
+                                           "artifact"), [pair_row(p) for p in report["pairs"]]), ""]
+    if report["changes"]:
+        lines += ["### Other changes", "", *(f"- {change_line(c)}" for c in report["changes"]), ""]
+    return "\n".join(lines)
+
+
+def pair_row(pair: dict) -> tuple[str, ...]:
+    build = pair.get("build_s")
+    error = max_error(pair)
+    return (pair["recipe"], pair["target"], pair["status"] + (f" ({pair['reason']})" if pair.get("reason") else ""),
+            size(pair.get("engine_bytes")) if pair.get("engine_bytes") is not None else "-",
+            f"{build:.2f}s" if build is not None else "-", f"{error:.3g}" if error is not None else "-",
+            (pair.get("validation") or {}).get("status", "-"), pair.get("artifact") or "-")
+
+
+def _md_table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cell(c) for c in row) + " |" for row in rows)]
+
+
+# ---------------------------------------------------------------- HTML
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em;color:#222;max-width:1200px}
+h1{font-size:1.5em;margin:0 0 .2em}h2{font-size:1.15em;margin:1.6em 0 .5em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;width:100%}th,td{padding:.3em .6em;border-bottom:1px solid #eee;text-align:left;
+vertical-align:middle}th{background:#f6f6f6}td.num{text-align:right;white-space:nowrap}
+.ok{color:#1a7f37}.bad{color:#cf222e;font-weight:600}.muted{color:#666}.badge{display:inline-block;padding:.1em .6em;
+border-radius:1em;color:#fff}.badge.ok{background:#1a7f37}.badge.bad{background:#cf222e}
+pre{white-space:pre-wrap;margin:0;font-size:12px}.charts{display:flex;flex-wrap:wrap;gap:1.5em}
+.chart h3{font-size:1em;margin:.2em 0}.legend span{margin-right:1em;white-space:nowrap}
+svg text{font:10px sans-serif;fill:#555}
+"""
+
+
+def html(report: dict, history: list[dict]) -> str:
+    s = report["summary"]
+    runs = [night["run"] for night in history]
+    series = {key: _series(history, getter) for key, (_, getter) in METRICS.items()}
+    body = [f"<h1>Nightly {escape(report['run'])} <span class=\"badge {'ok' if s['ok'] else 'bad'}\">"
+            f"{'all good' if s['ok'] else 'regressions or failures'}</span></h1>",
+            f"<p>{escape(headline(report))}</p>", _meta(report),
+            _regressions(report), _failures(report), _pairs(report, series), _changes(report),
+            _charts(runs, series)]
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>Nightly {escape(report['run'])}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            + "\n".join(part for part in body if part) + "\n</body>\n</html>\n")
+
+
+def _series(history: list[dict], getter: Callable[[dict], float | None]) -> dict[tuple[str, str], list]:
+    """(recipe, target) -> one value per recorded night (None where the pair failed or was absent)."""
+    keys = list(dict.fromkeys((p["recipe"], p["target"]) for night in history for p in night.get("pairs", [])))
+    out = {}
+    for key in keys:
+        by_night = [{(p["recipe"], p["target"]): p for p in night.get("pairs", [])}.get(key) for night in history]
+        out[key] = [getter(p) if p and p.get("status") != "failed" else None for p in by_night]
+    return out
+
+
+def _meta(report: dict) -> str:
+    items = [("started", report["started_at"]), ("duration", f"{report['duration_s']:.1f}s"),
+             ("recipes", report["recipes_dir"]), ("store", report["store"]),
+             ("workers", f"{report['workers']} (--jobs {report['jobs']})"),
+             ("previous night", report["previous"] or "none"), ("force", "yes" if report["force"] else "no"),
+             ("thresholds", ", ".join(f"{k} {v:g}" for k, v in report["config"].items()
+                                      if isinstance(v, (int, float))))]
+    return "<p class=\"muted\">" + " · ".join(f"{escape(k)}: {escape(str(v))}" for k, v in items) + "</p>"
+
+
+def _table(header: tuple[str, ...], rows: list[list[str]], numeric: frozenset[int] = frozenset()) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    num = ' class="num"'
+    body = "".join("<tr>" + "".join(f"<td{num if i in numeric else ''}>{cell}</td>" for i, cell in enumerate(row))
+                   + "</tr>\n" for row in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
+
+
+def _regressions(report: dict) -> str:
+    if not report["regressions"]:
+        return "<h2>Regressions</h2>\n<p class=\"ok\">none</p>"
+    rows = [[escape(r["recipe"]), escape(r["target"]), f"<span class=\"bad\">{escape(r['metric'])}</span>",
+             escape(value(r["metric"], r["before"])), escape(value(r["metric"], r["after"])), escape(r["detail"])]
+            for r in report["regressions"]]
+    return "<h2>Regressions</h2>\n" + _table(("recipe", "target", "metric", "before", "after", "detail"), rows)
+
+
+def _failures(report: dict) -> str:
+    failed = [p for p in report["pairs"] if p["status"] == "failed"]
+    if not failed:
+        return ""
+    rows = [[escape(p["recipe"]), escape(p["target"]), f"<pre>{escape(p.get('error') or '')}</pre>"
+             + (f"<div class=\"muted\">hint: {escape(p['hint'])}</div>" if p.get("hint") else ""),
+             escape(p.get("log") or "-")] for p in failed]
+    return "<h2>Failures</h2>\n" + _table(("recipe", "target", "error", "log"), rows)
+
+
+def _pairs(report: dict, series: dict[str, dict]) -> str:
+    rows = []
+    for p in report["pairs"]:
+        key, status = (p["recipe"], p["target"]), p["status"]
+        cells = pair_row(p)
+        spark = lambda metric: _spark(series[metric].get(key, []))  # noqa: E731
+        errors = (p.get("validation") or {}).get("max_errors") or {}
+        error_text = ", ".join(f"{escape(o)} {v:.3g}" for o, v in errors.items() if isinstance(v, (int, float)))
+        rows.append([escape(p["recipe"]), escape(p["target"]),
+                     f"<span class=\"{'bad' if status == 'failed' else 'ok'}\">{escape(cells[2])}</span>",
+                     escape(cells[3]) + " " + spark("engine_bytes"), escape(cells[4]) + " " + spark("build_s"),
+                     (error_text or "-") + " " + spark("max_error"), escape(cells[6]), escape(cells[7])])
+    return "<h2>Pairs</h2>\n" + _table(("recipe", "target", "status", "engine", "build time", "max error",
+                                        "validation", "artifact"), rows, frozenset({3, 4, 5}))
+
+
+def _spark(values: list) -> str:
+    """A 90x22 sparkline of one pair's metric across the nights; nothing when there are under 2 values."""
+    known = [v for v in values if v is not None]
+    return _chart({("", ""): values}, 90, 22, axes=False) if len(known) > 1 else ""
+
+
+def _changes(report: dict) -> str:
+    if not report["changes"]:
+        return ""
+    items = "".join(f"<li>{escape(c['recipe'])} {escape(c['target'])}: {escape(c['metric'])} "
+                    f"{escape(str(c['before']))} → {escape(str(c['after']))} <span class=\"muted\">"
+                    f"{escape(c['detail'])}</span></li>\n" for c in report["changes"])
+    return f"<h2>Other changes</h2>\n<ul>\n{items}</ul>"
+
+
+def _charts(runs: list[str], series: dict[str, dict]) -> str:
+    parts = [f"<h2>Across {len(runs)} recorded night(s)</h2>\n<div class=\"charts\">"]
+    for metric, (title, _) in METRICS.items():
+        lines = {k: v for k, v in series[metric].items() if any(x is not None for x in v)}
+        legend = "".join(f"<span style=\"color:{PALETTE[i % len(PALETTE)]}\">■ {escape(' '.join(k))}</span>"
+                         for i, k in enumerate(lines))
+        legend = legend or '<span class="muted">no data</span>'
+        parts.append(f"<div class=\"chart\"><h3>{escape(title)}</h3>{_chart(lines, 360, 160, labels=runs)}"
+                     f"<div class=\"legend\">{legend}</div></div>")
+    return "\n".join(parts) + "\n</div>"
+
+
+def _chart(lines: dict[tuple[str, str], list], width: int, height: int, axes: bool = True,
+           labels: list[str] | None = None) -> str:
+    """An inline SVG line chart: one polyline per series, x = night, y = value; points carry a <title>."""
+    values = [v for vs in lines.values() for v in vs if v is not None]
+    pad = 28 if axes else 2
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    span = (high - low) or (abs(high) or 1.0)
+    count = max((len(vs) for vs in lines.values()), default=1)
+    x = lambda i: pad + (width - pad - 4) * (i / (count - 1) if count > 1 else 0.5)  # noqa: E731
+    y = lambda v: height - pad / (2 if axes else 1) - (height - pad * (1.5 if axes else 2)) * (  # noqa: E731
+        (v - low) / span if high != low else 0.5)
+    out = [f"<svg width=\"{width}\" height=\"{height}\" "
+           f"viewBox=\"0 0 {width} {height}\" role=\"img\">"]
+    if axes:
+        out.append(f"<line x1=\"{pad}\" y1=\"4\" x2=\"{pad}\" y2=\"{height - pad / 2}\" stroke=\"#bbb\"/>"
+                   f"<text x=\"2\" y=\"12\">{escape(_short(high))}</text>"
+                   f"<text x=\"2\" y=\"{height - pad / 2}\">{escape(_short(low))}</text>")
+    for index, (key, vs) in enumerate(lines.items()):
+        colour = PALETTE[index % len(PALETTE)]
+        for segment in _segments(vs):
+            points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in segment)
+            out.append(f"<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{points}\"/>")
+        for i, v in enumerate(vs):
+            if v is not None:
+                night = f"{labels[i]}: " if labels and i < len(labels) else ""
+                out.append(f"<circle cx=\"{x(i):.1f}\" cy=\"{y(v):.1f}\" r=\"{2.5 if axes else 1.5}\" "
+                           f"fill=\"{colour}\"><title>{escape(' '.join(key))} {escape(night)}{v:g}</title></circle>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _segments(values: list) -> list[list[tuple[int, float]]]:
+    """Runs of consecutive known values (a failed night breaks the line)."""
+    segments: list[list[tuple[int, float]]] = [[]]
+    for i, v in enumerate(values):
+        if v is None:
+            segments.append([])
+        else:
+            segments[-1].append((i, v))
+    return [s for s in segments if s]
+
+
+def _short(number: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(number) >= scale:
+            return f"{number / scale:.3g}{unit}"
+    return f"{number:.3g}"

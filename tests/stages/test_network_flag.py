@@ -1,0 +1,92 @@
+"""network-flag: creation flags for this backend, then the TensorRT ONNX parser fills the network."""
+
+from __future__ import annotations
+
+import logging
+import types
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import tensorrt_rtx
+
+from pipeline.backend import Backend
+from pipeline.context import Context
+from pipeline.errors import BackendError, BuildError
+from pipeline.recipe import FlagSpec
+from pipeline.stages.network_flag import creation_flags
+from tests.conftest import TINY_STAGES, run_stages
+from tests.stages.test_graph_cleanup import CLEANUP_NEEDED
+
+Recipe = Callable[..., Path]
+ContextFor = Callable[..., Context]
+LABEL = f"tensorrt-rtx {tensorrt_rtx.__version__}"
+
+
+def tiny(write_recipe: Recipe, flags: str) -> Path:
+    stages = TINY_STAGES.replace("{strongly_typed: true}", flags)
+    return write_recipe(f"name: t\nversion: 1.0.0\nmodel: {{path: {{models}}/tiny.onnx}}\ntargets: [sm89]\n{stages}")
+
+
+def test_strongly_typed_network(write_recipe: Recipe, build_context: ContextFor) -> None:
+    ctx = build_context(tiny(write_recipe, "{strongly_typed: true}"))
+    run_stages(ctx, "parse", "network-flag")
+    assert ctx.network.get_flag(tensorrt_rtx.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert ctx.network_record == {
+        "flags": ["STRONGLY_TYPED"],
+        "notes": [f"explicit batch is the only mode in {LABEL}; EXPLICIT_BATCH not set"],
+        "layers": ctx.network.num_layers,
+        "inputs": {"x": {"dtype": "float", "shape": [-1, 4]}},
+        "outputs": {"y": {"dtype": "float", "shape": [-1, 8]}},
+    }
+    assert ctx.network_record["layers"] > 0
+    assert ctx.parser is not None  # kept alive with the network: the network borrows its weights
+
+
+def test_flags_are_read_back_from_the_network(write_recipe: Recipe, build_context: ContextFor) -> None:
+    """TensorRT-RTX networks are strongly typed even when the flag is not asked for: the record says so."""
+    ctx = build_context(tiny(write_recipe, "{strongly_typed: false}"))
+    run_stages(ctx, "parse", "network-flag")
+    assert ctx.network.get_flag(tensorrt_rtx.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert ctx.network_record["flags"] == ["STRONGLY_TYPED"]
+    assert ctx.network_record["notes"] == [f"explicit batch is the only mode in {LABEL}; EXPLICIT_BATCH not set",
+                                           f"{LABEL} sets STRONGLY_TYPED on every network"]
+
+
+def test_uncleaned_model_fails_with_the_parser_error(write_recipe: Recipe, build_context: ContextFor,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    ctx = build_context(write_recipe(CLEANUP_NEEDED.format(cleanup="")))
+    run_stages(ctx, "parse")
+    with caplog.at_level(logging.INFO, logger="x"), pytest.raises(BuildError) as caught:
+        run_stages(ctx, "network-flag")
+    message = str(caught.value)
+    assert message.startswith("network-flag: the TensorRT ONNX parser reported ")
+    assert " error(s) in cleanup_needed.onnx; first: node 'y' (Reshape): " in message
+    assert "\n" not in message
+    assert caught.value.hint is not None and "freeze_inputs" in caught.value.hint
+    logged = [r.getMessage() for r in caplog.records if r.name == "x" and r.levelno == logging.ERROR]
+    assert logged and logged[0].startswith("ONNX parser: node 'y' (Reshape): ")
+
+
+def stand_in(version: str, *flags: str) -> Backend:
+    """Full TensorRT (8.x, 10.x, 11.x) cannot be installed here. creation_flags only reads the version and which
+    NetworkDefinitionCreationFlag members exist, so a module with just those exercises its version logic."""
+    members = {name: index for index, name in enumerate(flags)}
+    return Backend("tensorrt", types.SimpleNamespace(__version__=version,
+                                                     NetworkDefinitionCreationFlag=types.SimpleNamespace(**members)))
+
+
+def test_creation_flags_across_versions(rtx_backend: Backend) -> None:
+    both = FlagSpec(explicit_batch=True, strongly_typed=True)
+    assert creation_flags(FlagSpec(), stand_in("8.6.1", "EXPLICIT_BATCH")) == (1, ["EXPLICIT_BATCH"], [])
+    with pytest.raises(BackendError, match="which tensorrt 8.6.1 does not have"):  # capability refuses it earlier
+        creation_flags(both, stand_in("8.6.1", "EXPLICIT_BATCH"))
+    assert creation_flags(both, stand_in("10.13.0", "EXPLICIT_BATCH", "STRONGLY_TYPED")) == (
+        2, ["STRONGLY_TYPED"], ["explicit batch is the only mode in tensorrt 10.13.0; EXPLICIT_BATCH not set"])
+    assert creation_flags(both, stand_in("11.4.0.106", "STRONGLY_TYPED")) == (
+        0, [], ["explicit batch is the only mode in tensorrt 11.4.0.106; EXPLICIT_BATCH not set",
+                "tensorrt 11.4.0.106 is always strongly typed; STRONGLY_TYPED not set"])
+    strongly = 1 << int(tensorrt_rtx.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert creation_flags(both, rtx_backend) == (
+        strongly, ["STRONGLY_TYPED"], [f"explicit batch is the only mode in {LABEL}; EXPLICIT_BATCH not set"])
+    assert creation_flags(FlagSpec(explicit_batch=False), rtx_backend) == (0, [], [])

@@ -1,0 +1,342 @@
+"""The command line, through `pipeline.cli.main`: exit codes, exact lines, stdout for results only."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import tensorrt_rtx
+
+from pipeline import cli
+from pipeline.commands import core
+from tests.conftest import FORBIDDEN_STORE
+from tests.test_runner import FAILING, RECIPE
+
+REPO = Path(__file__).resolve().parent.parent
+RTX = ".".join(tensorrt_rtx.__version__.split(".")[:3])
+SM86, SM89 = f"sm86.rtx-{RTX}", f"sm89.rtx-{RTX}"
+LABEL = f"tensorrt-rtx {tensorrt_rtx.__version__}"
+
+Recipe = Callable[..., Path]
+Capture = pytest.CaptureFixture[str]
+
+
+def run(capsys: Capture, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def recipe(write_recipe: Recipe) -> Path:
+    return write_recipe(RECIPE)
+
+
+@pytest.fixture
+def built(capsys: Capture, store_dir: Path, recipe: Path) -> list[Path]:
+    code, out, err = run(capsys, "--store", str(store_dir), "build", str(recipe))
+    assert code == 0, err
+    return [Path(line) for line in out.splitlines()]
+
+
+# ---------------------------------------------------------------- check
+
+
+def test_check_ok(capsys: Capture, tiny_recipe: Path) -> None:
+    assert run(capsys, "check", str(tiny_recipe)) == (0, f"ok   {tiny_recipe} ({LABEL}; {SM89})\n", "")
+
+
+def test_check_bad(capsys: Capture, write_recipe: Recipe, tiny_recipe: Path) -> None:
+    bad = write_recipe(tiny_recipe.read_text().replace("workspace: 64MiB", "workspace: lots")
+                       .replace("- parse: {}", "- parse: {chek: true}"), "bad.yaml")
+    code, out, err = run(capsys, "check", str(tiny_recipe), str(bad))
+    assert code == 1
+    assert out == f"ok   {tiny_recipe} ({LABEL}; {SM89})\n"
+    assert err == (f"{bad}:7:13: stages[0].parse.chek: unknown key (did you mean 'check'?); expected one of check, "
+                   "infer_shapes\n"
+                   f"{bad}:9:30: stages[2].memory-pool.workspace: expected a size like '1GiB', '512MiB' or a number "
+                   "of bytes, got 'lots'\n")
+
+
+def test_check_reports_model_and_backend_problems(capsys: Capture, write_recipe: Recipe) -> None:
+    bad = write_recipe(RECIPE.replace("targets: [sm86, sm89]", "targets: [sm90]").replace("- x: {", "- z: {"))
+    code, out, err = run(capsys, "check", str(bad))
+    assert (code, out) == (1, "")
+    lines = err.splitlines()
+    assert lines[0].startswith(f"{bad}:5:11: targets[0]: {LABEL} cannot build for sm90; it supports ")
+    assert lines[1] == (f"{bad}:13:14: stages[4].serialize.profiles[0].z: model has no input 'z'; its inputs are x")
+    assert len(lines) == 2
+
+
+def test_check_json(capsys: Capture, tiny_recipe: Path, write_recipe: Recipe) -> None:
+    bad = write_recipe("name: X\n", "bad.yaml")
+    code, out, err = run(capsys, "--json", "check", str(tiny_recipe), str(bad))
+    assert (code, err) == (1, "")
+    results = json.loads(out)
+    assert results[0] == {"recipe": str(tiny_recipe), "ok": True, "problems": [], "targets": [SM89], "backend": LABEL}
+    assert results[1]["recipe"] == str(bad) and results[1]["ok"] is False
+    assert (f"{bad}:1:7: name: expected a lower-case name like 'resnet50' (letters, digits, '.', '_', '-'), "
+            "got 'X'") in results[1]["problems"]
+    assert f"{bad}:1:1: model: required key is missing" in results[1]["problems"]
+
+
+# ---------------------------------------------------------------- build
+
+
+def test_build_prints_only_artifact_dirs(capsys: Capture, store_dir: Path, recipe: Path) -> None:
+    code, out, err = run(capsys, "--store", str(store_dir), "build", str(recipe))
+    assert code == 0
+    assert out == f"{store_dir / 'tiny' / '1.0.0' / SM86}\n{store_dir / 'tiny' / '1.0.0' / SM89}\n"
+    for line in out.splitlines():
+        assert (Path(line) / "engine.plan").is_file()
+    progress = err.splitlines()
+    assert progress[0].startswith("[1/5] parse ")
+    assert progress[-1].startswith(f"built 2 engine(s), reused 0, for tiny 1.0.0 with {LABEL} in ")
+
+
+def test_build_options_after_the_command(capsys: Capture, store_dir: Path, recipe: Path) -> None:
+    code, out, err = run(capsys, "build", str(recipe), "--store", str(store_dir), "--target", "sm89", "-q")
+    assert (code, out, err) == (0, f"{store_dir / 'tiny' / '1.0.0' / SM89}\n", "")
+
+
+def test_build_again_reuses_and_force_rebuilds(capsys: Capture, store_dir: Path, recipe: Path,
+                                               built: list[Path]) -> None:
+    code, out, err = run(capsys, "--store", str(store_dir), "build", str(recipe))
+    assert (code, out.splitlines()) == (0, [str(p) for p in built])
+    assert "2 of 2 target(s) skipped (unchanged); use --force to rebuild" in err
+    code, out, err = run(capsys, "--store", str(store_dir), "build", str(recipe), "--force", "--target", "sm89")
+    assert (code, out) == (0, f"{store_dir / 'tiny' / '1.0.0+2' / SM89}\n")
+
+
+def test_build_json(capsys: Capture, store_dir: Path, recipe: Path) -> None:
+    code, out, err = run(capsys, "--store", str(store_dir), "--json", "build", str(recipe))
+    assert code == 0
+    rows = json.loads(out)
+    assert [(r["ref"], r["tag"], r["reused"], r["build"]) for r in rows] == [
+        ("tiny@1.0.0", SM86, False, 1), ("tiny@1.0.0", SM89, False, 1)]
+    assert all(Path(r["path"]).is_dir() and r["engine_bytes"] > 0 for r in rows)
+
+
+def test_build_dry_run_creates_nothing(capsys: Capture, store_dir: Path, recipe: Path) -> None:
+    code, out, err = run(capsys, "--store", str(store_dir), "build", str(recipe), "--dry-run")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0].startswith(f"tiny 1.0.0 from {recipe} (sha256 ")
+    assert out.splitlines()[-1] == f"  target   sm89   -> {store_dir / 'tiny' / '1.0.0' / SM89}"
+    assert not store_dir.exists()
+
+
+def test_build_recipe_errors_are_lines_without_traceback(capsys: Capture, store_dir: Path,
+                                                         write_recipe: Recipe) -> None:
+    bad = write_recipe(RECIPE.replace("workspace: 64MiB", "workspace: lots"))
+    assert run(capsys, "--store", str(store_dir), "build", str(bad)) == (1, "", (
+        f"{bad}:10:30: stages[3].memory-pool.workspace: expected a size like '1GiB', '512MiB' or a number of bytes, "
+        "got 'lots'\n"))
+    assert not store_dir.exists()
+
+
+def test_build_failure_is_one_error_and_a_hint(capsys: Capture, store_dir: Path, write_recipe: Recipe) -> None:
+    code, out, err = run(capsys, "--store", str(store_dir), "-q", "build", str(write_recipe(FAILING)))
+    assert (code, out) == (1, "")
+    lines = err.splitlines()
+    assert lines[0].startswith(f"error: serialize: {LABEL} could not build the engine for {SM86}: ")
+    kept = next((store_dir / "_failed").iterdir())
+    assert lines[-1].startswith("hint: ") and lines[-1].endswith(f"full log: {kept}")
+    assert "Traceback" not in err
+
+
+def test_forgetting_the_store_fails(capsys: Capture, recipe: Path) -> None:
+    artifacts = sorted(p.name for p in (REPO / "artifacts").iterdir()) if (REPO / "artifacts").exists() else []
+    code, out, err = run(capsys, "build", str(recipe))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: cannot create a staging directory in store {FORBIDDEN_STORE}: ")
+    assert "hint: pick a writable store with --store DIR or TRT_PIPELINE_STORE" in err
+    assert (sorted(p.name for p in (REPO / "artifacts").iterdir()) if (REPO / "artifacts").exists() else []) == \
+        artifacts
+
+
+def test_store_from_the_environment(capsys: Capture, store_dir: Path, recipe: Path) -> None:
+    environ = {"TRT_PIPELINE_STORE": str(store_dir)}
+    assert cli.main(["-q", "build", str(recipe), "--target", "sm89"], environ=environ) == 0
+    assert capsys.readouterr().out == f"{store_dir / 'tiny' / '1.0.0' / SM89}\n"
+
+
+def test_unexpected_exception_is_a_bug_with_a_crash_log(capsys: Capture, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path, tiny_recipe: Path) -> None:
+    def broken(args: object, log: object) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(core, "build", broken)  # tests the one handler for unexpected errors
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    code, out, err = run(capsys, "--store", str(tmp_path / "s"), "build", str(tiny_recipe))
+    crash = next(tmp_path.glob("trt-pipeline-crash-*.log"))
+    assert (code, out) == (3, "")
+    assert err == f"internal error (this is a bug): RuntimeError: boom\ndetails and versions: {crash}\n"
+    text = crash.read_text()
+    assert '"trt-pipeline": "0.1.0"' in text and '"python": ' in text
+    assert "Traceback" in text and "RuntimeError: boom" in text
+
+
+def test_ctrl_c_exits_130(capsys: Capture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                          tiny_recipe: Path) -> None:
+    def interrupted(args: object, log: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core, "build", interrupted)
+    assert run(capsys, "--store", str(tmp_path / "s"), "build", str(tiny_recipe)) == (
+        130, "", "interrupted: nothing was published by the interrupted step\n")
+
+
+def test_verbose_shows_tensorrt_messages(capsys: Capture, store_dir: Path, tiny_recipe: Path) -> None:
+    quiet = run(capsys, "--store", str(store_dir), "build", str(tiny_recipe), "--force")[2]
+    verbose = run(capsys, "--store", str(store_dir), "-v", "build", str(tiny_recipe), "--force")[2]
+    assert "[tensorrt-rtx] " not in quiet
+    assert "INFO: [tensorrt-rtx] " in verbose  # TensorRT's log, through the project's ILogger, on the terminal
+
+
+# ---------------------------------------------------------------- list and show
+
+
+def test_list(capsys: Capture, store_dir: Path, built: list[Path]) -> None:
+    code, out, err = run(capsys, "--store", str(store_dir), "list")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["ARTIFACT", "TAG", "ENGINE", "VALIDATION", "CREATED"]
+    assert [line.split()[:2] for line in lines[1:]] == [["tiny@1.0.0", SM86], ["tiny@1.0.0", SM89]]
+    assert all(line.split()[4] == "not-run" for line in lines[1:])
+
+
+def test_list_json(capsys: Capture, store_dir: Path, built: list[Path]) -> None:
+    code, out, err = run(capsys, "--store", str(store_dir), "list", "--json")
+    rows = json.loads(out)
+    assert [(r["ref"], r["tag"], r["path"]) for r in rows] == [("tiny@1.0.0", SM86, str(built[0])),
+                                                               ("tiny@1.0.0", SM89, str(built[1]))]
+    assert all(r["engine_bytes"] == (Path(r["path"]) / "engine.plan").stat().st_size for r in rows)
+
+
+def test_list_by_name_and_empty(capsys: Capture, store_dir: Path, built: list[Path], tmp_path: Path) -> None:
+    assert json.loads(run(capsys, "--store", str(store_dir), "--json", "list", "other")[1]) == []
+    assert run(capsys, "--store", str(tmp_path / "empty"), "list") == (0, "", f"no artifacts in {tmp_path / 'empty'}\n")
+
+
+def test_show(capsys: Capture, store_dir: Path, built: list[Path]) -> None:
+    code, out, err = run(capsys, "--store", str(store_dir), "show", "tiny@1.0.0", "--tag", SM89)
+    assert (code, err) == (0, "")
+    fields = {line[:11].strip(): line[12:] for line in out.splitlines()}
+    assert fields["artifact"] == f"tiny@1.0.0 [{SM89}]"
+    assert fields["path"] == str(built[1])
+    assert fields["backend"] == LABEL
+    assert fields["target"] == f"{SM89} (compute capability 8.9)"
+    assert fields["cleaned"].startswith("model.cleaned.onnx (sha256 ")
+    assert fields["pools"] == "workspace=64.0 MiB"
+    assert fields["validation"] == "not-run: no validation has run on this artifact yet"
+
+
+def test_show_json_by_directory(capsys: Capture, store_dir: Path, built: list[Path]) -> None:
+    code, out, err = run(capsys, "--store", str(store_dir), "--json", "show", str(built[0]))
+    shown = json.loads(out)
+    assert shown["path"] == str(built[0])
+    assert {k: v for k, v in shown.items() if k != "path"} == json.loads((built[0] / "manifest.json").read_text())
+
+
+def test_show_ambiguous_and_unknown(capsys: Capture, store_dir: Path, built: list[Path]) -> None:
+    assert run(capsys, "--store", str(store_dir), "show", "tiny@1.0.0") == (
+        1, "", f"error: tiny@1.0.0 has 2 GPU tags ({SM86}, {SM89}); pick one with --tag TAG\n")
+    assert run(capsys, "--store", str(store_dir), "show", "nope@1.0.0") == (
+        1, "", f"error: no artifact nope@1.0.0 in store {store_dir}; built artifacts: tiny@1.0.0\n"
+               "hint: see `trt-pipeline list`\n")
+
+
+# ---------------------------------------------------------------- help, entry points
+
+
+def commands() -> list[str]:
+    sub = next(a for a in cli.parser()._actions if a.dest == "command")
+    return sorted(sub.choices)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("command", [None, *commands()])
+def test_help_works_for_every_command(capsys: Capture, command: str | None) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main([command, "--help"] if command else ["--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: trt-pipeline {command} " if command else "usage: trt-pipeline ")
+
+
+def test_core_commands_are_registered() -> None:
+    assert {"check", "build", "list", "show"} <= set(commands())
+
+
+def test_python_dash_m_pipeline_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: trt-pipeline ")
+    assert "exit codes: 0 ok, 1 user error" in done.stdout
+
+
+def test_help_imports_no_heavy_library() -> None:
+    """--help, check and list must be instant: TensorRT, graphsurgeon, ONNX Runtime and Polygraphy load lazily."""
+    code = ("import sys\nfrom pipeline import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = ('tensorrt_rtx', 'tensorrt', 'onnx_graphsurgeon', 'onnxruntime', 'polygraphy', 'onnx')\n"
+            "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "[]"
+
+
+def test_console_script_entry_point_is_main() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["trt-pipeline"].partition(":")
+    assert getattr(importlib.import_module(module), name) is cli.main
+
+
+def test_console_script() -> None:
+    script = Path(sys.executable).parent / "trt-pipeline"
+    if not script.exists():
+        pytest.skip("the trt-pipeline console script is not installed in this environment (pip install -e .)")
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "trt-pipeline 0.1.0\n")
+
+
+# ---------------------------------------------------------------- the README quick start (slow: ResNet-50)
+
+
+@pytest.mark.slow
+def test_readme_resnet50_recipe_builds_as_written(capsys: Capture, tmp_path: Path, resnet50_path: Path) -> None:
+    """The slow one (ResNet-50, ~10 s on an idle 2-core machine): recipes/resnet50.yaml, unedited, builds an
+    engine for each of its 3 targets."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "models").mkdir()
+    recipe = tmp_path / "recipes" / "resnet50.yaml"
+    shutil.copyfile(REPO / "recipes" / "resnet50.yaml", recipe)
+    os.symlink(resnet50_path, tmp_path / "models" / "resnet50.onnx")
+    store_dir = tmp_path / "artifacts"
+    code, out, err = run(capsys, "--store", str(store_dir), "build", str(recipe))
+    assert code == 0, err
+    tags = [f"sm86.rtx-{RTX}", f"sm89.rtx-{RTX}", f"sm120.rtx-{RTX}"]
+    assert out.splitlines() == [str(store_dir / "resnet50" / "1.0.0" / tag) for tag in tags]
+    for line in out.splitlines():
+        manifest = json.loads((Path(line) / "manifest.json").read_text())
+        assert manifest["engine"]["bytes"] == (Path(line) / "engine.plan").stat().st_size > 1_000_000
+        assert manifest["config"]["memory_pools"] == {"workspace": 2 * 1024**3, "tactic_shared_memory": 48 * 1024}
+        assert manifest["config"]["profiles"] == [{"input": {"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224],
+                                                             "max": [32, 3, 224, 224]}}]
+        assert manifest["validation"]["status"] in {"skipped", "not-run"}  # no GPU can run it here

@@ -1,0 +1,412 @@
+"""recipe: load, validate (every problem at once, FILE:LINE:COL), apply defaults, freeze."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from models.make_models import MODELS
+from pipeline import recipe as recipes
+from pipeline.errors import RecipeError
+from pipeline.recipe import (CleanupSpec, FlagSpec, ParseSpec, PoolSpec, SerializeSpec, Tolerance,
+                             ValidateSpec, check_model_io, size_bytes)
+from pipeline.stages.parse import describe
+
+REPO = Path(__file__).resolve().parent.parent
+ORDER = "parse -> graph-cleanup (optional) -> network-flag -> memory-pool -> serialize"
+
+WriteRecipe = Callable[..., Path]
+
+# A valid recipe; tests replace one line to make exactly one problem, so line numbers stay readable.
+GOOD = """\
+name: tiny
+version: 1.0.0
+model: {path: {models}/tiny.onnx}
+backend: tensorrt-rtx
+targets: [sm89]
+stages:
+  - parse: {check: true}
+  - network-flag: {strongly_typed: true}
+  - memory-pool: {workspace: 64MiB}
+  - serialize:
+      profiles:
+        - x: {min: [1, 4], opt: [8, 4], max: [64, 4]}
+"""
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(RecipeError) as caught:
+        recipes.load(path)
+    assert str(caught.value) == "\n".join(caught.value.problems)
+    return caught.value.problems
+
+
+def edited(old: str, new: str) -> str:
+    assert GOOD.count(old) == 1, old
+    return GOOD.replace(old, new)
+
+
+# ---------------------------------------------------------------- one problem each, exact text
+
+
+def test_good_recipe_loads(write_recipe: WriteRecipe, models_dir: Path) -> None:
+    recipe = recipes.load(write_recipe(GOOD))
+    assert (recipe.name, recipe.version, recipe.backend, recipe.targets) == ("tiny", "1.0.0", "tensorrt-rtx", ("sm89",))
+    assert list(recipe.stages) == ["parse", "network-flag", "memory-pool", "serialize"]
+    assert recipe.model_path == models_dir / "tiny.onnx"
+
+
+def test_bad_size(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("{workspace: 64MiB}", "{workspace: lots}"))
+    assert problems_of(path) == [
+        f"{path}:9:30: stages[2].memory-pool.workspace: expected a size like '1GiB', '512MiB' or a number of bytes, "
+        "got 'lots'"]
+
+
+def test_negative_size(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("{workspace: 64MiB}", "{workspace: -1}"))
+    assert problems_of(path) == [
+        f"{path}:9:30: stages[2].memory-pool.workspace: expected a size like '1GiB', '512MiB' or a number of bytes, "
+        "got -1"]
+
+
+def test_unknown_key_with_did_you_mean(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("{check: true}", "{chek: true}"))
+    assert problems_of(path) == [
+        f"{path}:7:13: stages[0].parse.chek: unknown key (did you mean 'check'?); expected one of check, infer_shapes"]
+
+
+def test_unknown_key_without_close_match(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(GOOD + "colour: red\n")
+    assert problems_of(path) == [
+        f"{path}:13:1: colour: unknown key; expected one of backend, description, model, name, stages, targets, "
+        "validate, version"]
+
+
+def test_missing_required_key(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("targets: [sm89]\n", ""))
+    assert problems_of(path) == [f"{path}:1:1: targets: required key is missing"]
+
+
+def test_missing_nested_required_key(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("model: {path: {models}/tiny.onnx}", "model: {}"))
+    assert problems_of(path) == [f"{path}:3:8: model.path: required key is missing"]
+
+
+def test_wrong_type(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("targets: [sm89]", "targets: sm89"))
+    assert problems_of(path) == [f"{path}:5:10: targets: expected a list, got 'sm89'"]
+
+
+def test_wrong_type_boolean(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("{check: true}", "{check: yes please}"))
+    assert problems_of(path) == [f"{path}:7:20: stages[0].parse.check: expected true or false, got 'yes please'"]
+
+
+def test_bad_enum(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("backend: tensorrt-rtx", "backend: trt"))
+    assert problems_of(path) == [f"{path}:4:10: backend: expected one of 'auto', 'tensorrt', 'tensorrt-rtx', got 'trt'"]
+
+
+def test_bad_target(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("targets: [sm89]", "targets: [sm89, gpu0]"))
+    assert problems_of(path) == [f"{path}:5:17: targets[1]: expected a compute capability like 'sm89', or 'local', "
+                                 "got 'gpu0'"]
+
+
+def test_out_of_range(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("      profiles:", "      builder_optimization_level: 9\n      profiles:"))
+    assert problems_of(path) == [f"{path}:11:35: stages[3].serialize.builder_optimization_level: "
+                                 "expected a number <= 5, got 9"]
+
+
+def test_duplicate_key(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("targets: [sm89]\n", "targets: [sm89]\ntargets: [sm86]\n"))
+    assert problems_of(path) == [f"{path}:6:1: targets: duplicate key"]
+
+
+def test_invalid_yaml(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("model: {path: {models}/tiny.onnx}", "model: {path: {models}/tiny.onnx"))
+    assert problems_of(path) == [f"{path}:4:8: invalid YAML: expected ',' or '}}', but got ':'"]
+
+
+def test_top_level_not_a_mapping(write_recipe: WriteRecipe) -> None:
+    path = write_recipe("- parse\n- serialize\n")
+    assert problems_of(path) == [f"{path}:1:1: (top): expected a mapping with name, version, model, targets, stages"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    assert problems_of(path) == [f"{path}: cannot read recipe: No such file or directory"]
+
+
+def test_wrong_stage_order(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("  - network-flag: {strongly_typed: true}\n  - memory-pool: {workspace: 64MiB}\n",
+                               "  - memory-pool: {workspace: 64MiB}\n  - network-flag: {strongly_typed: true}\n"))
+    assert problems_of(path) == [
+        f"{path}:8:5: stages[1]: expected stage 'network-flag' here, got 'memory-pool'; order is {ORDER}"]
+
+
+def test_duplicated_stage(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("  - parse: {check: true}\n", "  - parse: {check: true}\n  - parse: {}\n"))
+    assert problems_of(path) == [f"{path}:8:5: stages[1]: stage 'parse' appears twice; each stage runs once"]
+
+
+def test_missing_stage(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("  - memory-pool: {workspace: 64MiB}\n", ""))
+    assert problems_of(path) == [f"{path}:6:1: stages: missing stage(s) memory-pool; order is {ORDER}"]
+
+
+def test_unknown_stage(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("  - parse: {check: true}\n", "  - parse: {check: true}\n  - optimize: {}\n"))
+    assert problems_of(path) == [f"{path}:8:5: stages[1].optimize: unknown key; expected one of graph-cleanup, "
+                                 "memory-pool, network-flag, parse, serialize"]
+
+
+def test_profile_min_greater_than_opt(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("min: [1, 4], opt: [8, 4]", "min: [16, 4], opt: [8, 4]"))
+    assert problems_of(path) == [f"{path}:12:14: stages[3].serialize.profiles[0].x: expected min <= opt <= max in "
+                                 "every dimension, got min [16, 4], opt [8, 4], max [64, 4]"]
+
+
+def test_profile_rank_mismatch(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("opt: [8, 4]", "opt: [8, 4, 1]"))
+    assert problems_of(path) == [f"{path}:12:14: stages[3].serialize.profiles[0].x: min, opt and max must have the "
+                                 "same rank, got 2, 3, 2"]
+
+
+def test_several_problems_at_once(write_recipe: WriteRecipe) -> None:
+    body = (edited("{check: true}", "{chek: true}")
+            .replace("{workspace: 64MiB}", "{workspace: lots}")
+            .replace("backend: tensorrt-rtx", "backend: trt")
+            .replace("version: 1.0.0", "version: 1.0"))
+    path = write_recipe(body)
+    assert problems_of(path) == [
+        f"{path}:2:10: version: expected a version like '1.0.0', got 1.0",
+        f"{path}:4:10: backend: expected one of 'auto', 'tensorrt', 'tensorrt-rtx', got 'trt'",
+        f"{path}:7:13: stages[0].parse.chek: unknown key (did you mean 'check'?); expected one of check, infer_shapes",
+        f"{path}:9:30: stages[2].memory-pool.workspace: expected a size like '1GiB', '512MiB' or a number of bytes, "
+        "got 'lots'",
+    ]
+
+
+def test_several_profile_problems_at_once(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("        - x: {min: [1, 4], opt: [8, 4], max: [64, 4]}\n",
+                               "        - x: {min: [1, 4], opt: [8, 4], max: [4, 4]}\n"
+                               "          z: {min: [1], opt: [1, 1], max: [1]}\n"))
+    assert problems_of(path) == [
+        f"{path}:12:14: stages[3].serialize.profiles[0].x: expected min <= opt <= max in every dimension, "
+        "got min [1, 4], opt [8, 4], max [4, 4]",
+        f"{path}:13:14: stages[3].serialize.profiles[0].z: min, opt and max must have the same rank, got 1, 2, 1",
+    ]
+
+
+# ---------------------------------------------------------------- sizes, defaults, freezing, paths
+
+
+@pytest.mark.parametrize(("written", "nbytes"), [
+    ("2GiB", 2 * 1024**3), ("48KiB", 48 * 1024), ("1048576", 1048576), ("1.5GB", 1_500_000_000),
+    ("512 MiB", 512 * 1024**2), ("'100B'", 100),
+])
+def test_sizes(write_recipe: WriteRecipe, written: str, nbytes: int) -> None:
+    recipe = recipes.load(write_recipe(edited("{workspace: 64MiB}", f"{{workspace: {written}}}")))
+    assert recipe.spec("memory-pool").limits == {"workspace": nbytes}
+    assert isinstance(recipe.spec("memory-pool").limits["workspace"], int)
+
+
+def test_size_bytes_function() -> None:
+    assert size_bytes(7) == 7
+    assert size_bytes("1TiB") == 1024**4
+    assert size_bytes("3kB") == 3000
+
+
+def test_defaults_applied(write_recipe: WriteRecipe) -> None:
+    recipe = recipes.load(write_recipe("""\
+        name: tiny
+        version: 1.0.0
+        model: {path: tiny.onnx}
+        targets: [sm89]
+        stages:
+          - parse:
+          - network-flag: {}
+          - memory-pool:
+          - serialize: {}
+        validate:
+          atol: 0.5
+          outputs:
+            y: {rtol: 0.25}
+        """))
+    assert recipe.backend == "auto"
+    assert recipe.model_sha256 is None
+    assert recipe.spec("parse") == ParseSpec(check=True, infer_shapes=True)
+    assert recipe.spec("graph-cleanup") == CleanupSpec()
+    assert recipe.spec("graph-cleanup").passes == ("cleanup", "toposort")
+    assert recipe.spec("graph-cleanup").fold_constants is True
+    assert recipe.spec("network-flag") == FlagSpec(explicit_batch=True, strongly_typed=False)
+    assert recipe.spec("memory-pool") == PoolSpec()
+    serialize = recipe.spec("serialize")
+    assert (serialize.builder_optimization_level, serialize.profiles, serialize.flags,
+            serialize.hardware_compatibility, serialize.timing_cache) == (3, (), (), "none", None)
+    validate = recipe.validate
+    assert validate is not None
+    assert (validate.reference, validate.shapes, validate.seed, validate.rtol) == ("onnxruntime", ("opt",), 0, 1e-3)
+    assert validate.tolerance("y") == Tolerance(atol=0.5, rtol=0.25)  # unset atol inherits the recipe-wide one
+    assert validate.tolerance("other") == Tolerance(atol=0.5, rtol=1e-3)
+
+
+def test_no_validate_section(write_recipe: WriteRecipe) -> None:
+    assert recipes.load(write_recipe(GOOD)).validate is None
+
+
+SPEC_TYPES: dict[str, type] = {"parse": ParseSpec, "graph-cleanup": CleanupSpec, "network-flag": FlagSpec,
+                               "serialize": SerializeSpec, "validate": ValidateSpec}
+
+
+@pytest.mark.parametrize("section", sorted(SPEC_TYPES))
+def test_schema_defaults_match_frozen_defaults(section: str) -> None:
+    """The schema documents the defaults; the frozen types apply them. They must say the same thing."""
+    properties = recipes.schema()["$defs"][section]["properties"]
+    fields = {f.name: f for f in dataclasses.fields(SPEC_TYPES[section])}
+    documented = {key: prop["default"] for key, prop in properties.items() if "default" in prop}
+    assert documented, section
+    for key, default in documented.items():
+        field = fields[key]
+        factory: Any = field.default_factory
+        applied = factory() if field.default is dataclasses.MISSING else field.default
+        assert (list(applied) if isinstance(applied, tuple) else applied) == default, f"{section}.{key}"
+
+
+def test_backend_default_in_schema_matches_loader(write_recipe: WriteRecipe) -> None:
+    recipe = recipes.load(write_recipe(edited("backend: tensorrt-rtx\n", "")))
+    assert recipe.backend == recipes.schema()["properties"]["backend"]["default"] == "auto"
+
+
+def test_objects_are_frozen(write_recipe: WriteRecipe) -> None:
+    cleanup = "  - parse: {check: true}\n  - graph-cleanup: {freeze_inputs: {x: [1]}}\n"
+    recipe = recipes.load(write_recipe(edited("  - parse: {check: true}\n", cleanup)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.name = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.spec("serialize").builder_optimization_level = 5  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.spec("serialize").profiles[0][0].min = (2, 4)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        recipe.stages["parse"] = ParseSpec()  # type: ignore[index]
+    with pytest.raises(TypeError):
+        recipe.spec("memory-pool").limits["workspace"] = 1  # type: ignore[index]
+    with pytest.raises(TypeError):
+        recipe.spec("graph-cleanup").freeze_inputs["x"] = 2  # type: ignore[index]
+    assert recipe.spec("graph-cleanup").freeze_inputs["x"] == (1,)
+    assert isinstance(recipe.targets, tuple)
+    assert isinstance(recipe.spec("serialize").profiles[0][0].max, tuple)
+
+
+def test_relative_model_path_is_resolved_against_the_recipe_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "project" / "recipes").mkdir(parents=True)
+    path = tmp_path / "project" / "recipes" / "r.yaml"
+    path.write_text(GOOD.replace("{models}/tiny.onnx", "../models/tiny.onnx")
+                    .replace("      profiles:", "      timing_cache: {path: caches/t.cache}\n      profiles:"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    recipe = recipes.load(Path("..") / "project" / "recipes" / "r.yaml")
+    assert recipe.model_path == tmp_path / "project" / "models" / "tiny.onnx"
+    assert recipe.model_path.is_absolute()
+    timing_cache = recipe.spec("serialize").timing_cache
+    assert timing_cache is not None and timing_cache.path == tmp_path / "project" / "recipes" / "caches" / "t.cache"
+
+
+def test_absolute_model_path_is_kept(write_recipe: WriteRecipe, models_dir: Path) -> None:
+    assert recipes.load(write_recipe(GOOD)).model_path == models_dir / "tiny.onnx"
+
+
+def test_recipe_sha256_is_of_the_file_bytes(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(GOOD)
+    assert recipes.load(path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_where_points_at_the_closest_marked_key(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(GOOD)
+    recipe = recipes.load(path)
+    assert recipe.where(("stages", 2, "memory-pool", "workspace")) == f"{path}:9:30"
+    assert recipe.where(("stages", 2, "memory-pool", "tactic_dram")) == f"{path}:9:18"
+    assert recipe.problem(("model", "sha256"), "m") == f"{path}:3:8: model.sha256: m"
+
+
+@pytest.mark.parametrize("shipped", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_load_and_match_their_models(shipped: Path) -> None:
+    recipe = recipes.load(shipped)
+    assert recipe.model_path.parent == REPO / "models"
+    if recipe.model_path.stem == "resnet50":
+        return  # 100 MB to generate: its I/O is checked by the README build test in test_cli.py
+    info = describe(MODELS[recipe.model_path.stem]())
+    shapes = lambda io: {name: v["shape"] for name, v in io.items()}  # noqa: E731
+    assert check_model_io(recipe, shapes(info["inputs"]), shapes(info["outputs"])) == []
+
+
+def test_readme_recipe_is_the_shipped_resnet50() -> None:
+    """The README's example recipe and recipes/resnet50.yaml say the same thing (comments aside)."""
+    import yaml
+
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert yaml.safe_load(example) == yaml.safe_load((REPO / "recipes" / "resnet50.yaml").read_text())
+
+
+# ---------------------------------------------------------------- check_model_io
+
+
+IO_RECIPE = """\
+name: two
+version: 1.0.0
+model: {path: two_input.onnx}
+targets: [sm89]
+stages:
+  - parse: {}
+  - graph-cleanup:
+      freeze_inputs: {scal: 1.0}
+      override_shapes: {imgae: [1, 3, 8, 8]}
+  - network-flag: {}
+  - memory-pool: {}
+  - serialize:
+      profiles:
+        - imag: {min: [1, 3, 8, 8], opt: [1, 3, 8, 8], max: [1, 3, 8, 8]}
+          scale: {min: [1], opt: [1], max: [1]}
+validate:
+  outputs:
+    heatmp: {atol: 0.1}
+"""
+
+TWO_INPUTS = {"image": ["batch", 3, "height", "width"], "scale": ["batch", 1]}
+TWO_OUTPUTS = {"features": ["batch", 8], "heatmap": ["batch", 1, "height", "width"]}
+
+
+def test_check_model_io_problems(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(IO_RECIPE)
+    assert check_model_io(recipes.load(path), TWO_INPUTS, TWO_OUTPUTS) == [
+        f"{path}:14:17: stages[4].serialize.profiles[0].imag: model has no input 'imag' (did you mean 'image'?); "
+        "its inputs are image, scale",
+        f"{path}:15:18: stages[4].serialize.profiles[0].scale: input 'scale' has rank 2 ['batch', 1], "
+        "profile shapes have rank 1",
+        f"{path}:8:29: stages[1].graph-cleanup.freeze_inputs.scal: model has no input 'scal' "
+        "(did you mean 'scale'?); its inputs are image, scale",
+        f"{path}:9:32: stages[1].graph-cleanup.override_shapes.imgae: model has no input 'imgae' "
+        "(did you mean 'image'?); its inputs are image, scale",
+        f"{path}:18:13: validate.outputs.heatmp: model has no output 'heatmp' (did you mean 'heatmap'?); "
+        "its outputs are features, heatmap",
+    ]
+
+
+def test_check_model_io_no_close_match(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(GOOD.replace("- x:", "- tokens:"))
+    assert check_model_io(recipes.load(path), {"x": ["batch", 4]}, {"y": ["batch", 8]}) == [
+        f"{path}:12:19: stages[3].serialize.profiles[0].tokens: model has no input 'tokens'; its inputs are x"]
+
+
+def test_check_model_io_clean(write_recipe: WriteRecipe) -> None:
+    assert check_model_io(recipes.load(write_recipe(GOOD)), {"x": ["batch", 4]}, {"y": ["batch", 8]}) == []

@@ -1,0 +1,215 @@
+"""runner: plan, build every target into the store, skip what is unchanged, leave nothing half-written."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import tensorrt_rtx
+
+from pipeline import backend as backends, gpu, recipe as recipes, runner
+from pipeline.digest import file_sha256
+from pipeline.errors import BuildError, RecipeError
+from pipeline.store import FAILED, STAGING, Store
+
+RTX = ".".join(tensorrt_rtx.__version__.split(".")[:3])
+SM86, SM89 = f"sm86.rtx-{RTX}", f"sm89.rtx-{RTX}"
+
+# tiny, with graph-cleanup (so a cleaned model is published) and two targets
+RECIPE = """\
+name: tiny
+version: 1.0.0
+model: {path: {models}/tiny.onnx}
+backend: tensorrt-rtx
+targets: [sm86, sm89]
+stages:
+  - parse: {check: true}
+  - graph-cleanup: {}
+  - network-flag: {strongly_typed: true}
+  - memory-pool: {workspace: 64MiB}
+  - serialize:
+      profiles:
+        - x: {min: [1, 4], opt: [8, 4], max: [64, 4]}
+"""
+
+Recipe = Callable[..., Path]
+
+
+def plan_for(path: Path, targets: tuple[str, ...] = ()) -> runner.Plan:
+    recipe = recipes.load(path)
+    return runner.plan(recipe, backends.load(recipe.backend), gpu.probe(), targets)
+
+
+def build_with(path: Path, store: Store, targets: tuple[str, ...] = (), force: bool = False,
+               lines: list[str] | None = None) -> list[runner.Outcome]:
+    """Plan and build like `trt-pipeline build`, progress lines collected into `lines`."""
+    progress = (lines if lines is not None else []).append
+    return runner.build(plan_for(path, targets), store, logging.getLogger("x.runner"), progress, force=force)
+
+
+def staging_leftovers(store: Store) -> list[Path]:
+    return list((store.root / STAGING).iterdir()) if (store.root / STAGING).exists() else []
+
+
+def test_build_two_targets(write_recipe: Recipe, store: Store) -> None:
+    lines: list[str] = []
+    outcomes = build_with(write_recipe(RECIPE), store, lines=lines)
+    assert [(o.target.name, o.artifact.tag, o.reused) for o in outcomes] == [("sm86", SM86, False),
+                                                                            ("sm89", SM89, False)]
+    for outcome in outcomes:
+        assert outcome.artifact.path == store.root / "tiny" / "1.0.0" / outcome.artifact.tag
+        assert sorted(p.name for p in outcome.artifact.path.iterdir()) == [
+            "build.log", "engine.plan", "manifest.json", "model.cleaned.onnx"]
+    assert [a.tag for a in store.artifacts()] == [SM86, SM89]
+    assert staging_leftovers(store) == []
+    assert [line.split()[:2] for line in lines] == [
+        ["[1/5]", "parse"], ["[2/5]", "graph-cleanup"],
+        ["[3/5]", "network-flag"], ["[4/5]", "memory-pool"], ["[5/5]", "serialize"],
+        ["[3/5]", "network-flag"], ["[4/5]", "memory-pool"], ["[5/5]", "serialize"]]
+    assert lines[2].split()[2] == "sm86" and lines[5].split()[2] == "sm89"
+    assert all(line.endswith("s") for line in lines)
+
+
+def test_only_the_asked_targets(write_recipe: Recipe, store: Store) -> None:
+    outcomes = build_with(write_recipe(RECIPE), store, targets=("sm89",))
+    assert [o.artifact.tag for o in outcomes] == [SM89]
+    assert [a.tag for a in store.artifacts()] == [SM89]
+
+
+def test_unchanged_rebuild_is_reused_by_source_key(write_recipe: Recipe, store: Store) -> None:
+    path = write_recipe(RECIPE)
+    first = build_with(path, store)
+    lines: list[str] = []
+    again = build_with(path, store, lines=lines)
+    assert [o.reused for o in again] == [True, True]
+    assert [o.artifact for o in again] == [o.artifact for o in first]
+    assert lines == [f"[skip] sm86   unchanged recipe and model (source key): reusing tiny@1.0.0 {SM86}",
+                     f"[skip] sm89   unchanged recipe and model (source key): reusing tiny@1.0.0 {SM89}",
+                     "2 of 2 target(s) skipped (unchanged); use --force to rebuild"]
+    assert len(store.artifacts()) == 2
+
+
+def test_force_rebuilds_with_a_new_build_number(write_recipe: Recipe, store: Store) -> None:
+    path = write_recipe(RECIPE)
+    build_with(path, store)
+    again = build_with(path, store, force=True)
+    assert [(o.reused, o.artifact.build) for o in again] == [(False, 2), (False, 2)]
+    assert again[0].artifact.path == store.root / "tiny" / "1.0.0+2" / SM86
+    assert len(store.artifacts()) == 4
+
+
+def test_changed_settings_are_rebuilt(write_recipe: Recipe, store: Store) -> None:
+    build_with(write_recipe(RECIPE), store)
+    again = build_with(write_recipe(RECIPE.replace("workspace: 64MiB", "workspace: 128MiB")), store)
+    assert [(o.reused, o.artifact.build) for o in again] == [(False, 2), (False, 2)]
+    assert again[1].artifact.manifest()["config"]["memory_pools"] == {"workspace": 128 * 1024**2}
+
+
+def test_changed_model_is_rebuilt(write_recipe: Recipe, store: Store, tmp_path: Path) -> None:
+    from models.make_models import MODELS, write_model
+
+    model = tmp_path / "tiny.onnx"
+    write_model(MODELS["tiny"](seed=0), model)
+    path = write_recipe(RECIPE.replace("{models}/tiny.onnx", str(model)))
+    build_with(path, store, targets=("sm89",))
+    write_model(MODELS["tiny"](seed=1), model)  # same graph, other weights
+    assert [o.reused for o in build_with(path, store, targets=("sm89",))] == [False]
+
+
+def test_same_cleaned_model_and_settings_are_reused_by_build_key(write_recipe: Recipe, store: Store) -> None:
+    """parse settings change the source key but not the cleaned model: the build key still matches."""
+    build_with(write_recipe(RECIPE), store, targets=("sm89",))
+    lines: list[str] = []
+    again = build_with(write_recipe(RECIPE.replace("{check: true}", "{check: false}")), store, targets=("sm89",),
+                       lines=lines)
+    assert [(o.reused, o.artifact.build) for o in again] == [(True, 1)]
+    assert f"[skip] sm89   unchanged cleaned model and settings (build key): reusing tiny@1.0.0 {SM89}" in lines
+    assert staging_leftovers(store) == []
+
+
+FAILING = RECIPE.replace("{workspace: 64MiB}", "{workspace: 64MiB, tactic_shared_memory: 0}")
+
+
+def test_failure_leaves_nothing_half_written(write_recipe: Recipe, store: Store) -> None:
+    """A real failure in serialize (TensorRT-RTX refuses a 0-byte shared-memory pool) for the first target."""
+    with pytest.raises(BuildError) as caught:
+        build_with(write_recipe(FAILING), store)
+    assert str(caught.value).startswith("serialize: ")
+    assert store.artifacts() == []
+    assert not (store.root / "tiny" / "1.0.0").exists()
+    assert staging_leftovers(store) == []
+    kept = list((store.root / FAILED).iterdir())
+    assert len(kept) == 1 and kept[0].name.startswith("tiny-")
+    assert caught.value.hint is not None and caught.value.hint.endswith(f"full log: {kept[0]}")
+    log = kept[0].read_text()
+    assert "stage serialize sm86 failed: serialize: " in log
+    assert "Error Code" in log  # TensorRT's own message went through the project's logger into the log
+
+
+def test_failure_in_a_shared_stage(write_recipe: Recipe, store: Store, tmp_path: Path) -> None:
+    """The ONNX checker rejects the model in parse, before any target."""
+    from tests.stages.test_parse import unsorted_tiny
+
+    model = unsorted_tiny(tmp_path / "broken.onnx")
+    path = write_recipe(RECIPE.replace("{models}/tiny.onnx", str(model)))
+    with pytest.raises(BuildError, match=r"^parse: the ONNX checker rejects "):
+        build_with(path, store)
+    assert store.artifacts() == [] and staging_leftovers(store) == []
+    assert "stage parse failed: parse: the ONNX checker rejects" in next((store.root / FAILED).iterdir()).read_text()
+
+
+def test_a_wrong_pin_fails_even_when_the_build_could_be_reused(write_recipe: Recipe, store: Store,
+                                                               models_dir: Path) -> None:
+    build_with(write_recipe(RECIPE), store, targets=("sm89",))
+    pinned = "model: {path: {models}/tiny.onnx, sha256: " + "ab" * 32 + "}"
+    path = write_recipe(RECIPE.replace("model: {path: {models}/tiny.onnx}", pinned))
+    with pytest.raises(BuildError) as caught:
+        build_with(path, store, targets=("sm89",))
+    model = models_dir / "tiny.onnx"
+    assert str(caught.value) == (f"{path}:3:{len('model: {path: ' + str(model) + ', sha256: ') + 1}: model.sha256: "
+                                 f"pinned {'ab' * 32}, but {model} has sha256 {file_sha256(model)}")
+    assert len(store.artifacts()) == 1
+
+
+def test_each_target_has_its_own_build_log(write_recipe: Recipe, store: Store) -> None:
+    outcomes = build_with(write_recipe(RECIPE), store)
+    for outcome in outcomes:
+        log = (outcome.artifact.path / "build.log").read_text()
+        assert log.count("Engine generation completed") == 1  # its own serialize, not the other target's
+        assert log.count("network-flag: explicit batch is the only mode") == 1
+        assert "published" not in log
+
+
+def test_dry_run_describes_without_creating_anything(write_recipe: Recipe, store: Store) -> None:
+    path = write_recipe(RECIPE)
+    recipe = recipes.load(path)
+    lines = runner.describe(plan_for(path), store)
+    assert lines[:4] == [f"tiny 1.0.0 from {path} (sha256 {recipe.sha256[:12]})",
+                         f"  backend  tensorrt-rtx {tensorrt_rtx.__version__}",
+                         f"  model    {recipe.model_path}",
+                         "  stages   parse -> graph-cleanup -> network-flag -> memory-pool -> serialize"]
+    assert lines[4].split() == ["parse", '{"check":true,"infer_shapes":true}']
+    assert lines[7].split() == ["memory-pool", '{"limits":{"workspace":67108864}}']
+    assert lines[-2:] == [f"  target   sm86   -> {store.root / 'tiny' / '1.0.0' / SM86}",
+                          f"  target   sm89   -> {store.root / 'tiny' / '1.0.0' / SM89}"]
+    assert not store.root.exists()
+
+
+def test_dry_run_after_a_build_names_the_next_build_number(write_recipe: Recipe, store: Store) -> None:
+    path = write_recipe(RECIPE)
+    build_with(path, store, targets=("sm89",))
+    assert runner.describe(plan_for(path), store)[-2:] == [
+        f"  target   sm86   -> {store.root / 'tiny' / '1.0.0' / SM86}",
+        f"  target   sm89   -> {store.root / 'tiny' / '1.0.0+2' / SM89}"]
+
+
+def test_plan_reports_every_problem_before_building(write_recipe: Recipe) -> None:
+    path = write_recipe(RECIPE.replace("targets: [sm86, sm89]", "targets: [sm86, sm90]")
+                        .replace("{strongly_typed: true}", "{explicit_batch: false}")
+                        .replace("- x: {", "- input: {"))
+    with pytest.raises(RecipeError) as caught:
+        plan_for(path)
+    assert [problem.split(": ")[1] for problem in caught.value.problems] == [
+        "targets[1]", "stages[2].network-flag.explicit_batch", "stages[4].serialize.profiles[0].input"]

@@ -1,0 +1,265 @@
+"""store: staging, atomic publish with build numbers, lookup by reference, manifest updates."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.errors import StoreError
+from pipeline.store import MANIFEST, STAGING, Artifact, Store
+
+SM89, SM86 = "sm89.rtx-1.7.1", "sm86.rtx-1.7.1"
+
+
+def manifest_for(name: str, version: str, tag: str) -> dict[str, Any]:
+    return {"recipe": {"name": name, "version": version}, "target": {"tag": tag}, "build": {"number": None},
+            "validation": {"status": "not-run"}}
+
+
+def publish(store: Store, name: str = "tiny", version: str = "1.0.0", tag: str = SM89,
+            engine: bytes = b"plan") -> Artifact:
+    with store.staging(name) as staged:
+        (staged / "engine.plan").write_bytes(engine)
+        return store.publish(name, version, tag, staged, manifest_for(name, version, tag))
+
+
+def leftovers(store: Store) -> list[str]:
+    staging = store.root / STAGING
+    return sorted(p.name for p in staging.iterdir()) if staging.exists() else []
+
+
+# ---------------------------------------------------------------- publishing
+
+
+def test_publish_numbers_builds(store: Store) -> None:
+    first, second, third = publish(store), publish(store), publish(store)
+    assert (first.build, second.build, third.build) == (1, 2, 3)
+    assert first.path == store.root / "tiny" / "1.0.0" / SM89
+    assert second.path == store.root / "tiny" / "1.0.0+2" / SM89
+    assert (second.ref, third.ref) == ("tiny@1.0.0+2", "tiny@1.0.0+3")
+    assert json.loads((second.path / MANIFEST).read_text())["build"]["number"] == 2
+    assert (first.path / "engine.plan").read_bytes() == b"plan"
+    assert leftovers(store) == []
+
+
+def test_build_numbers_are_per_version_and_tag(store: Store) -> None:
+    publish(store)
+    assert publish(store, tag=SM86).build == 1
+    assert publish(store, version="1.1.0").build == 1
+    assert publish(store).build == 2
+
+
+def test_published_artifacts_are_readable_by_everyone(store: Store) -> None:
+    assert stat.S_IMODE(publish(store).path.stat().st_mode) == 0o755
+
+
+def test_build_ten_sorts_after_build_nine(store: Store) -> None:
+    for _ in range(10):
+        publish(store)
+    artifacts = store.artifacts("tiny")
+    assert [a.build for a in artifacts] == list(range(1, 11))
+    assert artifacts[-1].path.parent.name == "1.0.0+10"
+    assert store.resolve("tiny@1.0.0").build == 10
+    assert store.resolve("tiny").build == 10
+
+
+def test_versions_sort_numerically(store: Store) -> None:
+    for version in ("1.10.0", "1.9.0", "1.2.0", "0.9.12"):
+        publish(store, version=version)
+    assert [a.version for a in store.artifacts()] == ["0.9.12", "1.2.0", "1.9.0", "1.10.0"]
+    assert store.resolve("tiny").version == "1.10.0"
+
+
+def test_never_overwrites(store: Store) -> None:
+    first = publish(store, engine=b"first")
+    publish(store, engine=b"second")
+    assert (first.path / "engine.plan").read_bytes() == b"first"
+    # a directory in the way (here: one without a manifest, so not an artifact) is refused, not replaced
+    stale = store.root / "tiny" / "1.0.0" / SM86
+    stale.mkdir()
+    (stale / "keep.txt").write_text("mine")
+    with pytest.raises(StoreError) as caught:
+        publish(store, tag=SM86)
+    assert str(caught.value) == f"refusing to overwrite published artifact {stale}"
+    assert [p.name for p in stale.iterdir()] == ["keep.txt"]
+    assert leftovers(store) == []
+
+
+def test_staging_is_removed_on_exception(store: Store) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.staging("tiny") as staged:
+            (staged / "half-written.plan").write_bytes(b"x" * 100)
+            assert staged.parent == store.root / STAGING
+            raise RuntimeError("boom")
+    assert not staged.exists()
+    assert leftovers(store) == []
+    assert store.artifacts() == []
+
+
+def test_staging_is_removed_on_success_without_publish(store: Store) -> None:
+    with store.staging("tiny") as staged:
+        (staged / "f").write_text("x")
+    assert not staged.exists()
+
+
+def test_unwritable_store() -> None:
+    store = Store(Path("/proc/no-such-store"))
+    with pytest.raises(StoreError) as caught:
+        with store.staging("tiny"):
+            pass
+    assert str(caught.value).startswith("cannot create a staging directory in store /proc/no-such-store: ")
+    assert caught.value.hint == "pick a writable store with --store DIR or TRT_PIPELINE_STORE"
+
+
+def test_artifacts_ignores_what_is_not_an_artifact(store: Store) -> None:
+    publish(store)
+    (store.root / "tiny" / "notes").mkdir()
+    (store.root / "tiny" / "2.0.0" / "half").mkdir(parents=True)  # no manifest
+    (store.root / "_failed").mkdir()
+    (store.root / ".staging" / "x").mkdir(parents=True)
+    assert [(a.name, a.version, a.build, a.tag) for a in store.artifacts()] == [("tiny", "1.0.0", 1, SM89)]
+    assert Store(store.root / "missing").artifacts() == []
+
+
+# ---------------------------------------------------------------- resolving references
+
+
+@pytest.fixture
+def filled(store: Store) -> Store:
+    publish(store)  # tiny 1.0.0 sm89
+    publish(store, tag=SM86)  # tiny 1.0.0 sm86
+    publish(store)  # tiny 1.0.0+2 sm89
+    publish(store, name="other")
+    return store
+
+
+def test_resolve_name_is_the_newest(filled: Store) -> None:
+    publish(filled, version="0.5.0")
+    assert filled.resolve("tiny").path == filled.root / "tiny" / "1.0.0+2" / SM89
+
+
+def test_resolve_name_at_version_is_its_newest_build(filled: Store) -> None:
+    assert filled.resolve("tiny@1.0.0").path == filled.root / "tiny" / "1.0.0+2" / SM89
+
+
+def test_resolve_name_at_version_plus_build(filled: Store) -> None:
+    assert filled.resolve("tiny@1.0.0+2").path == filled.root / "tiny" / "1.0.0+2" / SM89
+    assert filled.resolve("tiny@1.0.0+1", tag=SM86).path == filled.root / "tiny" / "1.0.0" / SM86
+
+
+def test_resolve_directory(filled: Store) -> None:
+    path = filled.root / "tiny" / "1.0.0" / SM86
+    assert filled.resolve(str(path)) == Artifact(path, "tiny", "1.0.0", 1, SM86)
+
+
+def test_resolve_with_tag(filled: Store) -> None:
+    assert filled.resolve("tiny@1.0.0", tag=SM86).path == filled.root / "tiny" / "1.0.0" / SM86
+    assert filled.resolve("tiny", tag=SM86).build == 1
+
+
+def test_resolve_ambiguous_tags(filled: Store) -> None:
+    with pytest.raises(StoreError) as caught:
+        filled.resolve("tiny@1.0.0+1")
+    assert str(caught.value) == f"tiny@1.0.0 has 2 GPU tags ({SM86}, {SM89}); pick one with --tag TAG"
+
+
+def test_resolve_unknown(filled: Store) -> None:
+    with pytest.raises(StoreError) as caught:
+        filled.resolve("tiny@9.9.9")
+    assert str(caught.value) == (f"no artifact tiny@9.9.9 in store {filled.root}; built artifacts: "
+                                 "other@1.0.0, tiny@1.0.0")
+    assert caught.value.hint == "see `trt-pipeline list`"
+    with pytest.raises(StoreError, match=r"^no artifact tiny@1.0.0 with tag sm75.rtx-1.7.1 in store "):
+        filled.resolve("tiny@1.0.0", tag="sm75.rtx-1.7.1")
+
+
+def test_resolve_in_an_empty_store(store: Store) -> None:
+    with pytest.raises(StoreError, match=r"; built artifacts: none$"):
+        store.resolve("tiny")
+
+
+# ---------------------------------------------------------------- manifests and failure logs
+
+
+def test_update_manifest_replaces_the_file_atomically(store: Store) -> None:
+    artifact = publish(store)
+    before = (artifact.path / MANIFEST).stat().st_ino
+
+    def passed(manifest: dict) -> None:
+        manifest["validation"] = {"status": "passed", "reason": None}
+
+    updated = store.update_manifest(artifact, passed)
+    assert updated["validation"]["status"] == "passed"
+    assert json.loads((artifact.path / MANIFEST).read_text()) == updated
+    assert (artifact.path / MANIFEST).stat().st_ino != before  # a new file renamed into place, not rewritten
+    assert sorted(p.name for p in artifact.path.iterdir()) == ["engine.plan", MANIFEST]  # no temp file left
+
+
+def test_update_manifest_change_that_fails_leaves_it_untouched(store: Store) -> None:
+    artifact = publish(store)
+    text = (artifact.path / MANIFEST).read_text()
+
+    def broken(manifest: dict) -> None:
+        manifest["validation"]["status"] = "passed"
+        raise ValueError("half-way")
+
+    with pytest.raises(ValueError):
+        store.update_manifest(artifact, broken)
+    assert (artifact.path / MANIFEST).read_text() == text
+
+
+def test_unreadable_manifest_is_a_store_error(store: Store) -> None:
+    artifact = publish(store)
+    (artifact.path / MANIFEST).write_text("{not json")
+    with pytest.raises(StoreError, match=r"^cannot read .*manifest.json: "):
+        artifact.manifest()
+
+
+def test_keep_failure_log(store: Store, tmp_path: Path) -> None:
+    log = tmp_path / "build.log"
+    log.write_text("stage serialize failed\n")
+    kept = store.keep_failure_log("tiny", log)
+    assert kept.parent == store.root / "_failed"
+    assert kept.name.startswith("tiny-") and kept.name.endswith(f"-{os.getpid()}.log")
+    assert kept.read_text() == "stage serialize failed\n"
+    assert store.artifacts() == []
+
+
+def test_failure_logs_in_the_same_second_are_all_kept(store: Store, tmp_path: Path) -> None:
+    logs = []
+    for index in range(3):
+        log = tmp_path / f"build{index}.log"
+        log.write_text(f"failure {index}\n")
+        logs.append(store.keep_failure_log("tiny", log))
+    assert len(set(logs)) == 3
+    assert [p.read_text() for p in logs] == ["failure 0\n", "failure 1\n", "failure 2\n"]
+
+
+# ---------------------------------------------------------------- two processes at once
+
+
+def _publish_many(root: str, barrier: Any, count: int, results: Any) -> None:
+    store = Store(Path(root))
+    barrier.wait(timeout=60)
+    results.put([publish(store).build for _ in range(count)])
+
+
+def test_concurrent_publishers_get_distinct_build_numbers(store: Store) -> None:
+    ctx = multiprocessing.get_context("spawn")  # no fork: the test process has TensorRT's threads loaded
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    workers = [ctx.Process(target=_publish_many, args=(str(store.root), barrier, 5, results)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    builds = results.get(timeout=120) + results.get(timeout=120)
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert sorted(builds) == list(range(1, 11))
+    assert [a.build for a in store.artifacts("tiny")] == list(range(1, 11))
+    assert leftovers(store) == []
