@@ -29,6 +29,10 @@ examples:
   trt-pipeline build recipes/resnet50.yaml --target sm89 --dry-run
   trt-pipeline list                             what the store holds
   trt-pipeline show resnet50@1.0.0 --tag sm89.rtx-1.7.1 --json
+  trt-pipeline validate resnet50@1.0.0 --tag sm89.rtx-1.7.1   on a GPU: Polygraphy vs ONNX Runtime
+  trt-pipeline promote resnet50@1.0.0 --from sm89.rtx-1.7.1 --to sm120.rtx-1.7.1
+  trt-pipeline export triton resnet50 --channel production --repo /models
+  trt-pipeline nightly recipes/ --jobs 2          rebuild everything, report regressions
 
 artifacts are named NAME@VERSION (newest build), NAME@VERSION+BUILD, or by directory.
 exit codes: 0 ok, 1 user error or failed build, 2 cannot run here (no GPU), 3 internal error (a bug), 130 Ctrl-C.
@@ -133,6 +137,14 @@ def _terminate(signum: int, frame: Any) -> None:
 def _hint(error: PipelineError) -> None:
     if error.hint:
         print(f"hint: {error.hint}", file=sys.stderr)
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain aligned table on stdout, the human counterpart of --json."""
+    table = [tuple(header)] + [tuple(str(cell) for cell in row) for row in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 def emit_json(value: Any) -> None:

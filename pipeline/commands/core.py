@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline import backend as backends
 from pipeline import gpu, recipe as recipes, runner
-from pipeline.cli import emit_json
+from pipeline.cli import emit_json, print_table
 from pipeline.commands import Command
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.store import Artifact, Store
@@ -96,12 +96,9 @@ def list_(args: argparse.Namespace, log: logging.Logger) -> int:
     if not rows:
         print(f"no artifacts in {args.store}", file=sys.stderr)
         return 0
-    header = ("ARTIFACT", "TAG", "ENGINE", "VALIDATION", "CREATED", "CHANNELS")
-    table = [header] + [(r["ref"], r["tag"], _size(r["engine_bytes"]), r["validation"], r["created_at"],
-                         ", ".join(r["channels"])) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print_table(("ARTIFACT", "TAG", "ENGINE", "VALIDATION", "CREATED", "CHANNELS"),
+                [(r["ref"], r["tag"], _size(r["engine_bytes"]), r["validation"], r["created_at"],
+                  ", ".join(r["channels"])) for r in rows])
     return 0
 
 

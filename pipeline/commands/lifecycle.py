@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline import channel as channels
-from pipeline.cli import emit_json
+from pipeline.cli import emit_json, print_table
 from pipeline.commands import Command
 from pipeline.store import Store
 
@@ -48,7 +48,7 @@ def channel(args: argparse.Namespace, log: logging.Logger) -> int:
     if not rows:
         print(f"no channels for '{args.name}' in {args.store}", file=sys.stderr)
         return 0
-    _table(("TAG", "CHANNEL", "ARTIFACT", "ENGINE TAG", "SINCE", "BY", "DECISION"),
+    print_table(("TAG", "CHANNEL", "ARTIFACT", "ENGINE TAG", "SINCE", "BY", "DECISION"),
            [(r["tag"], r["channel"], r["artifact"]["ref"], r["artifact"]["tag"], r["artifact"].get("since", ""),
              r["artifact"].get("by", ""),
              r["artifact"].get("decision", "") + (" (waiver)" if r["artifact"].get("waiver") else ""))
@@ -103,13 +103,6 @@ def gc(args: argparse.Namespace, log: logging.Logger) -> int:
     print(f"{verb} {len(sweep.remove)} build(s); kept {sweep.kept} newest and {len(sweep.protected)} promoted",
           file=sys.stderr)
     return 0
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    table = [header] + [tuple(str(c) for c in row) for row in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 def register(command: Command) -> None:

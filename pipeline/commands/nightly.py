@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.cli import emit_json
+from pipeline.cli import emit_json, print_table
 from pipeline.commands import Command
 from pipeline.pair import Task
 from pipeline.store import Store
@@ -125,11 +125,8 @@ def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
 def _print_summary(report: dict) -> None:
     from pipeline.report import change_line, first_line, headline, pair_row, regression_line
 
-    header = ("RECIPE", "TARGET", "STATUS", "ENGINE", "BUILD", "MAX ERROR", "VALIDATION", "ARTIFACT")
-    table = [header] + [pair_row(p) for p in report["pairs"]]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print_table(("RECIPE", "TARGET", "STATUS", "ENGINE", "BUILD", "MAX ERROR", "VALIDATION", "ARTIFACT"),
+                [pair_row(p) for p in report["pairs"]])
     print(headline(report) + f" (compared with {report['previous'] or 'no previous night'})")
     for r in report["regressions"]:
         print(f"regression: {regression_line(r)}")
