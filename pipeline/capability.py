@@ -11,13 +11,20 @@ from pipeline.target import Target, resolve
 
 def targets(recipe: Recipe, backend: Backend, probe: Probe, names: tuple[str, ...] = ()) -> tuple[list[Target], list[str]]:
     """Resolve the recipe's targets (or `names`, from --target) and the problems found doing so."""
-    found, problems = [], []
+    found: list[Target] = []
+    problems = []
     for index, name in enumerate(names or recipe.targets):
+        where = f"--target {name}" if names else f"{recipe.where(('targets', index))}: targets[{index}]"
         try:
-            found.append(resolve(name, backend, probe))
+            target = resolve(name, backend, probe)
         except BackendError as error:
-            where = f"--target {name}" if names else f"{recipe.where(('targets', index))}: targets[{index}]"
-            problems.append(f"{where}: {error}")
+            problems.append(f"{where}: {error}" + (f"; {error.hint}" if error.hint else ""))
+            continue
+        twin = next((t for t in found if t.tag == target.tag), None)
+        if twin:
+            problems.append(f"{where}: '{name}' is the same GPU tag as '{twin.name}' ({target.tag}); list it once")
+        else:
+            found.append(target)
     return found, problems
 
 

@@ -59,7 +59,11 @@ def probe(load_driver: Callable[[], None] = _load_driver, query: Callable[[], st
         text = query()
     except (OSError, subprocess.SubprocessError) as error:
         return Probe(True, (), f"CUDA driver found but no GPU could be listed ({error})")
-    gpus = tuple(Gpu(*(part.strip() for part in line.rsplit(",", 1))) for line in text.splitlines() if "," in line)
-    if not gpus:
+    rows = [tuple(part.strip() for part in line.rsplit(",", 1)) for line in text.splitlines() if "," in line]
+    gpus = tuple(Gpu(name, cc) for name, cc in rows if re.fullmatch(r"\d+\.\d+", cc))
+    if not rows:
         return Probe(True, (), "CUDA driver found but no GPU is visible")
+    if not gpus:
+        listed = "; ".join(", ".join(row) for row in rows)
+        return Probe(True, (), f"CUDA driver found but no GPU reports a compute capability (nvidia-smi: {listed})")
     return Probe(True, gpus, None)

@@ -346,15 +346,31 @@ def check_model_io(recipe: Recipe, inputs: Mapping[str, list], outputs: Mapping[
         problems.append(recipe.problem(at, f"model has no {what} '{name}'{hint}; its {what}s are "
                                            f"{', '.join(known) or 'none'}"))
 
+    cleanup = recipe.spec("graph-cleanup")
+    # The shapes the network will see: frozen inputs are gone, overridden ones are static.
+    shapes = {name: list(cleanup.override_shapes.get(name, shape)) for name, shape in inputs.items()
+              if name not in cleanup.freeze_inputs}
+    covered = set()
     for p, profile in enumerate(recipe.spec("serialize").profiles):
         for item in profile:
             at = recipe.stage_path("serialize", "profiles", p, item.name)
-            if item.name not in inputs:
+            covered.add(item.name)
+            if item.name in cleanup.freeze_inputs:
+                problems.append(recipe.problem(at, f"input '{item.name}' is frozen by graph-cleanup.freeze_inputs; "
+                                                   "it needs no profile"))
+            elif item.name not in inputs:
                 unknown(at, item.name, inputs, "input")
-            elif len(inputs[item.name]) != len(item.min):
-                problems.append(recipe.problem(at, f"input '{item.name}' has rank {len(inputs[item.name])} "
-                                                   f"{inputs[item.name]}, profile shapes have rank {len(item.min)}"))
-    cleanup = recipe.spec("graph-cleanup")
+            elif len(shapes[item.name]) != len(item.min):
+                problems.append(recipe.problem(at, f"input '{item.name}' has rank {len(shapes[item.name])} "
+                                                   f"{shapes[item.name]}, profile shapes have rank {len(item.min)}"))
+            else:
+                problems += _static_mismatch(recipe, at, item, shapes[item.name])
+    dynamic = [n for n, shape in shapes.items() if n not in covered and not all(isinstance(d, int) for d in shape)]
+    if dynamic and covered <= set(inputs):  # an unknown profile name is most likely the missing one, misspelt
+        problems.append(recipe.problem(recipe.stage_path("serialize", "profiles"),
+                                       f"input(s) {', '.join(f'{n} {shapes[n]}' for n in dynamic)} have dynamic "
+                                       "dimensions but no optimization profile; add "
+                                       "'- NAME: {min: [...], opt: [...], max: [...]}'"))
     for key in ("freeze_inputs", "override_shapes"):
         for name in getattr(cleanup, key):
             if name not in inputs:
@@ -364,6 +380,16 @@ def check_model_io(recipe: Recipe, inputs: Mapping[str, list], outputs: Mapping[
             if name not in outputs:
                 unknown(("validate", "outputs", name), name, outputs, "output")
     return problems
+
+
+def _static_mismatch(recipe: Recipe, at: KeyPath, item: InputProfile, shape: list) -> list[str]:
+    """A profile may only vary the dimensions the model (after override_shapes) leaves dynamic."""
+    for axis, dim in enumerate(shape):
+        if isinstance(dim, int) and not item.min[axis] == item.opt[axis] == item.max[axis] == dim:
+            return [recipe.problem(at, f"input '{item.name}' has static shape {shape}: dimension {axis} is {dim}, "
+                                       f"but the profile gives min {list(item.min)}, opt {list(item.opt)}, "
+                                       f"max {list(item.max)}")]
+    return []
 
 
 # ---------------------------------------------------------------- freezing

@@ -35,7 +35,8 @@ def resolve(name: str, backend: Backend, probe: Probe) -> Target:
     cc = compute_capability(sm)
     if backend.is_rtx:
         if backend.member("ComputeCapability", sm.upper()) is None:
-            supported = [m.lower() for m in backend.member_names("ComputeCapability") if m.startswith("SM")]
+            supported = sorted((m.lower() for m in backend.member_names("ComputeCapability") if m.startswith("SM")),
+                               key=lambda m: int(m[2:]))
             raise BackendError(f"{backend.label()} cannot build for {sm}; it supports {', '.join(supported)}")
         return Target(name, f"{sm}.rtx-{backend.short_version}", cc, None, sm)
     if gpu is None or gpu.sm != sm:

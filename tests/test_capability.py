@@ -109,13 +109,23 @@ def test_targets_are_located(write_recipe: Callable[..., Path], rtx_backend: Bac
     path = write_recipe(RECIPE.replace("targets: [sm89]", "targets: [sm89, sm90, local]"))
     recipe = recipes.load(path)
     found, problems_ = capability.targets(recipe, rtx_backend, NO_GPU)
-    supported = ", ".join(m.lower() for m in sorted(tensorrt_rtx.ComputeCapability.__members__) if m.startswith("SM"))
+    supported = ", ".join(sorted((m.lower() for m in tensorrt_rtx.ComputeCapability.__members__ if m.startswith("SM")),
+                                 key=lambda m: int(m[2:])))
+    assert supported.startswith("sm75, sm80, sm86, sm89, sm120")
     assert [t.name for t in found] == ["sm89"]
     assert problems_ == [
         f"{path}:5:17: targets[1]: {LABEL} cannot build for sm90; it supports {supported}",
         f"{path}:5:23: targets[2]: target 'local' means the GPU of this machine, but no CUDA driver on this machine "
-        "(libcuda.so.1 cannot be loaded)",
+        "(libcuda.so.1 cannot be loaded); name the targets instead, e.g. targets: [sm86, sm89]",
     ]
+
+
+def test_a_target_named_twice_is_refused(write_recipe: Callable[..., Path], rtx_backend: Backend) -> None:
+    path = write_recipe(RECIPE.replace("targets: [sm89]", "targets: [sm89, local]"))
+    found, problems_ = capability.targets(recipes.load(path), rtx_backend, RTX4090)
+    assert [t.name for t in found] == ["sm89"]
+    assert problems_ == [f"{path}:5:17: targets[1]: 'local' is the same GPU tag as 'sm89' "
+                         f"(sm89.rtx-{'.'.join(tensorrt_rtx.__version__.split('.')[:3])}); list it once"]
 
 
 def test_command_line_targets_replace_the_recipes(write_recipe: Callable[..., Path], rtx_backend: Backend) -> None:

@@ -74,3 +74,9 @@ def test_nvidia_smi_failing() -> None:
 
 def test_no_gpu_visible() -> None:
     assert gpu.probe(load_driver=loads, query=lambda: "") == Probe(True, (), "CUDA driver found but no GPU is visible")
+
+
+def test_a_gpu_without_a_compute_capability_is_reported_not_crashed() -> None:
+    probe = gpu.probe(load_driver=lambda: None, query=lambda: "NVIDIA Mystery, [N/A]\n")
+    assert probe == Probe(True, (), "CUDA driver found but no GPU reports a compute capability "
+                                    "(nvidia-smi: NVIDIA Mystery, [N/A])")

@@ -410,3 +410,26 @@ def test_check_model_io_no_close_match(write_recipe: WriteRecipe) -> None:
 
 def test_check_model_io_clean(write_recipe: WriteRecipe) -> None:
     assert check_model_io(recipes.load(write_recipe(GOOD)), {"x": ["batch", 4]}, {"y": ["batch", 8]}) == []
+
+
+def test_check_model_io_dynamic_input_without_profile(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(GOOD)
+    inputs = {"x": ["batch", 4], "mask": ["batch", "seq"]}
+    assert check_model_io(recipes.load(path), inputs, {"y": ["batch", 8]}) == [
+        f"{path}:12:9: stages[3].serialize.profiles: input(s) mask ['batch', 'seq'] have dynamic dimensions but no "
+        "optimization profile; add '- NAME: {min: [...], opt: [...], max: [...]}'"]
+
+
+def test_check_model_io_profile_against_a_static_or_overridden_shape(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(GOOD)
+    assert check_model_io(recipes.load(path), {"x": [2, 4]}, {"y": [2, 8]}) == [
+        f"{path}:12:14: stages[3].serialize.profiles[0].x: input 'x' has static shape [2, 4]: dimension 0 is 2, "
+        "but the profile gives min [1, 4], opt [8, 4], max [64, 4]"]
+
+
+def test_check_model_io_profile_for_a_frozen_input(write_recipe: WriteRecipe) -> None:
+    body = GOOD.replace("  - parse: {check: true}\n", "  - parse: {check: true}\n  - graph-cleanup: {freeze_inputs: {x: 1}}\n")
+    path = write_recipe(body)
+    problems = check_model_io(recipes.load(path), {"x": ["batch", 4]}, {"y": ["batch", 8]})
+    assert problems == [f"{path}:13:14: stages[4].serialize.profiles[0].x: input 'x' is frozen by "
+                        "graph-cleanup.freeze_inputs; it needs no profile"]

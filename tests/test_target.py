@@ -54,7 +54,8 @@ def test_local_with_an_rtx_gpu(rtx_backend: Backend) -> None:
 
 
 def test_sm_the_backend_lacks_lists_the_supported_ones(rtx_backend: Backend) -> None:
-    supported = ", ".join(m.lower() for m in sorted(tensorrt_rtx.ComputeCapability.__members__) if m.startswith("SM"))
+    supported = ", ".join(sorted((m.lower() for m in tensorrt_rtx.ComputeCapability.__members__ if m.startswith("SM")),
+                                 key=lambda m: int(m[2:])))
     assert "sm89" in supported and "sm90" not in supported
     with pytest.raises(BackendError) as caught:
         resolve("sm90", rtx_backend, NO_GPU)
