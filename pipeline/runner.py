@@ -91,11 +91,17 @@ class Outcome:
     reused: bool  # True when an artifact with the same key already existed
 
 
-def _reusable(store: Store, recipe: Recipe, field: str, key: str) -> Artifact | None:
-    """The newest artifact of this recipe name and version whose manifest has build[field] == key."""
+def _reusable(store: Store, recipe: Recipe, field: str, key: str, log: logging.Logger) -> Artifact | None:
+    """The newest artifact of this recipe name and version whose manifest has build[field] == key.
+    An unreadable manifest is skipped with a warning: it must not block every later build."""
     for artifact in reversed(store.artifacts(recipe.name)):
-        if artifact.version == recipe.version and artifact.manifest()["build"].get(field) == key:
-            return artifact
+        if artifact.version != recipe.version:
+            continue
+        try:
+            if artifact.manifest().get("build", {}).get(field) == key:
+                return artifact
+        except (PipelineError, AttributeError) as error:
+            log.warning("ignoring %s for reuse: %s", artifact.path, error)
     return None
 
 
@@ -116,7 +122,7 @@ def build(plan_: Plan, store: Store, log: logging.Logger, progress: Progress = l
                          hint="update the pin if the model change is intended")
     done: dict[Target, Outcome] = {}
     for target in plan_.targets:
-        hit = None if force else _reusable(store, recipe, "source_key", source_key(recipe, model, backend, target))
+        hit = None if force else _reusable(store, recipe, "source_key", source_key(recipe, model, backend, target), log)
         if hit:
             progress(f"[skip] {target.name:<6} unchanged recipe and model (source key): reusing {hit.ref} {hit.tag}")
             done[target] = Outcome(target, hit, reused=True)
@@ -141,7 +147,7 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
         shared_log = handler.stream.tell()
         for target in todo:
             key = build_key(recipe, ctx.cleaned_sha256, backend, target)
-            hit = None if force else _reusable(store, recipe, "key", key)
+            hit = None if force else _reusable(store, recipe, "key", key, log)
             if hit:
                 progress(f"[skip] {target.name:<6} unchanged cleaned model and settings (build key): "
                          f"reusing {hit.ref} {hit.tag}")
@@ -169,6 +175,7 @@ def _build_log(log: logging.Logger, path: Path, store: Store, name: str) -> Iter
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
+    level = log.level
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
     log.addHandler(handler)
@@ -182,6 +189,7 @@ def _build_log(log: logging.Logger, path: Path, store: Store, name: str) -> Iter
         raise
     finally:
         log.removeHandler(handler)
+        log.setLevel(level)
         handler.close()
 
 

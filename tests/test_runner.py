@@ -213,3 +213,14 @@ def test_plan_reports_every_problem_before_building(write_recipe: Recipe) -> Non
         plan_for(path)
     assert [problem.split(": ")[1] for problem in caught.value.problems] == [
         "targets[1]", "stages[2].network-flag.explicit_batch", "stages[4].serialize.profiles[0].input"]
+
+
+def test_an_unreadable_manifest_does_not_block_builds(tiny_recipe: Path, store: Store,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("test.runner")
+    (first,) = runner.build(plan_for(tiny_recipe), store, log)
+    (first.artifact.path / "manifest.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="test.runner"):
+        (second,) = runner.build(plan_for(tiny_recipe), store, log)
+    assert not second.reused and second.artifact.build == 2
+    assert f"ignoring {first.artifact.path} for reuse" in caplog.text
