@@ -43,3 +43,11 @@ JOBS    ?= 1
 .PHONY: nightly
 nightly: $(STAMP) $(MODELS)
 	$(BIN)/trt-pipeline nightly $(RECIPES) --jobs $(JOBS)
+
+## bench: time `trt-pipeline build` against `polygraphy convert`, alternating A/B (minutes; needs ~10 GB of RAM
+##        and ~5 GB of disk for the >2 GiB model); writes bench/results.json and bench/results.png
+BENCH_ARGS ?=
+.PHONY: bench
+bench: $(STAMP) $(MODELS)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -1,0 +1,385 @@
+"""Benchmark `trt-pipeline build` against `polygraphy convert`: same model, profiles and backend.
+
+Each case runs both tools N times in the same session, alternating which goes first (A/B, then B/A), as
+separate processes. Wall time comes from the parent's clock, peak RSS from the child's own rusage
+(`os.wait4`). Medians and ratios go to results.json, with a description of the machine, and to a PNG chart.
+
+Cases: ResNet-50 cold build (a fresh, empty store each run), ResNet-50 unchanged rebuild (a store that
+already holds the artifact), a dynamic-shape model with two inputs, and a generated model with more than
+2 GiB of weights in ONNX external data (written here, deleted afterwards). `--quick` runs the tiny model
+once, for the test suite.
+
+    python bench/run.py                 # everything, 5 runs each (several minutes)
+    python bench/run.py --quick         # the tiny model, 1 run (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = Path(__file__).resolve().parent / "recipes"
+PACKAGES = ("trt-pipeline", "tensorrt-rtx", "polygraphy", "onnx", "onnx-graphsurgeon", "onnxruntime", "numpy",
+            "protobuf")
+LARGE_WIDTH, LARGE_LAYERS = 8192, 9  # 9 float32 [8192, 8192] weights: 2.25 GiB
+TARGETS = {"cold": {"wall": 1.3, "rss": 1.5}, "rebuild": {"wall": 0.15, "rss": 1.5}}
+STAGE_LINE = re.compile(r"^\[\d+/\d+\] (\S+).*?\s([0-9.]+)s$")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    description: str
+    recipe: str  # file name in bench/recipes/
+    model: str  # 'resnet50', 'two_input' (models/), or 'tiny', 'large' (generated next to the recipe)
+    shapes: dict[str, tuple[str, str, str]]  # input -> (min, opt, max), polygraphy's [D0,D1,...] form
+    pools: tuple[str, ...]
+    rebuild: bool = False  # time a second build into a store that already has the artifact
+    kind: str = "cold"
+
+
+def _profile(**shapes: tuple[list[int], list[int], list[int]]) -> dict[str, tuple[str, str, str]]:
+    form = lambda dims: "[" + ",".join(map(str, dims)) + "]"  # noqa: E731
+    return {name: (form(lo), form(opt), form(hi)) for name, (lo, opt, hi) in shapes.items()}
+
+
+RESNET = _profile(input=([1, 3, 224, 224], [8, 3, 224, 224], [32, 3, 224, 224]))
+TINY = _profile(x=([1, 4], [4, 4], [8, 4]))
+CASES = {
+    "resnet50-cold": Case("resnet50-cold", "ResNet-50, cold build (empty store)", "resnet50.yaml", "resnet50",
+                          RESNET, ("workspace:2G", "tactic_shared_memory:48K")),
+    "resnet50-rebuild": Case("resnet50-rebuild", "ResNet-50, unchanged rebuild (same store)", "resnet50.yaml",
+                             "resnet50", RESNET, ("workspace:2G", "tactic_shared_memory:48K"), rebuild=True,
+                             kind="rebuild"),
+    "two-input": Case("two-input", "two dynamic inputs (batch, height, width)", "two_input.yaml", "two_input",
+                      _profile(image=([1, 3, 32, 32], [4, 3, 224, 224], [8, 3, 512, 512]),
+                               scale=([1, 1], [4, 1], [8, 1])), ("workspace:512M",)),
+    "large-2gb": Case("large-2gb", f"{LARGE_LAYERS} x MatMul [{LARGE_WIDTH}]^2, 2.25 GiB external data",
+                      "large.yaml", "large",
+                      _profile(x=([1, LARGE_WIDTH], [4, LARGE_WIDTH], [8, LARGE_WIDTH])), ("workspace:2G",)),
+    "tiny-cold": Case("tiny-cold", "tiny MatMul model, cold build", "tiny.yaml", "tiny", TINY, ("workspace:256M",)),
+    "tiny-rebuild": Case("tiny-rebuild", "tiny MatMul model, unchanged rebuild", "tiny.yaml", "tiny", TINY,
+                         ("workspace:256M",), rebuild=True, kind="rebuild"),
+}
+FULL = ("resnet50-cold", "resnet50-rebuild", "two-input", "large-2gb")
+QUICK = ("tiny-cold", "tiny-rebuild")
+
+
+@dataclass
+class Run:
+    wall_s: float
+    peak_rss_mib: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def run_child(argv: Sequence[str], env: dict[str, str], cwd: Path, timeout: float) -> tuple[Run, str]:
+    """Run one command; wall time from here, peak RSS from the child's own rusage. Raises on failure."""
+    with tempfile.TemporaryFile() as out:
+        start = time.perf_counter()
+        child = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                child.kill()
+                os.wait4(child.pid, 0)
+                raise RuntimeError(f"timed out after {timeout:.0f}s: {' '.join(argv)}")
+            time.sleep(0.005)
+        wall = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    if child.returncode != 0:
+        raise RuntimeError(f"exit {child.returncode}: {' '.join(argv)}\n{text[-3000:]}")
+    return Run(round(wall, 3), round(usage.ru_maxrss / 1024, 1)), text  # ru_maxrss is KiB on Linux
+
+
+def stage_times(output: str) -> dict[str, float]:
+    """The pipeline's progress lines, '[2/5] graph-cleanup   4.75s', as {stage: seconds}."""
+    found = {}
+    for line in output.splitlines():
+        match = STAGE_LINE.match(line.strip())
+        if match:
+            found[match.group(1)] = float(match.group(2))
+    return found
+
+
+@dataclass
+class Bench:
+    python: str
+    polygraphy: list[str]
+    workdir: Path
+    timeout: float
+    tree: Path = ROOT  # the source tree whose `pipeline` package is measured
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, POLYGRAPHY_USE_TENSORRT_RTX="1")
+        env.pop("TRT_PIPELINE_STORE", None)
+        return env
+
+    def pipeline(self, recipe: Path, store: Path) -> Run:
+        argv = [self.python, "-m", "pipeline", "build", str(recipe), "--store", str(store)]
+        run, output = run_child(argv, self.env(), self.tree, self.timeout)
+        run.stages = stage_times(output)
+        return run
+
+    def convert(self, case: Case, model: Path) -> Run:
+        plan = self.workdir / f"{case.name}.polygraphy.plan"
+        shapes = {which: [f"{name}:{dims[i]}" for name, dims in case.shapes.items()]
+                  for i, which in enumerate(("min", "opt", "max"))}
+        argv = [*self.polygraphy, "convert", str(model), "-o", str(plan),
+                "--trt-min-shapes", *shapes["min"], "--trt-opt-shapes", *shapes["opt"],
+                "--trt-max-shapes", *shapes["max"], "--pool-limit", *case.pools,
+                "--builder-optimization-level", "3", "--strongly-typed", "--compute-capabilities", "8.9"]
+        try:
+            return run_child(argv, self.env(), ROOT, self.timeout)[0]
+        finally:
+            plan.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- models
+
+
+def large_model(path: Path, seed: int = 0) -> int:
+    """x [batch, W] -> LAYERS x (MatMul [W, W] -> Relu), seeded, weights in `<path>.data`. Returns weight bytes."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, y = [], [], "x"
+    for i in range(LARGE_LAYERS):
+        weight = rng.standard_normal((LARGE_WIDTH, LARGE_WIDTH), dtype=np.float32)
+        weight *= np.float32(1.0 / np.sqrt(LARGE_WIDTH))
+        inits.append(numpy_helper.from_array(weight, f"w{i}"))
+        del weight
+        nodes.append(helper.make_node("MatMul", [y, f"w{i}"], [f"mm{i}"], name=f"mm{i}"))
+        nodes.append(helper.make_node("Relu", [f"mm{i}"], [f"h{i}"], name=f"relu{i}"))
+        y = f"h{i}"
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(nodes, "large", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", LARGE_WIDTH])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", LARGE_WIDTH])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench/run.py")
+    model.ir_version = 8
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=f"{path.name}.data")
+    return LARGE_LAYERS * LARGE_WIDTH * LARGE_WIDTH * 4
+
+
+def prepare(case: Case, workdir: Path, python: str) -> tuple[Path, Path]:
+    """(recipe, model) for a case. Generated models are written next to a copy of their recipe in workdir."""
+    if case.model in ("resnet50", "two_input"):
+        model = ROOT / "models" / f"{case.model}.onnx"
+        if not model.is_file():
+            subprocess.run([python, "models/make_models.py", case.model, str(model)], cwd=ROOT, check=True)
+        return RECIPES / case.recipe, model
+    recipe = workdir / case.recipe
+    model = workdir / f"{case.model}.onnx"
+    shutil.copyfile(RECIPES / case.recipe, recipe)
+    if not model.is_file():
+        if case.model == "large":
+            print(f"  generating {model} ({LARGE_LAYERS * LARGE_WIDTH**2 * 4 / 2**30:.2f} GiB of weights) ...",
+                  file=sys.stderr, flush=True)
+            subprocess.run([python, str(Path(__file__).resolve()), "--write-large-model", str(model)], check=True)
+        else:
+            subprocess.run([python, "models/make_models.py", case.model, str(model)], cwd=ROOT, check=True,
+                           stdout=subprocess.DEVNULL)
+    return recipe, model
+
+
+# ---------------------------------------------------------------- one case
+
+
+def summary(runs: list[Run]) -> dict[str, Any]:
+    stages = sorted({name for run in runs for name in run.stages})
+    return {
+        "wall_s": [r.wall_s for r in runs],
+        "median_wall_s": round(statistics.median(r.wall_s for r in runs), 3),
+        "peak_rss_mib": [r.peak_rss_mib for r in runs],
+        "median_peak_rss_mib": round(statistics.median(r.peak_rss_mib for r in runs), 1),
+        **({"median_stage_s": {s: round(statistics.median(r.stages.get(s, 0.0) for r in runs), 3)
+                               for s in stages}} if stages else {}),
+    }
+
+
+def run_case(bench: Bench, case: Case, runs: int) -> dict[str, Any]:
+    """Time one case; a tool that fails is recorded with its error instead of numbers."""
+    try:
+        return _run_case(bench, case, runs)
+    except RuntimeError as error:
+        print(f"  {case.name} FAILED: {str(error).splitlines()[0]}", file=sys.stderr, flush=True)
+        return {"name": case.name, "description": case.description, "kind": case.kind, "runs": runs,
+                "error": str(error)[-4000:]}
+
+
+def _run_case(bench: Bench, case: Case, runs: int) -> dict[str, Any]:
+    recipe, model = prepare(case, bench.workdir, bench.python)
+    warm = bench.workdir / f"{case.name}.store"
+    if case.rebuild:
+        bench.pipeline(recipe, warm)  # the artifact every timed run finds unchanged
+    mine: list[Run] = []
+    theirs: list[Run] = []
+    for index in range(runs):
+        def ours() -> None:
+            store = warm if case.rebuild else bench.workdir / f"{case.name}.store.{index}"
+            try:
+                mine.append(bench.pipeline(recipe, store))
+            finally:
+                if not case.rebuild:
+                    shutil.rmtree(store, ignore_errors=True)
+
+        order = (ours, lambda: theirs.append(bench.convert(case, model)))
+        for step in order if index % 2 == 0 else order[::-1]:
+            step()
+        print(f"  {case.name} run {index + 1}/{runs}: pipeline {mine[-1].wall_s:.2f}s {mine[-1].peak_rss_mib:.0f} MiB,"
+              f" polygraphy {theirs[-1].wall_s:.2f}s {theirs[-1].peak_rss_mib:.0f} MiB", file=sys.stderr, flush=True)
+    shutil.rmtree(warm, ignore_errors=True)
+    a, b = summary(mine), summary(theirs)
+    target = TARGETS[case.kind]
+    wall_ratio = round(a["median_wall_s"] / b["median_wall_s"], 3)
+    rss_ratio = round(a["median_peak_rss_mib"] / b["median_peak_rss_mib"], 3)
+    weights = sum(p.stat().st_size for p in model.parent.glob(f"{model.name}*"))
+    return {"name": case.name, "description": case.description, "kind": case.kind, "runs": runs,
+            "model_bytes": weights, "pipeline": a, "polygraphy": b,
+            "ratio": {"wall": wall_ratio, "peak_rss": rss_ratio},
+            "target": {"wall": target["wall"], "peak_rss": target["rss"]},
+            "met": {"wall": wall_ratio <= target["wall"], "peak_rss": rss_ratio <= target["rss"]}}
+
+
+# ---------------------------------------------------------------- machine, output
+
+
+def machine(python: str, tree: Path) -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    mem = next((int(line.split()[1]) * 1024 for line in _read("/proc/meminfo").splitlines()
+                if line.startswith("MemTotal:")), None)
+    probe = ("import importlib.metadata as m, json, platform\n"
+             "def v(n):\n try: return m.version(n)\n except m.PackageNotFoundError: return None\n"
+             f"p = {{n: v(n) for n in {PACKAGES!r}}}\n"
+             "import pipeline; p['trt-pipeline'] = p['trt-pipeline'] or pipeline.__version__ + ' (source tree)'\n"
+             "print(json.dumps({'python': platform.python_version(), 'packages': p}))")
+    found = json.loads(subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True,
+                                      cwd=tree).stdout)
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem, "platform": platform.platform(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()], **found}
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [c for c in results["cases"] if "error" not in c]
+    names = [c["name"] for c in cases]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, unit, label in ((axes[0], "median_wall_s", "s", "wall time (median)"),
+                                 (axes[1], "median_peak_rss_mib", "MiB", "peak RSS (median)")):
+        xs = range(len(cases))
+        ours = [c["pipeline"][key] for c in cases]
+        theirs = [c["polygraphy"][key] for c in cases]
+        ax.bar([x - 0.2 for x in xs], ours, 0.4, label="trt-pipeline build")
+        ax.bar([x + 0.2 for x in xs], theirs, 0.4, label="polygraphy convert")
+        for x, a, b in zip(xs, ours, theirs):
+            ax.annotate(f"{a / b:.2f}x", (x - 0.2, a), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(list(xs), names, rotation=15, fontsize=8)
+        ax.set_ylabel(unit)
+        ax.set_title(label)
+    axes[0].legend(fontsize=8)
+    m = results["machine"]
+    fig.suptitle(f"trt-pipeline vs polygraphy convert, TensorRT-RTX on CPU ({m['cores']} cores, {m['cpu']}; "
+                 f"{results['runs']} run(s), medians)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _polygraphy(python: str) -> list[str]:
+    beside = Path(python).parent / "polygraphy"
+    found = str(beside) if beside.is_file() else shutil.which("polygraphy")
+    if not found:
+        raise SystemExit("polygraphy not found next to the Python interpreter or on PATH; pip install polygraphy")
+    return [found]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="runs per tool and case (default: 5)")
+    parser.add_argument("--quick", action="store_true", help="the tiny model only, 1 run (for tests)")
+    parser.add_argument("--case", action="append", choices=sorted(CASES), default=[],
+                        help=f"run only this case; repeatable (default: {', '.join(FULL)})")
+    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent,
+                        help="directory for results.json and results.png (default: bench/)")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter that has the pipeline's dependencies and polygraphy (default: this one)")
+    parser.add_argument("--tree", type=Path, default=ROOT,
+                        help="source tree whose pipeline package is measured, e.g. a checkout of an older commit "
+                             "(default: this one)")
+    parser.add_argument("--no-chart", action="store_true", help="skip the matplotlib chart")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per process (default: 1800)")
+    parser.add_argument("--write-large-model", type=Path, metavar="PATH", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.write_large_model:
+        large_model(args.write_large_model)
+        return 0
+    names = args.case or (QUICK if args.quick else FULL)
+    runs = 1 if args.quick else args.runs
+    results: dict[str, Any] = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                               "machine": machine(args.python, args.tree.resolve()), "runs": runs,
+                               "method": "separate processes, alternating A/B order per run; wall time from the "
+                                         "parent, peak RSS from each child's rusage (os.wait4); page cache warm",
+                               "cases": []}
+    with tempfile.TemporaryDirectory(prefix="trt-bench-") as tmp:
+        bench = Bench(args.python, _polygraphy(args.python), Path(tmp), args.timeout, args.tree.resolve())
+        for name in names:
+            print(f"{name}: {CASES[name].description}", file=sys.stderr, flush=True)
+            results["cases"].append(run_case(bench, CASES[name], runs))
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if not args.no_chart:
+        chart(results, args.output / "results.png")
+    print(f"{'case':<18} {'pipeline':>9} {'polygraphy':>10} {'ratio':>6} {'RSS MiB':>15} {'RSS ratio':>9}")
+    for c in results["cases"]:
+        if "error" in c:
+            print(f"{c['name']:<18} FAILED: {c['error'].splitlines()[0]}")
+            continue
+        a, b = c["pipeline"], c["polygraphy"]
+        print(f"{c['name']:<18} {a['median_wall_s']:>8.2f}s {b['median_wall_s']:>9.2f}s {c['ratio']['wall']:>6.2f} "
+              f"{a['median_peak_rss_mib']:>7.0f}/{b['median_peak_rss_mib']:<7.0f} {c['ratio']['peak_rss']:>9.2f}")
+    print(f"wrote {args.output / 'results.json'}" + ("" if args.no_chart else f" and {args.output / 'results.png'}"))
+    return 1 if any("error" in c for c in results["cases"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""bench/run.py runs on the tiny model (--quick) and writes valid results. The real benchmark is `make bench`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "polygraphy").is_file() and not shutil.which("polygraphy"),
+                    reason="the polygraphy command is not installed next to this Python or on PATH")
+def test_quick_bench_writes_results(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--no-chart",
+                           "--output", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["runs"] == 1
+    assert {"cpu", "cores", "memory_bytes", "python", "packages"} <= set(results["machine"])
+    assert [case["name"] for case in results["cases"]] == ["tiny-cold", "tiny-rebuild"]
+    for case in results["cases"]:
+        for tool in ("pipeline", "polygraphy"):
+            assert case[tool]["median_wall_s"] > 0 and case[tool]["median_peak_rss_mib"] > 0
+        assert case["ratio"]["wall"] > 0 and set(case["met"]) == {"wall", "peak_rss"}
+    assert set(results["cases"][0]["pipeline"]["median_stage_s"]) == {
+        "parse", "graph-cleanup", "network-flag", "memory-pool", "serialize"}
+    assert not list(tmp_path.glob("*.png"))  # --no-chart
