@@ -14,12 +14,13 @@ from typing import Callable, Iterator
 from pipeline import capability
 from pipeline.backend import Backend, make_logger
 from pipeline.context import Context
-from pipeline.errors import BuildError, PipelineError, RecipeError
+from pipeline.digest import file_sha256
+from pipeline.errors import PipelineError, RecipeError
 from pipeline.gpu import Probe
 from pipeline.manifest import build_key, manifest, source_key
 from pipeline.recipe import Recipe
 from pipeline.stages import PER_TARGET, STAGES
-from pipeline.stages.parse import digests, preflight
+from pipeline.stages.parse import check_pin, digests, preflight
 from pipeline.store import Artifact, Store, write_bytes
 from pipeline.target import Target
 
@@ -33,15 +34,19 @@ class Plan:
     backend: Backend
     targets: tuple[Target, ...]
     stages: tuple[str, ...]
+    model_checked: bool  # the recipe has been checked against the model's declared inputs and outputs
 
 
-def plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tuple[str, ...] = ()) -> Plan:
-    """Check everything that can be checked before building; raise every problem at once."""
+def plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tuple[str, ...] = (),
+         check_model: bool = True) -> Plan:
+    """Check everything that can be checked before building; raise every problem at once.
+    `check_model=False` leaves the model checks (which read the model) to `build`, which runs them only when
+    something is to be built: an unchanged rebuild then never parses the model."""
     targets, problems = capability.targets(recipe, backend, probe, target_names)
-    problems += capability.problems(recipe, backend, probe) + preflight(recipe)
+    problems += capability.problems(recipe, backend, probe) + (preflight(recipe) if check_model else [])
     if problems:
         raise RecipeError(problems)
-    return Plan(recipe, backend, tuple(targets), tuple(recipe.stages))
+    return Plan(recipe, backend, tuple(targets), tuple(recipe.stages), check_model)
 
 
 def describe(plan_: Plan, store: Store) -> list[str]:
@@ -105,6 +110,24 @@ def _reusable(store: Store, recipe: Recipe, field: str, key: str, log: logging.L
     return None
 
 
+def _known_model(store: Store, recipe: Recipe, sha256: str, log: logging.Logger) -> dict | None:
+    """The model record of an artifact of this version built from this very file (same path and sha256, and
+    external-data files that still hash the same): the skip decision then needs no parse of the model."""
+    for artifact in reversed(store.artifacts(recipe.name)):
+        if artifact.version != recipe.version:
+            continue
+        try:
+            known = artifact.manifest()["model"]
+        except (PipelineError, KeyError, TypeError) as error:
+            log.warning("ignoring %s for reuse: %s", artifact.path, error)
+            continue
+        if (known.get("path"), known.get("sha256")) == (str(recipe.model_path), sha256) and all(
+                Path(data["path"]).is_file() and file_sha256(Path(data["path"])) == data["sha256"]
+                for data in known["external_data"]):
+            return {key: known[key] for key in ("path", "sha256", "external_data", "bytes")}
+    return None
+
+
 def build(plan_: Plan, store: Store, log: logging.Logger, progress: Progress = lambda line: None,
           force: bool = False, annotate: dict | None = None) -> list[Outcome]:
     """Build every target of the plan, reusing artifacts whose key is unchanged unless `force`.
@@ -115,11 +138,11 @@ def build(plan_: Plan, store: Store, log: logging.Logger, progress: Progress = l
     Nothing half-written survives a failure: every target is staged and renamed into place whole.
     """
     recipe, backend = plan_.recipe, plan_.backend
-    model = digests(recipe.model_path)
-    if recipe.model_sha256 and recipe.model_sha256 != model["sha256"]:  # before any reuse: a pin is never skipped
-        raise BuildError(f"{recipe.where(('model', 'sha256'))}: model.sha256: pinned {recipe.model_sha256}, "
-                         f"but {recipe.model_path} has sha256 {model['sha256']}",
-                         hint="update the pin if the model change is intended")
+    if not recipe.model_path.is_file():
+        raise RecipeError(preflight(recipe))
+    sha = file_sha256(recipe.model_path)
+    check_pin(recipe, sha)  # before any reuse: a pin is never skipped
+    model = _known_model(store, recipe, sha, log) or digests(recipe.model_path, sha)
     done: dict[Target, Outcome] = {}
     for target in plan_.targets:
         hit = None if force else _reusable(store, recipe, "source_key", source_key(recipe, model, backend, target), log)
@@ -127,6 +150,8 @@ def build(plan_: Plan, store: Store, log: logging.Logger, progress: Progress = l
             progress(f"[skip] {target.name:<6} unchanged recipe and model (source key): reusing {hit.ref} {hit.tag}")
             done[target] = Outcome(target, hit, reused=True)
     todo = [t for t in plan_.targets if t not in done]
+    if todo and not plan_.model_checked and (problems := preflight(recipe)):
+        raise RecipeError(problems)
     if todo:
         _build_targets(plan_, todo, model, store, log, progress, force, annotate or {}, done)
     reused = sum(o.reused for o in done.values())

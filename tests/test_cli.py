@@ -340,3 +340,15 @@ def test_readme_resnet50_recipe_builds_as_written(capsys: Capture, tmp_path: Pat
         assert manifest["config"]["profiles"] == [{"input": {"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224],
                                                              "max": [32, 3, 224, 224]}}]
         assert manifest["validation"]["status"] in {"skipped", "not-run"}  # no GPU can run it here
+
+
+def test_an_unchanged_rebuild_does_not_parse_the_model(tiny_recipe: Path, tmp_path: Path) -> None:
+    """The skip decision needs only file hashes and manifests: onnx is never imported for it."""
+    script = ("import sys; from pipeline.cli import main; "
+              f"code = main(['build', {str(tiny_recipe)!r}, '--store', {str(tmp_path / 'store')!r}, '-q']); "
+              "print(code, 'onnx' in sys.modules)")
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert first.stdout.splitlines()[-1] == "0 True"
+    assert again.stdout.splitlines()[-1] == "0 False"
+    assert again.stdout.splitlines()[0] == first.stdout.splitlines()[0]  # the same artifact directory

@@ -165,11 +165,17 @@ def test_a_wrong_pin_fails_even_when_the_build_could_be_reused(write_recipe: Rec
     build_with(write_recipe(RECIPE), store, targets=("sm89",))
     pinned = "model: {path: {models}/tiny.onnx, sha256: " + "ab" * 32 + "}"
     path = write_recipe(RECIPE.replace("model: {path: {models}/tiny.onnx}", pinned))
-    with pytest.raises(BuildError) as caught:
-        build_with(path, store, targets=("sm89",))
     model = models_dir / "tiny.onnx"
-    assert str(caught.value) == (f"{path}:3:{len('model: {path: ' + str(model) + ', sha256: ') + 1}: model.sha256: "
-                                 f"pinned {'ab' * 32}, but {model} has sha256 {file_sha256(model)}")
+    expected = (f"{path}:3:{len('model: {path: ' + str(model) + ', sha256: ') + 1}: model.sha256: "
+                f"pinned {'ab' * 32}, but {model} has sha256 {file_sha256(model)}")
+    with pytest.raises(RecipeError) as planned:  # `check` and a planned build catch it before building
+        build_with(path, store, targets=("sm89",))
+    assert planned.value.problems == [expected]
+    recipe = recipes.load(path)  # `trt-pipeline build` leaves model checks to the runner: it checks the pin first
+    unchecked = runner.plan(recipe, backends.load(recipe.backend), gpu.probe(), ("sm89",), check_model=False)
+    with pytest.raises(BuildError) as caught:
+        runner.build(unchecked, store, logging.getLogger("x.runner"))
+    assert str(caught.value) == expected
     assert len(store.artifacts()) == 1
 
 

@@ -22,13 +22,13 @@ def _progress(args: argparse.Namespace) -> runner.Progress:
     return lambda line: print(line, file=sys.stderr, flush=True)
 
 
-def _plan(path, target_names: tuple[str, ...] = ()) -> runner.Plan:
+def _plan(path: Path, target_names: tuple[str, ...] = (), check_model: bool = True) -> runner.Plan:
     recipe = recipes.load(path)
     try:
         backend = backends.load(recipe.backend)
     except PipelineError as error:
         raise RecipeError([recipe.problem(("backend",), str(error))], hint=error.hint) from None
-    return runner.plan(recipe, backend, gpu.probe(), target_names)
+    return runner.plan(recipe, backend, gpu.probe(), target_names, check_model)
 
 
 def check(args: argparse.Namespace, log: logging.Logger) -> int:
@@ -52,7 +52,8 @@ def check(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def build(args: argparse.Namespace, log: logging.Logger) -> int:
-    plan = _plan(args.recipe, tuple(args.target))
+    # The model checks run in runner.build, and only when something is to be built (a dry run needs them now).
+    plan = _plan(args.recipe, tuple(args.target), check_model=args.dry_run)
     store = Store(args.store)
     if args.dry_run:
         for line in runner.describe(plan, store):

@@ -1,4 +1,6 @@
-"""graph-cleanup: onnx-graphsurgeon passes that make a graph buildable. The graph is checked after every pass.
+"""graph-cleanup: onnx-graphsurgeon passes that make a graph buildable. A cheap structural check runs after every
+pass, the ONNX checker once, on the model as written; only if it fails are the passes run again, the checker after
+each, to name the pass that broke the graph.
 
 Weights that parse left on disk (more than protobuf can hold) stay on disk: they are copied file to file into the
 cleaned model's external data before the passes, and onnx-graphsurgeon reads one only if folding needs it.
@@ -6,9 +8,7 @@ cleaned model's external data before the passes, and onnx-graphsurgeon reads one
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import math
 import os
 import shutil
 import tempfile
@@ -19,11 +19,10 @@ from pipeline.context import Context
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError
 from pipeline.recipe import CleanupSpec
-from pipeline.stages.parse import ITEMSIZE, PROTO_LIMIT, big_float, infer_shapes
+from pipeline.stages.parse import PROTO_LIMIT, infer_shapes
 
 CLEANED_FILE = "model.cleaned.onnx"
 WEIGHTS_FILE = f"{CLEANED_FILE}.data"
-CHECKED_FILE, STAND_IN_FILE = "graph-check.onnx", "graph-check.weights"  # scratch files of check_graph
 
 
 def _freeze_inputs(graph: Any, spec: CleanupSpec) -> Any:
@@ -83,96 +82,35 @@ def planned_passes(spec: CleanupSpec) -> list[str]:
     return first + (["fold_constants"] if spec.fold_constants else []) + list(spec.passes)
 
 
-def check_graph(graph: Any, after: str, workdir: Path | None = None, checked_weights: bool = False) -> None:
-    """Every consumed tensor is produced, and the ONNX checker accepts the exported model.
-
-    `checked_weights`: the ONNX checker has already accepted every weight the graph was imported with (parse's
-    check). Those that are big floats are then not copied and serialized for it again: while the graph is
-    exported, each stands in as a reference to a sparse file of its exact size. Passes never change an imported
-    weight's bytes, and all the checker reads of them is whether they are there and large enough.
-    The model is checked on a path in `workdir` (a temp dir by default) whenever it has external data.
-    """
+def check_graph(graph: Any, after: str, ordered: bool = False) -> None:
+    """Every consumed tensor and every output is produced; when `ordered` (the graph was sorted), by a node
+    before its consumers. Cheap enough for every pass: the ONNX checker runs once, on the written model."""
     import onnx_graphsurgeon as gs
 
+    broke = f"graph-cleanup: pass '{after}' broke the graph"
     produced = {t.name for t in graph.inputs} | {out.name for node in graph.nodes for out in node.outputs}
+    earlier = {t.name for t in graph.inputs}
     for node in graph.nodes:
         for tensor in node.inputs:
-            if isinstance(tensor, gs.Variable) and tensor.name and tensor.name not in produced:
-                raise BuildError(f"graph-cleanup: pass '{after}' broke the graph: node '{node.name}' ({node.op}) "
-                                 f"consumes '{tensor.name}', which nothing produces")
+            if not isinstance(tensor, gs.Variable) or not tensor.name:
+                continue
+            if tensor.name not in produced:
+                raise BuildError(f"{broke}: node '{node.name}' ({node.op}) consumes '{tensor.name}', "
+                                 "which nothing produces")
+            if ordered and tensor.name not in earlier:
+                raise BuildError(f"{broke}: node '{node.name}' ({node.op}) consumes '{tensor.name}' "
+                                 "before it is produced")
+        earlier.update(out.name for out in node.outputs)
     for tensor in graph.outputs:
         if isinstance(tensor, gs.Variable) and tensor.name not in produced:
-            raise BuildError(f"graph-cleanup: pass '{after}' broke the graph: output '{tensor.name}' is not produced")
-    if workdir is None:
-        with tempfile.TemporaryDirectory(prefix="graph-check-") as tmp:
-            return check_graph(graph, after, Path(tmp), checked_weights)
-    with _stand_ins(graph) if checked_weights else contextlib.nullcontext(0) as stand_in:
-        model = gs.export_onnx(graph)
-    _check_model(model, after, workdir, stand_in)
+            raise BuildError(f"{broke}: output '{tensor.name}' is not produced")
 
 
-@contextlib.contextmanager
-def _stand_ins(graph: Any) -> Iterator[int]:
-    """Swap each big float weight read from the import for a stand-in: the same TensorProto without its bytes,
-    pointing at STAND_IN_FILE instead. Yields the size that file needs; puts the weights back on exit."""
-    import onnx
-    from onnx_graphsurgeon.ir.tensor import LazyValues
-
-    swapped: list[tuple[Any, Any]] = []
-    size = 0
-    try:
-        for sub in [graph, *graph.subgraphs(recursive=True)]:
-            for tensor in sub.tensors().values():
-                values = getattr(tensor, "_values", None)  # graphsurgeon's LazyValues: the imported TensorProto
-                if type(values) is not LazyValues or not big_float(values.tensor) or values.tensor.external_data:
-                    continue
-                weight, light = values.tensor, onnx.TensorProto()
-                for field in light.DESCRIPTOR.fields:
-                    if field.name == "raw_data":
-                        continue
-                    if getattr(field, "is_repeated", None) or getattr(field, "label", None) == 3:  # LABEL_REPEATED
-                        getattr(light, field.name).extend(getattr(weight, field.name))
-                    elif weight.HasField(field.name):
-                        if field.message_type:
-                            getattr(light, field.name).CopyFrom(getattr(weight, field.name))
-                        else:
-                            setattr(light, field.name, getattr(weight, field.name))
-                nbytes = ITEMSIZE[weight.data_type] * math.prod(weight.dims)
-                _point_at(light, STAND_IN_FILE, 0, nbytes)
-                swapped.append((values, weight))
-                values.tensor, size = light, max(size, nbytes)
-        yield size
-    finally:
-        for values, weight in swapped:
-            values.tensor = weight
-
-
-def _check_model(model: Any, after: str, workdir: Path, stand_in: int) -> None:
-    """The ONNX checker on an exported model: on its bytes, or on a path when it has external data (the
-    checker resolves it next to the model), with a sparse stand-in file of `stand_in` bytes beside it."""
-    import onnx
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
-    try:
-        data = model.SerializeToString()
-    except Exception:  # more than protobuf can serialize: too big for the checker, as before
-        return
-    if len(data) >= PROTO_LIMIT:
-        return
-    try:
-        if stand_in or any(uses_external_data(t) for t in _get_all_tensors(model)):
-            (workdir / CHECKED_FILE).write_bytes(data)
-            with open(workdir / STAND_IN_FILE, "wb") as handle:
-                handle.truncate(stand_in)  # sparse: nothing is written
-            onnx.checker.check_model(str(workdir / CHECKED_FILE))
-        else:
-            onnx.checker.check_model(data)
-    except onnx.checker.ValidationError as error:
-        first = str(error).strip().splitlines()[0]
-        raise BuildError(f"graph-cleanup: pass '{after}' broke the graph: ONNX checker: {first}") from None
-    finally:
-        for name in (CHECKED_FILE, STAND_IN_FILE):
-            (workdir / name).unlink(missing_ok=True)
+def _passes(graph: Any, spec: CleanupSpec) -> Iterator[tuple[str, Any]]:
+    """Run the planned passes on `graph`, yielding each pass's name and the graph it returned."""
+    for name in planned_passes(spec):
+        graph = PASSES[name](graph, spec)
+        yield name, graph
 
 
 def cleaned_model_from_model(ctx: Context) -> None:
@@ -180,28 +118,68 @@ def cleaned_model_from_model(ctx: Context) -> None:
 
     spec: CleanupSpec = ctx.recipe.spec("graph-cleanup")
     on_disk = _copy_weights(ctx.model, ctx.recipe.model_path.parent, ctx.scratch / WEIGHTS_FILE)
-    graph = _readable(gs.import_onnx(ctx.model), str(ctx.scratch) if on_disk else None)
-    nodes_before = len(graph.nodes)
-    # parse's checker read every weight in the file: in-memory weights need not be serialized for it again
-    checked = ctx.recipe.spec("parse").check and not ctx.model_record.get("external_data")
-    for name in planned_passes(spec):
-        graph = PASSES[name](graph, spec)
-        check_graph(graph, name, ctx.scratch, checked_weights=checked)
+    weights_dir = str(ctx.scratch) if on_disk else None
+    graph = _readable(gs.import_onnx(ctx.model), weights_dir)  # a new graph: ctx.model is not changed
+    ordered = False
+    for name, graph in _passes(graph, spec):
+        ordered = ordered or name == "toposort"
+        check_graph(graph, name, ordered)
         ctx.log.debug("graph-cleanup: %s -> %d nodes", name, len(graph.nodes))
     model = gs.export_onnx(graph)
+    nodes_after = len(graph.nodes)
+    del graph
     path = ctx.scratch / CLEANED_FILE
-    ctx.cleaned_sha256 = _save(model, path, on_disk)
-    ctx.model = model
+    sha256, written = _save(model, path, on_disk)
+    complaint = _checker_error(written) if planned_passes(spec) else None  # no passes: nothing to check
+    if complaint:
+        raise BuildError(_broken_pass(ctx, spec, weights_dir) or f"graph-cleanup: the ONNX checker rejects the "
+                                                                 f"cleaned model: {complaint}")
+    ctx.cleanup_record = {"passes": planned_passes(spec), "nodes_before": len(ctx.model.graph.node),
+                          "nodes_after": nodes_after}
+    ctx.model, ctx.cleaned_sha256 = model, sha256  # parse's model (its weights) is freed here
     ctx.onnx_path = ctx.cleaned_path = path
-    ctx.cleanup_record = {"passes": planned_passes(spec), "nodes_before": nodes_before, "nodes_after": len(graph.nodes)}
     from pipeline.validate import cleanup_check  # ONNX Runtime: cleaned vs original; raises when numerics change
 
     ctx.cleanup_check = cleanup_check(ctx)
 
 
-def _save(model: Any, path: Path, on_disk: bool) -> str:
+def _checker_error(model: bytes | Path) -> str | None:
+    """The first line of the ONNX checker's complaint about a serialized model, or a saved one (by path: the
+    checker then finds its external data); None when it has none."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model if isinstance(model, bytes) else str(model))
+    except onnx.checker.ValidationError as error:
+        return str(error).strip().splitlines()[0]
+    return None
+
+
+def _broken_pass(ctx: Context, spec: CleanupSpec, weights_dir: str | None) -> str | None:
+    """Once the cleaned model has failed the ONNX checker: the error naming the first pass after which the checker
+    rejects the graph. The passes run again on a new graph of parse's model (ctx.model, unchanged), each result
+    checked as a file in the scratch directory, where its external data is if it has any."""
+    import onnx_graphsurgeon as gs
+
+    graph = _readable(gs.import_onnx(ctx.model), weights_dir)
+    for name, graph in _passes(graph, spec):
+        try:
+            data = gs.export_onnx(graph).SerializeToString()
+        except Exception:  # protobuf's EncodeError: more than 2 GiB, which the checker cannot read either
+            continue
+        with tempfile.NamedTemporaryFile(dir=ctx.scratch, suffix=".onnx") as file:
+            file.write(data)
+            file.flush()
+            complaint = _checker_error(Path(file.name)) if len(data) < PROTO_LIMIT else None
+        if complaint:
+            return f"graph-cleanup: pass '{name}' broke the graph: ONNX checker: {complaint}"
+    return None
+
+
+def _save(model: Any, path: Path, on_disk: bool) -> tuple[str, bytes | Path]:
     """Write the cleaned model as onnx.save does (external data in WEIGHTS_FILE when it is more than protobuf
-    holds, or when the weights stayed on disk), serializing it once; returns the sha256 of `path`."""
+    holds, or when the weights stayed on disk), serializing it once. Returns the sha256 of `path`, and what the
+    ONNX checker reads: the bytes written, or `path` when they point at external data."""
     import onnx
     from onnx.external_data_helper import convert_model_to_external_data, write_external_data_tensors
 
@@ -214,9 +192,9 @@ def _save(model: Any, path: Path, on_disk: bool) -> str:
         data = None
     if data is None or len(data) >= PROTO_LIMIT:
         onnx.save(model, str(path), save_as_external_data=True, location=WEIGHTS_FILE)
-        return file_sha256(path)
+        return file_sha256(path), path
     path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(data).hexdigest(), path if on_disk else data
 
 
 def _copy_weights(model: Any, source: Path, dest: Path) -> bool:

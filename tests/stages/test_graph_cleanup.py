@@ -12,7 +12,7 @@ import pytest
 from pipeline.context import Context
 from pipeline.errors import BuildError
 from pipeline.recipe import CleanupSpec
-from pipeline.stages import graph_cleanup
+from pipeline.stages import graph_cleanup, parse
 from pipeline.stages.graph_cleanup import CLEANED_FILE, PASSES, planned_passes
 from tests.conftest import TINY_STAGES, run_stages
 
@@ -128,23 +128,91 @@ def test_a_pass_that_drops_an_output_is_named(write_recipe: Recipe, build_contex
     assert str(caught.value) == "graph-cleanup: pass 'cleanup' broke the graph: output 'y' is not produced"
 
 
+def unknown_op(graph: Any, spec: CleanupSpec) -> Any:
+    """A deliberately broken pass that only the ONNX checker notices."""
+    graph.nodes[-1].op = "NoSuchOp"
+    return graph
+
+
 def test_a_pass_the_checker_rejects_is_named(write_recipe: Recipe, build_context: ContextFor,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    def unknown_op(graph: Any, spec: CleanupSpec) -> Any:
-        graph.nodes[-1].op = "NoSuchOp"
-        return graph
-
     monkeypatch.setitem(PASSES, "toposort", unknown_op)
     ctx = build_context(tiny_with(write_recipe, "{}"))
     run_stages(ctx, "parse")
+    parsed = ctx.model.SerializeToString()
     with pytest.raises(BuildError) as caught:
         run_stages(ctx, "graph-cleanup")
     assert str(caught.value).startswith("graph-cleanup: pass 'toposort' broke the graph: ONNX checker: ")
     assert "NoSuchOp" in str(caught.value)
+    assert ctx.model.SerializeToString() == parsed  # the passes ran twice, on parse's model as it was
+    assert ctx.cleaned_path is None
+
+
+def test_the_onnx_checker_runs_once(write_recipe: Recipe, build_context: ContextFor,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not after every pass: once, on the bytes written (the passes are re-run with it only on failure)."""
+    ctx = build_context(write_recipe(CLEANUP_NEEDED.format(cleanup=FREEZE_MODE)))
+    run_stages(ctx, "parse")
+    checked: list[Any] = []
+    check_model = onnx.checker.check_model
+    monkeypatch.setattr(onnx.checker, "check_model", lambda model, *a, **k: checked.append(model) or
+                        check_model(model, *a, **k))
+    run_stages(ctx, "graph-cleanup")
+    assert checked == [ctx.cleaned_path.read_bytes()]
+
+
+def reverse_nodes(graph: Any, spec: CleanupSpec) -> Any:
+    graph.nodes.reverse()
+    return graph
+
+
+def test_order_is_checked_once_the_graph_is_sorted(write_recipe: Recipe, build_context: ContextFor,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(PASSES, "cleanup", reverse_nodes)  # before toposort: an unsorted graph is fine
+    ctx = build_context(tiny_with(write_recipe, "{}"))
+    run_stages(ctx, "parse", "graph-cleanup")
+    assert [n.op_type for n in onnx.load(str(ctx.cleaned_path)).graph.node] == ["MatMul", "Add", "Relu"]
+    ctx = build_context(tiny_with(write_recipe, "{passes: [toposort, cleanup]}"))
+    run_stages(ctx, "parse")
+    with pytest.raises(BuildError) as caught:
+        run_stages(ctx, "graph-cleanup")
+    assert str(caught.value) == ("graph-cleanup: pass 'cleanup' broke the graph: node 'y' (Relu) consumes "
+                                 "'add_out' before it is produced")
+
+
+@pytest.fixture
+def on_disk_recipe(write_recipe: Recipe, models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tiny with its weights in external data, and a protobuf limit small enough that parse leaves them on disk."""
+    model = tmp_path / "external" / "tiny.onnx"
+    model.parent.mkdir()
+    onnx.save(onnx.load(str(models_dir / "tiny.onnx")), str(model), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="tiny.onnx.data", size_threshold=0)
+    for module in (parse, graph_cleanup):  # the model file is 356 bytes, its weights 160
+        monkeypatch.setattr(module, "PROTO_LIMIT", 500)
+    recipe = tiny_with(write_recipe, "{}")
+    recipe.write_text(recipe.read_text().replace(str(models_dir / "tiny.onnx"), str(model)))
+    return recipe
+
+
+def test_weights_left_on_disk_are_checked_beside_the_cleaned_model(
+        on_disk_recipe: Path, build_context: ContextFor, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = build_context(on_disk_recipe)
+    run_stages(ctx, "parse")
+    assert not ctx.model.graph.initializer[0].raw_data  # left on disk
+    run_stages(ctx, "graph-cleanup")
+    cleaned = onnx.load(str(ctx.cleaned_path), load_external_data=False)
+    assert {entry.value for tensor in cleaned.graph.initializer for entry in tensor.external_data
+            if entry.key == "location"} == {graph_cleanup.WEIGHTS_FILE}
+    monkeypatch.setitem(PASSES, "cleanup", unknown_op)
+    ctx = build_context(on_disk_recipe)
+    run_stages(ctx, "parse")
+    with pytest.raises(BuildError, match="^graph-cleanup: pass 'cleanup' broke the graph: ONNX checker: .*NoSuchOp"):
+        run_stages(ctx, "graph-cleanup")
+    assert sorted(p.name for p in ctx.scratch.iterdir()) == [CLEANED_FILE, graph_cleanup.WEIGHTS_FILE]
 
 
 def test_check_graph_accepts_the_shipped_models(models_dir: Path) -> None:
     import onnx_graphsurgeon as gs
 
     for name in ("tiny", "two_input", "cleanup_needed"):
-        graph_cleanup.check_graph(gs.import_onnx(onnx.load(str(models_dir / f"{name}.onnx"))), "import")
+        graph_cleanup.check_graph(gs.import_onnx(onnx.load(str(models_dir / f"{name}.onnx"))), "import", True)
