@@ -55,6 +55,8 @@ def problems(recipe: Recipe, backend: Backend, probe: Probe) -> list[str]:
         out.append(recipe.problem(recipe.stage_path("serialize", "hardware_compatibility"),
                                   "hardware_compatibility is a full-TensorRT option; with TensorRT-RTX choose the "
                                   "GPUs with targets: [...] instead"))
+    out += [recipe.problem(recipe.stage_path("serialize", "plugins", index), f"plugin library not found: {plugin}")
+            for index, plugin in enumerate(serialize.plugins) if not plugin.is_file()]
     if serialize.timing_cache and backend.is_rtx and probe.gpu is None:
         out.append(recipe.problem(recipe.stage_path("serialize", "timing_cache"),
                                   "a timing cache makes TensorRT-RTX query a GPU while building, which fails on this "

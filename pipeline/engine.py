@@ -147,9 +147,24 @@ def io_tensors(engine: Any, trt: Any) -> tuple[Tensor, ...]:
     return tuple(found)
 
 
-def deserialize(backend: Backend, plan: bytes, logger: Any) -> Any:
-    """Runtime(logger).deserialize_cuda_engine, with TensorRT's own last error when it returns None."""
+def plugins(manifest: dict) -> list[str]:
+    """The plugin libraries the engine was built with (the manifest's network.plugins)."""
+    return [plugin["path"] for plugin in manifest.get("network", {}).get("plugins", [])]
+
+
+def runtime_for(backend: Backend, logger: Any, libraries: Sequence[str] = ()) -> Any:
+    """Runtime(logger) with the engine's plugin libraries loaded into its registry."""
     runtime = backend.trt.Runtime(logger)
+    for library in libraries:
+        if runtime.get_plugin_registry().load_library(library) is None:
+            raise PipelineError(f"{backend.label()} cannot load plugin library {library}, which the engine was "
+                                "built with")
+    return runtime
+
+
+def deserialize(backend: Backend, plan: bytes, logger: Any, libraries: Sequence[str] = ()) -> Any:
+    """Runtime(logger).deserialize_cuda_engine, with TensorRT's own last error when it returns None."""
+    runtime = runtime_for(backend, logger, libraries)
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         detail = (getattr(logger, "errors", None) or ["no message from TensorRT"])[-1]
@@ -166,7 +181,7 @@ def session_for(engine: Any, trt: Any, device: Device, logger: Any = None) -> Se
 
 @contextlib.contextmanager
 def open_session(backend: Backend, plan_path: Path, environ: MutableMapping[str, str], log: Any,
-                 device: Device | None = None) -> Iterator[Session]:
+                 device: Device | None = None, libraries: Sequence[str] = ()) -> Iterator[Session]:
     """Deserialize the plan and make a context and a stream; buffers and stream are freed on exit.
     Polygraphy's CUDA errors (raised as PolygraphyException) become one-line PipelineErrors."""
     from pipeline.validate import quiet, use_polygraphy
@@ -177,7 +192,7 @@ def open_session(backend: Backend, plan_path: Path, environ: MutableMapping[str,
     with quiet():
         try:
             logger = make_logger(backend, log.getChild("trt"))
-            engine = deserialize(backend, Path(plan_path).read_bytes(), logger)
+            engine = deserialize(backend, Path(plan_path).read_bytes(), logger, libraries)
             session = session_for(engine, backend.trt, device or polygraphy_device(), logger)
             try:
                 yield session

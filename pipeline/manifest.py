@@ -21,11 +21,17 @@ TOOLS = ("onnx", "onnx-graphsurgeon", "onnxruntime", "numpy")
 
 
 def _settings(recipe: Recipe, stages: tuple[str, ...]) -> dict:
-    """Stage settings as written (an absent stage is None), with the timing cache named by content."""
+    """Stage settings as written (an absent stage is None), with files named by content: the timing cache and
+    plugin libraries by sha256, not path. A recipe without plugins keeps the keys it had before they existed."""
     settings = {stage: plain(recipe.stages.get(stage)) for stage in stages}
-    cache = recipe.spec("serialize").timing_cache
-    if settings.get("serialize") and cache:
-        settings["serialize"]["timing_cache"] = file_sha256(cache.path) if cache.path.is_file() else None
+    serialize, written = recipe.spec("serialize"), settings.get("serialize")
+    if written:
+        cache = serialize.timing_cache
+        if cache:
+            written["timing_cache"] = file_sha256(cache.path) if cache.path.is_file() else None
+        written["plugins"] = [file_sha256(p) if p.is_file() else None for p in serialize.plugins]
+        if not written["plugins"]:
+            del written["plugins"]
     return settings
 
 

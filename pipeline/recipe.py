@@ -93,6 +93,7 @@ class SerializeSpec:
     flags: tuple[str, ...] = ()
     hardware_compatibility: str = "none"
     timing_cache: TimingCache | None = None
+    plugins: tuple[Path, ...] = ()  # plugin libraries, resolved against the recipe's folder
 
 
 @dataclass(frozen=True)
@@ -429,7 +430,9 @@ def _serialize_spec(body: dict, base: Path) -> SerializeSpec:
     if cache:
         cache = TimingCache(path=(base / cache["path"]).resolve(), sha256=cache.get("sha256"),
                             error_on_miss=cache.get("error_on_miss", False))
-    return SerializeSpec(profiles=profiles, timing_cache=cache, flags=tuple(body.pop("flags", ())), **body)
+    plugins = tuple((base / plugin).resolve() for plugin in body.pop("plugins", ()))
+    return SerializeSpec(profiles=profiles, timing_cache=cache, flags=tuple(body.pop("flags", ())), plugins=plugins,
+                         **body)
 
 
 _FREEZERS = {"parse": _parse_spec, "graph-cleanup": _cleanup_spec, "network-flag": _flag_spec,

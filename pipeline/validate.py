@@ -307,7 +307,7 @@ def _engine_rows(artifact: Artifact, manifest: dict, spec: ValidateSpec, environ
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
     original = original_model(manifest)
-    runtime = backend.trt.Runtime(make_logger(backend, log.getChild("trt")))
+    runtime = engines.runtime_for(backend, make_logger(backend, log.getChild("trt")), engines.plugins(manifest))
     with quiet(), one_line_errors("cannot load the engine"):
         trt_engine = EngineFromBytes((artifact.path / manifest["engine"]["file"]).read_bytes(), runtime=runtime)()
     sets, feeds = engine_feeds(manifest, spec)

@@ -125,3 +125,25 @@ def run_stages(ctx: "Context", *names: str) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: the one README test that builds the full ResNet-50 (~10 s); "
                                        "deselect with -m 'not slow'")
+
+
+NOT_A_PLUGIN = """\
+#include <cstdint>
+// Exports the entry points TensorRT looks for, but offers no plugin creator: a library TensorRT refuses.
+extern "C" void setLoggerFinder(void*) {}
+extern "C" void* const* getCreators(int32_t& count) { count = 0; return nullptr; }
+"""
+
+
+@pytest.fixture(scope="session")
+def not_a_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real shared library, compiled here, that TensorRT's plugin registry loads and then refuses."""
+    import shutil
+    import subprocess
+
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++ to compile a stand-in plugin library")
+    folder = tmp_path_factory.mktemp("plugin")
+    (folder / "noop.cpp").write_text(NOT_A_PLUGIN)
+    subprocess.run(["g++", "-shared", "-fPIC", "-o", str(folder / "libnoop.so"), str(folder / "noop.cpp")], check=True)
+    return folder / "libnoop.so"

@@ -7,6 +7,7 @@ Update the pinned value only when that is intended, and say so in the commit.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -119,6 +120,23 @@ def test_inputs_outside_the_recipe_change_the_key(tiny: recipes.Recipe, full: re
     before = build_key(full, CLEANED, TRT, T_A100)
     (tmp_path / "cache.bin").write_bytes(b"another timing cache")
     assert build_key(full, CLEANED, TRT, T_A100) != before
+
+
+def test_plugin_libraries_enter_the_key_by_content(tmp_path: Path, models_dir: Path, tiny: recipes.Recipe) -> None:
+    (tmp_path / "libone.so").write_bytes(b"plugin library bytes")
+    body = TINY.replace("  - serialize:\n", "  - serialize:\n      plugins: [libone.so]\n")
+    with_plugin = recipes.load(write(tmp_path / "plugin.yaml", body, models_dir / "tiny.onnx"))
+    inputs = build_key_inputs(with_plugin, CLEANED, RTX, T_SM89)
+    assert inputs["settings"]["serialize"]["plugins"] == [hashlib.sha256(b"plugin library bytes").hexdigest()]
+    key = build_key(with_plugin, CLEANED, RTX, T_SM89)
+    assert key != build_key(tiny, CLEANED, RTX, T_SM89)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "libone.so").write_bytes(b"plugin library bytes")  # the same library at another path: same key
+    assert build_key(recipes.load(write(moved / "plugin.yaml", body, models_dir / "tiny.onnx")), CLEANED, RTX,
+                     T_SM89) == key
+    (tmp_path / "libone.so").write_bytes(b"a rebuilt plugin library")  # new bytes: a new key
+    assert build_key(with_plugin, CLEANED, RTX, T_SM89) != key
 
 
 def test_reuse_by_build_key_with_real_builds(tmp_path: Path, models_dir: Path) -> None:

@@ -133,3 +133,10 @@ def test_command_line_targets_replace_the_recipes(write_recipe: Callable[..., Pa
     found, problems_ = capability.targets(recipe, rtx_backend, NO_GPU, ("sm86", "sm90"))
     assert [t.name for t in found] == ["sm86"]
     assert len(problems_) == 1 and problems_[0].startswith("--target sm90: ")
+
+
+def test_a_missing_plugin_library_is_located(write_recipe: Callable[..., Path], rtx_backend: Backend) -> None:
+    path, found = problems(write_recipe, RECIPE.replace("      flags: [tf32]\n", "      flags: [tf32]\n"
+                                                                             "      plugins: [libgone.so]\n"), rtx_backend)
+    assert found == [f"{path}:12:17: stages[3].serialize.plugins[0]: plugin library not found: "
+                     f"{path.parent / 'libgone.so'}"]

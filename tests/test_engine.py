@@ -394,3 +394,17 @@ def test_bench_on_the_gpu(local_plan: Path) -> None:
         result = engine.bench(session, profile=0, iterations=20, warmup=5)
     assert result["shapes"] == {"x": [8, 4]} and 0 < result["p50_ms"] <= result["p99_ms"]
 
+
+
+def test_the_runtime_loads_the_engines_plugin_libraries(not_a_plugin: Path) -> None:
+    """Runtime() works without a GPU: loading a plugin library the engine was built with is exercised for real."""
+    rtx = backends.load("tensorrt-rtx")
+    manifest = {"network": {"plugins": [{"path": str(not_a_plugin), "sha256": "x"}]}}
+    assert engine.plugins(manifest) == [str(not_a_plugin)]
+    assert engine.plugins({"network": {}}) == []
+    logger = backends.make_logger(rtx, logging.getLogger("x"))
+    with pytest.raises(PipelineError) as caught:
+        engine.runtime_for(rtx, logger, engine.plugins(manifest))
+    assert str(caught.value) == (f"{rtx.label()} cannot load plugin library {not_a_plugin}, which the engine was "
+                                 "built with")
+    assert engine.runtime_for(rtx, logger) is not None

@@ -44,7 +44,8 @@ def infer(args: argparse.Namespace, log: logging.Logger) -> int:
     backend = engines.runtime_backend(manifest)
     shapes = {name: tuple(array.shape) for name, array in feed.items()}
     profile = engines.profile_for(manifest["config"]["profiles"], shapes)
-    with engines.open_session(backend, artifact.path / manifest["engine"]["file"], args.environ, log) as session:
+    with engines.open_session(backend, artifact.path / manifest["engine"]["file"], args.environ, log,
+                              libraries=engines.plugins(manifest)) as session:
         outputs = engines.infer(session, feed, profile)
     written = engines.write_outputs(outputs, args.output_dir)
     if args.json:
@@ -64,7 +65,8 @@ def bench(args: argparse.Namespace, log: logging.Logger) -> int:
     engines.runnable_gpu(manifest, gpu.probe())
     backend = engines.runtime_backend(manifest)
     profiles = range(max(1, len(manifest["config"]["profiles"])))
-    with engines.open_session(backend, artifact.path / manifest["engine"]["file"], args.environ, log) as session:
+    with engines.open_session(backend, artifact.path / manifest["engine"]["file"], args.environ, log,
+                              libraries=engines.plugins(manifest)) as session:
         results = [engines.bench(session, p, args.iterations, args.warmup) for p in profiles]
     if args.json:
         emit_json({"artifact": artifact.ref, "tag": artifact.tag, "results": results})

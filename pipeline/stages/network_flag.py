@@ -6,6 +6,7 @@ from typing import Any
 
 from pipeline.backend import Backend
 from pipeline.context import Context
+from pipeline.digest import file_sha256
 from pipeline.errors import BuildError
 from pipeline.recipe import FlagSpec
 
@@ -41,10 +42,23 @@ def parser_errors(parser: Any) -> list[str]:
     return found
 
 
+def load_plugins(registry: Any, ctx: Context) -> list[dict]:
+    """Load the recipe's plugin libraries before parsing, so the parser finds their creators; [{path, sha256}]."""
+    loaded = []
+    for path in ctx.recipe.spec("serialize").plugins:
+        before = len(ctx.trt_logger.errors)
+        if registry.load_library(str(path)) is None:
+            detail = next(iter(ctx.trt_logger.errors[before:]), "no message from TensorRT")
+            raise BuildError(f"network-flag: {ctx.backend.label()} cannot load plugin library {path}: {detail}")
+        loaded.append({"path": str(path), "sha256": file_sha256(path)})
+    return loaded
+
+
 def network_from_onnx(ctx: Context) -> None:
     trt = ctx.backend.trt
     mask, asked, notes = creation_flags(ctx.recipe.spec("network-flag"), ctx.backend)
     ctx.builder = trt.Builder(ctx.trt_logger)
+    plugins = load_plugins(ctx.builder.get_plugin_registry(), ctx)
     ctx.network = ctx.builder.create_network(mask)
     # Record the flags the network really has: TensorRT-RTX, for one, is strongly typed whether asked or not.
     names = [name for name, flag in trt.NetworkDefinitionCreationFlag.__members__.items()
@@ -62,7 +76,7 @@ def network_from_onnx(ctx: Context) -> None:
                          hint="graph-cleanup (freeze_inputs, override_shapes, fold_constants) often cures this; "
                               "-v shows TensorRT's full log")
     ctx.parser = parser
-    ctx.network_record = {"flags": names, "notes": notes, "layers": ctx.network.num_layers,
+    ctx.network_record = {"flags": names, "plugins": plugins, "notes": notes, "layers": ctx.network.num_layers,
                           "inputs": tensors(ctx.network, ctx.network.num_inputs, ctx.network.get_input),
                           "outputs": tensors(ctx.network, ctx.network.num_outputs, ctx.network.get_output)}
 

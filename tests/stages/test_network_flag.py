@@ -34,6 +34,7 @@ def test_strongly_typed_network(write_recipe: Recipe, build_context: ContextFor)
     assert ctx.network.get_flag(tensorrt_rtx.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     assert ctx.network_record == {
         "flags": ["STRONGLY_TYPED"],
+        "plugins": [],
         "notes": [f"explicit batch is the only mode in {LABEL}; EXPLICIT_BATCH not set"],
         "layers": ctx.network.num_layers,
         "inputs": {"x": {"dtype": "float", "shape": [-1, 4]}},
@@ -90,3 +91,18 @@ def test_creation_flags_across_versions(rtx_backend: Backend) -> None:
     assert creation_flags(both, rtx_backend) == (
         strongly, ["STRONGLY_TYPED"], [f"explicit batch is the only mode in {LABEL}; EXPLICIT_BATCH not set"])
     assert creation_flags(FlagSpec(explicit_batch=False), rtx_backend) == (0, [], [])
+
+
+PLUGIN_RECIPE = ("name: t\nversion: 1.0.0\nmodel: {path: {models}/tiny.onnx}\ntargets: [sm89]\n"
+                 + TINY_STAGES.replace("  - serialize:\n", "  - serialize:\n      plugins: [PLUGIN]\n"))
+
+
+def test_a_library_that_is_not_a_plugin_is_refused_by_tensorrt(write_recipe: Callable[..., Path],
+                                                               not_a_plugin: Path, build_context: ContextFor) -> None:
+    ctx = build_context(write_recipe(PLUGIN_RECIPE.replace("PLUGIN", str(not_a_plugin))))
+    run_stages(ctx, "parse")
+    with pytest.raises(BuildError) as caught:
+        run_stages(ctx, "network-flag")
+    assert str(caught.value).startswith(f"network-flag: tensorrt-rtx {tensorrt_rtx.__version__} cannot load plugin "
+                                        f"library {not_a_plugin}: ")
+    assert "getPluginCreators" in str(caught.value)  # TensorRT's own reason
