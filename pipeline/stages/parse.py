@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -26,7 +27,18 @@ def big_float(tensor: Any) -> bool:
 
 
 def header(path: Path) -> dict:
-    """describe() of the model plus the names of its external-data files, in first-use order; no weights read."""
+    """describe() of the model plus the names of its external-data files, in first-use order; no weights read.
+    Parsing a model with embedded weights costs ~0.3 s per 100 MB, and a build asks twice (model checks, hashes):
+    the answer is remembered for as long as the file is unchanged (same inode, size and mtime). Do not mutate it."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return _header(path, 0, 0, 0)  # read_model says what is wrong
+    return _header(path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _header(path: Path, inode: int, size: int, mtime_ns: int) -> dict:
     model = read_model(path, weights=False)
     return {**describe(model), "external_data": external_names(model)}
 

@@ -9,10 +9,10 @@ from typing import Callable
 import onnx
 import pytest
 
-from models.make_models import MODELS
+from models.make_models import MODELS, write_model
 from pipeline.context import Context
 from pipeline.errors import BuildError, PipelineError
-from pipeline.stages.parse import digests, preflight
+from pipeline.stages.parse import digests, header, preflight
 from tests.conftest import TINY_STAGES, run_stages
 
 Recipe = Callable[..., Path]
@@ -174,3 +174,12 @@ def test_preflight(write_recipe: Recipe, models_dir: Path, tmp_path: Path) -> No
     path = recipe_for(write_recipe, tmp_path / "missing.onnx")
     assert preflight(recipes.load(path)) == [
         f"{path}:3:15: model.path: model file not found: {tmp_path}/missing.onnx (paths are relative to the recipe)"]
+
+
+def test_header_is_read_again_when_the_file_changes(models_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    write_model(MODELS["tiny"](), path)
+    assert list(header(path)["inputs"]) == ["x"]
+    assert header(path) is header(path)  # remembered while the file is unchanged
+    write_model(MODELS["two_input"](), path)
+    assert list(header(path)["inputs"]) == ["image", "scale"]
