@@ -27,10 +27,10 @@ models: $(MODELS)
 models/%.onnx: | $(STAMP)
 	$(BIN)/python models/make_models.py $* $@
 
-# The virtualenv, created and filled on first use and again whenever pyproject.toml changes.
-$(STAMP): pyproject.toml
+# The virtualenv, created and filled on first use and again whenever pyproject.toml or constraints.txt change.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
 
 clean-venv:
@@ -49,5 +49,5 @@ nightly: $(STAMP) $(MODELS)
 BENCH_ARGS ?=
 .PHONY: bench
 bench: $(STAMP) $(MODELS)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -9,30 +9,21 @@ import logging
 import shutil
 from pathlib import Path
 
+import tensorrt_rtx
+
 from pipeline import backend as backends
 from pipeline import recipe as recipes
 from pipeline import runner
 from pipeline.gpu import Probe
 from pipeline.store import Artifact, Store
+from tests.conftest import TINY_STAGES
 
-SM86, SM89, SM120 = "sm86.rtx-1.7.1", "sm89.rtx-1.7.1", "sm120.rtx-1.7.1"
+RTX = ".".join(tensorrt_rtx.__version__.split(".")[:3])  # the installed TensorRT-RTX, as tags spell it
+SM86, SM89, SM120 = f"sm86.rtx-{RTX}", f"sm89.rtx-{RTX}", f"sm120.rtx-{RTX}"
 NO_GPU = Probe(False, (), "no CUDA driver on this machine (test)")
 LOG = logging.getLogger("test.lifecycle")
 
-TINY = """\
-name: tiny
-version: 1.0.0
-model: {path: MODEL}
-backend: tensorrt-rtx
-targets: [sm86, sm89, sm120]
-stages:
-  - parse: {}
-  - network-flag: {strongly_typed: true}
-  - memory-pool: {workspace: 64MiB}
-  - serialize:
-      profiles:
-        - x: {min: [1, 4], opt: [8, 4], max: [64, 4]}
-"""
+TINY = "name: tiny\nversion: 1.0.0\nmodel: {path: MODEL}\nbackend: tensorrt-rtx\ntargets: [sm86, sm89, sm120]\n" + TINY_STAGES
 
 TWO_INPUT = """\
 name: two-input
