@@ -6,8 +6,10 @@ Not a test module (no `test_` prefix); the racing workers live here so spawned p
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import tensorrt_rtx
 
@@ -87,3 +89,16 @@ def race_promote(root: str, ref: str, tag: str, channel_name: str, reason: str, 
     start.wait()  # type: ignore[attr-defined]
     promote.promote(Store(Path(root)), ref, tag, tag, channel_name, by=f"worker-{reason}", log=LOG,
                     allow_unvalidated=True, reason=reason, probe=NO_GPU)
+
+
+def race(target: Callable[..., None], calls: list[tuple], timeout: float) -> None:
+    """Run target(*args, start) in one spawned process per args tuple, released together; each must exit 0."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    workers = [context.Process(target=target, args=(*args, start)) for args in calls]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(timeout)
+        assert worker.exitcode == 0

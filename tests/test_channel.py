@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from pipeline import channel
 from pipeline.errors import StoreError
 from pipeline.store import Store
-from tests._lifecycle import SM86, SM89, TINY, build, copy_store, race_channel, write
+from tests._lifecycle import SM86, SM89, TINY, build, copy_store, race, race_channel, write
 
 
 @pytest.fixture(scope="module")
@@ -112,16 +111,7 @@ def test_a_corrupt_channel_file_is_reported_not_overwritten(tmp_path: Path) -> N
 def test_racing_writers_lose_no_update(tmp_path: Path) -> None:
     """Two processes updating the same tag file 25 times each: every update and every history line survives."""
     store = Store(tmp_path / "store")
-    context = multiprocessing.get_context("spawn")
-    start = context.Event()
-    workers = [context.Process(target=race_channel, args=(str(store.root), SM89, prefix, 25, start))
-               for prefix in ("a", "b")]
-    for worker in workers:
-        worker.start()
-    start.set()
-    for worker in workers:
-        worker.join(60)
-        assert worker.exitcode == 0
+    race(race_channel, [(str(store.root), SM89, prefix, 25) for prefix in ("a", "b")], timeout=60)
 
     names = sorted(channel.read(store, "tiny", SM89))
     assert names == sorted(f"{p}{i}" for p in "ab" for i in range(25))

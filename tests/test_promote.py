@@ -4,7 +4,6 @@ and promotions racing each other."""
 from __future__ import annotations
 
 import copy
-import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from tests._lifecycle import (
     TINY,
     build,
     copy_store,
+    race,
     race_promote,
     set_validation,
     write,
@@ -350,16 +350,8 @@ def test_a_rebuild_into_production_is_blocked_before_building(sm86_only: Store, 
 
 
 def test_two_promotions_racing_are_both_applied_and_recorded(fresh: Store) -> None:
-    context = multiprocessing.get_context("spawn")
-    start = context.Event()
-    workers = [context.Process(target=race_promote, args=(str(fresh.root), "tiny@1.0.0", SM89, name, name, start))
-               for name in ("candidate", "production")]
-    for worker in workers:
-        worker.start()
-    start.set()
-    for worker in workers:
-        worker.join(120)
-        assert worker.exitcode == 0
+    race(race_promote, [(str(fresh.root), "tiny@1.0.0", SM89, name, name) for name in ("candidate", "production")],
+         timeout=120)
 
     assert sorted(channel.read(fresh, "tiny", SM89)) == ["candidate", "production"]
     events = channel.history(fresh, "tiny")
