@@ -40,3 +40,9 @@ def plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def model_sha256(model_file: str, external_data: list[str]) -> str:
+    """One content hash for a model: its file's sha256, or, when weights live in external-data files, the
+    sha256 of canonical JSON of the file's and the data files' hashes (so new weights make a new hash)."""
+    return model_file if not external_data else json_sha256({"model": model_file, "external_data": external_data})

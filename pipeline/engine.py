@@ -371,10 +371,13 @@ def write_outputs(outputs: Mapping[str, Any], directory: Path) -> dict[str, Path
     import numpy as np
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name, array in outputs.items():
-        path = directory / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.npy"
-        np.save(path, array, allow_pickle=False)
-        written[name] = path
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, array in outputs.items():
+            path = directory / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.npy"
+            np.save(path, array, allow_pickle=False)
+            written[name] = path
+    except OSError as error:
+        raise PipelineError(f"--output-dir {directory}: cannot write outputs: {error.strerror}") from None
     return written

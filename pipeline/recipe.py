@@ -168,6 +168,8 @@ def load(path: str | Path) -> Recipe:
         mark = error.problem_mark or error.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise RecipeError([f"{where}: invalid YAML: {error.problem or error.context}"]) from None
+    except yaml.YAMLError as error:  # e.g. ReaderError: a character YAML does not allow
+        raise RecipeError([f"{path}: invalid YAML: {error}"]) from None
     marks: dict[KeyPath, tuple[int, int]] = {}
     problems = [f"{path}:{line}:{col}: {dotted(p)}: duplicate key" for p, (line, col) in _walk(node, (), marks)]
     if not isinstance(data, dict):

@@ -196,7 +196,8 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
 @contextlib.contextmanager
 def _build_log(log: logging.Logger, path: Path, store: Store, name: str) -> Iterator[logging.FileHandler]:
     """Everything at INFO and above (TensorRT's messages included) also goes to `path` during the build.
-    When the build fails, the log is kept in the store and the error's hint names it."""
+    When the build fails, is interrupted or crashes, the log is kept in the store (a user error's hint names it;
+    otherwise it is logged)."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
@@ -206,11 +207,14 @@ def _build_log(log: logging.Logger, path: Path, store: Store, name: str) -> Iter
     log.addHandler(handler)
     try:
         yield handler
-    except PipelineError as error:
+    except BaseException as error:
         handler.flush()
-        kept = store.keep_failure_log(name, path)
-        error.hint = f"{error.hint}; " if error.hint else ""
-        error.hint += f"full log: {kept}"
+        with contextlib.suppress(OSError):  # keeping the log must not hide why the build stopped
+            kept = store.keep_failure_log(name, path)
+            if isinstance(error, PipelineError):
+                error.hint = (f"{error.hint}; " if error.hint else "") + f"full log: {kept}"
+            else:
+                log.warning("the build log is kept in %s", kept)
         raise
     finally:
         log.removeHandler(handler)

@@ -111,7 +111,11 @@ class Store:
     def lock(self, name: str) -> Any:
         from filelock import FileLock
 
-        (self.root / name).mkdir(parents=True, exist_ok=True)
+        try:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot write to store {self.root}: {error.strerror}",
+                             hint="pick a writable store with --store DIR or TRT_PIPELINE_STORE") from None
         return FileLock(str(self.root / name / ".lock"))
 
     def publish(self, name: str, version: str, tag: str, staged: Path, manifest: dict) -> Artifact:
@@ -187,9 +191,12 @@ class Store:
         """NAME, NAME@VERSION (newest build), NAME@VERSION+BUILD, or an artifact directory; --tag narrows."""
         path = Path(ref)
         if (path / MANIFEST).is_file():
-            manifest = json.loads((path / MANIFEST).read_text())
-            return Artifact(path, manifest["recipe"]["name"], manifest["recipe"]["version"],
-                            manifest["build"]["number"], manifest["target"]["tag"])
+            manifest = Artifact(path, "", "", 0, "").manifest()
+            try:
+                return Artifact(path, manifest["recipe"]["name"], manifest["recipe"]["version"],
+                                manifest["build"]["number"], manifest["target"]["tag"])
+            except (KeyError, TypeError) as error:
+                raise StoreError(f"{path / MANIFEST} is not a trt-pipeline manifest (no {error})") from None
         name, _, version = ref.partition("@")
         version, _, build = version.partition("+")
         candidates = [a for a in self.artifacts(name) if (not version or a.version == version)

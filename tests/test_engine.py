@@ -408,3 +408,8 @@ def test_the_runtime_loads_the_engines_plugin_libraries(not_a_plugin: Path) -> N
     assert str(caught.value) == (f"{rtx.label()} cannot load plugin library {not_a_plugin}, which the engine was "
                                  "built with")
     assert engine.runtime_for(rtx, logger) is not None
+
+
+def test_an_unwritable_output_dir_is_one_line() -> None:
+    with pytest.raises(PipelineError, match=r"^--output-dir /proc/no-outputs: cannot write outputs: "):
+        engine.write_outputs({"y": np.zeros(2, np.float32)}, Path("/proc/no-outputs"))

@@ -433,3 +433,12 @@ def test_check_model_io_profile_for_a_frozen_input(write_recipe: WriteRecipe) ->
     problems = check_model_io(recipes.load(path), {"x": ["batch", 4]}, {"y": ["batch", 8]})
     assert problems == [f"{path}:13:14: stages[4].serialize.profiles[0].x: input 'x' is frozen by "
                         "graph-cleanup.freeze_inputs; it needs no profile"]
+
+
+def test_a_character_yaml_does_not_allow_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "control.yaml"
+    path.write_bytes(b"name: tiny\x07\n")
+    with pytest.raises(RecipeError) as caught:
+        recipes.load(path)
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{path}: invalid YAML: unacceptable character #x0007")

@@ -230,3 +230,27 @@ def test_an_unreadable_manifest_does_not_block_builds(tiny_recipe: Path, store: 
         (second,) = runner.build(plan_for(tiny_recipe), store, log)
     assert not second.reused and second.artifact.build == 2
     assert f"ignoring {first.artifact.path} for reuse" in caplog.text
+
+
+def test_new_external_weights_are_rebuilt_not_reused(write_recipe: Recipe, store: Store, tmp_path: Path) -> None:
+    """The .onnx file alone does not identify a model whose weights are in external data."""
+    import onnx
+
+    from models.make_models import MODELS
+
+    model = tmp_path / "ext" / "tiny.onnx"
+    model.parent.mkdir()
+
+    onnx.save(MODELS["tiny"](), str(model), save_as_external_data=True, location="tiny.onnx.data", size_threshold=0)
+    recipe = write_recipe(RECIPE.replace("{models}/tiny.onnx", str(model)).replace("  - graph-cleanup: {}\n", ""))
+    (first,) = build_with(recipe, store, targets=("sm89",))
+    weights = model.with_name("tiny.onnx.data")
+    data = bytearray(weights.read_bytes())
+    data[:4] = b"\x00\x00\x80\x3f"  # the first weight becomes 1.0: new weights, the same .onnx file
+    weights.write_bytes(bytes(data))
+    (second,) = build_with(recipe, store, targets=("sm89",))
+    assert not second.reused and second.artifact.build == 2
+    old, new = first.artifact.manifest(), second.artifact.manifest()
+    assert old["model"]["sha256"] == new["model"]["sha256"]
+    assert old["model"]["cleaned_sha256"] != new["model"]["cleaned_sha256"]
+    assert old["build"]["key"] != new["build"]["key"]

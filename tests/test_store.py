@@ -263,3 +263,16 @@ def test_concurrent_publishers_get_distinct_build_numbers(store: Store) -> None:
     assert sorted(builds) == list(range(1, 11))
     assert [a.build for a in store.artifacts("tiny")] == list(range(1, 11))
     assert leftovers(store) == []
+
+
+def test_a_directory_whose_manifest_is_not_ours_is_a_store_error(tmp_path: Path, store: Store) -> None:
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"recipe": {}}')
+    with pytest.raises(StoreError, match=r"manifest.json is not a trt-pipeline manifest \(no 'name'\)$"):
+        store.resolve(str(folder))
+
+
+def test_an_unwritable_store_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match=r"^cannot write to store /proc/no-store: "):
+        Store(Path("/proc/no-store")).lock("tiny")

@@ -113,8 +113,11 @@ def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
     if summary_file:
         from pipeline.report import markdown
 
-        with open(summary_file, "a") as handle:
-            handle.write(markdown(report) + "\n")
+        try:
+            with open(summary_file, "a") as handle:
+                handle.write(markdown(report) + "\n")
+        except OSError as error:
+            log.warning("cannot append the summary to $%s (%s): %s", STEP_SUMMARY_ENV, summary_file, error.strerror)
     if args.json:
         emit_json(report)
     else:

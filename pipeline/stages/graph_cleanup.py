@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pipeline.context import Context
-from pipeline.digest import file_sha256
+from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError
 from pipeline.recipe import CleanupSpec
 from pipeline.stages.parse import PROTO_LIMIT, infer_shapes
@@ -192,9 +192,12 @@ def _save(model: Any, path: Path, on_disk: bool) -> tuple[str, bytes | Path]:
         data = None
     if data is None or len(data) >= PROTO_LIMIT:
         onnx.save(model, str(path), save_as_external_data=True, location=WEIGHTS_FILE)
-        return file_sha256(path), path
+        return model_sha256(file_sha256(path), [file_sha256(path.parent / WEIGHTS_FILE)]), path
     path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest(), path if on_disk else data
+    sha256 = hashlib.sha256(data).hexdigest()
+    if on_disk:
+        return model_sha256(sha256, [file_sha256(path.parent / WEIGHTS_FILE)]), path
+    return sha256, data
 
 
 def _copy_weights(model: Any, source: Path, dest: Path) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.context import Context
-from pipeline.digest import file_sha256
+from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError, PipelineError
 
 # Above this, protobuf cannot hold the model in one message: use the path-based onnx APIs.
@@ -205,7 +205,7 @@ def model_from_onnx(ctx: Context) -> None:
         model = infer_shapes(model)
     ctx.model = model
     ctx.onnx_path = path
-    ctx.cleaned_sha256 = sha
+    ctx.cleaned_sha256 = model_sha256(sha, [data["sha256"] for data in record["external_data"]])
     ctx.model_record = {**record, **describe(model)}
     ctx.log.debug("parse: %s opset %s, inputs %s, outputs %s", path.name, ctx.model_record["opset"],
                   ctx.model_record["inputs"], ctx.model_record["outputs"])
