@@ -103,5 +103,6 @@ def manifest(ctx: Context, stages: list[dict[str, Any]], started: float) -> dict
             "tool": {"name": "trt-pipeline", "version": __version__, "python": platform.python_version()},
             "stages": stages,
         },
+        "validate": plain(recipe.validate),  # the recipe's validate: block as built (None: defaults)
         "validation": {"status": "not-run", "reason": "no validation has run on this artifact yet"},
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
 import socket
@@ -25,7 +26,7 @@ from pipeline.context import Context
 from pipeline.digest import file_sha256, plain
 from pipeline.errors import BackendError, BuildError, CannotRunHere, PipelineError, RecipeError
 from pipeline.gpu import Probe
-from pipeline.recipe import Recipe, ValidateSpec
+from pipeline.recipe import Recipe, Tolerance, ValidateSpec
 from pipeline.store import Artifact, Store, replace_json
 
 RTX_ENV = "POLYGRAPHY_USE_TENSORRT_RTX"
@@ -265,9 +266,15 @@ def cleanup_check(ctx: Context) -> dict:
 
 
 def settings(manifest: dict, log: Any) -> ValidateSpec:
-    """The validate: block of the recipe that built the artifact (defaults when it has none)."""
+    """The validate: block the artifact was built with, as its manifest records it (defaults when the recipe
+    had none), so that validation runs the same on any machine. Older manifests: read from the recipe file."""
     from pipeline import recipe as recipes
 
+    if "validate" in manifest:
+        block = manifest["validate"] or {}
+        outputs = {name: Tolerance(**tolerance) for name, tolerance in block.pop("outputs", {}).items()}
+        return dataclasses.replace(ValidateSpec(**{k: tuple(v) if k == "shapes" else v for k, v in block.items()}),
+                                   outputs=outputs) if block else ValidateSpec()
     path = Path(manifest["recipe"]["path"])
     try:
         recipe = recipes.load(path)
@@ -289,24 +296,26 @@ def engine_feeds(manifest: dict, spec: ValidateSpec) -> tuple[list[ShapeSet], li
     return sets, [{**seeded_feed(s, dtypes, spec.seed), **fixed} for s in sets]
 
 
-def original_model(manifest: dict) -> Path:
-    """The model the engine came from, as it was at build time (checked by sha256)."""
-    path = Path(manifest["model"]["path"])
+def original_model(manifest: dict, given: Path | None = None) -> Path:
+    """The model the engine came from, as it was at build time (checked by sha256): `given` (--model, e.g. on
+    a GPU machine where the build machine's path does not exist), else the path the manifest records."""
+    path = given or Path(manifest["model"]["path"])
     if not path.is_file() or file_sha256(path) != manifest["model"]["sha256"]:
-        raise PipelineError(f"the original model {path} is missing or changed since the build (sha256 "
-                            f"{manifest['model']['sha256'][:12]}); validation compares against that exact model")
+        raise PipelineError(f"the original model {path} is missing or is not the one the engine was built from "
+                            f"(sha256 {manifest['model']['sha256'][:12]}); validation compares against that exact "
+                            "model", hint="pass its path with --model PATH")
     return path
 
 
 def _engine_rows(artifact: Artifact, manifest: dict, spec: ValidateSpec, environ: MutableMapping[str, str],
-                 log: Any) -> list[dict]:
+                 log: Any, model: Path | None = None) -> list[dict]:
     """TensorRT (Polygraphy's TrtRunner on the engine) vs ONNX Runtime on the ORIGINAL model."""
     backend = engines.runtime_backend(manifest)
     use_polygraphy(backend, environ)
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    original = original_model(manifest)
+    original = original_model(manifest, model)
     runtime = engines.runtime_for(backend, make_logger(backend, log.getChild("trt")), engines.plugins(manifest))
     with quiet(), one_line_errors("cannot load the engine"):
         trt_engine = EngineFromBytes((artifact.path / manifest["engine"]["file"]).read_bytes(), runtime=runtime)()
@@ -318,14 +327,16 @@ def _engine_rows(artifact: Artifact, manifest: dict, spec: ValidateSpec, environ
 
 def validate_artifact(store: Store, artifact: Artifact, spec: ValidateSpec, probe: Probe,
                       environ: MutableMapping[str, str], log: Any,
-                      run: Callable[..., list[dict]] | None = None) -> dict:
+                      run: Callable[..., list[dict]] | None = None, model: Path | None = None) -> dict:
     """Validate one artifact and record the result (validation.json + the manifest's `validation` block).
-    `skipped` when this machine cannot run the engine, with the probe's reason; `passed` only after a real run."""
+    `skipped` when this machine cannot run the engine, with the probe's reason; `passed` only after a real run.
+    A run that compared nothing (skipped, or could not complete) never replaces a recorded passed/failed result:
+    the report then says `recorded: false`."""
     manifest = artifact.manifest()
     gpu = None
     try:
         gpu = engines.runnable_gpu(manifest, probe)
-        rows = (run or _engine_rows)(artifact, manifest, spec, environ, log)
+        rows = (run or functools.partial(_engine_rows, model=model))(artifact, manifest, spec, environ, log)
     except CannotRunHere as error:  # 'cannot run X here: REASON' -> REASON
         report = _record("skipped", spec, str(error).split(" here: ", 1)[-1])
     except PipelineError as error:
@@ -336,6 +347,11 @@ def validate_artifact(store: Store, artifact: Artifact, spec: ValidateSpec, prob
         report = _record("failed" if bad else "passed", spec, reason, rows)
     report.update(validated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), host=socket.gethostname(),
                   gpu=gpu.name if gpu else None, file=REPORT)
+    kept = manifest.get("validation") or {}
+    if not report["results"] and kept.get("status") in ("passed", "failed") and kept.get("results"):
+        log.warning("%s [%s]: keeping the recorded '%s' validation; this run was %s (%s)", artifact.ref,
+                    artifact.tag, kept["status"], report["status"], report["reason"])
+        return {**report, "recorded": False, "kept": kept["status"]}
     record(store, artifact, report)
     log.info("validation of %s [%s]: %s%s", artifact.ref, artifact.tag, report["status"],
              f" ({report['reason']})" if report["reason"] else "")

@@ -60,7 +60,8 @@ def test_build_exits_1_when_validation_ran_and_failed(run: Callable[..., tuple[i
                                                       write_recipe: Callable[..., Path],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A GPU stand-in (probe and engine run) whose outputs differ: the build publishes, then exits 1."""
-    def differs(artifact: Any, manifest: dict, spec: Any, environ: Any, log: Any) -> list[dict]:
+    def differs(artifact: Any, manifest: dict, spec: Any, environ: Any, log: Any,
+                model: Any = None) -> list[dict]:
         row = {"max_abs": 0.5, "max_rel": 0.9, "atol": spec.atol, "rtol": spec.rtol, "passed": False}
         return [{"profile": 0, "shape": "opt", "inputs": {"x": [8, 16]}, "outputs": {"y": row}, "passed": False}]
 

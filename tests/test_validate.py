@@ -331,3 +331,38 @@ def test_engine_validates_against_onnxruntime_on_the_gpu(write_recipe: Callable[
     report = published.manifest()["validation"]
     assert report["status"] == "passed", report
     assert len(report["results"]) == 3
+
+
+def test_the_settings_travel_with_the_manifest(artifact: tuple[Store, Any]) -> None:
+    """Validation on another machine needs neither the recipe file nor the build machine's paths."""
+    store, published = artifact
+    manifest = published.manifest()
+    recipe_file = Path(manifest["recipe"]["path"])
+    expected = recipes.load(recipe_file).validate
+    recipe_file.unlink()
+    assert validate.settings(manifest, LOG) == expected == ValidateSpec(
+        atol=1e-4, rtol=1e-4, shapes=("min", "opt", "max"), seed=3)
+    assert validate.settings({**manifest, "validate": None}, LOG) == ValidateSpec()
+
+
+def test_the_original_model_can_be_given_where_its_path_does_not_exist(artifact: tuple[Store, Any],
+                                                                        tmp_path: Path, models_dir: Path) -> None:
+    store, published = artifact
+    manifest = {**published.manifest()}
+    manifest["model"] = {**manifest["model"], "path": str(tmp_path / "gone.onnx")}
+    with pytest.raises(PipelineError, match=r"gone.onnx is missing or is not the one the engine was built from"):
+        validate.original_model(manifest)
+    assert validate.original_model(manifest, models_dir / "cleanup_needed.onnx") == models_dir / "cleanup_needed.onnx"
+    with pytest.raises(PipelineError, match=r"tiny.onnx is missing or is not the one"):
+        validate.original_model(manifest, models_dir / "tiny.onnx")  # another model: wrong sha256
+
+
+def test_a_run_that_compares_nothing_keeps_a_recorded_result(artifact: tuple[Store, Any]) -> None:
+    store, published = artifact
+    stand_in = onnxruntime_as_engine(lambda a: str(a.path / "model.cleaned.onnx"))
+    passed = validate.validate_artifact(store, published, ValidateSpec(), RTX_4090, {}, LOG, run=stand_in)
+    assert passed["status"] == "passed"
+    no_gpu = Probe(False, (), "no CUDA driver on this machine (test)")
+    again = validate.validate_artifact(store, published, ValidateSpec(), no_gpu, {}, LOG)
+    assert (again["status"], again["recorded"], again["kept"]) == ("skipped", False, "passed")
+    assert published.manifest()["validation"] == passed

@@ -25,12 +25,12 @@ def validate(args: argparse.Namespace, log: logging.Logger) -> int:
     store = Store(args.store)
     artifact = store.resolve(args.artifact, args.tag)
     spec = validation.settings(artifact.manifest(), log)
-    report = validation.validate_artifact(store, artifact, spec, gpu.probe(), args.environ, log)
+    report = validation.validate_artifact(store, artifact, spec, gpu.probe(), args.environ, log, model=args.model)
     if args.json:
         emit_json({"artifact": artifact.ref, "tag": artifact.tag, "path": str(artifact.path), **report})
     if report["status"] == "skipped":
-        raise CannotRunHere(f"cannot validate {artifact.ref} [{artifact.tag}] here: {report['reason']} "
-                            f"(recorded as skipped)")
+        kept = f"the recorded '{report['kept']}' result is kept" if "kept" in report else "recorded as skipped"
+        raise CannotRunHere(f"cannot validate {artifact.ref} [{artifact.tag}] here: {report['reason']} ({kept})")
     if not args.json:
         lines = validation.describe_report(report)
         print(f"{artifact.ref} [{artifact.tag}] {lines[0]}", *lines[1:], sep="\n")
@@ -83,9 +83,14 @@ def register(command: Command) -> None:
                 "Run the engine (Polygraphy TrtRunner) and the original ONNX model (ONNX Runtime) on identical seeded "
                 "inputs at each shape the recipe's validate: block asks for, and compare every output with its "
                 "atol/rtol. The result goes into validation.json and the manifest's validation block.\n"
+                "Tolerances and shapes are the ones recorded in the manifest at build time. A run that cannot "
+                "compare (no GPU here) never replaces a recorded passed/failed result.\n"
                 "exit codes: 0 passed, 1 failed, 2 cannot run here (recorded as skipped).")
     p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
     p.add_argument("--tag", help="GPU tag, when the version was built for several")
+    p.add_argument("--model", type=Path, metavar="PATH",
+                   help="the original ONNX model, when it is not at the path the manifest records (e.g. on a GPU "
+                        "machine); it must have the recorded sha256")
 
     p = command("infer", infer, "run an engine on .npy inputs (needs a GPU)",
                 "Run the engine once with TensorRT's Python API and write one OUTPUT.npy per output into --output-dir. "
