@@ -32,7 +32,9 @@ class Backend:
     @property
     def short_version(self) -> str:
         """'1.7.1.116' -> '1.7.1' (the part that decides engine compatibility in tags)."""
-        return ".".join(self.version.split(".")[:3])
+        from pipeline.target import short_version
+
+        return short_version(self.version)
 
     @property
     def major(self) -> int:
@@ -99,9 +101,12 @@ def make_logger(backend: Backend, log: logging.Logger) -> Any:
             self.errors: list[str] = []
 
         def log(self, severity: Any, msg: str) -> None:
-            level = levels.get(severity, logging.INFO)
-            if level >= logging.ERROR:
-                self.errors.append(msg)
-            log.log(level, "[%s] %s", backend.name, msg)
+            try:
+                level = levels.get(severity, logging.INFO)
+                if level >= logging.ERROR:
+                    self.errors.append(msg)
+                log.log(level, "[%s] %s", backend.name, msg)
+            except KeyboardInterrupt:  # it cannot cross TensorRT; pipeline.interrupt remembers it for the stage
+                pass
 
     return PipelineLogger()

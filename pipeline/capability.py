@@ -8,24 +8,56 @@ from pipeline.gpu import Probe
 from pipeline.recipe import Recipe
 from pipeline.target import Target, resolve
 
+# Builder flags that pass every check but make a TensorRT-RTX 1.x build fail on a CPU-only machine (no GPU, no
+# driver): measured with tensorrt-rtx 1.7.1 on the tiny model, one flag per build. Every other BuilderFlag builds.
+_MYELIN = "the build fails with MyelinCheckException: CHECK(status == CUDA_SUCCESS)"
+RTX_FLAGS_NEEDING_A_GPU = {
+    "refit": _MYELIN,
+    "refit_identical": _MYELIN,
+    "strip_plan": _MYELIN,
+    "version_compatible": "the build fails loading libnvinfer_lean.so.1",
+}
 
 def targets(recipe: Recipe, backend: Backend, probe: Probe, names: tuple[str, ...] = ()) -> tuple[list[Target], list[str]]:
     """Resolve the recipe's targets (or `names`, from --target) and the problems found doing so."""
+    found, problems, _ = _resolve(recipe, backend, probe, names)
+    return found, problems
+
+
+def not_buildable_here(recipe: Recipe, backend: Backend, probe: Probe, names: tuple[str, ...] = ()) -> list[str]:
+    """The target problems that are this machine's lack of a GPU, not the recipe's fault: 'local', and every
+    full-TensorRT target, need a GPU to build on. `build` exits 2 (cannot run here) when these are all it has."""
+    return _resolve(recipe, backend, probe, names)[2]
+
+
+def _resolve(recipe: Recipe, backend: Backend, probe: Probe,
+             names: tuple[str, ...]) -> tuple[list[Target], list[str], list[str]]:
     found: list[Target] = []
-    problems = []
+    problems, no_gpu = [], []
     for index, name in enumerate(names or recipe.targets):
-        where = f"--target {name}" if names else f"{recipe.where(('targets', index))}: targets[{index}]"
+        where = _where(recipe, name, index, names)
         try:
             target = resolve(name, backend, probe)
         except BackendError as error:
             problems.append(f"{where}: {error}" + (f"; {error.hint}" if error.hint else ""))
+            if probe.gpu is None and (name == "local" or not backend.is_rtx):
+                no_gpu.append(problems[-1])
             continue
         twin = next((t for t in found if t.tag == target.tag), None)
         if twin:
             problems.append(f"{where}: '{name}' is the same GPU tag as '{twin.name}' ({target.tag}); list it once")
         else:
             found.append(target)
-    return found, problems
+    return found, problems, no_gpu
+
+
+def _where(recipe: Recipe, name: str, index: int, names: tuple[str, ...]) -> str:
+    """A target's location: its recipe line when the recipe lists it (callers such as nightly pass the recipe's
+    own targets one at a time), else the command line."""
+    if names and name not in recipe.targets:
+        return f"--target {name}"
+    index = recipe.targets.index(name) if names else index
+    return f"{recipe.where(('targets', index))}: targets[{index}]"
 
 
 def problems(recipe: Recipe, backend: Backend, probe: Probe) -> list[str]:
@@ -51,6 +83,13 @@ def problems(recipe: Recipe, backend: Backend, probe: Probe) -> list[str]:
             out.append(recipe.problem(recipe.stage_path("serialize", "flags", index),
                                       f"{label} has no builder flag {flag.upper()}; it has "
                                       f"{', '.join(m.lower() for m in backend.member_names('BuilderFlag'))}"))
+    if backend.is_rtx and backend.major == 1 and probe.gpu is None:
+        for index, flag in enumerate(serialize.flags):
+            if flag.lower() in RTX_FLAGS_NEEDING_A_GPU:
+                out.append(recipe.problem(recipe.stage_path("serialize", "flags", index),
+                                          f"{flag.lower()} needs a GPU at build time with TensorRT-RTX 1.x (measured: "
+                                          f"{RTX_FLAGS_NEEDING_A_GPU[flag.lower()]} on a CPU-only machine); remove it "
+                                          "here, or build on a machine with a GPU"))
     if serialize.hardware_compatibility != "none" and backend.is_rtx:
         out.append(recipe.problem(recipe.stage_path("serialize", "hardware_compatibility"),
                                   "hardware_compatibility is a full-TensorRT option; with TensorRT-RTX choose the "

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.errors import StoreError
-from pipeline.store import Artifact, Store, replace_json, version_dir
+from pipeline.store import MANIFEST, Artifact, Store, replace_json, version_dir
 
 DIR = "_channels"
 HISTORY = "history.jsonl"
@@ -41,7 +41,7 @@ def pointer(artifact: Artifact, **extra: Any) -> dict:
 def resolve(store: Store, name: str, entry: dict) -> Artifact:
     """The artifact a pointer names (StoreError if it is gone)."""
     path = store.root / name / version_dir(entry["version"], entry["build"]) / entry["tag"]
-    if not (path / "manifest.json").is_file():
+    if not (path / MANIFEST).is_file():
         raise StoreError(f"channel points at {entry['ref']} {entry['tag']}, which is not in store {store.root}")
     return Artifact(path, name, entry["version"], entry["build"], entry["tag"])
 
@@ -100,13 +100,18 @@ def set_(store: Store, name: str, tag: str, channel: str, entry: dict, event: di
     """Point `channel` of `tag` at `entry`, recording `event` in the history; returns the previous pointer.
 
     Read-modify-write under the recipe's lock: the history line is appended first, then the channel file
-    is replaced atomically, so a promotion is never applied without being recorded.
+    is replaced atomically, so a promotion is never applied without being recorded. The artifact is checked
+    again inside the lock: a gc that removed it after the caller resolved it makes this a StoreError.
     """
     check_name(channel)
     with store.lock(name):
         folder = _dir(store, name)
         folder.mkdir(parents=True, exist_ok=True)
         channels = read(store, name, tag)
+        path = store.root / name / version_dir(entry["version"], entry["build"]) / entry["tag"]
+        if not (path / MANIFEST).is_file():
+            raise StoreError(f"cannot point {channel} of {tag} at {entry.get('ref', path)} [{entry['tag']}]: it is "
+                             f"no longer in store {store.root} (removed meanwhile, e.g. by gc); channel unchanged")
         previous = channels.get(channel)
         channels[channel] = entry
         _append(folder / HISTORY, {**event, "name": name, "tag": tag, "channel": channel,

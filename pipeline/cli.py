@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import platform
-import signal
 import sys
 import tempfile
 import time
@@ -16,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from pipeline import __version__
+from pipeline import __version__, interrupt
 from pipeline.errors import PipelineError, RecipeError
 
 STORE_ENV = "TRT_PIPELINE_STORE"
@@ -39,6 +37,14 @@ exit codes: 0 ok, 1 user error or failed build, 2 cannot run here (no GPU), 3 in
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error exits 1 (a user error): exit 2 means 'cannot run here'."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USER, f"{self.prog}: error: {message}\n")
+
+
 def _common(top: bool) -> argparse.ArgumentParser:
     """Options accepted before or after the command. Sub-commands leave unset values alone (SUPPRESS),
     so `trt-pipeline --store D list` and `trt-pipeline list --store D` mean the same."""
@@ -55,7 +61,7 @@ def _common(top: bool) -> argparse.ArgumentParser:
 
 def parser() -> argparse.ArgumentParser:
     common = _common(top=False)
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="trt-pipeline", parents=[_common(top=True)], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build TensorRT engines from YAML recipes into a versioned, GPU-tagged artifact store.")
     top.add_argument("--version", action="version", version=f"trt-pipeline {__version__}")
@@ -82,6 +88,7 @@ def _setup_logging(args: argparse.Namespace) -> logging.Logger:
                      [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
     if not args.verbose:  # TensorRT's own messages: in every build.log, on the terminal with -v
         handler.addFilter(lambda record: not record.name.startswith("pipeline.trt"))
+    handler.addFilter(lambda record: _Progress.end_status() or True)  # a log line never lands on a status line
     log.handlers[:] = [handler]
     log.propagate = False
     return log
@@ -103,11 +110,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args.store = args.store or Path(environ.get(STORE_ENV) or "artifacts")
     args.environ = environ
     log = _setup_logging(args)
-    # A job scheduler's SIGTERM unwinds like Ctrl-C, so staged work is cleaned up on the way out.
-    with contextlib.suppress(ValueError):  # only the main thread may set handlers
-        signal.signal(signal.SIGTERM, _terminate)
+    interrupt.install()  # Ctrl-C and a job scheduler's SIGTERM unwind, so staged work is cleaned up on the way out
     try:
-        return args.func(args, log)
+        try:
+            return args.func(args, log)
+        finally:
+            _Progress.end_status()  # an unfinished status line must not swallow the error below
     except RecipeError as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)
@@ -130,10 +138,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_BUG
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def _hint(error: PipelineError) -> None:
     if error.hint:
         print(f"hint: {error.hint}", file=sys.stderr)
@@ -145,6 +149,54 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def size(nbytes: float | None) -> str:
+    """Bytes for people: '512 B', '144.8 KiB', '2.0 GiB'; '-' for none."""
+    if nbytes is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(nbytes) < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return str(nbytes)
+
+
+class _Progress:
+    """Progress lines on stderr. On a terminal, `started(line)` shows a status line that the next line
+    overwrites (\r), so long work is visible while it runs; elsewhere only the finished lines are written."""
+
+    pending: "_Progress | None" = None  # the instance whose status line is on screen, unfinished
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+
+    def __call__(self, line: str) -> None:
+        _Progress.end_status()
+        print(line, file=self.stream, flush=True)
+
+    def started(self, line: str) -> None:
+        if self.tty:
+            _Progress.end_status()
+            self.stream.write(line)
+            self.stream.flush()
+            _Progress.pending = self
+
+    @staticmethod
+    def end_status() -> None:
+        """Clear an unfinished status line, so whatever is written next starts on a clean line."""
+        status, _Progress.pending = _Progress.pending, None
+        if status is not None:
+            status.stream.write("\r\x1b[K")
+            status.stream.flush()
+
+
+def progress(args: argparse.Namespace) -> Callable[[str], None]:
+    """The progress callback of a command: nothing with -q; else lines on stderr (see _Progress)."""
+    if args.quiet:
+        return lambda line: None
+    return _Progress(sys.stderr)
 
 
 def emit_json(value: Any) -> None:

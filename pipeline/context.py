@@ -38,7 +38,7 @@ class Context:
     network_record: dict = field(default_factory=dict)
     config: Any = None
     config_record: dict = field(default_factory=dict)
-    timing_cache: Any = None
+    timing_cache: Any = None  # the ITimingCache set on the config: kept alive for as long as the build runs
     engine_path: Path | None = None
     environ: MutableMapping[str, str] = field(default_factory=lambda: os.environ)  # Polygraphy reads it at import
 

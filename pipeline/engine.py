@@ -18,6 +18,8 @@ from pipeline import backend as backends
 from pipeline.backend import Backend, make_logger
 from pipeline.errors import BackendError, CannotRunHere, PipelineError
 from pipeline.gpu import Gpu, Probe
+from pipeline.store import ref
+from pipeline.target import short_version
 
 # Compute capabilities the TensorRT-RTX runtime accepts (it refuses data-centre parts such as Hopper, 9.0).
 RTX_RUNS_ON = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
@@ -57,16 +59,15 @@ def runtime_backend(manifest: dict, load: Callable[[str], Backend] = backends.lo
         backend = load(name)
     except BackendError as error:
         raise CannotRunHere(f"cannot run {describe(manifest)} here: {error}") from None
-    if backend.short_version != ".".join(built.split(".")[:3]):
+    if backend.short_version != short_version(built):
         raise CannotRunHere(f"cannot run {describe(manifest)} here: it was built with {name} {built} and this "
                             f"machine has {backend.version}; an engine runs only on the TensorRT version that built it")
     return backend
 
 
 def describe(manifest: dict) -> str:
-    build = manifest["build"]["number"]
-    version = manifest["recipe"]["version"] + (f"+{build}" if build and build > 1 else "")
-    return f"{manifest['recipe']['name']}@{version} [{manifest['target']['tag']}]"
+    recipe = manifest["recipe"]
+    return f"{ref(recipe['name'], recipe['version'], manifest['build']['number'] or 1)} [{manifest['target']['tag']}]"
 
 
 # ---------------------------------------------------------------- device memory and streams

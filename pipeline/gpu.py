@@ -17,8 +17,9 @@ class Gpu:
 
     @property
     def sm(self) -> str:
-        major, minor = self.compute_capability.split(".")
-        return f"sm{major}{minor}"
+        from pipeline.target import sm
+
+        return sm(self.compute_capability)
 
     @property
     def slug(self) -> str:

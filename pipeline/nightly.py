@@ -9,9 +9,11 @@ whose build key is unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.gpu import Probe
@@ -30,6 +32,10 @@ CONFIG_FILE = "nightly.yaml"
 
 
 def recipe_files(directory: Path, exclude: tuple[Path, ...] = ()) -> list[Path]:
+    if directory.is_file():
+        raise PipelineError(f"{directory} is a file; nightly takes a directory of recipes",
+                            hint=f"pass its directory: trt-pipeline nightly {directory.parent}, or build this "
+                                 f"recipe alone: trt-pipeline build {directory}")
     if not directory.is_dir():
         raise PipelineError(f"no recipes directory {directory}", hint="pass one: trt-pipeline nightly RECIPES_DIR")
     skip = {p.resolve() for p in exclude}
@@ -103,21 +109,22 @@ def _task(recipe: Any, path: Path, targets: tuple[str, ...], store: Store, night
     cache = recipe.spec("serialize").timing_cache
     model = recipe.model_path
     model_bytes = sum(p.stat().st_size for p in model.parent.glob(f"{model.name}*") if p.is_file())
+    # One build number per recipe and night, allocated here, so serial and parallel nights number alike.
     return Task(str(path), recipe.name, targets, str(store.root), force, probe, str(night / "logs"),
-                str(cache.path) if cache else None, max(memory_per_job, 4 * model_bytes))
+                str(cache.path) if cache else None, max(memory_per_job, 4 * model_bytes),
+                store.new_run(recipe.name, recipe.version).build)
 
 
 def _unchanged(plan: Any, store: Store, model: dict) -> Any | None:
-    """The newest artifact whose source key (recipe settings, model, tools, target) equals this pair's, if any."""
+    """The artifact the runner would reuse by source key (recipe settings, model, tools, target), if any."""
+    import logging
+
+    from pipeline import runner
     from pipeline.manifest import source_key
 
     recipe, (target,) = plan.recipe, plan.targets
     key = source_key(recipe, model, plan.backend, target)
-    for artifact in reversed(store.artifacts(recipe.name)):
-        if artifact.version == recipe.version and artifact.tag == target.tag and \
-                (artifact.manifest().get("build") or {}).get("source_key") == key:
-            return artifact
-    return None
+    return runner._reusable(store, recipe, "source_key", key, logging.getLogger("pipeline.nightly"))
 
 
 def _raw_identity(path: Path) -> tuple[str, tuple[str, ...]]:
@@ -159,26 +166,38 @@ def run(recipes_dir: Path, store: Store, config: Config = Config(), targets: tup
     started = time.time()
     files = recipe_files(recipes_dir, (config_file,) if config_file else ())
     night = claim_night(store, started)
-    tasks, known, order = plan_pairs(files, store, night, probe or gpu.probe(), targets, force,
-                                     config.memory_per_job)
-    workers = workers_for(tasks, jobs, available_memory()) if tasks else 0
-    tasks = spread(tasks, workers)
-    observer.planned(len(order), len(order) - len(known), workers)
-    for record in known:
-        observer.finished(record)
-    records = _ordered(known + (schedule(tasks, workers, observer, build) if tasks else []), order)
-    previous = previous_night(store, night.name)
-    regressions, changes = compare(previous["pairs"], records, config) if previous else ([], [])
-    report = {"schema": SCHEMA, "run": night.name, "started_at": _iso(started), "finished_at": _iso(time.time()),
-              "duration_s": round(time.time() - started, 3), "recipes_dir": str(recipes_dir),
-              "store": str(store.root), "targets": list(targets) or None, "force": force, "jobs": jobs,
-              "workers": workers, "config": {**config.thresholds(), "file": str(config_file) if config_file else None},
-              "previous": previous["run"] if previous else None, "summary": _summary(records, regressions),
-              "pairs": records, "regressions": regressions, "changes": changes,
-              "files": {name: str(night / name) for name in (REPORT, reports.HTML, reports.MARKDOWN)}}
-    replace_json(night / REPORT, report)
-    reports.write(night, report, nights(store)[-config.history:])
+    with _recorded_only_when_finished(night):
+        tasks, known, order = plan_pairs(files, store, night, probe or gpu.probe(), targets, force,
+                                         config.memory_per_job)
+        workers = workers_for(tasks, jobs, available_memory()) if tasks else 0
+        tasks = spread(tasks, workers)
+        observer.planned(len(order), len(order) - len(known), workers)
+        for record in known:
+            observer.finished(record)
+        records = _ordered(known + (schedule(tasks, workers, observer, build) if tasks else []), order)
+        previous = previous_night(store, night.name)
+        regressions, changes = compare(previous["pairs"], records, config) if previous else ([], [])
+        report = {"schema": SCHEMA, "run": night.name, "started_at": _iso(started), "finished_at": _iso(time.time()),
+                  "duration_s": round(time.time() - started, 3), "recipes_dir": str(recipes_dir),
+                  "store": str(store.root), "targets": list(targets) or None, "force": force, "jobs": jobs,
+                  "workers": workers,
+                  "config": {**config.thresholds(), "file": str(config_file) if config_file else None},
+                  "previous": previous["run"] if previous else None, "summary": _summary(records, regressions),
+                  "pairs": records, "regressions": regressions, "changes": changes,
+                  "files": {name: str(night / name) for name in (REPORT, reports.HTML, reports.MARKDOWN)}}
+        replace_json(night / REPORT, report)
+        reports.write(night, report, nights(store)[-config.history:])
     return report
+
+
+@contextlib.contextmanager
+def _recorded_only_when_finished(night: Path) -> Iterator[None]:
+    """An interrupted night (Ctrl-C, SIGTERM) or one stopped by a bug leaves no run directory behind."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(night, ignore_errors=True)
+        raise
 
 
 def _iso(when: float) -> str:

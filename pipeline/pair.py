@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.gpu import Probe
-from pipeline.store import Store
+from pipeline.store import Run, Store
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Task:
     logs: str  # directory of the night's logs
     timing_cache: str | None = None  # tasks sharing a timing cache never run at the same time
     estimate_bytes: int = 0  # memory one build of this recipe is assumed to need
+    run: int | None = None  # the night's build number for this recipe, shared by every process building it
 
     @property
     def log(self) -> str:
@@ -77,7 +78,7 @@ def _build(task: Task, store: Store, log: logging.Logger, before: set[Path]) -> 
     plan = load_plan(Path(task.recipe_file), task.probe, task.targets)
     fresh = {a.tag for a in store.artifacts(task.recipe) if a.path not in before}
     force = task.force and not fresh & {t.tag for t in plan.targets}  # published by this task's joint attempt
-    outcomes = runner.build(plan, store, log, log.info, force=force)
+    outcomes = runner.build(plan, store, log, log.info, force=force, run=Run(task.run) if task.run else None)
     records = []
     for outcome in outcomes:
         new = not outcome.reused or outcome.artifact.path not in before
@@ -158,41 +159,23 @@ def artifact_record(artifact: Any, recipe: Any, reason: str | None) -> dict:
 def validation_record(manifest: dict, recipe: Any) -> dict:
     """{status, reason, max_errors {output: float}, tolerances {output: atol}} from a manifest's validation block."""
     block = manifest.get("validation") or {}
-    errors = {name: e for name, e in output_errors(block).items() if e is not None}
+    errors = output_errors(block)
     spec = getattr(recipe, "validate", None)
     tolerances = {name: spec.tolerance(name).atol for name in errors} if spec else {}
     return {"status": block.get("status") or "not-run", "reason": block.get("reason"),
             "max_errors": errors, "tolerances": tolerances}
 
 
-_ERROR_KEYS = ("max_abs", "max_abs_error", "max_error", "max_absdiff")
-
-
-def output_errors(block: dict) -> dict[str, float | None]:
-    """Per-output max absolute error, the worst over shapes, from either form of the validation block:
-    `outputs` {name: number | {max_abs: x, ...} | {shape: {...}}}, or `results` [{outputs: {name: {max_abs}}}]."""
-    found: dict[str, float | None] = {}
-    rows = [r.get("outputs") for r in block.get("results") or [] if isinstance(r, dict)]
-    for outputs in [block.get("outputs"), *rows]:
-        if isinstance(outputs, list):
-            outputs = {o.get("name", str(i)): o for i, o in enumerate(outputs) if isinstance(o, dict)}
-        for name, value in (outputs.items() if isinstance(outputs, dict) else ()):
-            error = _max_error(value)
-            known = found.get(str(name))
-            found[str(name)] = error if known is None else known if error is None else max(known, error)
+def output_errors(block: dict) -> dict[str, float]:
+    """Per-output max absolute error, the worst over the validated shapes, from the validation block validate.py
+    writes: results[i].outputs[name].max_abs."""
+    found: dict[str, float] = {}
+    for result in block.get("results") or []:
+        for name, output in (result.get("outputs") or {}).items():
+            error = output.get("max_abs")
+            if isinstance(error, (int, float)):
+                found[name] = max(found.get(name, error), error)
     return found
-
-
-def _max_error(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, dict):
-        return None
-    for key in _ERROR_KEYS:
-        if isinstance(value.get(key), (int, float)) and not isinstance(value.get(key), bool):
-            return float(value[key])
-    nested = [e for e in (_max_error(v) for v in value.values() if isinstance(v, dict)) if e is not None]
-    return max(nested, default=None)
 
 
 def _validate(plan: Any, artifact: Any, store: Store, probe: Probe, log: logging.Logger) -> None:

@@ -1,15 +1,24 @@
-"""Run nightly tasks in worker processes: as many at once as --jobs and memory allow; a crash costs one pair."""
+"""Run nightly tasks in worker processes: as many at once as --jobs and memory allow; a crash costs one pair.
+
+Ctrl-C is the parent's to handle: workers ignore SIGINT (it reaches the whole process group on a terminal), and
+on an interrupt the parent sends each worker SIGTERM, which unwinds its build like Ctrl-C unwinds `build`
+(staged directories removed), and waits for them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from dataclasses import replace
 
+from pipeline import interrupt
 from pipeline.pair import Task, build_task, identity
 
 
@@ -66,16 +75,15 @@ def schedule(tasks: list[Task], workers: int, observer: Observer, build: BuildFn
     A worker that dies (a crash inside TensorRT, the OOM killer) breaks the pool: the tasks in flight are
     retried one pair at a time in a fresh pool, and a pair that kills its process alone is recorded as failed.
     """
-    import multiprocessing
-
     pending, solo, results = list(tasks), [], []
     crashed: set[Task] = set()
     running: dict[Future, Task] = {}
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = _pool(workers)
     try:
         while pending or solo or running:
             for task in _next(pending, solo, running, crashed, workers):
-                running[pool.submit(build, task)] = task
+                with _children_ignore_sigint():  # submit starts the worker processes
+                    running[pool.submit(_call, build, task)] = task
                 observer.started(task)
             done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
             observer.tick()
@@ -96,10 +104,74 @@ def schedule(tasks: list[Task], workers: int, observer: Observer, build: BuildFn
                     results.append(record)
                     observer.finished(record)
             if broken:
-                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                pool = _pool(workers)
+    except BaseException:  # Ctrl-C, SIGTERM or a bug in the parent: stop the builds, they clean up after themselves
+        _terminate(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    import multiprocessing
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Processes started meanwhile inherit SIGINT ignored through exec (Python then installs no KeyboardInterrupt
+    handler), so a Ctrl-C while a worker imports cannot print its traceback. The parent's own Ctrl-C is held
+    (blocked) meanwhile, not lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+_busy = False  # a worker is running a task: SIGTERM unwinds it
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_stop)
+
+
+def _worker_stop(signum: int, frame: Any) -> None:
+    if not _busy:
+        os._exit(128 + signum)  # idle: nothing to clean up
+    # The parent reports the interrupt in one line: what TensorRT prints about it from here is noise.
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    interrupt.request()  # TensorRT may swallow the KeyboardInterrupt; the stage checks when TensorRT returns
+    raise KeyboardInterrupt  # unwinds the build: its staging directories are removed on the way out
+
+
+def _call(build: BuildFn, task: Task) -> list:
+    """Run one task in a worker; an interrupt (the parent's SIGTERM) ends the process once the build has unwound."""
+    global _busy
+    _busy = True
+    try:
+        return build(task)
+    except KeyboardInterrupt:
+        os._exit(128 + signal.SIGINT)
+    finally:
+        _busy = False
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """SIGTERM every worker of the pool (they unwind and exit; `shutdown` then waits for them)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # the executor's own worker table
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if process.is_alive():
+                process.terminate()
 
 
 def _next(pending: list[Task], solo: list[Task], running: dict, crashed: set[Task], workers: int) -> list[Task]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -26,38 +25,11 @@ from pipeline import channel as channels
 from pipeline.errors import BackendError, PromotionError
 from pipeline.gpu import Probe
 from pipeline.store import Artifact, Store
-from pipeline.target import Target
+from pipeline.target import PLATFORMS, Tag, Target, parse_tag, short_version  # noqa: F401 (PLATFORMS, Tag: re-exported)
+from pipeline.target import sm as sm_of
 
-PLATFORMS = {"rtx": "tensorrt-rtx", "trt": "tensorrt"}
 AMPERE = (8, 0)
-_TAG = re.compile(r"^(?:(?P<gpu>[a-z0-9][a-z0-9-]*)\.)?(?P<sm>sm\d{2,3})\."
-                  r"(?P<platform>rtx|trt)-(?P<version>\d+\.\d+\.\d+)$")
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Tag:
-    text: str  # 'sm89.rtx-1.7.1', 'nvidia-a100-sxm4-80gb.sm80.trt-10.9.0'
-    sm: str
-    backend: str  # 'tensorrt-rtx' | 'tensorrt'
-    version: str  # the short version in the tag: '1.7.1'
-    gpu: str | None  # GPU model slug (full TensorRT only)
-
-    @property
-    def compute_capability(self) -> str:
-        return f"{self.sm[2:-1]}.{self.sm[-1]}"
-
-
-def parse_tag(text: str) -> Tag:
-    match = _TAG.match(text)
-    if not match:
-        raise PromotionError(f"'{text}' is not a GPU tag; expected e.g. sm89.rtx-1.7.1 or "
-                             "nvidia-a100-sxm4-80gb.sm80.trt-10.9.0", hint="see the TAG column of `trt-pipeline list`")
-    return Tag(text, match["sm"], PLATFORMS[match["platform"]], match["version"], match["gpu"])
-
-
-def short(version: str) -> str:
-    return ".".join(version.split(".")[:3])
 
 
 def _cc(text: str) -> tuple[int, ...]:
@@ -114,7 +86,7 @@ class Decision:
 
 def _reuse_reason(manifest: Mapping, to: Tag) -> str | None:
     backend, target, config = manifest["backend"], manifest["target"], manifest["config"]
-    label = f"{backend['name']} {short(backend['version'])}"
+    label = f"{backend['name']} {short_version(backend['version'])}"
     cc, want = target["compute_capability"], to.compute_capability
     if backend["name"] == "tensorrt-rtx":
         covered = config.get("compute_capabilities") or [cc]
@@ -134,11 +106,11 @@ def _reuse_reason(manifest: Mapping, to: Tag) -> str | None:
 def decide(manifest: Mapping, to: Tag, tools: Callable[[], Toolchain]) -> Decision:
     """Reuse, rebuild or refuse, from the source manifest alone (and, for a rebuild, what this machine has)."""
     backend, target = manifest["backend"], manifest["target"]
-    built = f"{backend['name']} {short(backend['version'])}"
+    built = f"{backend['name']} {short_version(backend['version'])}"
     if to.backend != backend["name"]:
         return Decision("refuse", f"platform: the engine was built with {backend['name']}; {to.text} needs a "
                                   f"{to.backend} engine, and a rebuild would change the backend, not only the target")
-    if to.version != short(backend["version"]):
+    if to.version != short_version(backend["version"]):
         return Decision("refuse", f"backend version: the engine was built with {built}; {to.text} needs "
                                   f"{to.backend} {to.version}, and an engine only runs with the TensorRT version "
                                   "that built it (build the recipe with that version instead)")
@@ -214,7 +186,7 @@ def promote(store: Store, ref: str, from_tag: str, to_tag: str, channel: str, *,
     if allow_unvalidated and not (reason or "").strip():
         raise PromotionError("--allow-unvalidated needs --reason \"...\": the waiver is recorded in the history")
     source = store.resolve(ref, from_tag)
-    manifest = source.manifest()
+    manifest = _readable(source)
     to = parse_tag(to_tag)
     probe_ = _lazy(probe)  # the GPU is asked about only when a rebuild is considered
     decision = decide(manifest, to, lambda: toolchain(manifest["backend"]["name"], probe_(), load_backend))
@@ -236,6 +208,23 @@ def promote(store: Store, ref: str, from_tag: str, to_tag: str, channel: str, *,
     entry = channels.pointer(artifact, since=now, by=by, decision=decision.action, waiver=waiver)
     previous = channels.set_(store, source.name, to.text, channel, entry, event)
     return Promotion(decision, source, artifact, to.text, channel, built, waiver, previous)
+
+
+_NEEDED = {"backend": ("name", "version"), "target": ("tag", "compute_capability"), "engine": ("sha256",)}
+
+
+def _readable(source: Artifact) -> dict:
+    """The source's manifest, with every field a promotion reads present and of the right kind (else one
+    StoreError naming the file, before anything is decided)."""
+    manifest = source.manifest()
+    with source.reading():
+        for section, fields in _NEEDED.items():
+            for field in fields:
+                if not isinstance(manifest[section][field], str):
+                    raise TypeError(f"{section}.{field} is not a string")
+        if not isinstance(manifest["config"], dict) or not isinstance(manifest.get("validation") or {}, dict):
+            raise TypeError("config or validation is not an object")
+    return manifest
 
 
 def _gate_hint(source: Artifact, to: Tag, decision: Decision, channel: str) -> str:
@@ -263,7 +252,7 @@ def _lazy(probe: Probe | None) -> Callable[[], Probe]:
 def _source_target(manifest: Mapping) -> Target:
     target = manifest["target"]
     return Target(target["name"], target["tag"], target["compute_capability"], target.get("gpu"),
-                  "sm" + target["compute_capability"].replace(".", ""))
+                  sm_of(target["compute_capability"]))
 
 
 def _rebuild(store: Store, source: Artifact, manifest: Mapping, to: Tag, probe: Probe, log: logging.Logger,

@@ -50,9 +50,6 @@ class InputProfile:
     opt: tuple[int, ...]
     max: tuple[int, ...]
 
-    def shape(self, which: str) -> tuple[int, ...]:
-        return getattr(self, which)
-
 
 @dataclass(frozen=True)
 class ParseSpec:
@@ -156,10 +153,25 @@ class Recipe:
 def load(path: str | Path) -> Recipe:
     """Read, validate (every problem at once) and freeze a recipe. Raises RecipeError."""
     path = Path(path)
+    data, marks, raw = load_checked(path, schema())
+    problems = _order_problems(path, data, marks)
+    if problems:
+        raise RecipeError(problems)
+    recipe = _freeze(path, raw, data, marks)
+    problems = _profile_problems(recipe)
+    if problems:
+        raise RecipeError(problems)
+    return recipe
+
+
+def load_checked(path: Path, schema_: dict, what: str = "recipe") -> tuple[dict, dict[KeyPath, tuple[int, int]], bytes]:
+    """Read a YAML file keeping line marks and check it against a JSON Schema: (data, marks, raw bytes), or a
+    RecipeError with every problem as 'FILE:LINE:COL: key.path: message'. `what` names the file when it cannot
+    be read; an empty file is an empty mapping when the schema requires no key."""
     try:
         raw = path.read_bytes()
     except OSError as error:
-        raise RecipeError([f"{path}: cannot read recipe: {error.strerror}"]) from None
+        raise RecipeError([f"{path}: cannot read {what}: {error.strerror}"]) from None
     text = raw.decode("utf-8", errors="replace")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -172,18 +184,14 @@ def load(path: str | Path) -> Recipe:
         raise RecipeError([f"{path}: invalid YAML: {error}"]) from None
     marks: dict[KeyPath, tuple[int, int]] = {}
     problems = [f"{path}:{line}:{col}: {dotted(p)}: duplicate key" for p, (line, col) in _walk(node, (), marks)]
+    data = {} if data is None and not schema_.get("required") else data
     if not isinstance(data, dict):
-        raise RecipeError([f"{path}:1:1: (top): expected a mapping with name, version, model, targets, stages"])
-    problems += _schema_problems(path, data, marks)
-    if not problems:
-        problems += _order_problems(path, data, marks)
+        keys = ", ".join(schema_.get("required") or schema_.get("properties", {}))
+        raise RecipeError([f"{path}:1:1: (top): expected a mapping with {keys}"])
+    problems += _schema_problems(path, data, marks, schema_)
     if problems:
         raise RecipeError(problems)
-    recipe = _freeze(path, raw, data, marks)
-    problems = _profile_problems(recipe)
-    if problems:
-        raise RecipeError(problems)
-    return recipe
+    return data, marks, raw
 
 
 def _walk(node: yaml.Node | None, path: KeyPath, marks: dict) -> Iterator[tuple[KeyPath, tuple[int, int]]]:
@@ -229,10 +237,10 @@ def schema() -> dict:
     return json.loads(resources.files("pipeline").joinpath("recipe.schema.json").read_text())
 
 
-def _schema_problems(path: Path, data: dict, marks: Mapping) -> list[str]:
+def _schema_problems(path: Path, data: dict, marks: Mapping, schema_: dict) -> list[str]:
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(schema())
+    validator = jsonschema.Draft202012Validator(schema_)
     found: list[tuple[tuple[int, int], str]] = []
     for error in validator.iter_errors(data):
         for key_path, message, at_key in _explain(error):

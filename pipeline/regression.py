@@ -11,27 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import RecipeError
-from pipeline.recipe import dotted, size_bytes
+from pipeline.recipe import load_checked, schema, size_bytes
 
-SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?\s*(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$"
-CONFIG_SCHEMA: dict = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "thresholds": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "engine_bytes_pct": {"type": "number", "minimum": 0},
-                "build_time_pct": {"type": "number", "minimum": 0},
-                "build_time_min_s": {"type": "number", "minimum": 0},
-                "max_error_budget": {"type": "number", "minimum": 0},
-            },
-        },
-        "memory_per_job": {"type": ["integer", "string"], "minimum": 1, "pattern": SIZE_PATTERN},
-        "history": {"type": "integer", "minimum": 1},
-    },
-}
+THRESHOLDS = ("engine_bytes_pct", "build_time_pct", "build_time_min_s", "max_error_budget")
 # Worse statuses rank lower; a drop in rank is a regression, a rise a change.
 VALIDATION_RANK = {"failed": 0, "error": 0, "not-run": 1, "skipped": 1, "passed": 2}
 
@@ -46,28 +28,19 @@ class Config:
     history: int = 30  # nights shown in the HTML charts
 
     def thresholds(self) -> dict:
-        return {"engine_bytes_pct": self.engine_bytes_pct, "build_time_pct": self.build_time_pct,
-                "build_time_min_s": self.build_time_min_s, "max_error_budget": self.max_error_budget}
+        return {key: getattr(self, key) for key in THRESHOLDS}
 
 
 def load_config(path: Path | None) -> Config:
-    """Read and check nightly.yaml (every problem at once, FILE:LINE:COL: key: message); None gives defaults."""
+    """Read and check nightly.yaml like a recipe (every problem at once, FILE:LINE:COL: key: message); None gives
+    defaults."""
     if path is None:
         return Config()
-    import yaml
-
     try:
-        text = path.read_text()
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text) or {}
-    except OSError as error:
-        raise RecipeError([f"{path}: cannot read nightly config: {error.strerror}"]) from None
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        raise RecipeError([f"{path}:{mark.line + 1 if mark else 1}:1: invalid YAML: {error.problem}"]) from None
-    problems = _config_problems(path, data, _marks(node, (), {}))
-    if problems:
-        raise RecipeError(problems, hint="see the Nightly section of README.md for the keys and their meaning")
+        data, _, _ = load_checked(path, config_schema(), "nightly config")
+    except RecipeError as error:
+        error.hint = "see the Nightly section of README.md for the keys and their meaning"
+        raise
     thresholds = data.get("thresholds") or {}
     memory = data.get("memory_per_job")
     return Config(**{k: float(v) for k, v in thresholds.items()},
@@ -75,42 +48,19 @@ def load_config(path: Path | None) -> Config:
                   history=data.get("history", Config.history))
 
 
-def _marks(node: Any, path: tuple, out: dict) -> dict:
-    """(key path) -> (line, column) of every value in the YAML node tree."""
-    if node is not None:
-        out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        if isinstance(node.value, list):
-            for index, item in enumerate(node.value):
-                key, value = item if isinstance(item, tuple) else (None, item)
-                _marks(value, (*path, key.value if key is not None else index), out)
-    return out
-
-
-def _config_problems(path: Path, data: Any, marks: dict) -> list[str]:
-    import jsonschema
-
-    if not isinstance(data, dict):
-        return [f"{path}:1:1: (top): expected a mapping with thresholds, memory_per_job, history"]
-    problems: list[tuple[tuple[int, int], str]] = []
-    for error in jsonschema.Draft202012Validator(CONFIG_SCHEMA).iter_errors(data):
-        at = tuple(error.absolute_path)
-        if error.validator == "additionalProperties":
-            known = ", ".join(sorted(error.schema["properties"]))
-            problems += [_problem(path, marks, (*at, key), f"unknown key; expected one of {known}")
-                         for key in sorted(set(error.instance) - set(error.schema["properties"]))]
-            continue
-        message = "expected a size like '1GiB' or a number of bytes" if error.validator == "pattern" else error.message
-        problems.append(_problem(path, marks, at, message))
-    return [text for _, text in sorted(problems)]
-
-
-def _problem(path: Path, marks: dict, at: tuple, message: str) -> tuple[tuple[int, int], str]:
-    """((line, column), 'FILE:LINE:COL: key.path: message') for the closest marked key path."""
-    probe = at
-    while probe not in marks and probe:
-        probe = probe[:-1]
-    line, col = marks.get(probe, (1, 1))
-    return (line, col), f"{path}:{line}:{col}: {dotted(at)}: {message}"
+def config_schema() -> dict:
+    """nightly.yaml's JSON Schema; memory_per_job is a size as in recipes (the recipe schema's definition)."""
+    number = {"type": "number", "minimum": 0}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "thresholds": {"type": "object", "additionalProperties": False,
+                           "properties": {key: number for key in THRESHOLDS}},
+            "memory_per_job": {**schema()["$defs"]["size"], "minimum": 1},
+            "history": {"type": "integer", "minimum": 1},
+        },
+    }
 
 
 # ---------------------------------------------------------------- comparison

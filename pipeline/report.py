@@ -104,7 +104,9 @@ def markdown(report: dict) -> str:
 
 
 def pair_row(pair: dict) -> tuple[str, ...]:
-    build = pair.get("build_s")
+    """The table's cells; a skipped pair built nothing tonight, so it has no build time (its artifact names the
+    build it reused)."""
+    build = pair.get("build_s") if pair["status"] == "built" else None
     error = max_error(pair)
     return (pair["recipe"], pair["target"], pair["status"] + (f" ({pair['reason']})" if pair.get("reason") else ""),
             size(pair.get("engine_bytes")) if pair.get("engine_bytes") is not None else "-",

@@ -21,7 +21,7 @@ from pipeline.manifest import build_key, manifest, source_key
 from pipeline.recipe import Recipe
 from pipeline.stages import PER_TARGET, STAGES
 from pipeline.stages.parse import check_pin, digests, preflight
-from pipeline.store import Artifact, Store, write_bytes
+from pipeline.store import Artifact, Run, Store, version_dir, write_bytes
 from pipeline.target import Target
 
 BUILD_LOG = "build.log"
@@ -49,20 +49,43 @@ def plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tuple[str
     return Plan(recipe, backend, tuple(targets), tuple(recipe.stages), check_model)
 
 
-def describe(plan_: Plan, store: Store) -> list[str]:
-    """The --dry-run text: what would run, with which settings, and where it would go."""
+def dry_run(plan_: Plan, store: Store, log: logging.Logger, force: bool = False) -> dict:
+    """What `build` would do, as data (`build --dry-run --json`): the recipe, backend, stages with their settings,
+    and per target the directory it would write, or the artifact it would reuse (unchanged source key)."""
+    from pipeline.digest import plain
+
     recipe = plan_.recipe
+    model = model_record(plan_, store, log)
+    targets = []
+    for target in plan_.targets:
+        hit = None if force else source_hit(plan_, store, model, target, log)
+        if hit:
+            targets.append({"name": target.name, "tag": target.tag, "action": "reuse", "reuse": hit.ref,
+                            "path": str(hit.path)})
+            continue
+        version = version_dir(recipe.version, store.next_build(recipe.name, recipe.version))  # one number per run
+        targets.append({"name": target.name, "tag": target.tag, "action": "build",
+                        "path": str(store.root / recipe.name / version / target.tag)})
+    return {"recipe": {"name": recipe.name, "version": recipe.version, "path": str(recipe.path),
+                       "sha256": recipe.sha256},
+            "backend": plan_.backend.label(), "model": str(recipe.model_path),
+            "stages": [{"name": stage, "settings": plain(recipe.spec(stage))} for stage in plan_.stages],
+            "targets": targets}
+
+
+def describe(plan_: Plan, store: Store, log: logging.Logger | None = None, force: bool = False) -> list[str]:
+    """The --dry-run text: what would run, with which settings, and where it would go (or what it would reuse)."""
+    recipe = plan_.recipe
+    plan = dry_run(plan_, store, log or logging.getLogger("pipeline"), force)
     lines = [f"{recipe.name} {recipe.version} from {recipe.path} (sha256 {recipe.sha256[:12]})",
-             f"  backend  {plan_.backend.label()}",
-             f"  model    {recipe.model_path}",
+             f"  backend  {plan['backend']}",
+             f"  model    {plan['model']}",
              f"  stages   {' -> '.join(plan_.stages)}"]
     for stage in plan_.stages:
         lines.append(f"    {stage:<14} {_settings(recipe, stage)}")
-    for target in plan_.targets:
-        builds = [a.build for a in store.artifacts(recipe.name) if a.version == recipe.version and a.tag == target.tag]
-        number = max(builds, default=0) + 1
-        version = recipe.version if number == 1 else f"{recipe.version}+{number}"
-        lines.append(f"  target   {target.name:<6} -> {store.root / recipe.name / version / target.tag}")
+    for target in plan["targets"]:
+        action = f"reuse {target['reuse']} ({target['path']})" if target["action"] == "reuse" else target["path"]
+        lines.append(f"  target   {target['name']:<6} -> {action}")
     return lines
 
 
@@ -74,6 +97,9 @@ def _settings(recipe: Recipe, stage: str) -> str:
 
 def _run_stage(name: str, ctx: Context, number: int, total: int, progress: Progress) -> dict:
     label = f"{name} {ctx.target.name}" if name in PER_TARGET and ctx.target else name
+    started = getattr(progress, "started", None)  # the CLI shows a status line while the stage runs
+    if started:
+        started(f"[{number}/{total}] {label} ...")
     start = time.perf_counter()
     try:
         STAGES[name](ctx)
@@ -103,9 +129,10 @@ def _reusable(store: Store, recipe: Recipe, field: str, key: str, log: logging.L
         if artifact.version != recipe.version:
             continue
         try:
-            if artifact.manifest().get("build", {}).get(field) == key:
-                return artifact
-        except (PipelineError, AttributeError) as error:
+            with artifact.reading():
+                if artifact.manifest()["build"].get(field) == key:
+                    return artifact
+        except PipelineError as error:
             log.warning("ignoring %s for reuse: %s", artifact.path, error)
     return None
 
@@ -117,19 +144,35 @@ def _known_model(store: Store, recipe: Recipe, sha256: str, log: logging.Logger)
         if artifact.version != recipe.version:
             continue
         try:
-            known = artifact.manifest()["model"]
-        except (PipelineError, KeyError, TypeError) as error:
+            with artifact.reading():
+                known = artifact.manifest()["model"]
+                if (known.get("path"), known.get("sha256")) == (str(recipe.model_path), sha256) and all(
+                        Path(data["path"]).is_file() and file_sha256(Path(data["path"])) == data["sha256"]
+                        for data in known["external_data"]):
+                    return {key: known[key] for key in ("path", "sha256", "external_data", "bytes")}
+        except PipelineError as error:
             log.warning("ignoring %s for reuse: %s", artifact.path, error)
-            continue
-        if (known.get("path"), known.get("sha256")) == (str(recipe.model_path), sha256) and all(
-                Path(data["path"]).is_file() and file_sha256(Path(data["path"])) == data["sha256"]
-                for data in known["external_data"]):
-            return {key: known[key] for key in ("path", "sha256", "external_data", "bytes")}
     return None
 
 
+def model_record(plan_: Plan, store: Store, log: logging.Logger) -> dict:
+    """The model's hashes for the source key; from an earlier manifest when the file is unchanged (no parse).
+    A pin is checked here, before any reuse: it is never skipped."""
+    recipe = plan_.recipe
+    if not recipe.model_path.is_file():
+        raise RecipeError(preflight(recipe))
+    sha = file_sha256(recipe.model_path)
+    check_pin(recipe, sha)
+    return _known_model(store, recipe, sha, log) or digests(recipe.model_path, sha)
+
+
+def source_hit(plan_: Plan, store: Store, model: dict, target: Target, log: logging.Logger) -> Artifact | None:
+    """The artifact `build` reuses for `target` before running any stage: same source key, same version."""
+    return _reusable(store, plan_.recipe, "source_key", source_key(plan_.recipe, model, plan_.backend, target), log)
+
+
 def build(plan_: Plan, store: Store, log: logging.Logger, progress: Progress = lambda line: None,
-          force: bool = False, annotate: dict | None = None) -> list[Outcome]:
+          force: bool = False, annotate: dict | None = None, run: Run | None = None) -> list[Outcome]:
     """Build every target of the plan, reusing artifacts whose key is unchanged unless `force`.
 
     Skip predicates, cheapest first: the source key (hashes of the recipe settings and original model,
@@ -137,15 +180,11 @@ def build(plan_: Plan, store: Store, log: logging.Logger, progress: Progress = l
     `annotate` is merged into each new manifest (e.g. where a promotion came from).
     Nothing half-written survives a failure: every target is staged and renamed into place whole.
     """
-    recipe, backend = plan_.recipe, plan_.backend
-    if not recipe.model_path.is_file():
-        raise RecipeError(preflight(recipe))
-    sha = file_sha256(recipe.model_path)
-    check_pin(recipe, sha)  # before any reuse: a pin is never skipped
-    model = _known_model(store, recipe, sha, log) or digests(recipe.model_path, sha)
+    recipe = plan_.recipe
+    model = model_record(plan_, store, log)
     done: dict[Target, Outcome] = {}
     for target in plan_.targets:
-        hit = None if force else _reusable(store, recipe, "source_key", source_key(recipe, model, backend, target), log)
+        hit = None if force else source_hit(plan_, store, model, target, log)
         if hit:
             progress(f"[skip] {target.name:<6} unchanged recipe and model (source key): reusing {hit.ref} {hit.tag}")
             done[target] = Outcome(target, hit, reused=True)
@@ -153,7 +192,7 @@ def build(plan_: Plan, store: Store, log: logging.Logger, progress: Progress = l
     if todo and not plan_.model_checked and (problems := preflight(recipe)):
         raise RecipeError(problems)
     if todo:
-        _build_targets(plan_, todo, model, store, log, progress, force, annotate or {}, done)
+        _build_targets(plan_, todo, model, store, log, progress, force, annotate or {}, done, run or Run())
     reused = sum(o.reused for o in done.values())
     if reused:
         progress(f"{reused} of {len(plan_.targets)} target(s) skipped (unchanged); use --force to rebuild")
@@ -161,7 +200,9 @@ def build(plan_: Plan, store: Store, log: logging.Logger, progress: Progress = l
 
 
 def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, log: logging.Logger,
-                   progress: Progress, force: bool, annotate: dict, done: dict) -> None:
+                   progress: Progress, force: bool, annotate: dict, done: dict, run: Run) -> None:
+    """`run` numbers the build: every target published here gets its one build number (a caller that spreads
+    one run over several processes allocates it first with Store.new_run)."""
     recipe, backend = plan_.recipe, plan_.backend
     shared = [s for s in plan_.stages if s not in PER_TARGET]
     per_target = [s for s in plan_.stages if s in PER_TARGET]
@@ -188,9 +229,16 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
                 _copy_log(scratch / BUILD_LOG, staged / BUILD_LOG, shared_log, target_log)
                 record = manifest(tctx, stage_times, started=time.time())
                 record.update(annotate)
-                artifact = store.publish(recipe.name, recipe.version, target.tag, staged, record)
-                log.info("published %s", artifact.path)
-                done[target] = Outcome(target, artifact, reused=False)
+                # Re-checked under the lock: a parallel run may have published this very build key meanwhile.
+                artifact, reused = store.publish_unless(
+                    recipe.name, recipe.version, target.tag, staged, record, run,
+                    existing=lambda: None if force else _reusable(store, recipe, "key", key, log))
+                if reused:
+                    progress(f"[skip] {target.name:<6} built meanwhile by another run (build key): "
+                             f"reusing {artifact.ref} {artifact.tag}")
+                else:
+                    log.info("published %s", artifact.path)
+                done[target] = Outcome(target, artifact, reused=reused)
 
 
 @contextlib.contextmanager

@@ -3,11 +3,15 @@
 Layout: ROOT/<name>/<version>[+<build>]/<gpu-tag>/{engine.plan, manifest.json, model.cleaned.onnx, build.log}.
 Everything is written into ROOT/.staging first, fsynced, then renamed into place under a file lock, so a
 reader sees a whole artifact or none. A published directory is never overwritten.
+A build number belongs to one build run (all its GPU tags) and is never reused, not even after gc: the highest
+number ever given per version is kept in ROOT/<name>/.builds.json. Build 1 lives in the plain <version>
+directory; every printed reference is exact: NAME@VERSION+BUILD.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import re
@@ -23,7 +27,11 @@ from pipeline.errors import StoreError
 MANIFEST = "manifest.json"
 STAGING = ".staging"
 FAILED = "_failed"
+BUILDS = ".builds.json"  # version -> highest build number ever given (numbers are never reused)
 _VERSION_DIR = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:\+(\d+))?$")
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+REF_FORMS = ("NAME, NAME@VERSION (its newest build, e.g. tiny@1.0.0), NAME@VERSION+BUILD (exact, e.g. "
+             "tiny@1.0.0+2) or an artifact directory")
 
 
 def write_bytes(path: Path, data: bytes | memoryview) -> None:
@@ -63,6 +71,18 @@ def version_dir(version: str, build: int) -> str:
     return version if build == 1 else f"{version}+{build}"
 
 
+def ref(name: str, version: str, build: int) -> str:
+    """The exact reference of a build, as printed everywhere: 'tiny@1.0.0+1' (NAME@VERSION means the newest)."""
+    return f"{name}@{version}+{build}"
+
+
+@dataclass
+class Run:
+    """One build run: its build number is allocated at its first publish and shared by all its GPU tags."""
+
+    build: int | None = None
+
+
 @dataclass(frozen=True)
 class Artifact:
     path: Path
@@ -73,7 +93,7 @@ class Artifact:
 
     @property
     def ref(self) -> str:
-        return f"{self.name}@{version_dir(self.version, self.build)}"
+        return ref(self.name, self.version, self.build)
 
     @property
     def sort_key(self) -> tuple:
@@ -81,9 +101,22 @@ class Artifact:
 
     def manifest(self) -> dict:
         try:
-            return json.loads((self.path / MANIFEST).read_text())
+            manifest = json.loads((self.path / MANIFEST).read_text())
         except (OSError, ValueError) as error:
             raise StoreError(f"cannot read {self.path / MANIFEST}: {error}") from None
+        if not isinstance(manifest, dict):
+            raise StoreError(f"damaged manifest {self.path / MANIFEST}: not a JSON object")
+        return manifest
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Turn a missing or wrongly shaped manifest field, met inside the block, into one StoreError naming
+        the file (a damaged manifest is a user-visible fact about the store, not a crash)."""
+        try:
+            yield
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+            what = f"no field {error}" if isinstance(error, KeyError) else f"unexpected structure ({error})"
+            raise StoreError(f"damaged manifest {self.path / MANIFEST}: {what}") from None
 
 
 class Store:
@@ -118,11 +151,23 @@ class Store:
                              hint="pick a writable store with --store DIR or TRT_PIPELINE_STORE") from None
         return FileLock(str(self.root / name / ".lock"))
 
-    def publish(self, name: str, version: str, tag: str, staged: Path, manifest: dict) -> Artifact:
-        """Number the build, write its manifest and rename the staged directory into place, under the lock."""
+    def publish(self, name: str, version: str, tag: str, staged: Path, manifest: dict,
+                run: Run | None = None) -> Artifact:
+        """Number the build (once per `run`), write its manifest and rename the staged directory into place."""
+        return self.publish_unless(name, version, tag, staged, manifest, run)[0]
+
+    def publish_unless(self, name: str, version: str, tag: str, staged: Path, manifest: dict, run: Run | None = None,
+                       existing: Callable[[], Artifact | None] = lambda: None) -> tuple[Artifact, bool]:
+        """As `publish`, but first ask `existing()` under the lock: when it names an artifact (one with the same
+        build key appeared meanwhile), nothing is published and (that artifact, True) is returned."""
+        run = run or Run()
         with self.lock(name):
-            build = 1 + max((a.build for a in self.artifacts(name) if a.version == version and a.tag == tag),
-                            default=0)
+            found = existing()
+            if found is not None:
+                return found, True
+            if run.build is None:
+                run.build = self._allocate(name, version)
+            build = run.build
             final = self.root / name / version_dir(version, build) / tag
             if final.exists():
                 raise StoreError(f"refusing to overwrite published artifact {final}")
@@ -139,7 +184,39 @@ class Store:
                 _fsync_dir(final.parent)
             except OSError as error:
                 raise StoreError(f"cannot publish {final}: {error.strerror}") from None
-        return Artifact(final, name, version, build, tag)
+        return Artifact(final, name, version, build, tag), False
+
+    def new_run(self, name: str, version: str) -> Run:
+        """A run whose number is allocated now: for a caller that spreads one run over several processes
+        (pass it to publish; every process then publishes under that one number)."""
+        with self.lock(name):
+            return Run(self._allocate(name, version))
+
+    def next_build(self, name: str, version: str) -> int:
+        """The number the next build run of `version` would get (for --dry-run; allocates nothing)."""
+        return self._counted(name, version)[1]
+
+    def _allocate(self, name: str, version: str) -> int:
+        """A new build number for `version`, recorded so it is never given again. Call under the lock."""
+        given, build = self._counted(name, version)
+        replace_json(self.root / name / BUILDS, {**given, version: build})
+        return build
+
+    def _counted(self, name: str, version: str) -> tuple[dict, int]:
+        """(the counter file's content, 1 + the highest number ever given or on disk for `version`)."""
+        path = self.root / name / BUILDS
+        try:
+            given = json.loads(path.read_text())
+            if not isinstance(given, dict):
+                raise ValueError("not a JSON object")
+        except FileNotFoundError:
+            given = {}
+        except (OSError, ValueError) as error:
+            raise StoreError(f"cannot read the build counter {path}: {error}",
+                             hint="remove it to count from the builds on disk (numbers of removed builds may "
+                                  "then be given again)") from None
+        on_disk = max((a.build for a in self.artifacts(name) if a.version == version), default=0)
+        return given, 1 + max(int(given.get(version) or 0), on_disk)
 
     def keep_failure_log(self, name: str, log: Path) -> Path:
         """Copy a failed build's log to ROOT/_failed/<name>-<time>.log (failed builds publish nothing else)."""
@@ -165,10 +242,26 @@ class Store:
 
     # ------------------------------------------------------------ reading
 
+    def recipes(self) -> list[str]:
+        """Names of the recipes in the store (a missing store holds none; a file is not a store)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"store {self.root} is not a directory",
+                             hint="pick a store directory with --store DIR or TRT_PIPELINE_STORE")
+        return sorted(p.name for p in self._dirs(self.root) if p.name[0] not in "._")
+
+    def require(self, name: str) -> str:
+        """`name` if the store has that recipe, else a StoreError listing those it has."""
+        known = self.recipes()
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            raise StoreError(f"no recipe '{name}' in store {self.root}; recipes: {', '.join(known) or 'none'}"
+                             + (f"; did you mean '{close[0]}'?" if close else ""))
+        return name
+
     def artifacts(self, name: str | None = None) -> list[Artifact]:
         """Every published artifact (optionally of one recipe), oldest version first."""
         found = []
-        names = [name] if name else [p.name for p in self._dirs(self.root) if p.name[0] not in "._"]
+        names = [name] if name else self.recipes()
         for recipe in names:
             for version in self._dirs(self.root / recipe):
                 match = _VERSION_DIR.match(version.name)
@@ -188,19 +281,26 @@ class Store:
             return []
 
     def resolve(self, ref: str, tag: str | None = None) -> Artifact:
-        """NAME, NAME@VERSION (newest build), NAME@VERSION+BUILD, or an artifact directory; --tag narrows."""
+        """NAME, NAME@VERSION (newest build), NAME@VERSION+BUILD, or an artifact directory; --tag narrows
+        (a unique short form such as 'sm89' for 'sm89.rtx-1.7.1' is accepted)."""
         path = Path(ref)
         if (path / MANIFEST).is_file():
-            manifest = Artifact(path, "", "", 0, "").manifest()
-            try:
-                return Artifact(path, manifest["recipe"]["name"], manifest["recipe"]["version"],
-                                manifest["build"]["number"], manifest["target"]["tag"])
-            except (KeyError, TypeError) as error:
-                raise StoreError(f"{path / MANIFEST} is not a trt-pipeline manifest (no {error})") from None
-        name, _, version = ref.partition("@")
-        version, _, build = version.partition("+")
+            return self._from_directory(path)
+        if path.is_dir() and (tags := sorted(p.name for p in self._dirs(path) if (p / MANIFEST).is_file())):
+            if tag is not None:
+                chosen = [t for t in tags if t == tag] or [t for t in tags if _abbreviates(tag, t)]
+                if len(chosen) == 1:
+                    return self._from_directory(path / chosen[0])
+            raise StoreError(f"{path} is a version directory with {len(tags)} GPU tag(s) ({', '.join(tags)}); "
+                             f"pick one with --tag TAG or name the tag directory, e.g. {path / tags[0]}")
+        name, at, version = ref.partition("@")
+        version, plus, build = version.partition("+")
+        if not name or (at and not _VERSION.match(version)) or (plus and not build.isdigit()):
+            raise StoreError(f"'{ref}' is not an artifact reference; expected {REF_FORMS}")
         candidates = [a for a in self.artifacts(name) if (not version or a.version == version)
-                      and (not build or str(a.build) == build) and (tag is None or a.tag == tag)]
+                      and (not build or a.build == int(build))]
+        if tag is not None and candidates:
+            candidates = self._with_tag(candidates, ref, tag)
         if not candidates:
             known = ", ".join(sorted({f"{a.name}@{a.version}" for a in self.artifacts()})) or "none"
             what = f"{ref}" + (f" with tag {tag}" if tag else "")
@@ -212,3 +312,32 @@ class Store:
             raise StoreError(f"{newest.ref} has {len(same)} GPU tags ({', '.join(a.tag for a in same)}); "
                              "pick one with --tag TAG")
         return newest
+
+    def _with_tag(self, candidates: list[Artifact], ref: str, tag: str) -> list[Artifact]:
+        """The candidates with this tag, or with the one tag it abbreviates; else say which tags there are."""
+        exact = [a for a in candidates if a.tag == tag]
+        if exact:
+            return exact
+        tags = sorted({a.tag for a in candidates})
+        near = [t for t in tags if _abbreviates(tag, t)]
+        if len(near) == 1:
+            return [a for a in candidates if a.tag == near[0]]
+        guess = f"did you mean {' or '.join(near)}? " if near else ""
+        raise StoreError(f"no artifact {ref} with tag {tag} in store {self.root}; {guess}"
+                         f"{ref} has tag(s) {', '.join(tags)}", hint="pick one with --tag TAG")
+
+    @staticmethod
+    def _from_directory(path: Path) -> Artifact:
+        manifest = Artifact(path, "", "", 0, "").manifest()
+        try:
+            return Artifact(path, manifest["recipe"]["name"], manifest["recipe"]["version"],
+                            int(manifest["build"]["number"]), manifest["target"]["tag"])
+        except (KeyError, TypeError, ValueError) as error:
+            what = f"no {error}" if isinstance(error, KeyError) else str(error)
+            raise StoreError(f"{path / MANIFEST} is not a trt-pipeline manifest ({what})") from None
+
+
+def _abbreviates(short: str, full: str) -> bool:
+    """A short form of a GPU tag: its leading part ('sm89', 'sm89.rtx') or its sm ('sm80' of a full-TensorRT tag)."""
+    return full.startswith((f"{short}.", f"{short}-")) or (
+        re.fullmatch(r"sm\d{2,3}", short) is not None and f".{short}." in f".{full}")

@@ -1,15 +1,19 @@
 """Export a channel to a Triton Inference Server model repository.
 
-DIR/<name>/config.pbtxt            platform "tensorrt_plan", max_batch_size 0 (explicit batch), I/O from the manifest
-DIR/<name>/<n>/model.plan          one GPU tag; or model.<sm>.plan per tag with cc_model_filenames in the config
+DIR/<name>/config.pbtxt            platform "tensorrt_plan", max_batch_size 0 (explicit batch), I/O from the manifest,
+                                   cc_model_filenames: compute capability -> model.<sm>.plan
+DIR/<name>/<n>/model.<sm>.plan     one per GPU tag, even for one: an engine is only offered to the GPUs it runs on
 DIR/<name>/<n>/provenance.json     which builds the version holds (ref, GPU tag, engine sha256)
 A new numbered version is written only when the channel's engines changed since the newest one. The version
-folder is staged beside the others and renamed into place whole.
+folder is staged beside the others and renamed into place whole. config.pbtxt is shared by every version and
+rewritten by each export; file names depend only on the compute capability, so they stay the same from version
+to version (a version folder lacks only the files of GPUs added after it).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,6 +23,8 @@ from pathlib import Path
 from pipeline import channel as channels
 from pipeline.errors import StoreError
 from pipeline.store import Store, write_bytes, write_json
+
+log = logging.getLogger("pipeline.triton")
 
 PLATFORM = "tensorrt_plan"
 PROVENANCE = "provenance.json"
@@ -66,17 +72,15 @@ def _tensors(kind: str, tensors: dict[str, dict]) -> list[str]:
 
 
 def config_text(name: str, network: dict, files: dict[str, str]) -> str:
-    """config.pbtxt; `files` maps compute capability -> engine file (one entry: the default file)."""
+    """config.pbtxt; `files` maps compute capability -> engine file. No default file: on a GPU whose compute
+    capability is not listed the model fails to load rather than run an engine built for another GPU."""
     lines = [f"name: {_quote(name)}", f"platform: {_quote(PLATFORM)}", "max_batch_size: 0"]
     lines += _tensors("input", network["inputs"]) + _tensors("output", network["outputs"])
-    if len(set(files.values())) == 1:
-        lines.append(f"default_model_filename: {_quote(next(iter(files.values())))}")
-    else:
-        lines.append("cc_model_filenames [")
-        for index, (cc, file) in enumerate(sorted(files.items(), key=lambda kv: tuple(map(int, kv[0].split("."))))):
-            comma = "," if index < len(files) - 1 else ""
-            lines.append(f"  {{ key: {_quote(cc)} value: {_quote(file)} }}{comma}")
-        lines.append("]")
+    lines.append("cc_model_filenames [")
+    for index, (cc, file) in enumerate(sorted(files.items(), key=lambda kv: tuple(map(int, kv[0].split("."))))):
+        comma = "," if index < len(files) - 1 else ""
+        lines.append(f"  {{ key: {_quote(cc)} value: {_quote(file)} }}{comma}")
+    lines.append("]")
     return "\n".join(lines) + "\n"
 
 
@@ -88,8 +92,9 @@ def _engines(store: Store, name: str, channel: str) -> list[dict]:
     for tag, ch, entry in channels.everything(store, name):
         if ch == channel:
             artifact = channels.resolve(store, name, entry)
+            parsed = parse_tag(tag)
             found.append({"tag": tag, "artifact": artifact, "manifest": artifact.manifest(),
-                          "sm": parse_tag(tag).sm, "cc": parse_tag(tag).compute_capability})
+                          "sm": parsed.sm, "cc": parsed.compute_capability, "backend": parsed.backend})
     if not found:
         raise StoreError(f"no GPU tag of '{name}' has a '{channel}' channel in store {store.root}",
                          hint=f"promote a build first: trt-pipeline promote {name}@VERSION --from TAG --to TAG "
@@ -98,9 +103,8 @@ def _engines(store: Store, name: str, channel: str) -> list[dict]:
 
 
 def _files(engines: list[dict]) -> dict[str, str]:
-    """GPU tag -> file name; several engines for one compute capability cannot be told apart by Triton."""
-    if len(engines) == 1:
-        return {engines[0]["tag"]: "model.plan"}
+    """GPU tag -> model.<sm>.plan (stable across versions); several engines for one compute capability cannot be
+    told apart by Triton."""
     by_cc: dict[str, dict] = {}
     for engine in engines:
         other = by_cc.setdefault(engine["cc"], engine)
@@ -127,6 +131,7 @@ def _versions(model_dir: Path) -> list[int]:
 
 def export(store: Store, name: str, channel: str, repo: Path) -> Export:
     engines = _engines(store, name, channel)
+    _warn_rtx(engines)
     files = _files(engines)
     network = _same_io(engines)
     provenance = {"name": name, "channel": channel, "engines": [
@@ -172,11 +177,23 @@ def _write_version(model_dir: Path, version: int, engines: list[dict], files: di
         shutil.rmtree(staged, ignore_errors=True)
 
 
+def _warn_rtx(engines: list[dict]) -> None:
+    rtx = [e["tag"] for e in engines if e["backend"] == "tensorrt-rtx"]
+    if rtx:
+        log.warning("%s: TensorRT-RTX engines load only in a Triton whose tensorrt_plan backend is built against "
+                    "TensorRT-RTX (of the same version); the stock backend links full TensorRT and cannot "
+                    "deserialize them. This export cannot check the server", ", ".join(rtx))
+
+
 def _write_config(model_dir: Path, text: str) -> None:
-    path = model_dir / "config.pbtxt"
-    tmp = path.with_name(f".config.pbtxt.{os.getpid()}.tmp")
+    _replace_bytes(model_dir / "config.pbtxt", text.encode())
+
+
+def _replace_bytes(path: Path, data: bytes) -> None:
+    """Atomically replace a file, as store.replace_json does: temp file beside it, fsync, os.replace."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write_bytes(tmp, text.encode())
+        write_bytes(tmp, data)
         os.replace(tmp, path)
     except OSError as error:
         raise StoreError(f"cannot write {path}: {error.strerror}") from None

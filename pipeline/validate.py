@@ -110,17 +110,11 @@ def shape_sets(profiles: Profiles, which: Sequence[str], inputs: Mapping[str, di
 
 
 def frozen_feed(frozen: Mapping[str, Any], original_inputs: Mapping[str, dict]) -> dict[str, Any]:
-    """The values graph-cleanup froze into constants, as the original model's inputs (same dtype and fill rule)."""
-    import numpy as np
+    """The values graph-cleanup froze into constants, as the original model's inputs (the same rule)."""
+    from pipeline.stages.graph_cleanup import frozen_value
 
-    feed = {}
-    for name, value in frozen.items():
-        info = original_inputs[name]
-        values = np.array(value, dtype=info["dtype"])
-        if values.size == 1 and all(isinstance(dim, int) for dim in info["shape"]):
-            values = np.full(info["shape"], values.reshape(()), dtype=values.dtype)
-        feed[name] = values
-    return feed
+    return {name: frozen_value(value, original_inputs[name]["dtype"], original_inputs[name]["shape"])
+            for name, value in frozen.items()}
 
 
 def seeded_feed(shape_set: ShapeSet, dtypes: Mapping[str, str], seed: int) -> dict[str, Any]:

@@ -140,3 +140,53 @@ def test_a_missing_plugin_library_is_located(write_recipe: Callable[..., Path], 
                                                                              "      plugins: [libgone.so]\n"), rtx_backend)
     assert found == [f"{path}:12:17: stages[3].serialize.plugins[0]: plugin library not found: "
                      f"{path.parent / 'libgone.so'}"]
+
+
+def test_flags_that_need_a_gpu_to_build_are_refused_on_cpu_only_rtx(write_recipe: Callable[..., Path],
+                                                                    rtx_backend: Backend) -> None:
+    body = RECIPE.replace("flags: [tf32]", "flags: [tf32, strip_plan, sparse_weights, refit, refit_identical, "
+                                           "version_compatible]")
+    path, found = problems(write_recipe, body, rtx_backend, NO_GPU)
+    myelin = "the build fails with MyelinCheckException: CHECK(status == CUDA_SUCCESS)"
+    assert found == [
+        f"{path}:11:{column}: stages[3].serialize.flags[{index}]: {flag} needs a GPU at build time with TensorRT-RTX "
+        f"1.x (measured: {why} on a CPU-only machine); remove it here, or build on a machine with a GPU"
+        for index, column, flag, why in [(1, 21, "strip_plan", myelin), (3, 49, "refit", myelin),
+                                         (4, 56, "refit_identical", myelin),
+                                         (5, 73, "version_compatible", "the build fails loading libnvinfer_lean.so.1")]]
+    assert problems(write_recipe, body, rtx_backend, RTX4090)[1] == []  # with a GPU they are allowed
+
+
+@pytest.mark.parametrize("flag", sorted(capability.RTX_FLAGS_NEEDING_A_GPU))
+def test_the_refused_flags_really_fail_a_cpu_only_build(flag: str, write_recipe: Callable[..., Path],
+                                                        rtx_backend: Backend, tmp_path: Path) -> None:
+    """The measurement behind the refusal, kept honest: built past the check, each flag fails here. When a
+    TensorRT-RTX release builds one of them on CPU, this fails: drop it from RTX_FLAGS_NEEDING_A_GPU."""
+    import logging
+
+    from pipeline import runner
+    from pipeline.errors import BuildError
+    from pipeline.store import Store
+
+    recipe = recipes.load(write_recipe(RECIPE.replace("flags: [tf32]", f"flags: [{flag}]")))
+    targets, _ = capability.targets(recipe, rtx_backend, NO_GPU)
+    plan = runner.Plan(recipe, rtx_backend, tuple(targets), tuple(recipe.stages), True)  # skips the refusal
+    with pytest.raises(BuildError, match="^serialize: "):
+        runner.build(plan, Store(tmp_path / "store"), logging.getLogger("x.flags"))
+
+
+def test_recipe_targets_passed_as_names_point_at_the_recipe(write_recipe: Callable[..., Path],
+                                                            rtx_backend: Backend) -> None:
+    """nightly plans a recipe's own targets one at a time: a bad one is the recipe's line, not '--target'."""
+    path = write_recipe(RECIPE.replace("targets: [sm89]", "targets: [sm89, sm90]"))
+    found, problems_ = capability.targets(recipes.load(path), rtx_backend, NO_GPU, ("sm90",))
+    assert found == []
+    assert len(problems_) == 1 and problems_[0].startswith(f"{path}:5:17: targets[1]: {LABEL} cannot build for sm90")
+
+
+def test_not_buildable_here_is_only_the_missing_gpu(write_recipe: Callable[..., Path], rtx_backend: Backend) -> None:
+    recipe = recipes.load(write_recipe(RECIPE.replace("targets: [sm89]", "targets: [sm89, sm90, local]")))
+    assert capability.not_buildable_here(recipe, rtx_backend, NO_GPU) == [
+        f"{recipe.path}:5:23: targets[2]: target 'local' means the GPU of this machine, but no CUDA driver on this "
+        "machine (libcuda.so.1 cannot be loaded); name the targets instead, e.g. targets: [sm86, sm89]"]
+    assert capability.not_buildable_here(recipe, rtx_backend, RTX4090) == []

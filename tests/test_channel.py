@@ -39,7 +39,7 @@ def test_set_writes_the_channel_file_and_one_history_line(fresh: Store) -> None:
     assert previous is None
     path = built.root / "tiny" / "_channels" / f"{SM89}.json"
     assert json.loads(path.read_text()) == {"name": "tiny", "tag": SM89, "channels": {"candidate": entry}}
-    assert entry == {"ref": "tiny@1.0.0", "version": "1.0.0", "build": 1, "tag": SM89,
+    assert entry == {"ref": "tiny@1.0.0+1", "version": "1.0.0", "build": 1, "tag": SM89,
                      "engine_sha256": artifact.manifest()["engine"]["sha256"],
                      "since": "2026-11-26T00:00:00Z", "by": "ana@ci"}
     assert channel.read(built, "tiny", SM89) == {"candidate": entry}
@@ -61,7 +61,7 @@ def test_history_is_appended_never_rewritten(fresh: Store) -> None:
     assert previous == channel.pointer(first)
     events = channel.history(store, "tiny")
     assert [(e["by"], e["artifact"]["ref"], e["previous"] and e["previous"]["ref"]) for e in events] == [
-        ("a", "tiny@1.0.0", None), ("b", "tiny@1.0.0+2", "tiny@1.0.0")]
+        ("a", "tiny@1.0.0+1", None), ("b", "tiny@1.0.0+2", "tiny@1.0.0+1")]
     assert channel.read(store, "tiny", SM89)["production"]["ref"] == "tiny@1.0.0+2"
 
 
@@ -74,12 +74,12 @@ def test_channels_are_per_tag_and_listed_by_what_they_point_at(fresh: Store) -> 
 
     assert channel.tags(store, "tiny") == [SM86, SM89]
     assert [(t, c, e["ref"]) for t, c, e in channel.everything(store, "tiny")] == [
-        (SM86, "candidate", "tiny@1.0.0"), (SM89, "candidate", "tiny@1.0.0+2"), (SM89, "production", "tiny@1.0.0")]
+        (SM86, "candidate", "tiny@1.0.0+1"), (SM89, "candidate", "tiny@1.0.0+2"), (SM89, "production", "tiny@1.0.0+1")]
     assert channel.pointing_at(store, "tiny") == {("1.0.0", 1, SM89): [f"candidate@{SM86}", "production"],
                                                   ("1.0.0", 2, SM89): ["candidate"]}
     # the channel directory is not mistaken for a version by the store
     assert sorted((a.ref, a.tag) for a in store.artifacts()) == [
-        ("tiny@1.0.0", SM86), ("tiny@1.0.0", SM89), ("tiny@1.0.0+2", SM89)]
+        ("tiny@1.0.0+1", SM86), ("tiny@1.0.0+1", SM89), ("tiny@1.0.0+2", SM89)]
 
 
 def test_reading_nothing_gives_empty_results(built: Store) -> None:
@@ -111,6 +111,8 @@ def test_a_corrupt_channel_file_is_reported_not_overwritten(tmp_path: Path) -> N
 def test_racing_writers_lose_no_update(tmp_path: Path) -> None:
     """Two processes updating the same tag file 25 times each: every update and every history line survives."""
     store = Store(tmp_path / "store")
+    (store.root / "tiny" / "1.0.0" / SM89).mkdir(parents=True)
+    (store.root / "tiny" / "1.0.0" / SM89 / "manifest.json").write_text("{}")  # what the pointers name
     race(race_channel, [(str(store.root), SM89, prefix, 25) for prefix in ("a", "b")], timeout=60)
 
     names = sorted(channel.read(store, "tiny", SM89))
@@ -118,3 +120,17 @@ def test_racing_writers_lose_no_update(tmp_path: Path) -> None:
     events = channel.history(store, "tiny")
     assert len(events) == 50
     assert sorted(e["channel"] for e in events) == names
+
+
+def test_a_build_removed_after_it_was_resolved_is_not_pointed_at(fresh: Store) -> None:
+    """promote resolves outside the lock; a gc that removed the build meanwhile makes set_ refuse inside it."""
+    import shutil
+
+    artifact = fresh.resolve("tiny@1.0.0+2", SM89)
+    entry = channel.pointer(artifact)
+    shutil.rmtree(artifact.path)  # what gc does between the promotion's resolve and its channel update
+    with pytest.raises(StoreError) as error:
+        channel.set_(fresh, "tiny", SM89, "candidate", entry, {"at": "t"})
+    assert str(error.value) == (f"cannot point candidate of {SM89} at tiny@1.0.0+2 [{SM89}]: it is no longer in "
+                                f"store {fresh.root} (removed meanwhile, e.g. by gc); channel unchanged")
+    assert channel.read(fresh, "tiny", SM89) == {} and channel.history(fresh, "tiny") == []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -127,7 +129,7 @@ def test_build_json(capsys: Capture, store_dir: Path, recipe: Path) -> None:
     assert code == 0
     rows = json.loads(out)
     assert [(r["ref"], r["tag"], r["reused"], r["build"]) for r in rows] == [
-        ("tiny@1.0.0", SM86, False, 1), ("tiny@1.0.0", SM89, False, 1)]
+        ("tiny@1.0.0+1", SM86, False, 1), ("tiny@1.0.0+1", SM89, False, 1)]
     assert all(Path(r["path"]).is_dir() and r["engine_bytes"] > 0 for r in rows)
 
 
@@ -137,6 +139,99 @@ def test_build_dry_run_creates_nothing(capsys: Capture, store_dir: Path, recipe:
     assert out.splitlines()[0].startswith(f"tiny 1.0.0 from {recipe} (sha256 ")
     assert out.splitlines()[-1] == f"  target   sm89   -> {store_dir / 'tiny' / '1.0.0' / SM89}"
     assert not store_dir.exists()
+
+
+def test_build_dry_run_json(capsys: Capture, store_dir: Path, recipe: Path) -> None:
+    assert run(capsys, "--store", str(store_dir), "-q", "build", str(recipe), "--target", "sm89")[0] == 0
+    code, out, err = run(capsys, "--store", str(store_dir), "--json", "build", str(recipe), "--dry-run")
+    assert (code, err) == (0, "")
+    plan = json.loads(out)
+    assert plan["recipe"]["name"] == "tiny" and plan["backend"] == LABEL
+    assert [s["name"] for s in plan["stages"]] == ["parse", "graph-cleanup", "network-flag", "memory-pool", "serialize"]
+    assert plan["stages"][0]["settings"] == {"check": True, "infer_shapes": True}
+    (built,) = [line for line in run(capsys, "--store", str(store_dir), "list")[1].splitlines()[1:]]
+    ref = built.split()[0]
+    sm86, sm89 = plan["targets"]
+    assert sm89 == {"name": "sm89", "tag": SM89, "action": "reuse", "reuse": ref,
+                    "path": str(store_dir / "tiny" / "1.0.0" / SM89)}
+    assert (sm86["name"], sm86["tag"], sm86["action"]) == ("sm86", SM86, "build")
+    assert Path(sm86["path"]).parent.parent == store_dir / "tiny" and Path(sm86["path"]).name == SM86
+    assert not (store_dir / "tiny" / "1.0.0" / SM86).exists()
+
+
+def test_usage_errors_exit_1_not_2(capsys: Capture) -> None:
+    """2 means 'cannot run here'; a mistyped command line is a user error."""
+    for argv, usage, message in [(["build"], "usage: trt-pipeline build ", "the following arguments are required"),
+                                 (["frobnicate"], "usage: trt-pipeline ", "invalid choice: 'frobnicate'"),
+                                 (["list", "--bogus"], "usage: trt-pipeline ", "unrecognized arguments: --bogus")]:
+        with pytest.raises(SystemExit) as caught:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert caught.value.code == 1, argv
+        assert err.startswith(usage) and message in err, err
+
+
+def test_target_local_without_a_gpu_cannot_build_here(capsys: Capture, store_dir: Path, recipe: Path,
+                                                      write_recipe: Recipe) -> None:
+    no_gpu = "target 'local' means the GPU of this machine, but no CUDA driver on this machine (libcuda.so.1 " \
+             "cannot be loaded); name the targets instead, e.g. targets: [sm86, sm89]"
+    assert run(capsys, "--store", str(store_dir), "build", str(recipe), "--target", "local") == (
+        2, "", f"error: --target local: {no_gpu}\n")
+    local = write_recipe(RECIPE.replace("targets: [sm86, sm89]", "targets: [local]"), "local.yaml")
+    assert run(capsys, "--store", str(store_dir), "build", str(local)) == (
+        2, "", f"error: {local}:5:11: targets[0]: {no_gpu}\n")
+    assert run(capsys, "check", str(local)) == (1, "", f"{local}:5:11: targets[0]: {no_gpu}\n")
+    # with another problem in the recipe it is a user error first
+    both = write_recipe(RECIPE.replace("targets: [sm86, sm89]", "targets: [local, sm90]"), "both.yaml")
+    assert run(capsys, "--store", str(store_dir), "build", str(both))[0] == 1
+    assert not store_dir.exists()
+
+
+def test_a_backend_that_does_not_import_says_how_to_install_it(capsys: Capture, write_recipe: Recipe) -> None:
+    full = write_recipe(RECIPE.replace("backend: tensorrt-rtx", "backend: tensorrt"))
+    for argv in (["check", str(full)], ["--store", "/tmp/never-created-x", "build", str(full)]):
+        code, out, err = run(capsys, *argv)
+        assert (code, out) == (1, "")
+        assert err.startswith(f"{full}:4:10: backend: backend 'tensorrt' cannot be imported: ")
+        assert "; install it: pip install 'trt-pipeline[tensorrt]'" in err and len(err.splitlines()) == 1
+
+
+def test_parser_errors_are_one_line_each_on_the_console(capsys: Capture, store_dir: Path, write_recipe: Recipe) -> None:
+    from tests.stages.test_graph_cleanup import CLEANUP_NEEDED
+
+    code, out, err = run(capsys, "--store", str(store_dir), "build", str(write_recipe(CLEANUP_NEEDED.format(cleanup=""))))
+    assert (code, out) == (1, "")
+    assert "ERROR: ONNX parser: node 'y' (Reshape): Invalid Node - y\n" in err
+    assert "graphShapeAnalyzer" not in err and "cudaError" not in err
+    kept = next((store_dir / "_failed").iterdir())
+    assert "graphShapeAnalyzer" in kept.read_text()  # the full text is in the kept build log
+    assert err.splitlines()[-1].endswith(f"full log: {kept}") and "scratch" not in err
+
+
+def test_progress_on_a_terminal_shows_each_stage_while_it_runs(monkeypatch: pytest.MonkeyPatch, store_dir: Path,
+                                                             recipe: Path) -> None:
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert cli.main(["--store", str(store_dir), "build", str(recipe), "--target", "sm89"]) == 0
+    text = terminal.getvalue()
+    assert text.startswith("[1/5] parse ...\r\x1b[K[1/5] parse ")
+    assert "[5/5] serialize sm89 ...\r\x1b[K[5/5] serialize sm89 " in text
+    plain = io.StringIO()  # not a terminal: the finished lines only
+    cli.progress(argparse.Namespace(quiet=False)).__class__(plain).started("[1/5] parse ...")
+    assert plain.getvalue() == ""
+
+
+def test_one_size_and_progress_helper() -> None:
+    assert (cli.size(None), cli.size(512), cli.size(148268), cli.size(3 * 2**30)) == ("-", "512 B", "144.8 KiB",
+                                                                                      "3.0 GiB")
+    assert not hasattr(core, "_size") and not hasattr(core, "_progress")
+    assert cli.progress(argparse.Namespace(quiet=True))("ignored") is None
 
 
 def test_build_recipe_errors_are_lines_without_traceback(capsys: Capture, store_dir: Path,
@@ -215,15 +310,15 @@ def test_list(capsys: Capture, store_dir: Path, built: list[Path]) -> None:
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0].split()[:5] == ["ARTIFACT", "TAG", "ENGINE", "VALIDATION", "CREATED"]
-    assert [line.split()[:2] for line in lines[1:]] == [["tiny@1.0.0", SM86], ["tiny@1.0.0", SM89]]
+    assert [line.split()[:2] for line in lines[1:]] == [["tiny@1.0.0+1", SM86], ["tiny@1.0.0+1", SM89]]
     assert all(line.split()[4] == "not-run" for line in lines[1:])
 
 
 def test_list_json(capsys: Capture, store_dir: Path, built: list[Path]) -> None:
     code, out, err = run(capsys, "--store", str(store_dir), "list", "--json")
     rows = json.loads(out)
-    assert [(r["ref"], r["tag"], r["path"]) for r in rows] == [("tiny@1.0.0", SM86, str(built[0])),
-                                                               ("tiny@1.0.0", SM89, str(built[1]))]
+    assert [(r["ref"], r["tag"], r["path"]) for r in rows] == [("tiny@1.0.0+1", SM86, str(built[0])),
+                                                               ("tiny@1.0.0+1", SM89, str(built[1]))]
     assert all(r["engine_bytes"] == (Path(r["path"]) / "engine.plan").stat().st_size for r in rows)
 
 
@@ -236,7 +331,7 @@ def test_show(capsys: Capture, store_dir: Path, built: list[Path]) -> None:
     code, out, err = run(capsys, "--store", str(store_dir), "show", "tiny@1.0.0", "--tag", SM89)
     assert (code, err) == (0, "")
     fields = {line[:11].strip(): line[12:] for line in out.splitlines()}
-    assert fields["artifact"] == f"tiny@1.0.0 [{SM89}]"
+    assert fields["artifact"] == f"tiny@1.0.0+1 [{SM89}]"
     assert fields["path"] == str(built[1])
     assert fields["backend"] == LABEL
     assert fields["target"] == f"{SM89} (compute capability 8.9)"
@@ -254,10 +349,49 @@ def test_show_json_by_directory(capsys: Capture, store_dir: Path, built: list[Pa
 
 def test_show_ambiguous_and_unknown(capsys: Capture, store_dir: Path, built: list[Path]) -> None:
     assert run(capsys, "--store", str(store_dir), "show", "tiny@1.0.0") == (
-        1, "", f"error: tiny@1.0.0 has 2 GPU tags ({SM86}, {SM89}); pick one with --tag TAG\n")
+        1, "", f"error: tiny@1.0.0+1 has 2 GPU tags ({SM86}, {SM89}); pick one with --tag TAG\n")
     assert run(capsys, "--store", str(store_dir), "show", "nope@1.0.0") == (
         1, "", f"error: no artifact nope@1.0.0 in store {store_dir}; built artifacts: tiny@1.0.0\n"
                "hint: see `trt-pipeline list`\n")
+
+
+def test_show_takes_a_short_tag_and_asks_for_one_at_a_version_directory(capsys: Capture, store_dir: Path,
+                                                                         built: list[Path]) -> None:
+    code, out, err = run(capsys, "--store", str(store_dir), "show", "tiny@1.0.0+1", "--tag", "sm89")
+    assert (code, out.splitlines()[0], err) == (0, f"artifact    tiny@1.0.0+1 [{SM89}]", "")
+    assert run(capsys, "--store", str(store_dir), "show", "tiny@1.0.0+1", "--tag", "sm8")[2] == (
+        f"error: no artifact tiny@1.0.0+1 with tag sm8 in store {store_dir}; tiny@1.0.0+1 has tag(s) {SM86}, {SM89}\n"
+        "hint: pick one with --tag TAG\n")
+    folder = store_dir / "tiny" / "1.0.0"
+    assert run(capsys, "--store", str(store_dir), "show", str(folder)) == (
+        1, "", f"error: {folder} is a version directory with 2 GPU tag(s) ({SM86}, {SM89}); pick one with --tag TAG "
+               f"or name the tag directory, e.g. {folder / SM86}\n")
+    assert run(capsys, "--store", str(store_dir), "show", "tiny@")[:2] == (1, "")
+
+
+def test_a_damaged_manifest_is_marked_in_list_and_one_error_in_show(capsys: Capture, store_dir: Path,
+                                                                    built: list[Path]) -> None:
+    truncated, wrong = built[0] / "manifest.json", built[1] / "manifest.json"
+    truncated.write_text(truncated.read_text()[:100])
+    wrong.write_text(json.dumps({**json.loads(wrong.read_text()), "engine": [], "validation": "passed"}))
+    code, out, err = run(capsys, "--store", str(store_dir), "list")
+    assert code == 0
+    assert [line.split()[:4] for line in out.splitlines()[1:]] == [["tiny@1.0.0+1", SM86, "?", "damaged"],
+                                                                   ["tiny@1.0.0+1", SM89, "?", "damaged"]]
+    assert err.splitlines()[0].startswith(f"warning: tiny@1.0.0+1 [{SM86}]: cannot read {truncated}: ")
+    assert err.splitlines()[1].startswith(f"warning: tiny@1.0.0+1 [{SM89}]: damaged manifest {wrong}: ")
+    assert [r["validation"] for r in json.loads(run(capsys, "--store", str(store_dir), "list", "--json")[1])] == [
+        "damaged", "damaged"]
+    code, out, err = run(capsys, "--store", str(store_dir), "show", "tiny", "--tag", SM89)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: damaged manifest {wrong}: ") and err.count("\n") == 1
+
+
+def test_list_of_a_file_is_one_error(capsys: Capture, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    assert run(capsys, "--store", str(tmp_path / "file"), "list") == (
+        1, "", f"error: store {tmp_path / 'file'} is not a directory\n"
+               "hint: pick a store directory with --store DIR or TRT_PIPELINE_STORE\n")
 
 
 # ---------------------------------------------------------------- help, entry points
@@ -275,6 +409,15 @@ def test_help_works_for_every_command(capsys: Capture, command: str | None) -> N
     assert caught.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: trt-pipeline {command} " if command else "usage: trt-pipeline ")
+
+
+@pytest.mark.parametrize("command", ["check", "build", "list", "show", "validate", "infer", "bench"])
+def test_help_teaches_examples_output_and_exit_codes(capsys: Capture, command: str) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = capsys.readouterr().out
+    assert re.search(rf"\nexamples:\n  trt-pipeline (--json )?{command}\b", out), out
+    assert "\nstdout: " in out and "\nexit codes: 0 " in out
 
 
 def test_core_commands_are_registered() -> None:

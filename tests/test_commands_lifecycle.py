@@ -38,7 +38,7 @@ def test_promote_reuse_prints_the_decision_and_the_channel(store: Store, capsys:
     out, err = capsys.readouterr()
     path = store.root / "tiny" / "1.0.0" / SM89
     assert out == ("reuse: TensorRT-RTX engine built for compute capabilities 8.9 covers 8.9; same tensorrt-rtx 1.7.1\n"
-                   f"candidate of {SM89} -> tiny@1.0.0 [{SM89}] {path}\n")
+                   f"candidate of {SM89} -> tiny@1.0.0+1 [{SM89}] {path}\n")
     assert err == ""
 
 
@@ -46,13 +46,13 @@ def test_promote_rebuild_json(store: Store, capsys: pytest.CaptureFixture[str]) 
     assert cli(store, "promote", "tiny@1.0.0", "--from", SM86, "--to", SM120, "--reason", "new fleet", "--json",
                "-q") == 0
     result = json.loads(capsys.readouterr().out)
-    new = store.root / "tiny" / "1.0.0" / SM120
+    new = store.root / "tiny" / "1.0.0+2" / SM120  # a rebuild is a new run: a new build number
     assert result == {
         "decision": "rebuild",
         "reason": "compute capability 8.6 -> 12.0: the engine is not valid there as it is; rebuilding from the same "
                   "recipe, model and settings with tensorrt-rtx 1.7.1",
-        "source": {"ref": "tiny@1.0.0", "tag": SM86, "path": str(store.root / "tiny" / "1.0.0" / SM86)},
-        "artifact": {"ref": "tiny@1.0.0", "tag": SM120, "path": str(new)},
+        "source": {"ref": "tiny@1.0.0+1", "tag": SM86, "path": str(store.root / "tiny" / "1.0.0" / SM86)},
+        "artifact": {"ref": "tiny@1.0.0+2", "tag": SM120, "path": str(new)},
         "tag": SM120, "channel": "candidate", "built": True, "waiver": None, "previous": None}
     assert json.loads((new / "manifest.json").read_text())["promoted_from"]["tag"] == SM86
 
@@ -60,8 +60,8 @@ def test_promote_rebuild_json(store: Store, capsys: pytest.CaptureFixture[str]) 
 def test_promote_rebuild_reports_its_progress_on_stderr(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(store, "promote", "tiny@1.0.0", "--from", SM86, "--to", SM120) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines()[1] == f"candidate of {SM120} -> tiny@1.0.0 [{SM120}] (new build) " \
-                                  f"{store.root / 'tiny' / '1.0.0' / SM120}"
+    assert out.splitlines()[1] == f"candidate of {SM120} -> tiny@1.0.0+2 [{SM120}] (new build) " \
+                                  f"{store.root / 'tiny' / '1.0.0+2' / SM120}"
     assert "[4/4] serialize sm120" in err
 
 
@@ -69,14 +69,14 @@ def test_a_refusal_is_one_line_and_exit_1(store: Store, capsys: pytest.CaptureFi
     assert cli(store, "promote", "tiny@1.0.0", "--from", SM89, "--to", "sm90.rtx-1.7.1") == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == (f"error: cannot promote tiny@1.0.0 {SM89} to sm90.rtx-1.7.1: compute capability: tensorrt-rtx "
+    assert err == (f"error: cannot promote tiny@1.0.0+1 {SM89} to sm90.rtx-1.7.1: compute capability: tensorrt-rtx "
                    "1.7.1 here cannot build for sm90; it builds for sm75, sm80, sm86, sm89, sm120, sm121\n")
 
 
 def test_the_production_gate_says_what_to_do(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(store, "promote", "tiny@1.0.0", "--from", SM89, "--channel", "production") == 1
     assert capsys.readouterr().err == (
-        f"error: cannot promote tiny@1.0.0 {SM89} to {SM89} production: its validation status is 'not-run' (no "
+        f"error: cannot promote tiny@1.0.0+1 {SM89} to {SM89} production: its validation status is 'not-run' (no "
         f"validation has run on this artifact yet); production needs validation passed on {SM89}\n"
         "hint: validate it on a GPU of compute capability 8.9 first, or waive with --allow-unvalidated "
         "--reason \"...\"\n")
@@ -102,8 +102,8 @@ def test_list_shows_channels(store: Store, capsys: pytest.CaptureFixture[str]) -
     assert cli(store, "list") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["ARTIFACT", "TAG", "ENGINE", "VALIDATION", "CREATED", "CHANNELS"]
-    assert lines[1].startswith(f"tiny@1.0.0  {SM86}") and not lines[1].endswith("production")
-    assert lines[2].startswith(f"tiny@1.0.0  {SM89}") and lines[2].endswith("  candidate, production")
+    assert lines[1].startswith(f"tiny@1.0.0+1  {SM86}") and not lines[1].endswith("production")
+    assert lines[2].startswith(f"tiny@1.0.0+1  {SM89}") and lines[2].endswith("  candidate, production")
     assert cli(store, "list", "--json") == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["tag"], r["channels"]) for r in rows] == [(SM86, []), (SM89, ["candidate", "production"])]
@@ -118,12 +118,12 @@ def test_channel_and_history_views(store: Store, capsys: pytest.CaptureFixture[s
     assert cli(store, "channel", "tiny", "--json") == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["tag"], r["channel"], r["artifact"]["ref"], r["artifact"]["waiver"]) for r in rows] == [
-        (SM89, "candidate", "tiny@1.0.0", None), (SM89, "production", "tiny@1.0.0", "hotfix")]
+        (SM89, "candidate", "tiny@1.0.0+1", None), (SM89, "production", "tiny@1.0.0+1", "hotfix")]
     assert cli(store, "channel", "tiny") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["TAG", "CHANNEL", "ARTIFACT", "ENGINE", "TAG", "SINCE", "BY", "DECISION"]
     since = rows[1]["artifact"]["since"]
-    assert lines[2].split() == [SM89, "production", "tiny@1.0.0", SM89, since, "ana@ci", "reuse", "(waiver)"]
+    assert lines[2].split() == [SM89, "production", "tiny@1.0.0+1", SM89, since, "ana@ci", "reuse", "(waiver)"]
 
     assert cli(store, "history", "tiny", "--json") == 0
     events = json.loads(capsys.readouterr().out)
@@ -131,9 +131,9 @@ def test_channel_and_history_views(store: Store, capsys: pytest.CaptureFixture[s
         ("candidate", "ana@ci", "first candidate", None), ("production", "ana@ci", "hotfix", "hotfix")]
     assert cli(store, "history", "tiny") == 0
     assert capsys.readouterr().out.splitlines() == [
-        (f"{events[0]['at']} ana@ci candidate@{SM89} <- tiny@1.0.0 [{SM89}] (reuse from tiny@1.0.0 [{SM89}]) "
+        (f"{events[0]['at']} ana@ci candidate@{SM89} <- tiny@1.0.0+1 [{SM89}] (reuse from tiny@1.0.0+1 [{SM89}]) "
          "why: first candidate"),
-        (f"{events[1]['at']} ana@ci production@{SM89} <- tiny@1.0.0 [{SM89}] (reuse from tiny@1.0.0 [{SM89}]) "
+        (f"{events[1]['at']} ana@ci production@{SM89} <- tiny@1.0.0+1 [{SM89}] (reuse from tiny@1.0.0+1 [{SM89}]) "
          "[WAIVER: unvalidated] why: hotfix")]
 
 
@@ -162,14 +162,14 @@ def test_gc_dry_run_and_json(store: Store, capsys: pytest.CaptureFixture[str]) -
     assert cli(store, "gc", "--keep", "0", "--dry-run") == 0
     out, err = capsys.readouterr()
     assert out.splitlines() == [
-        f"would remove tiny@1.0.0 [{SM86}] {store.root / 'tiny' / '1.0.0' / SM86}",
+        f"would remove tiny@1.0.0+1 [{SM86}] {store.root / 'tiny' / '1.0.0' / SM86}",
         f"would remove tiny@1.0.0+2 [{SM89}] {store.root / 'tiny' / '1.0.0+2' / SM89}",
-        f"kept   tiny@1.0.0 [{SM89}]: on channel candidate of {SM89}"]
+        f"kept   tiny@1.0.0+1 [{SM89}]: on channel candidate of {SM89}"]
     assert err == "would remove 2 build(s); kept 0 newest and 1 promoted\n"
     assert len(store.artifacts()) == 3
     assert cli(store, "gc", "--keep", "1", "--json") == 0
     assert json.loads(capsys.readouterr().out) == {
-        "dry_run": False, "removed": [], "protected": [{"ref": "tiny@1.0.0", "tag": SM89,
+        "dry_run": False, "removed": [], "protected": [{"ref": "tiny@1.0.0+1", "tag": SM89,
                                                         "why": f"on channel candidate of {SM89}"}], "kept": 2}
 
 
@@ -179,3 +179,28 @@ def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
         main([command, "--help"])
     assert exit_.value.code == 0
     assert f"usage: trt-pipeline {command}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [("history", "nope"), ("channel", "nope"), ("gc", "nope", "--keep", "1"),
+                                  ("history", "tiny2")])
+def test_an_unknown_recipe_name_is_an_error(store: Store, capsys: pytest.CaptureFixture[str],
+                                            argv: tuple[str, ...]) -> None:
+    (store.root / "other").mkdir()
+    assert cli(store, *argv) == 1
+    out, err = capsys.readouterr()
+    hint = "; did you mean 'tiny'?" if argv[1] == "tiny2" else ""
+    assert (out, err) == ("", f"error: no recipe '{argv[1]}' in store {store.root}; recipes: other, tiny{hint}\n")
+
+
+def test_promoting_a_build_with_a_damaged_manifest_is_one_line(store: Store,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = store.root / "tiny" / "1.0.0" / SM89 / "manifest.json"
+    record = json.loads(manifest.read_text())
+    del record["engine"]
+    manifest.write_text(json.dumps(record))
+    assert cli(store, "promote", "tiny@1.0.0+1", "--from", SM89) == 1
+    assert capsys.readouterr() == ("", f"error: damaged manifest {manifest}: no field 'engine'\n")
+    manifest.write_text(json.dumps(record)[:40])  # truncated
+    assert cli(store, "promote", "tiny@1.0.0+1", "--from", SM89) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read {manifest}: ") and err.count("\n") == 1

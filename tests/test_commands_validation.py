@@ -96,7 +96,7 @@ def test_gpu_commands_exit_2_here_with_one_line(command: list[str], built: Path,
     verb = "validate" if argv[0] == "validate" else "run"
     suffix = " (recorded as skipped)" if argv[0] == "validate" else ""
     assert (code, out) == (2, "")
-    assert err == f"error: cannot {verb} cleanup-needed@1.0.0 [sm89.rtx-1.7.1] here: {gpu.probe().reason}{suffix}\n"
+    assert err == f"error: cannot {verb} cleanup-needed@1.0.0+1 [sm89.rtx-1.7.1] here: {gpu.probe().reason}{suffix}\n"
     assert not (tmp_path / "out").exists()
 
 

@@ -45,7 +45,7 @@ def test_probe_on_this_machine_says_no_cuda_driver() -> None:
     assert probe.reason is not None and "no CUDA driver" in probe.reason
     with pytest.raises(CannotRunHere) as caught:
         engine.runnable_gpu(manifest(), probe)
-    assert str(caught.value) == f"cannot run tiny@1.0.0 [sm89.rtx-1.7.1] here: {probe.reason}"
+    assert str(caught.value) == f"cannot run tiny@1.0.0+1 [sm89.rtx-1.7.1] here: {probe.reason}"
     assert caught.value.exit_code == 2
 
 

@@ -43,7 +43,7 @@ def test_dry_run_lists_and_removes_nothing(store: Store) -> None:
     sweep = gc.collect(store, keep=1, dry_run=True)
     assert refs(sweep.remove) == [("tiny@1.0.0+4", SM89)]
     assert [(a.ref, why) for a, why in sweep.protected] == [
-        ("tiny@1.0.0", f"on channel production of {SM89}"),
+        ("tiny@1.0.0+1", f"on channel production of {SM89}"),
         ("tiny@1.0.0+2", f"was promoted to candidate on {SM89} at t2"),
         ("tiny@1.0.0+3", f"on channel candidate of {SM89}")]
     assert sweep.kept == 2  # the newest sm89 build and the only sm86 build
@@ -53,7 +53,7 @@ def test_dry_run_lists_and_removes_nothing(store: Store) -> None:
 def test_gc_removes_old_unpromoted_builds_only(store: Store) -> None:
     sweep = gc.collect(store, keep=1)
     assert refs(sweep.remove) == [("tiny@1.0.0+4", SM89)]
-    assert refs(store.artifacts()) == [("tiny@1.0.0", SM86), ("tiny@1.0.0", SM89), ("tiny@1.0.0+2", SM89),
+    assert refs(store.artifacts()) == [("tiny@1.0.0+1", SM86), ("tiny@1.0.0+1", SM89), ("tiny@1.0.0+2", SM89),
                                        ("tiny@1.0.0+3", SM89), ("tiny@1.0.0+5", SM89)]
     assert not (store.root / "tiny" / "1.0.0+4").exists()  # the emptied version directory goes too
     assert (store.root / "tiny" / "1.0.0" / SM86).is_dir()  # a version directory with another tag stays
@@ -64,13 +64,13 @@ def test_gc_removes_old_unpromoted_builds_only(store: Store) -> None:
 
 def test_keep_zero_still_never_touches_a_promoted_build(store: Store) -> None:
     sweep = gc.collect(store, keep=0)
-    assert refs(sweep.remove) == [("tiny@1.0.0", SM86), ("tiny@1.0.0+4", SM89), ("tiny@1.0.0+5", SM89)]
-    assert refs(store.artifacts()) == [("tiny@1.0.0", SM89), ("tiny@1.0.0+2", SM89), ("tiny@1.0.0+3", SM89)]
+    assert refs(sweep.remove) == [("tiny@1.0.0+1", SM86), ("tiny@1.0.0+4", SM89), ("tiny@1.0.0+5", SM89)]
+    assert refs(store.artifacts()) == [("tiny@1.0.0+1", SM89), ("tiny@1.0.0+2", SM89), ("tiny@1.0.0+3", SM89)]
 
 
 def test_keep_is_per_gpu_tag_and_a_second_run_finds_nothing(store: Store) -> None:
     gc.collect(store, keep=2)
-    assert refs(store.artifacts()) == [("tiny@1.0.0", SM86), ("tiny@1.0.0", SM89), ("tiny@1.0.0+2", SM89),
+    assert refs(store.artifacts()) == [("tiny@1.0.0+1", SM86), ("tiny@1.0.0+1", SM89), ("tiny@1.0.0+2", SM89),
                                        ("tiny@1.0.0+3", SM89), ("tiny@1.0.0+4", SM89), ("tiny@1.0.0+5", SM89)]
     gc.collect(store, keep=1)
     assert gc.collect(store, keep=1).remove == ()
@@ -96,3 +96,11 @@ def test_a_negative_keep_is_refused(store: Store) -> None:
     with pytest.raises(StoreError) as error:
         gc.collect(store, keep=-1)
     assert str(error.value) == "--keep must be 0 or more, got -1"
+
+
+def test_a_removed_build_number_is_never_given_again(store: Store, models_dir: Path, tmp_path: Path) -> None:
+    """After gc removed +4 and +5, a new build is +6: a report naming +5 never points at another engine."""
+    gc.collect(store, keep=0)
+    recipe = write(tmp_path / "tiny.yaml", TINY, models_dir / "tiny.onnx")
+    (new,) = build(recipe, store, ("sm89",), force=True)
+    assert (new.ref, new.path) == ("tiny@1.0.0+6", store.root / "tiny" / "1.0.0+6" / SM89)

@@ -167,6 +167,63 @@ def test_a_crashing_build_process_fails_only_its_pair(recipes: Path, store: Stor
     assert [a.tag for a in store.artifacts("tiny")] == ["sm89.rtx-1.7.1"]  # nothing half-written for sm86
 
 
+def slow_build(task: Task) -> list[dict]:
+    """A build that stages a directory, says it started (and how it handles SIGINT), and waits to be stopped."""
+    import signal
+    import time
+
+    with Store(Path(task.store)).staging(task.recipe):
+        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        Path(task.store, f"started-{task.recipe}").write_text("SIGINT ignored" if ignored else "SIGINT handled")
+        time.sleep(30)
+    return []
+
+
+INTERRUPTED_NIGHT = """\
+import sys
+from pathlib import Path
+from pipeline import nightly
+from pipeline.store import Store
+from tests.test_nightly import NO_GPU, slow_build
+try:
+    nightly.run(Path(sys.argv[1]), Store(Path(sys.argv[2])), jobs=2, probe=NO_GPU, build=slow_build)
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_stops_the_workers_quietly_and_leaves_no_staging_and_no_night(recipes: Path, tmp_path: Path) -> None:
+    """Ctrl-C on a terminal reaches the whole process group: workers ignore it, the parent stops them (SIGTERM
+    unwinds their builds), and a night without a report is not recorded."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (recipes / "broken.yaml").unlink()
+    (recipes / "no_cleanup.yaml").unlink()
+    store = tmp_path / "store"
+    night = subprocess.Popen([sys.executable, "-c", INTERRUPTED_NIGHT, str(recipes), str(store)],
+                             cwd=Path(__file__).parents[1], stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(list(store.glob("started-*"))) < 2 and time.monotonic() < deadline and night.poll() is None:
+        time.sleep(0.05)
+    assert len(list(store.glob("started-*"))) == 2, night.communicate()[1]
+    assert {p.read_text() for p in store.glob("started-*")} == {"SIGINT ignored"}  # the parent decides
+    os.killpg(night.pid, signal.SIGINT)
+    try:
+        _, err = night.communicate(timeout=20)  # the workers were stopped, not waited for
+    finally:
+        if night.poll() is None:
+            os.killpg(night.pid, signal.SIGKILL)
+    assert night.returncode == 130
+    assert err.splitlines() == ["interrupted"]  # no worker tracebacks
+    assert list((store / ".staging").iterdir()) == []
+    assert list((store / "_nightly").iterdir()) == []
+
+
 def test_targets_override_a_target_the_backend_lacks_and_a_duplicate_name(recipes: Path, store: Store) -> None:
     (recipes / "broken.yaml").unlink()
     (recipes / "no_cleanup.yaml").unlink()
@@ -187,14 +244,19 @@ def test_cli_errors_are_one_line(recipes: Path, tmp_path: Path, capsys: pytest.C
     assert main(["--store", str(tmp_path / "s"), "nightly", str(tmp_path / "missing")]) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"error: no recipes directory {tmp_path / 'missing'}", "hint: pass one: trt-pipeline nightly RECIPES_DIR"]
+    assert main(["--store", str(tmp_path / "s"), "nightly", str(recipes / "tiny.yaml")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {recipes / 'tiny.yaml'} is a file; nightly takes a directory of recipes",
+        f"hint: pass its directory: trt-pipeline nightly {recipes}, or build this recipe alone: "
+        f"trt-pipeline build {recipes / 'tiny.yaml'}"]
     assert main(["--store", str(tmp_path / "s"), "nightly", "--targets", "sm89", str(recipes)]) == 1
     assert capsys.readouterr().err.splitlines()[0] == \
         f"error: --targets: expected targets like sm89 or local, got '{recipes}'"
     (recipes / "nightly.yaml").write_text("thresholds:\n  engine_bytes: 5\n")
     assert main(["--store", str(tmp_path / "s"), "nightly", str(recipes)]) == 1
     assert capsys.readouterr().err.splitlines()[0] == (
-        f"{recipes / 'nightly.yaml'}:2:17: thresholds.engine_bytes: unknown key; expected one of build_time_min_s, "
-        "build_time_pct, engine_bytes_pct, max_error_budget")
+        f"{recipes / 'nightly.yaml'}:2:3: thresholds.engine_bytes: unknown key (did you mean 'engine_bytes_pct'?); "
+        "expected one of build_time_min_s, build_time_pct, engine_bytes_pct, max_error_budget")
 
 
 def test_progress_is_plain_lines_off_a_terminal_and_one_redrawn_line_on_it() -> None:

@@ -120,7 +120,7 @@ def test_mismatches_are_refused_with_one_line_naming_them(fresh: Store, to: str,
     assert decide(fresh.resolve("tiny@1.0.0", SM89).manifest(), parse_tag(to), rtx_tools) == Decision("refuse", reason)
     with pytest.raises(PromotionError) as error:
         run(fresh, SM89, to)
-    assert str(error.value) == f"cannot promote tiny@1.0.0 {SM89} to {to}: {reason}"
+    assert str(error.value) == f"cannot promote tiny@1.0.0+1 {SM89} to {to}: {reason}"
     assert "\n" not in str(error.value)
     assert channel.history(fresh, "tiny") == [] and channel.tags(fresh, "tiny") == []
 
@@ -189,10 +189,10 @@ def test_reuse_points_the_channel_at_the_same_build(fresh: Store) -> None:
     assert (done.decision.action, done.artifact, done.source, done.built) == ("reuse", source, source, False)
     pointer = channel.read(fresh, "tiny", SM89)["candidate"]
     assert (pointer["ref"], pointer["tag"], pointer["decision"], pointer["by"], pointer["waiver"]) == (
-        "tiny@1.0.0", SM89, "reuse", "ana@ci", None)
+        "tiny@1.0.0+1", SM89, "reuse", "ana@ci", None)
     [event] = channel.history(fresh, "tiny")
     assert {k: event[k] for k in ("by", "decision", "from", "built", "why", "waiver", "channel", "tag")} == {
-        "by": "ana@ci", "decision": "reuse", "from": {"ref": "tiny@1.0.0", "tag": SM89}, "built": False,
+        "by": "ana@ci", "decision": "reuse", "from": {"ref": "tiny@1.0.0+1", "tag": SM89}, "built": False,
         "why": None, "waiver": None, "channel": "candidate", "tag": SM89}
 
 
@@ -205,7 +205,7 @@ def test_rebuild_builds_for_the_target_from_the_same_inputs_and_links_the_source
     assert (done.decision.action, done.built, done.artifact.tag) == ("rebuild", True, SM89)
     old, new = source.manifest(), done.artifact.manifest()
     assert new["promoted_from"] == {
-        "ref": "tiny@1.0.0", "tag": SM86, "build_key": old["build"]["key"], "engine_sha256": old["engine"]["sha256"],
+        "ref": "tiny@1.0.0+1", "tag": SM86, "build_key": old["build"]["key"], "engine_sha256": old["engine"]["sha256"],
         "recipe_sha256": old["recipe"]["sha256"], "cleaned_sha256": old["model"]["cleaned_sha256"]}
     # exactly the same inputs, only the target differs
     assert new["recipe"] == old["recipe"] and new["backend"] == old["backend"]
@@ -217,14 +217,14 @@ def test_rebuild_builds_for_the_target_from_the_same_inputs_and_links_the_source
     assert (done.artifact.path / "engine.plan").stat().st_size == new["engine"]["bytes"] > 0
     assert channel.read(store, "tiny", SM89)["candidate"]["decision"] == "rebuild"
     [event] = channel.history(store, "tiny")
-    assert (event["built"], event["why"], event["from"]) == (True, "RTX 4090 fleet", {"ref": "tiny@1.0.0", "tag": SM86})
+    assert (event["built"], event["why"], event["from"]) == (True, "RTX 4090 fleet", {"ref": "tiny@1.0.0+1", "tag": SM86})
 
 
 def test_rebuild_reuses_an_existing_build_with_the_same_key(fresh: Store) -> None:
     existing = fresh.resolve("tiny@1.0.0", SM120)
     done = run(fresh, SM86, SM120)
     assert (done.decision.action, done.built, done.artifact) == ("rebuild", False, existing)
-    assert [a.ref for a in fresh.artifacts("tiny") if a.tag == SM120] == ["tiny@1.0.0"]  # nothing new was built
+    assert [a.ref for a in fresh.artifacts("tiny") if a.tag == SM120] == ["tiny@1.0.0+1"]  # nothing new was built
 
 
 def test_rebuild_is_refused_when_the_recipe_changed(tmp_path: Path, models_dir: Path) -> None:
@@ -234,7 +234,7 @@ def test_rebuild_is_refused_when_the_recipe_changed(tmp_path: Path, models_dir: 
     recipe.write_text(recipe.read_text().replace("64MiB", "128MiB"))
     with pytest.raises(PromotionError) as error:
         run(store, SM86, SM89)
-    assert str(error.value).startswith(f"cannot rebuild tiny@1.0.0 {SM86} for {SM89}: recipe: {recipe} changed since "
+    assert str(error.value).startswith(f"cannot rebuild tiny@1.0.0+1 {SM86} for {SM89}: recipe: {recipe} changed since "
                                        "it was built (sha256 ")
     assert str(error.value).endswith("); a rebuild needs exactly the same inputs")
     assert [a.tag for a in store.artifacts()] == [SM86]
@@ -247,7 +247,7 @@ def test_rebuild_is_refused_when_the_model_changed(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     build(recipe, store, ("sm86",))
     write_model(MODELS["tiny"](seed=7), model)
-    with pytest.raises(PromotionError, match=rf"^cannot rebuild tiny@1\.0\.0 {SM86} for {SM89}: model: {model} changed "
+    with pytest.raises(PromotionError, match=rf"^cannot rebuild tiny@1\.0\.0\+1 {SM86} for {SM89}: model: {model} changed "
                                              r"since it was built \(sha256 [0-9a-f]{12}, was [0-9a-f]{12}\)$"):
         run(store, SM86, SM89)
 
@@ -257,7 +257,7 @@ def test_rebuild_is_refused_with_another_build_of_the_same_backend_version(sm86_
     store.update_manifest(store.resolve("tiny@1.0.0", SM86), lambda m: m["backend"].update(version="1.7.1.999"))
     with pytest.raises(PromotionError) as error:
         run(store, SM86, SM89)
-    assert str(error.value) == (f"cannot rebuild tiny@1.0.0 {SM86} for {SM89}: backend version: it was built with "
+    assert str(error.value) == (f"cannot rebuild tiny@1.0.0+1 {SM86} for {SM89}: backend version: it was built with "
                                 "tensorrt-rtx 1.7.1.999; this machine has 1.7.1.116")
 
 
@@ -268,7 +268,7 @@ def test_rebuild_is_refused_when_the_build_key_cannot_be_reproduced(sm86_only: S
     store.update_manifest(store.resolve("tiny@1.0.0", SM86), lambda m: m["build"].update(key="0" * 64))
     with pytest.raises(PromotionError) as error:
         run(store, SM86, SM89)
-    assert str(error.value) == (f"cannot rebuild tiny@1.0.0 {SM86} for {SM89}: settings: the recipe's settings or "
+    assert str(error.value) == (f"cannot rebuild tiny@1.0.0+1 {SM86} for {SM89}: settings: the recipe's settings or "
                                 "timing cache give another build key than the source's")
     assert [a.tag for a in store.artifacts()] == [SM86]
 
@@ -289,7 +289,7 @@ def test_the_build_key_of_a_real_manifest_is_reproducible(three: Store) -> None:
 def test_production_needs_validation_passed_on_that_tag(fresh: Store) -> None:
     with pytest.raises(PromotionError) as error:
         run(fresh, SM89, SM89, "production")
-    assert str(error.value) == (f"cannot promote tiny@1.0.0 {SM89} to {SM89} production: its validation status is "
+    assert str(error.value) == (f"cannot promote tiny@1.0.0+1 {SM89} to {SM89} production: its validation status is "
                                 "'not-run' (no validation has run on this artifact yet); production needs validation "
                                 f"passed on {SM89}")
     assert error.value.hint == ("validate it on a GPU of compute capability 8.9 first, or waive with "
@@ -340,7 +340,7 @@ def test_a_rebuild_into_production_is_blocked_before_building(sm86_only: Store, 
     store = copy_store(sm86_only, tmp_path / "store")
     with pytest.raises(PromotionError) as error:
         run(store, SM86, SM89, "production")
-    assert str(error.value) == (f"cannot promote tiny@1.0.0 {SM86} to {SM89} production: a rebuilt engine has not "
+    assert str(error.value) == (f"cannot promote tiny@1.0.0+1 {SM86} to {SM89} production: a rebuilt engine has not "
                                 f"been validated yet; production needs validation passed on {SM89}")
     assert "promote to candidate first" in (error.value.hint or "")
     assert [a.tag for a in store.artifacts()] == [SM86]

@@ -442,3 +442,28 @@ def test_a_character_yaml_does_not_allow_is_one_clear_error(tmp_path: Path) -> N
         recipes.load(path)
     (problem,) = caught.value.problems
     assert problem.startswith(f"{path}: invalid YAML: unacceptable character #x0007")
+
+
+def test_load_checked_reads_any_yaml_against_a_schema_with_every_problem(tmp_path: Path) -> None:
+    """The loader shared with nightly.yaml: marks, schema problems worded as in recipes, an empty file."""
+    from pipeline.recipe import load_checked
+
+    schema_ = {"type": "object", "additionalProperties": False,
+               "properties": {"size": {"type": "integer", "minimum": 1}, "name": {"type": "string"}}}
+    path = tmp_path / "c.yaml"
+    path.write_text("size: 3\nname: x\n")
+    data, marks, raw = load_checked(path, schema_, "config")
+    assert (data, marks[("name",)], raw) == ({"size": 3, "name": "x"}, (2, 7), b"size: 3\nname: x\n")
+    path.write_text("")
+    assert load_checked(path, schema_)[0] == {}
+    path.write_text("size: 0\nnaem: x\nname: y\nname: z\n")
+    with pytest.raises(RecipeError) as caught:
+        load_checked(path, schema_)
+    assert caught.value.problems == [
+        f"{path}:4:1: name: duplicate key",
+        f"{path}:1:7: size: expected a number >= 1, got 0",
+        f"{path}:2:1: naem: unknown key (did you mean 'name'?); expected one of name, size",
+    ]
+    with pytest.raises(RecipeError) as caught:
+        load_checked(tmp_path / "missing.yaml", schema_, "config")
+    assert caught.value.problems == [f"{tmp_path / 'missing.yaml'}: cannot read config: No such file or directory"]

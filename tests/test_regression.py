@@ -85,14 +85,32 @@ def test_config_defaults_and_values(tmp_path: Path) -> None:
     assert load_config(path) == Config(engine_bytes_pct=5, build_time_min_s=0, memory_per_job=512 << 20, history=7)
 
 
-def test_config_problems_all_at_once_with_line_and_column(tmp_path: Path) -> None:
+def test_config_problems_all_at_once_with_line_and_column_worded_like_recipe_errors(tmp_path: Path) -> None:
     path = tmp_path / "nightly.yaml"
-    path.write_text("thresholds:\n  engine_bytes_pct: -1\n  build_tme_pct: 5\nmemory_per_job: lots\n")
+    path.write_text("thresholds:\n  engine_bytes_pct: -1\n  build_tme_pct: 5\n  max_error_budget: lots\n"
+                    "memory_per_job: lots\nhistory: 0\n")
     with pytest.raises(RecipeError) as caught:
         load_config(path)
     assert caught.value.problems == [
-        f"{path}:2:21: thresholds.engine_bytes_pct: -1 is less than the minimum of 0",
-        f"{path}:3:18: thresholds.build_tme_pct: unknown key; expected one of build_time_min_s, build_time_pct, "
-        "engine_bytes_pct, max_error_budget",
-        f"{path}:4:17: memory_per_job: expected a size like '1GiB' or a number of bytes",
+        f"{path}:2:21: thresholds.engine_bytes_pct: expected a number >= 0, got -1",
+        f"{path}:3:3: thresholds.build_tme_pct: unknown key (did you mean 'build_time_pct'?); expected one of "
+        "build_time_min_s, build_time_pct, engine_bytes_pct, max_error_budget",
+        f"{path}:4:21: thresholds.max_error_budget: expected a number, got 'lots'",
+        f"{path}:5:17: memory_per_job: expected a size like '1GiB', '512MiB' or a number of bytes, got 'lots'",
+        f"{path}:6:10: history: expected a number >= 1, got 0",
     ]
+    assert caught.value.hint == "see the Nightly section of README.md for the keys and their meaning"
+
+
+def test_config_yaml_errors_and_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "nightly.yaml"
+    path.write_text("# all defaults\n")
+    assert load_config(path) == Config()
+    path.write_text("thresholds: {engine_bytes_pct: 5\nhistory: 3\n")
+    with pytest.raises(RecipeError) as caught:
+        load_config(path)
+    assert caught.value.problems[0].startswith(f"{path}:2:8: invalid YAML: ")
+    path.write_text("- 1\n")
+    with pytest.raises(RecipeError) as caught:
+        load_config(path)
+    assert caught.value.problems == [f"{path}:1:1: (top): expected a mapping with thresholds, memory_per_job, history"]

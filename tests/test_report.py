@@ -130,3 +130,10 @@ def test_write_puts_both_files_in_the_night(tmp_path: Path) -> None:
     reports.write(tmp_path, nights[-1], nights)
     assert_self_contained((tmp_path / reports.HTML).read_text())
     assert (tmp_path / reports.MARKDOWN).read_text() == reports.markdown(nights[-1])
+
+
+def test_a_skipped_pair_shows_no_build_time_of_its_own() -> None:
+    built = reports.pair_row(pair("tiny", "sm89", build_s=1.25))
+    skipped = reports.pair_row(pair("tiny", "sm89", "skipped", reason="source key unchanged", build_s=1.25))
+    assert (built[2], built[4]) == ("built", "1.25s")
+    assert (skipped[2], skipped[4], skipped[7]) == ("skipped (source key unchanged)", "-", "tiny@1.0.0")

@@ -85,8 +85,8 @@ def test_unchanged_rebuild_is_reused_by_source_key(write_recipe: Recipe, store: 
     again = build_with(path, store, lines=lines)
     assert [o.reused for o in again] == [True, True]
     assert [o.artifact for o in again] == [o.artifact for o in first]
-    assert lines == [f"[skip] sm86   unchanged recipe and model (source key): reusing tiny@1.0.0 {SM86}",
-                     f"[skip] sm89   unchanged recipe and model (source key): reusing tiny@1.0.0 {SM89}",
+    assert lines == [f"[skip] sm86   unchanged recipe and model (source key): reusing tiny@1.0.0+1 {SM86}",
+                     f"[skip] sm89   unchanged recipe and model (source key): reusing tiny@1.0.0+1 {SM89}",
                      "2 of 2 target(s) skipped (unchanged); use --force to rebuild"]
     assert len(store.artifacts()) == 2
 
@@ -125,7 +125,7 @@ def test_same_cleaned_model_and_settings_are_reused_by_build_key(write_recipe: R
     again = build_with(write_recipe(RECIPE.replace("{check: true}", "{check: false}")), store, targets=("sm89",),
                        lines=lines)
     assert [(o.reused, o.artifact.build) for o in again] == [(True, 1)]
-    assert f"[skip] sm89   unchanged cleaned model and settings (build key): reusing tiny@1.0.0 {SM89}" in lines
+    assert f"[skip] sm89   unchanged cleaned model and settings (build key): reusing tiny@1.0.0+1 {SM89}" in lines
     assert staging_leftovers(store) == []
 
 
@@ -205,10 +205,42 @@ def test_dry_run_describes_without_creating_anything(write_recipe: Recipe, store
 
 def test_dry_run_after_a_build_names_the_next_build_number(write_recipe: Recipe, store: Store) -> None:
     path = write_recipe(RECIPE)
-    build_with(path, store, targets=("sm89",))
-    assert runner.describe(plan_for(path), store)[-2:] == [
-        f"  target   sm86   -> {store.root / 'tiny' / '1.0.0' / SM86}",
+    (built,) = build_with(path, store, targets=("sm89",))
+    assert runner.describe(plan_for(path), store, force=True)[-2:] == [  # one build number per run
+        f"  target   sm86   -> {store.root / 'tiny' / '1.0.0+2' / SM86}",
         f"  target   sm89   -> {store.root / 'tiny' / '1.0.0+2' / SM89}"]
+    # without --force an unchanged source key is reused, as `build` would
+    assert runner.describe(plan_for(path), store)[-1] == \
+        f"  target   sm89   -> reuse {built.artifact.ref} ({built.artifact.path})"
+
+
+def test_dry_run_as_data(write_recipe: Recipe, store: Store) -> None:
+    path = write_recipe(RECIPE)
+    (built,) = build_with(path, store, targets=("sm89",))
+    plan = runner.dry_run(plan_for(path), store, logging.getLogger("x"))
+    assert plan["recipe"] == {"name": "tiny", "version": "1.0.0", "path": str(path),
+                              "sha256": recipes.load(path).sha256}
+    assert plan["backend"] == f"tensorrt-rtx {tensorrt_rtx.__version__}"
+    assert [s["name"] for s in plan["stages"]] == ["parse", "graph-cleanup", "network-flag", "memory-pool", "serialize"]
+    assert plan["stages"][3]["settings"] == {"limits": {"workspace": 67108864}}
+    assert plan["targets"] == [
+        {"name": "sm86", "tag": SM86, "action": "build", "path": str(store.root / "tiny" / "1.0.0+2" / SM86)},
+        {"name": "sm89", "tag": SM89, "action": "reuse", "reuse": built.artifact.ref, "path": str(built.artifact.path)}]
+
+
+def test_a_stage_start_is_announced_to_a_progress_that_asks(write_recipe: Recipe, store: Store) -> None:
+    seen: list[str] = []
+
+    class Progress:
+        def __call__(self, line: str) -> None:
+            seen.append(line)
+
+        def started(self, line: str) -> None:
+            seen.append(f"started: {line}")
+
+    runner.build(plan_for(write_recipe(RECIPE), ("sm89",)), store, logging.getLogger("x"), Progress())
+    assert seen[0] == "started: [1/5] parse ..." and seen[1].startswith("[1/5] parse ")
+    assert seen[-2] == "started: [5/5] serialize sm89 ..." and seen[-1].startswith("[5/5] serialize sm89 ")
 
 
 def test_plan_reports_every_problem_before_building(write_recipe: Recipe) -> None:
@@ -254,3 +286,54 @@ def test_new_external_weights_are_rebuilt_not_reused(write_recipe: Recipe, store
     assert old["model"]["sha256"] == new["model"]["sha256"]
     assert old["model"]["cleaned_sha256"] != new["model"]["cleaned_sha256"]
     assert old["build"]["key"] != new["build"]["key"]
+
+
+# ---------------------------------------------------------------- one build number per run; parallel runs
+
+
+def test_a_build_number_belongs_to_one_run(write_recipe: Recipe, store: Store) -> None:
+    """Every target of a run shares its number, and another run never adds engines to it."""
+    path = write_recipe(RECIPE)
+    assert [o.artifact.ref for o in build_with(path, store, targets=("sm89",))] == ["tiny@1.0.0+1"]
+    (sm86,) = build_with(path, store, targets=("sm86",))
+    assert (sm86.artifact.ref, sm86.artifact.path) == ("tiny@1.0.0+2", store.root / "tiny" / "1.0.0+2" / SM86)
+    assert {o.artifact.build for o in build_with(path, store, force=True)} == {3}
+
+
+def test_a_build_published_meanwhile_is_reused_not_duplicated(write_recipe: Recipe, store: Store,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs of one recipe: the second saw nothing to reuse when it started, but the first published the
+    same build key before it; under the lock it finds that artifact and publishes nothing."""
+    path = write_recipe(RECIPE)
+    (first,) = build_with(path, store, targets=("sm89",))
+    inside: list[bool] = []
+    publish_unless, reusable = store.publish_unless, runner._reusable
+
+    def publishing(*args: object, **kwargs: object) -> object:
+        inside.append(True)
+        try:
+            return publish_unless(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(store, "publish_unless", publishing)
+    monkeypatch.setattr(runner, "_reusable", lambda *args: reusable(*args) if inside else None)  # as if not yet there
+    lines: list[str] = []
+    (second,) = build_with(path, store, targets=("sm89",), lines=lines)
+    assert (second.reused, second.artifact) == (True, first.artifact)
+    assert f"[skip] sm89   built meanwhile by another run (build key): reusing tiny@1.0.0+1 {SM89}" in lines
+    assert [a.ref for a in store.artifacts()] == ["tiny@1.0.0+1"]
+    assert staging_leftovers(store) == []
+
+
+def _build_in_a_process(recipe: str, root: str, start: object) -> None:
+    start.wait()  # type: ignore[attr-defined]
+    build_with(Path(recipe), Store(Path(root)), targets=("sm89",))
+
+
+def test_parallel_builds_of_one_recipe_publish_one_artifact(write_recipe: Recipe, store: Store) -> None:
+    from tests._lifecycle import race
+
+    race(_build_in_a_process, [(str(write_recipe(RECIPE)), str(store.root))] * 2, timeout=120)
+    assert [a.ref for a in store.artifacts()] == ["tiny@1.0.0+1"]
+    assert staging_leftovers(store) == []

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pipeline.errors import StoreError
-from pipeline.store import MANIFEST, STAGING, Artifact, Store
+from pipeline.store import BUILDS, MANIFEST, STAGING, Artifact, Run, Store
 
 SM89, SM86 = "sm89.rtx-1.7.1", "sm86.rtx-1.7.1"
 
@@ -23,10 +23,10 @@ def manifest_for(name: str, version: str, tag: str) -> dict[str, Any]:
 
 
 def publish(store: Store, name: str = "tiny", version: str = "1.0.0", tag: str = SM89,
-            engine: bytes = b"plan") -> Artifact:
+            engine: bytes = b"plan", run: Run | None = None) -> Artifact:
     with store.staging(name) as staged:
         (staged / "engine.plan").write_bytes(engine)
-        return store.publish(name, version, tag, staged, manifest_for(name, version, tag))
+        return store.publish(name, version, tag, staged, manifest_for(name, version, tag), run)
 
 
 def leftovers(store: Store) -> list[str]:
@@ -42,17 +42,40 @@ def test_publish_numbers_builds(store: Store) -> None:
     assert (first.build, second.build, third.build) == (1, 2, 3)
     assert first.path == store.root / "tiny" / "1.0.0" / SM89
     assert second.path == store.root / "tiny" / "1.0.0+2" / SM89
-    assert (second.ref, third.ref) == ("tiny@1.0.0+2", "tiny@1.0.0+3")
+    assert (first.ref, second.ref, third.ref) == ("tiny@1.0.0+1", "tiny@1.0.0+2", "tiny@1.0.0+3")
     assert json.loads((second.path / MANIFEST).read_text())["build"]["number"] == 2
     assert (first.path / "engine.plan").read_bytes() == b"plan"
     assert leftovers(store) == []
 
 
-def test_build_numbers_are_per_version_and_tag(store: Store) -> None:
-    publish(store)
-    assert publish(store, tag=SM86).build == 1
+def test_build_numbers_are_per_version_and_run(store: Store) -> None:
+    run = Run()
+    assert (publish(store, run=run).build, publish(store, tag=SM86, run=run).build) == (1, 1)
     assert publish(store, version="1.1.0").build == 1
-    assert publish(store).build == 2
+    assert publish(store, tag=SM86).build == 2  # another run: a new number, even for a tag build 1 lacks
+    assert publish(store).build == 3
+
+
+def test_a_build_number_is_never_given_twice(store: Store) -> None:
+    """After gc removed builds 2 and 3, the next build is 4: old reports naming +3 never meet another engine."""
+    import shutil
+
+    publish(store)
+    second, third = publish(store), publish(store)
+    shutil.rmtree(second.path.parent)
+    shutil.rmtree(third.path.parent)
+    assert publish(store).build == 4
+    assert json.loads((store.root / "tiny" / BUILDS).read_text()) == {"1.0.0": 4}
+    (store.root / "tiny" / BUILDS).unlink()  # a lost counter: what is on disk still counts
+    assert publish(store).build == 5
+
+
+def test_a_damaged_build_counter_is_one_store_error(store: Store) -> None:
+    publish(store)
+    (store.root / "tiny" / BUILDS).write_text("[1, 2")
+    with pytest.raises(StoreError, match=r"^cannot read the build counter .*\.builds\.json: "):
+        publish(store)
+    assert leftovers(store) == []
 
 
 def test_published_artifacts_are_readable_by_everyone(store: Store) -> None:
@@ -81,8 +104,8 @@ def test_never_overwrites(store: Store) -> None:
     publish(store, engine=b"second")
     assert (first.path / "engine.plan").read_bytes() == b"first"
     # a directory in the way (here: one without a manifest, so not an artifact) is refused, not replaced
-    stale = store.root / "tiny" / "1.0.0" / SM86
-    stale.mkdir()
+    stale = store.root / "tiny" / "1.0.0+3" / SM86  # where the next build (3) would go
+    stale.mkdir(parents=True)
     (stale / "keep.txt").write_text("mine")
     with pytest.raises(StoreError) as caught:
         publish(store, tag=SM86)
@@ -132,8 +155,9 @@ def test_artifacts_ignores_what_is_not_an_artifact(store: Store) -> None:
 
 @pytest.fixture
 def filled(store: Store) -> Store:
-    publish(store)  # tiny 1.0.0 sm89
-    publish(store, tag=SM86)  # tiny 1.0.0 sm86
+    run = Run()
+    publish(store, run=run)  # tiny 1.0.0 sm89
+    publish(store, tag=SM86, run=run)  # tiny 1.0.0 sm86, same run
     publish(store)  # tiny 1.0.0+2 sm89
     publish(store, name="other")
     return store
@@ -166,7 +190,7 @@ def test_resolve_with_tag(filled: Store) -> None:
 def test_resolve_ambiguous_tags(filled: Store) -> None:
     with pytest.raises(StoreError) as caught:
         filled.resolve("tiny@1.0.0+1")
-    assert str(caught.value) == f"tiny@1.0.0 has 2 GPU tags ({SM86}, {SM89}); pick one with --tag TAG"
+    assert str(caught.value) == f"tiny@1.0.0+1 has 2 GPU tags ({SM86}, {SM89}); pick one with --tag TAG"
 
 
 def test_resolve_unknown(filled: Store) -> None:
@@ -276,3 +300,79 @@ def test_a_directory_whose_manifest_is_not_ours_is_a_store_error(tmp_path: Path,
 def test_an_unwritable_store_is_a_store_error() -> None:
     with pytest.raises(StoreError, match=r"^cannot write to store /proc/no-store: "):
         Store(Path("/proc/no-store")).lock("tiny")
+
+
+# ---------------------------------------------------------------- exact references, tags, bad input
+
+
+def test_every_ref_is_exact_and_resolves_to_itself(filled: Store) -> None:
+    for artifact in filled.artifacts():
+        assert "+" in artifact.ref
+        assert filled.resolve(artifact.ref, artifact.tag) == artifact
+    assert filled.resolve("tiny@1.0.0+1", SM89).path == filled.root / "tiny" / "1.0.0" / SM89  # +1: plain dir
+
+
+def test_a_short_tag_is_accepted_when_unique_else_the_full_tags_are_suggested(filled: Store) -> None:
+    assert filled.resolve("tiny@1.0.0+1", tag="sm89").tag == SM89
+    assert filled.resolve("tiny@1.0.0+1", tag="sm86.rtx").tag == SM86
+    publish(filled, tag="sm89.rtx-1.8.0")  # tiny@1.0.0+3: sm89 is now ambiguous for plain 'tiny'
+    publish(filled, version="1.0.0", tag=SM89)
+    with pytest.raises(StoreError) as caught:
+        filled.resolve("tiny@1.0.0+2", tag="sm8")
+    assert str(caught.value) == (f"no artifact tiny@1.0.0+2 with tag sm8 in store {filled.root}; "
+                                 f"tiny@1.0.0+2 has tag(s) {SM89}")
+    with pytest.raises(StoreError, match=r"; did you mean sm89\.rtx-1\.7\.1 or sm89\.rtx-1\.8\.0\? "):
+        filled.resolve("tiny", tag="sm89")
+
+
+def test_a_version_directory_asks_for_a_tag(filled: Store) -> None:
+    folder = filled.root / "tiny" / "1.0.0"
+    with pytest.raises(StoreError) as caught:
+        filled.resolve(str(folder))
+    assert str(caught.value) == (f"{folder} is a version directory with 2 GPU tag(s) ({SM86}, {SM89}); pick one "
+                                 f"with --tag TAG or name the tag directory, e.g. {folder / SM86}")
+    assert filled.resolve(str(folder), tag="sm86").path == folder / SM86
+
+
+@pytest.mark.parametrize("ref", ["tiny@", "@1.0.0", "tiny@1.0", "tiny@1.0.0+", "tiny@1.0.0+x"])
+def test_a_malformed_reference_is_one_error(filled: Store, ref: str) -> None:
+    with pytest.raises(StoreError) as caught:
+        filled.resolve(ref)
+    assert str(caught.value).startswith(f"'{ref}' is not an artifact reference; expected NAME, NAME@VERSION ")
+
+
+def test_require_names_the_recipes_and_a_close_one(filled: Store) -> None:
+    assert filled.require("tiny") == "tiny"
+    with pytest.raises(StoreError) as caught:
+        filled.require("tinny")
+    assert str(caught.value) == f"no recipe 'tinny' in store {filled.root}; recipes: other, tiny; did you mean 'tiny'?"
+    with pytest.raises(StoreError, match=r"; recipes: none$"):
+        Store(filled.root / "missing").require("tiny")
+
+
+def test_a_file_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match=r"^store .*/file is not a directory$"):
+        Store(tmp_path / "file").artifacts()
+
+
+@pytest.mark.parametrize("text", ["[]", '"manifest"'])
+def test_a_manifest_that_is_not_an_object_is_damaged(store: Store, text: str) -> None:
+    artifact = publish(store)
+    (artifact.path / MANIFEST).write_text(text)
+    with pytest.raises(StoreError, match=r"^damaged manifest .*manifest\.json: not a JSON object$"):
+        artifact.manifest()
+
+
+def test_reading_a_wrongly_shaped_manifest_is_one_store_error(store: Store) -> None:
+    artifact = publish(store)
+    with pytest.raises(StoreError) as caught:
+        with artifact.reading():
+            artifact.manifest()["engine"]["bytes"]
+    assert str(caught.value) == f"damaged manifest {artifact.path / MANIFEST}: no field 'engine'"
+
+
+def test_a_run_allocated_up_front_is_shared_across_publishers(store: Store) -> None:
+    run = store.new_run("tiny", "1.0.0")
+    assert (run.build, store.next_build("tiny", "1.0.0")) == (1, 2)
+    assert publish(store, run=Run(run.build)).ref == publish(store, tag=SM86, run=Run(run.build)).ref == "tiny@1.0.0+1"

@@ -11,7 +11,7 @@ import tensorrt_rtx
 from pipeline.backend import Backend
 from pipeline.errors import BackendError
 from pipeline.gpu import Gpu, Probe
-from pipeline.target import Target, compute_capability, resolve
+from pipeline.target import Tag, Target, compute_capability, parse_tag, resolve, short_version, sm, tag
 
 RTX_VERSION = ".".join(tensorrt_rtx.__version__.split(".")[:3])
 NO_GPU = Probe(False, (), "no CUDA driver on this machine (libcuda.so.1 cannot be loaded)")
@@ -88,3 +88,35 @@ def test_full_tensorrt_without_a_gpu() -> None:
         resolve("sm90", full_tensorrt(), NO_GPU)
     assert str(caught.value) == ("full TensorRT builds for the GPU it runs on; target sm90 is not buildable here: "
                                  "no CUDA driver on this machine (libcuda.so.1 cannot be loaded)")
+
+
+# ---------------------------------------------------------------- the one place tags are built and read
+
+
+@pytest.mark.parametrize(("cc", "sm_"), [("7.5", "sm75"), ("8.9", "sm89"), ("9.0", "sm90"), ("12.0", "sm120")])
+def test_sm_and_compute_capability_are_inverse(cc: str, sm_: str) -> None:
+    assert (sm(cc), compute_capability(sm_)) == (sm_, cc)
+    assert Gpu("any", cc).sm == sm_
+
+
+def test_short_version() -> None:
+    assert short_version("1.7.1.116") == "1.7.1" == short_version("1.7.1")
+    assert full_tensorrt("10.9.0.34").short_version == "10.9.0"
+
+
+@pytest.mark.parametrize(("built", "parsed"), [
+    (tag("sm89", "tensorrt-rtx", "1.7.1.116"), Tag("sm89.rtx-1.7.1", "sm89", "tensorrt-rtx", "1.7.1", None)),
+    (tag("sm80", "tensorrt", "10.9.0.34", "nvidia-a100-sxm4-80gb"),
+     Tag("nvidia-a100-sxm4-80gb.sm80.trt-10.9.0", "sm80", "tensorrt", "10.9.0", "nvidia-a100-sxm4-80gb"))])
+def test_a_built_tag_parses_back(built: str, parsed: Tag) -> None:
+    assert parse_tag(built) == parsed
+    assert parsed.compute_capability == compute_capability(parsed.sm)
+
+
+def test_resolved_targets_use_the_tag_builder(rtx_backend: Backend) -> None:
+    target = resolve("sm86", rtx_backend, NO_GPU)
+    assert target.tag == tag("sm86", "tensorrt-rtx", rtx_backend.version)
+    assert parse_tag(target.tag).sm == target.sm
+    h100 = resolve("local", full_tensorrt(), H100)
+    assert parse_tag(h100.tag) == Tag("nvidia-h100-80gb-hbm3.sm90.trt-11.4.0", "sm90", "tensorrt", "11.4.0",
+                                      "nvidia-h100-80gb-hbm3")

@@ -87,19 +87,31 @@ def test_several_gpu_tags_export_one_model_with_cc_model_filenames(three: Store,
         assert sha256(model / "1" / file) == three.resolve("tiny@1.0.0", tag).manifest()["engine"]["sha256"]
 
 
-def test_one_gpu_tag_exports_the_default_model_file(fresh: Store, tmp_path: Path) -> None:
+def test_one_gpu_tag_is_offered_only_to_its_compute_capability(fresh: Store, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """No default model file: Triton on another GPU fails to load the model instead of running an sm89 engine."""
+    import logging
+
+    warnings: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warnings.append  # type: ignore[method-assign]
+    monkeypatch.setattr(logging.getLogger("pipeline.triton"), "handlers", [handler])
     sm89 = fresh.resolve("tiny@1.0.0", SM89)
     channel.set_(fresh, "tiny", SM89, "staging", channel.pointer(sm89), {"at": "t"})
     done = export(fresh, "tiny", "staging", tmp_path / "repo")
 
-    assert done.files == {SM89: "model.plan"}
+    assert done.files == {SM89: "model.sm89.plan"}
     config = parse(done.model_dir / "config.pbtxt")
     assert config == pb.ModelConfig(name="tiny", platform="tensorrt_plan", max_batch_size=0,
                                     input=[pb.ModelInput(name="x", data_type=pb.TYPE_FP32, dims=[-1, 4])],
                                     output=[pb.ModelOutput(name="y", data_type=pb.TYPE_FP32, dims=[-1, 8])],
-                                    default_model_filename="model.plan")
-    assert len(config.cc_model_filenames) == 0
-    assert sha256(done.model_dir / "1" / "model.plan") == sm89.manifest()["engine"]["sha256"]
+                                    cc_model_filenames={"8.9": "model.sm89.plan"})
+    assert config.default_model_filename == ""
+    assert sha256(done.model_dir / "1" / "model.sm89.plan") == sm89.manifest()["engine"]["sha256"]
+    (warning,) = warnings
+    assert warning.levelname == "WARNING" and warning.getMessage().startswith(
+        f"{SM89}: TensorRT-RTX engines load only in a Triton whose tensorrt_plan backend is built against "
+        "TensorRT-RTX")
 
 
 def test_versions_are_numbered_and_only_added_when_the_engines_change(fresh: Store, tmp_path: Path,
@@ -135,7 +147,7 @@ def test_several_inputs_and_outputs_with_dynamic_dims(tmp_path: Path, models_dir
                pb.ModelInput(name="scale", data_type=pb.TYPE_FP32, dims=[-1, 1])],
         output=[pb.ModelOutput(name="features", data_type=pb.TYPE_FP32, dims=[-1, 8]),
                 pb.ModelOutput(name="heatmap", data_type=pb.TYPE_FP32, dims=[-1, 1, -1, -1])],
-        default_model_filename="model.plan")
+        cc_model_filenames={"8.9": "model.sm89.plan"})
 
 
 def test_every_supported_data_type_and_quoted_names_parse_back() -> None:

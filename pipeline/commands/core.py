@@ -9,26 +9,31 @@ import time
 from pathlib import Path
 
 from pipeline import backend as backends
-from pipeline import gpu, recipe as recipes, runner
-from pipeline.cli import emit_json, print_table
+from pipeline import capability, gpu, recipe as recipes, runner
+from pipeline.cli import emit_json, print_table, progress, size
 from pipeline.commands import Command
-from pipeline.errors import PipelineError, RecipeError
+from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 from pipeline.store import Artifact, Store
 
 
-def _progress(args: argparse.Namespace) -> runner.Progress:
-    if args.quiet:
-        return lambda line: None
-    return lambda line: print(line, file=sys.stderr, flush=True)
-
-
-def _plan(path: Path, target_names: tuple[str, ...] = (), check_model: bool = True) -> runner.Plan:
+def _plan(path: Path, target_names: tuple[str, ...] = (), check_model: bool = True,
+          building: bool = False) -> runner.Plan:
+    """Every problem at once as a RecipeError. When `building`, targets that only this machine's lack of a GPU
+    stops (and nothing else) are CannotRunHere instead (exit 2); `check` reports them as problems."""
     recipe = recipes.load(path)
     try:
         backend = backends.load(recipe.backend)
-    except PipelineError as error:
-        raise RecipeError([recipe.problem(("backend",), str(error))], hint=error.hint) from None
-    return runner.plan(recipe, backend, gpu.probe(), target_names, check_model)
+    except PipelineError as error:  # the install hint goes on the line: `check` prints problems only
+        raise RecipeError([recipe.problem(("backend",), str(error) + (f"; {error.hint}" if error.hint else ""))]) \
+            from None
+    probe = gpu.probe()
+    try:
+        return runner.plan(recipe, backend, probe, target_names, check_model)
+    except RecipeError as error:
+        no_gpu = capability.not_buildable_here(recipe, backend, probe, target_names) if building else []
+        if no_gpu and set(error.problems) <= set(no_gpu):
+            raise CannotRunHere("; ".join(no_gpu)) from None
+        raise
 
 
 def check(args: argparse.Namespace, log: logging.Logger) -> int:
@@ -53,18 +58,20 @@ def check(args: argparse.Namespace, log: logging.Logger) -> int:
 
 def build(args: argparse.Namespace, log: logging.Logger) -> int:
     # The model checks run in runner.build, and only when something is to be built (a dry run needs them now).
-    plan = _plan(args.recipe, tuple(args.target), check_model=args.dry_run)
+    plan = _plan(args.recipe, tuple(args.target), check_model=args.dry_run, building=True)
     store = Store(args.store)
     if args.dry_run:
-        for line in runner.describe(plan, store):
-            print(line)
+        if args.json:
+            emit_json(runner.dry_run(plan, store, log, force=args.force))
+        else:
+            print(*runner.describe(plan, store, log, force=args.force), sep="\n")
         return 0
     started = time.perf_counter()
-    outcomes = runner.build(plan, store, log, _progress(args), force=args.force)
+    outcomes = runner.build(plan, store, log, progress(args), force=args.force)
     from pipeline.validate import after_build  # the recipe's validate: step; 'skipped' where no GPU can run it
 
     valid = after_build(plan.recipe, [o.artifact for o in outcomes if not o.reused], store, gpu.probe(),
-                        args.environ, log, _progress(args))
+                        args.environ, log, progress(args))
     if not args.quiet:
         built = sum(not o.reused for o in outcomes)
         print(f"built {built} engine(s), reused {len(outcomes) - built}, for {plan.recipe.name} "
@@ -79,18 +86,29 @@ def build(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def _row(artifact: Artifact) -> dict:
-    manifest = artifact.manifest()
-    return {"ref": artifact.ref, "name": artifact.name, "version": artifact.version, "build": artifact.build,
-            "tag": artifact.tag, "path": str(artifact.path), "engine_bytes": manifest["engine"]["bytes"],
-            "created_at": manifest["build"]["created_at"], "validation": manifest["validation"]["status"]}
+    """One `list` row; a damaged manifest gives validation 'damaged' and the problem, not a failed listing."""
+    row = {"ref": artifact.ref, "name": artifact.name, "version": artifact.version, "build": artifact.build,
+           "tag": artifact.tag, "path": str(artifact.path)}
+    try:
+        with artifact.reading():
+            manifest = artifact.manifest()
+            return {**row, "engine_bytes": int(manifest["engine"]["bytes"]),
+                    "created_at": str(manifest["build"]["created_at"]),
+                    "validation": str(manifest["validation"]["status"])}
+    except PipelineError as error:
+        return {**row, "engine_bytes": None, "created_at": None, "validation": "damaged", "problem": str(error)}
 
 
 def list_(args: argparse.Namespace, log: logging.Logger) -> int:
     from pipeline import channel
 
     store = Store(args.store)
+    store.recipes()  # a regular file given as the store is an error; a missing store holds nothing
     rows = [_row(a) for a in store.artifacts(args.name)]
     channel.annotate(store, rows)
+    for row in rows:
+        if row["validation"] == "damaged":
+            print(f"warning: {row['ref']} [{row['tag']}]: {row['problem']}", file=sys.stderr)
     if args.json:
         emit_json(rows)
         return 0
@@ -98,17 +116,9 @@ def list_(args: argparse.Namespace, log: logging.Logger) -> int:
         print(f"no artifacts in {args.store}", file=sys.stderr)
         return 0
     print_table(("ARTIFACT", "TAG", "ENGINE", "VALIDATION", "CREATED", "CHANNELS"),
-                [(r["ref"], r["tag"], _size(r["engine_bytes"]), r["validation"], r["created_at"],
-                  ", ".join(r["channels"])) for r in rows])
+                [(r["ref"], r["tag"], "?" if r["engine_bytes"] is None else size(r["engine_bytes"]), r["validation"],
+                  r["created_at"] or "?", ", ".join(r["channels"])) for r in rows])
     return 0
-
-
-def _size(nbytes: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return str(nbytes)
 
 
 def show(args: argparse.Namespace, log: logging.Logger) -> int:
@@ -117,8 +127,15 @@ def show(args: argparse.Namespace, log: logging.Logger) -> int:
     if args.json:
         emit_json({"path": str(artifact.path), **manifest})
         return 0
-    m = manifest
-    lines = [
+    with artifact.reading():
+        lines = _show_lines(artifact, manifest)
+    for key, value in lines:
+        print(f"{key:<11} {value}")
+    return 0
+
+
+def _show_lines(artifact: Artifact, m: dict) -> list[tuple[str, str]]:
+    return [
         ("artifact", f"{artifact.ref} [{artifact.tag}]"),
         ("path", str(artifact.path)),
         ("recipe", f"{m['recipe']['path']} (sha256 {m['recipe']['sha256']})"),
@@ -129,28 +146,43 @@ def show(args: argparse.Namespace, log: logging.Logger) -> int:
         ("backend", f"{m['backend']['name']} {m['backend']['version']}"),
         ("target", f"{m['target']['tag']} (compute capability {m['target']['compute_capability']})"),
         ("network", ", ".join(m["network"]["flags"]) or "(no creation flags)"),
-        ("pools", ", ".join(f"{k}={_size(v)}" for k, v in m["config"]["memory_pools"].items()) or "(defaults)"),
+        ("pools", ", ".join(f"{k}={size(v)}" for k, v in m["config"]["memory_pools"].items()) or "(defaults)"),
         ("opt level", str(m["config"]["builder_optimization_level"])),
-        ("engine", f"{m['engine']['file']} {_size(m['engine']['bytes'])} (sha256 {m['engine']['sha256']})"),
+        ("engine", f"{m['engine']['file']} {size(m['engine']['bytes'])} (sha256 {m['engine']['sha256']})"),
         ("built", f"{m['build']['created_at']} on {m['build']['host']} in {m['build']['duration_s']}s "
                   f"(build key {m['build']['key'][:16]})"),
         ("validation", f"{m['validation']['status']}: {m['validation'].get('reason') or ''}".rstrip(": ")),
     ]
-    for key, value in lines:
-        print(f"{key:<11} {value}")
-    return 0
 
 
 def register(command: Command) -> None:
     p = command("check", check, "validate recipes without building",
                 "Check recipes against the schema, the stage order, the model's inputs and outputs, and what the "
                 "chosen TensorRT backend supports. Every problem is reported at once as FILE:LINE:COL: key: message.")
+    p.epilog = """\
+examples:
+  trt-pipeline check recipes/*.yaml
+  trt-pipeline --json check recipes/resnet50.yaml
+
+stdout: 'ok   RECIPE (BACKEND; GPU TAGS)' per sound recipe; every problem goes to stderr, one line each
+(--json: one object per recipe on stdout: recipe, ok, problems, targets, backend).
+exit codes: 0 every recipe is ok, 1 any problem (a target that needs a GPU here is a problem too)."""
     p.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
 
     p = command("build", build, "build engines from a recipe",
                 "Run the recipe's stages (parse, graph-cleanup, network-flag, memory-pool, serialize) for each target "
                 "and publish one artifact directory per target. Progress goes to stderr; the artifact directories "
                 "are printed on stdout, one per line, last.")
+    p.epilog = """\
+examples:
+  trt-pipeline build recipes/resnet50.yaml
+  trt-pipeline build recipes/resnet50.yaml --target sm89 --dry-run
+  trt-pipeline --json build recipes/resnet50.yaml --dry-run     the plan as JSON: stages, settings, targets
+
+stdout: the artifact directories, one per line (--json: one object per artifact; with --dry-run the plan,
+each target with the directory it would write or the artifact it would reuse). Progress goes to stderr.
+exit codes: 0 ok, 1 recipe error, failed build or failed validation, 2 cannot build here (target 'local'
+or full TensorRT on a machine without a GPU)."""
     p.add_argument("recipe", type=Path, metavar="RECIPE")
     p.add_argument("--target", action="append", default=[], metavar="T",
                    help="build only this target (e.g. sm89 or local); repeatable; default: the recipe's targets")
@@ -160,9 +192,24 @@ def register(command: Command) -> None:
 
     p = command("list", list_, "list artifacts in the store",
                 "List published artifacts: name, version+build, GPU tag, engine size, validation status.")
+    p.epilog = """\
+examples:
+  trt-pipeline list
+  trt-pipeline --json list resnet50
+
+stdout: a table, one artifact per line: ARTIFACT, TAG, ENGINE, VALIDATION, CREATED, CHANNELS (--json: one object
+per artifact). An empty store says so on stderr.
+exit codes: 0 ok, 1 unreadable store."""
     p.add_argument("name", nargs="?", help="only this recipe name")
 
     p = command("show", show, "show one artifact's manifest",
                 "Show what produced an artifact: recipe, model hashes, backend, target, builder settings, validation.")
+    p.epilog = """\
+examples:
+  trt-pipeline show resnet50@1.0.0 --tag sm89.rtx-1.7.1
+  trt-pipeline --json show artifacts/resnet50/1.0.0+2/sm89.rtx-1.7.1
+
+stdout: one 'key  value' line per manifest field (--json: the whole manifest with its path).
+exit codes: 0 ok, 1 no such artifact, or several GPU tags and no --tag."""
     p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
     p.add_argument("--tag", help="GPU tag, when the version was built for several")

@@ -40,8 +40,9 @@ def promote(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def channel(args: argparse.Namespace, log: logging.Logger) -> int:
+    store = Store(args.store)
     rows: list[dict[str, Any]] = [{"tag": tag, "channel": name, "artifact": entry}
-                                  for tag, name, entry in channels.everything(Store(args.store), args.name)]
+                                  for tag, name, entry in channels.everything(store, store.require(args.name))]
     if args.json:
         emit_json(rows)
         return 0
@@ -57,7 +58,8 @@ def channel(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def history(args: argparse.Namespace, log: logging.Logger) -> int:
-    events = channels.history(Store(args.store), args.name)
+    store = Store(args.store)
+    events = channels.history(store, store.require(args.name))
     if args.json:
         emit_json(events)
         return 0
@@ -88,7 +90,10 @@ def export(args: argparse.Namespace, log: logging.Logger) -> int:
 def gc(args: argparse.Namespace, log: logging.Logger) -> int:
     from pipeline import gc as collector
 
-    sweep = collector.collect(Store(args.store), args.keep, args.name, dry_run=args.dry_run)
+    store = Store(args.store)
+    if args.name is not None:
+        store.require(args.name)
+    sweep = collector.collect(store, args.keep, args.name, dry_run=args.dry_run)
     if args.json:
         emit_json({"dry_run": args.dry_run, "removed" if not args.dry_run else "would_remove":
                    [{"ref": a.ref, "tag": a.tag, "path": str(a.path)} for a in sweep.remove],

@@ -65,6 +65,12 @@ class Display:
         self.stream.write("\r\033[K" + (line if len(line) <= width else line[:width - 1] + "…"))
         self.stream.flush()
 
+    def clear(self) -> None:
+        """Erase the status line (on a terminal): the next output starts on a clean line."""
+        if self.tty and self.running:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
     def _clock(self) -> str:
         elapsed = time.monotonic() - self.start
         eta = self._eta()
@@ -107,8 +113,13 @@ def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
     config_file = config_file if args.config or config_file.is_file() else None
     config = regression.load_config(config_file)
     observer = nights.Quiet() if args.quiet else Display(sys.stderr, sys.stderr.isatty())
-    report = nights.run(args.recipes_dir, Store(args.store), config, _target_names(args.targets), args.jobs,
-                        args.force, observer=observer, config_file=config_file)
+    try:
+        report = nights.run(args.recipes_dir, Store(args.store), config, _target_names(args.targets), args.jobs,
+                            args.force, observer=observer, config_file=config_file)
+    except KeyboardInterrupt:
+        if isinstance(observer, Display):
+            observer.clear()  # the CLI's one "interrupted" line goes on a line of its own
+        raise
     summary_file = args.environ.get(STEP_SUMMARY_ENV)
     if summary_file:
         from pipeline.report import markdown

@@ -84,8 +84,14 @@ def register(command: Command) -> None:
                 "inputs at each shape the recipe's validate: block asks for, and compare every output with its "
                 "atol/rtol. The result goes into validation.json and the manifest's validation block.\n"
                 "Tolerances and shapes are the ones recorded in the manifest at build time. A run that cannot "
-                "compare (no GPU here) never replaces a recorded passed/failed result.\n"
-                "exit codes: 0 passed, 1 failed, 2 cannot run here (recorded as skipped).")
+                "compare (no GPU here) never replaces a recorded passed/failed result.")
+    p.epilog = """\
+examples:
+  trt-pipeline validate resnet50@1.0.0 --tag sm89.rtx-1.7.1
+  trt-pipeline --json validate resnet50@1.0.0 --tag sm89.rtx-1.7.1 --model /data/resnet50.onnx
+
+stdout: 'ARTIFACT [TAG] STATUS' and one line per shape and output with its max errors (--json: the report).
+exit codes: 0 passed, 1 failed, 2 cannot run here (recorded as skipped)."""
     p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
     p.add_argument("--tag", help="GPU tag, when the version was built for several")
     p.add_argument("--model", type=Path, metavar="PATH",
@@ -94,8 +100,13 @@ def register(command: Command) -> None:
 
     p = command("infer", infer, "run an engine on .npy inputs (needs a GPU)",
                 "Run the engine once with TensorRT's Python API and write one OUTPUT.npy per output into --output-dir. "
-                "The optimization profile is the first one whose range holds the input shapes.\n"
-                "exit codes: 0 ok, 1 error, 2 cannot run here.")
+                "The optimization profile is the first one whose range holds the input shapes.")
+    p.epilog = """\
+examples:
+  trt-pipeline infer resnet50@1.0.0 --tag sm89.rtx-1.7.1 --input input=batch.npy --output-dir out/
+
+stdout: the .npy files written, one per line (--json: per output its path, shape and dtype, and the profile).
+exit codes: 0 ok, 1 error (e.g. an input that fits no profile), 2 cannot run here (no GPU that runs it)."""
     p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
     p.add_argument("--tag", help="GPU tag, when the version was built for several")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", required=True,
@@ -104,7 +115,14 @@ def register(command: Command) -> None:
 
     p = command("bench", bench, "measure an engine's latency (needs a GPU)",
                 "Time execute + synchronize at each optimization profile's opt shapes, after warm-up: "
-                "p50/p90/p99 latency and throughput.\nexit codes: 0 ok, 1 error, 2 cannot run here.")
+                "p50/p90/p99 latency and throughput.")
+    p.epilog = """\
+examples:
+  trt-pipeline bench resnet50@1.0.0 --tag sm89.rtx-1.7.1
+  trt-pipeline --json bench resnet50@1.0.0 --iterations 1000 --warmup 50
+
+stdout: one line per profile: its opt shapes, p50/p90/p99 in ms and throughput (--json: the same as data).
+exit codes: 0 ok, 1 error, 2 cannot run here (no GPU that runs it)."""
     p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
     p.add_argument("--tag", help="GPU tag, when the version was built for several")
     p.add_argument("--iterations", type=int, default=100, metavar="N", help="timed runs per profile (default 100)")

@@ -25,18 +25,23 @@ CLEANED_FILE = "model.cleaned.onnx"
 WEIGHTS_FILE = f"{CLEANED_FILE}.data"
 
 
-def _freeze_inputs(graph: Any, spec: CleanupSpec) -> Any:
-    """Turn each named input into a constant of its dtype (a scalar value fills the input's static shape)."""
+def frozen_value(value: Any, dtype: Any, shape: Any) -> Any:
+    """The constant an input is frozen to: `value` as `dtype`; a single value fills a static `shape`.
+    The cleanup check feeds the original model these same values."""
     import numpy as np
 
+    values = np.array(value, dtype=dtype)
+    if values.size == 1 and shape is not None and all(isinstance(dim, int) for dim in shape):
+        values = np.full(shape, values.reshape(()), dtype=values.dtype)
+    return values
+
+
+def _freeze_inputs(graph: Any, spec: CleanupSpec) -> Any:
+    """Turn each named input into its frozen constant."""
     for name, value in spec.freeze_inputs.items():
         var = next(v for v in graph.inputs if v.name == name)
-        values = np.array(value, dtype=var.dtype)
-        static = var.shape is not None and all(isinstance(d, int) for d in var.shape)
-        if values.size == 1 and static:
-            values = np.full(var.shape, values.reshape(()), dtype=var.dtype)
         graph.inputs.remove(var)
-        var.to_constant(values)  # in place: every consumer, in subgraphs too, now reads the constant
+        var.to_constant(frozen_value(value, var.dtype, var.shape))  # in place: every consumer now reads it
     return graph
 
 

@@ -76,8 +76,3 @@ def config_from_recipe(ctx: Context) -> None:
         "compute_capabilities": capabilities,
         "timing_cache": _timing_cache(ctx, spec),
     }
-
-
-def describe_config(config: Any) -> dict:
-    """What TensorRT itself reports, for the build log."""
-    return {"num_optimization_profiles": config.num_optimization_profiles}

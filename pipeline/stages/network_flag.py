@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pipeline.backend import Backend
@@ -42,6 +43,16 @@ def parser_errors(parser: Any) -> list[str]:
     return found
 
 
+def log_parser_errors(log: logging.Logger, errors: list[str]) -> None:
+    """Each parser error's first line at ERROR (the console); TensorRT's multi-line rest (shape-analyzer
+    internals, a misleading cudaError on CPU-only machines) at INFO: in build.log, on the console with -v."""
+    for error in errors:
+        first, _, rest = error.strip().partition("\n")
+        log.error("ONNX parser: %s", first)
+        if rest.strip():
+            log.info("ONNX parser: %s (full text):\n%s", first, rest.rstrip())
+
+
 def load_plugins(registry: Any, ctx: Context) -> list[dict]:
     """Load the recipe's plugin libraries before parsing, so the parser finds their creators; [{path, sha256}]."""
     loaded = []
@@ -69,12 +80,11 @@ def network_from_onnx(ctx: Context) -> None:
     parser = trt.OnnxParser(ctx.network, ctx.trt_logger)
     if not parser.parse_from_file(str(ctx.onnx_path)):
         errors = parser_errors(parser) or ctx.trt_logger.errors[-1:] or ["no detail given"]
-        for line in errors:
-            ctx.log.error("ONNX parser: %s", line)
+        log_parser_errors(ctx.log, errors)
         raise BuildError(f"network-flag: the TensorRT ONNX parser reported {len(errors)} error(s) in "
                          f"{ctx.onnx_path.name}; first: {errors[0].splitlines()[0]}",
                          hint="graph-cleanup (freeze_inputs, override_shapes, fold_constants) often cures this; "
-                              "-v shows TensorRT's full log")
+                              "each parser error's full text is in the build log (-v: also on the terminal)")
     ctx.parser = parser
     ctx.network_record = {"flags": names, "plugins": plugins, "notes": notes, "layers": ctx.network.num_layers,
                           "inputs": tensors(ctx.network, ctx.network.num_inputs, ctx.network.get_input),

@@ -76,11 +76,6 @@ def external_names(model: Any) -> list[str]:
     return list(found)
 
 
-def external_files(model: Any, base: Path) -> list[Path]:
-    """The external-data files a model's initializers point at, in first-use order."""
-    return [base / name for name in external_names(model)]
-
-
 def read_model(path: Path, weights: bool, data: bytes | None = None) -> Any:
     """onnx.load with a clear error for missing, unreadable or malformed files. `data`: the file's bytes, already
     read (binary protobuf only), parsed as onnx.load would parse them."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+from pipeline import interrupt
 from pipeline.context import Context
 from pipeline.errors import BuildError
 from pipeline.store import write_bytes
@@ -11,10 +14,32 @@ ENGINE_FILE = "engine.plan"
 
 def engine_from_network(ctx: Context) -> None:
     plan = ctx.builder.build_serialized_network(ctx.network, ctx.config)
+    interrupt.check()  # a Ctrl-C during the build may have landed in TensorRT's logger callback
     if plan is None:
         detail = "; ".join(ctx.trt_logger.errors[-3:]) or "no message from TensorRT"
         raise BuildError(f"serialize: {ctx.backend.label()} could not build the engine for {ctx.target.tag}: {detail}",
-                         hint="run with -v for TensorRT's full log (also in the scratch build.log)")
+                         hint="run with -v for TensorRT's full log")
     ctx.engine_path = ctx.staged / ENGINE_FILE
     write_bytes(ctx.engine_path, memoryview(plan))
     del plan
+    save_timing_cache(ctx)
+
+
+def save_timing_cache(ctx: Context) -> None:
+    """Write the timing cache back when the build added to it (atomically), as trtexec --timingCacheFile does.
+    The cache's sha256 is part of the build key, so the next build of an unchanged recipe rebuilds once, after
+    which the cache is stable and builds are reused again. A cache pinned by sha256 is a fixed input: never
+    written."""
+    cache = ctx.recipe.spec("serialize").timing_cache
+    if cache is None or cache.sha256:
+        return
+    data = bytes(memoryview(ctx.config.get_timing_cache().serialize()))
+    if cache.path.is_file() and cache.path.read_bytes() == data:
+        return
+    tmp = cache.path.with_name(f".{cache.path.name}.{os.getpid()}.tmp")
+    try:
+        write_bytes(tmp, data)
+        os.replace(tmp, cache.path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    ctx.log.info("serialize: timing cache %s updated (%d bytes)", cache.path, len(data))

@@ -69,6 +69,23 @@ def test_uncleaned_model_fails_with_the_parser_error(write_recipe: Recipe, build
     assert logged and logged[0].startswith("ONNX parser: node 'y' (Reshape): ")
 
 
+def test_parser_errors_are_one_line_each_at_error_level(write_recipe: Recipe, build_context: ContextFor,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The console (ERROR) gets each parser error's first line; TensorRT's multi-line rest (graphShapeAnalyzer
+    internals, a misleading cudaError 35 on CPU-only machines) goes to INFO: build.log, or the console with -v."""
+    ctx = build_context(write_recipe(CLEANUP_NEEDED.format(cleanup="")))
+    run_stages(ctx, "parse")
+    with caplog.at_level(logging.INFO, logger="x"), pytest.raises(BuildError) as caught:
+        run_stages(ctx, "network-flag")
+    errors = [r.getMessage() for r in caplog.records if r.name == "x" and r.levelno == logging.ERROR]
+    assert errors == ["ONNX parser: node 'y' (Reshape): Invalid Node - y"]
+    full = [r.getMessage() for r in caplog.records if r.name == "x" and r.levelno == logging.INFO
+            and r.getMessage().startswith("ONNX parser: ")]
+    assert len(full) == 1 and full[0].startswith("ONNX parser: node 'y' (Reshape): Invalid Node - y (full text):\n")
+    assert "graphShapeAnalyzer" in full[0]
+    assert "build log" in (caught.value.hint or "")
+
+
 def stand_in(version: str, *flags: str) -> Backend:
     """Full TensorRT (8.x, 10.x, 11.x) cannot be installed here. creation_flags only reads the version and which
     NetworkDefinitionCreationFlag members exist, so a module with just those exercises its version logic."""

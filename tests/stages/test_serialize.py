@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 import tensorrt_rtx
 
+from pipeline import interrupt
 from pipeline.context import Context
 from pipeline.errors import BuildError
 from pipeline.stages.serialize import ENGINE_FILE
@@ -48,3 +50,71 @@ def test_a_failed_build_says_why(write_recipe: Recipe, build_context: ContextFor
     assert "Error Code" in str(caught.value)  # TensorRT's own reason, from the project's logger
     assert caught.value.hint is not None and "-v" in caught.value.hint
     assert not (ctx.staged / ENGINE_FILE).exists()
+
+
+class _Cache:
+    """Stands in for config.get_timing_cache(): a timing cache exists only where TensorRT can time tactics on a
+    GPU (full TensorRT, or TensorRT-RTX with a GPU); a CPU-only RTX build refuses one."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def serialize(self) -> bytes:
+        return self.data
+
+
+def _cache_context(tmp_path: Path, pinned: bool, after_build: bytes) -> Any:
+    from types import SimpleNamespace
+
+    from pipeline.recipe import SerializeSpec, TimingCache
+
+    path = tmp_path / "timing.cache"
+    path.write_bytes(b"before")
+    spec = SerializeSpec(timing_cache=TimingCache(path, sha256="ab" * 32 if pinned else None))
+    recipe = SimpleNamespace(spec=lambda stage: spec)
+    config = SimpleNamespace(get_timing_cache=lambda: _Cache(after_build))
+    return SimpleNamespace(recipe=recipe, config=config, log=logging.getLogger("x")), path
+
+
+def test_a_grown_timing_cache_is_written_back(tmp_path: Path) -> None:
+    from pipeline.stages.serialize import save_timing_cache
+
+    ctx, path = _cache_context(tmp_path, pinned=False, after_build=b"before+tactics")
+    save_timing_cache(ctx)
+    assert path.read_bytes() == b"before+tactics"
+    assert [p.name for p in tmp_path.iterdir()] == ["timing.cache"]  # no temp file left
+
+
+def test_a_pinned_timing_cache_is_never_written(tmp_path: Path) -> None:
+    from pipeline.stages.serialize import save_timing_cache
+
+    ctx, path = _cache_context(tmp_path, pinned=True, after_build=b"before+tactics")
+    save_timing_cache(ctx)
+    assert path.read_bytes() == b"before"
+
+
+class _CtrlC(logging.Handler):
+    """Delivers a Ctrl-C inside TensorRT's logger callback, as a signal arriving mid-build does: the interrupt
+    is recorded (what pipeline.interrupt's handler does) and raised where TensorRT swallows it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Engine generation" in record.getMessage():
+            interrupt.request()
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_inside_a_tensorrt_callback_stops_the_build(tiny_recipe: Path, build_context: ContextFor) -> None:
+    ctx = build_context(tiny_recipe, "sm89")
+    run_stages(ctx, "parse", "network-flag", "memory-pool")
+    handler, trt_log = _CtrlC(), logging.getLogger("x.trt")
+    level = trt_log.level
+    trt_log.addHandler(handler)
+    trt_log.setLevel(logging.INFO)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_stages(ctx, "serialize")
+    finally:
+        trt_log.removeHandler(handler)
+        trt_log.setLevel(level)
+        interrupt.clear()
+    assert ctx.engine_path is None and not (ctx.staged / ENGINE_FILE).exists()
