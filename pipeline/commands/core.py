@@ -16,7 +16,7 @@ from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 from pipeline.store import Artifact, Store
 
 
-def _plan(path: Path, target_names: tuple[str, ...] = (), check_model: bool = True,
+def _plan(path: Path, probe: gpu.Probe, target_names: tuple[str, ...] = (), check_model: bool = True,
           building: bool = False) -> runner.Plan:
     """Every problem at once as a RecipeError. When `building`, targets that only this machine's lack of a GPU
     stops (and nothing else) are CannotRunHere instead (exit 2); `check` reports them as problems."""
@@ -26,7 +26,6 @@ def _plan(path: Path, target_names: tuple[str, ...] = (), check_model: bool = Tr
     except PipelineError as error:  # the install hint goes on the line: `check` prints problems only
         raise RecipeError([recipe.problem(("backend",), str(error) + (f"; {error.hint}" if error.hint else ""))]) \
             from None
-    probe = gpu.probe()
     try:
         return runner.plan(recipe, backend, probe, target_names, check_model)
     except RecipeError as error:
@@ -37,10 +36,10 @@ def _plan(path: Path, target_names: tuple[str, ...] = (), check_model: bool = Tr
 
 
 def check(args: argparse.Namespace, log: logging.Logger) -> int:
-    results = []
+    results, probe = [], gpu.probe()  # nvidia-smi can take seconds: ask once
     for path in args.recipes:
         try:
-            plan = _plan(path)
+            plan = _plan(path, probe)
             results.append({"recipe": str(path), "ok": True, "problems": [],
                             "targets": [t.tag for t in plan.targets], "backend": plan.backend.label()})
         except RecipeError as error:
@@ -58,7 +57,8 @@ def check(args: argparse.Namespace, log: logging.Logger) -> int:
 
 def build(args: argparse.Namespace, log: logging.Logger) -> int:
     # The model checks run in runner.build, and only when something is to be built (a dry run needs them now).
-    plan = _plan(args.recipe, tuple(args.target), check_model=args.dry_run, building=True)
+    probe = gpu.probe()  # once: planning and the validate step see the same machine
+    plan = _plan(args.recipe, probe, tuple(args.target), check_model=args.dry_run, building=True)
     store = Store(args.store)
     if args.dry_run:
         if args.json:
@@ -70,7 +70,7 @@ def build(args: argparse.Namespace, log: logging.Logger) -> int:
     outcomes = runner.build(plan, store, log, progress(args), force=args.force)
     from pipeline.validate import after_build  # the recipe's validate: step; 'skipped' where no GPU can run it
 
-    valid = after_build(plan.recipe, [o.artifact for o in outcomes if not o.reused], store, gpu.probe(),
+    valid = after_build(plan.recipe, [o.artifact for o in outcomes if not o.reused], store, probe,
                         args.environ, log, progress(args))
     if not args.quiet:
         built = sum(not o.reused for o in outcomes)
