@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -297,4 +298,8 @@ def _rebuild(store: Store, source: Artifact, manifest: Mapping, to: Tag, probe: 
         raise PromotionError(f"{line}: cleaned model: the rebuild's is {built['model']['cleaned_sha256'][:12]}, the "
                              f"source's {manifest['model']['cleaned_sha256'][:12]} (graph tools changed?); "
                              f"channel unchanged, new build left at {outcome.artifact.path}")
+    if not outcome.reused:  # the build's validate step, as `trt-pipeline build` runs it (skipped without a GPU)
+        from pipeline.validate import after_build
+
+        after_build(recipe, [outcome.artifact], store, probe, os.environ, log, progress)
     return outcome.artifact, not outcome.reused

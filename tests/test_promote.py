@@ -357,3 +357,14 @@ def test_two_promotions_racing_are_both_applied_and_recorded(fresh: Store) -> No
     events = channel.history(fresh, "tiny")
     assert sorted((e["channel"], e["by"], e["why"]) for e in events) == [
         ("candidate", "worker-candidate", "candidate"), ("production", "worker-production", "production")]
+
+
+def test_a_rebuild_runs_the_recipes_validate_step(tmp_path: Path, models_dir: Path) -> None:
+    """As `trt-pipeline build` does: here, with no GPU, the new build is recorded as skipped with the reason."""
+    recipe = write(tmp_path / "tiny.yaml", TINY + "validate: {atol: 1.0e-3}\n", models_dir / "tiny.onnx")
+    store = Store(tmp_path / "store")
+    build(recipe, store, ("sm86",))
+    done = run(store, SM86, SM89)
+    assert (done.decision.action, done.built) == ("rebuild", True)
+    validation = done.artifact.manifest()["validation"]
+    assert validation["status"] == "skipped" and validation["reason"]
