@@ -7,6 +7,8 @@ from html import escape
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.cli import size
+
 HTML = "report.html"
 MARKDOWN = "summary.md"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f")
@@ -31,16 +33,6 @@ def max_error(record: dict) -> float | None:
     errors = [v for v in ((record.get("validation") or {}).get("max_errors") or {}).values()
               if isinstance(v, (int, float))]
     return max(errors, default=None)
-
-
-def size(nbytes: float | None) -> str:
-    if nbytes is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(nbytes) < 1024 or unit == "GiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return str(nbytes)
 
 
 def value(metric: str, number: Any) -> str:

@@ -6,18 +6,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pipeline import channel as channels
-from pipeline.cli import emit_json, print_table
+from pipeline.cli import emit_json, print_table, progress
 from pipeline.commands import Command
 from pipeline.store import Store
-
-
-def _progress(args: argparse.Namespace) -> Callable[[str], None]:
-    if args.quiet:
-        return lambda line: None
-    return lambda line: print(line, file=sys.stderr, flush=True)
 
 
 def promote(args: argparse.Namespace, log: logging.Logger) -> int:
@@ -25,7 +19,7 @@ def promote(args: argparse.Namespace, log: logging.Logger) -> int:
 
     done = promotion.promote(Store(args.store), args.artifact, args.from_tag, args.to_tag or args.from_tag,
                              args.channel, by=promotion.who(args.environ), log=log,
-                             allow_unvalidated=args.allow_unvalidated, reason=args.reason, progress=_progress(args))
+                             allow_unvalidated=args.allow_unvalidated, reason=args.reason, progress=progress(args))
     if args.json:
         emit_json(done.to_json())
         return 0
