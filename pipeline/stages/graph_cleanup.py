@@ -136,6 +136,7 @@ def cleaned_model_from_model(ctx: Context) -> None:
     path = ctx.scratch / CLEANED_FILE
     sha256, written = _save(model, path, on_disk)
     complaint = _checker_error(written) if planned_passes(spec) else None  # no passes: nothing to check
+    del written  # the serialized model (as big as its weights) is not needed past the checker
     if complaint:
         raise BuildError(_broken_pass(ctx, spec, weights_dir) or f"graph-cleanup: the ONNX checker rejects the "
                                                                  f"cleaned model: {complaint}")
