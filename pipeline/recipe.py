@@ -134,10 +134,7 @@ class Recipe:
 
     def where(self, path: KeyPath) -> str:
         """'recipes/x.yaml:14:7' for the closest marked key path."""
-        while path not in self.marks and path:
-            path = path[:-1]
-        line, col = self.marks.get(path, (1, 1))
-        return f"{self.path}:{line}:{col}"
+        return _position(self.path, self.marks, path)
 
     def problem(self, path: KeyPath, message: str) -> str:
         return f"{self.where(path)}: {dotted(path)}: {message}"

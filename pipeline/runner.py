@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 from pipeline import capability
 from pipeline.backend import Backend, make_logger
 from pipeline.context import Context
-from pipeline.digest import file_sha256
+from pipeline.digest import canonical_json, file_sha256, plain
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.gpu import Probe
 from pipeline.manifest import build_key, manifest, source_key
@@ -52,8 +52,6 @@ def plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tuple[str
 def dry_run(plan_: Plan, store: Store, log: logging.Logger, force: bool = False) -> dict:
     """What `build` would do, as data (`build --dry-run --json`): the recipe, backend, stages with their settings,
     and per target the directory it would write, or the artifact it would reuse (unchanged source key)."""
-    from pipeline.digest import plain
-
     recipe = plan_.recipe
     model = model_record(plan_, store, log)
     targets = []
@@ -81,18 +79,12 @@ def describe(plan_: Plan, store: Store, log: logging.Logger | None = None, force
              f"  backend  {plan['backend']}",
              f"  model    {plan['model']}",
              f"  stages   {' -> '.join(plan_.stages)}"]
-    for stage in plan_.stages:
-        lines.append(f"    {stage:<14} {_settings(recipe, stage)}")
+    for stage in plan["stages"]:
+        lines.append(f"    {stage['name']:<14} {canonical_json(stage['settings'])}")
     for target in plan["targets"]:
         action = f"reuse {target['reuse']} ({target['path']})" if target["action"] == "reuse" else target["path"]
         lines.append(f"  target   {target['name']:<6} -> {action}")
     return lines
-
-
-def _settings(recipe: Recipe, stage: str) -> str:
-    from pipeline.digest import canonical_json, plain
-
-    return canonical_json(plain(recipe.spec(stage)))
 
 
 def _run_stage(name: str, ctx: Context, number: int, total: int, progress: Progress) -> dict:
@@ -122,37 +114,43 @@ class Outcome:
     reused: bool  # True when an artifact with the same key already existed
 
 
-def _reusable(store: Store, recipe: Recipe, field: str, key: str, log: logging.Logger) -> Artifact | None:
-    """The newest artifact of this recipe name and version whose manifest has build[field] == key.
-    An unreadable manifest is skipped with a warning: it must not block every later build."""
+def _newest_first(store: Store, recipe: Recipe, log: logging.Logger,
+                  pick: Callable[[Artifact, dict], object]) -> object:
+    """The first non-None `pick(artifact, manifest)` over this recipe's artifacts of its version, newest first.
+    An unreadable manifest (or a missing field `pick` reads) is skipped with a warning: it must not block every
+    later build."""
     for artifact in reversed(store.artifacts(recipe.name)):
         if artifact.version != recipe.version:
             continue
         try:
             with artifact.reading():
-                if artifact.manifest()["build"].get(field) == key:
-                    return artifact
+                found = pick(artifact, artifact.manifest())
         except PipelineError as error:
             log.warning("ignoring %s for reuse: %s", artifact.path, error)
+            continue
+        if found is not None:
+            return found
     return None
+
+
+def _reusable(store: Store, recipe: Recipe, field: str, key: str, log: logging.Logger) -> Artifact | None:
+    """The newest artifact of this recipe name and version whose manifest has build[field] == key."""
+    return _newest_first(store, recipe, log, lambda artifact, m: artifact if m["build"].get(field) == key else None)
 
 
 def _known_model(store: Store, recipe: Recipe, sha256: str, log: logging.Logger) -> dict | None:
     """The model record of an artifact of this version built from this very file (same path and sha256, and
     external-data files that still hash the same): the skip decision then needs no parse of the model."""
-    for artifact in reversed(store.artifacts(recipe.name)):
-        if artifact.version != recipe.version:
-            continue
-        try:
-            with artifact.reading():
-                known = artifact.manifest()["model"]
-                if (known.get("path"), known.get("sha256")) == (str(recipe.model_path), sha256) and all(
-                        Path(data["path"]).is_file() and file_sha256(Path(data["path"])) == data["sha256"]
-                        for data in known["external_data"]):
-                    return {key: known[key] for key in ("path", "sha256", "external_data", "bytes")}
-        except PipelineError as error:
-            log.warning("ignoring %s for reuse: %s", artifact.path, error)
-    return None
+
+    def same_file(artifact: Artifact, manifest: dict) -> dict | None:
+        known = manifest["model"]
+        if (known.get("path"), known.get("sha256")) != (str(recipe.model_path), sha256) or not all(
+                Path(data["path"]).is_file() and file_sha256(Path(data["path"])) == data["sha256"]
+                for data in known["external_data"]):
+            return None
+        return {key: known[key] for key in ("path", "sha256", "external_data", "bytes")}
+
+    return _newest_first(store, recipe, log, same_file)
 
 
 def model_record(plan_: Plan, store: Store, log: logging.Logger) -> dict:
@@ -189,7 +187,7 @@ def build(plan_: Plan, store: Store, log: logging.Logger, progress: Progress = l
             progress(f"[skip] {target.name:<6} unchanged recipe and model (source key): reusing {hit.ref} {hit.tag}")
             done[target] = Outcome(target, hit, reused=True)
     todo = [t for t in plan_.targets if t not in done]
-    if todo and not plan_.model_checked and (problems := preflight(recipe)):
+    if todo and not plan_.model_checked and (problems := preflight(recipe, model["sha256"])):
         raise RecipeError(problems)
     if todo:
         _build_targets(plan_, todo, model, store, log, progress, force, annotate or {}, done, run or Run())

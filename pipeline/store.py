@@ -45,18 +45,29 @@ def write_bytes(path: Path, data: bytes | memoryview) -> None:
         raise StoreError(f"cannot write {path}: {error.strerror}") from None
 
 
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=False) + "\n").encode()
+
+
 def write_json(path: Path, value: Any) -> None:
-    write_bytes(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
+    write_bytes(path, _json_bytes(value))
+
+
+def replace_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Atomically replace a file: temp file beside it, fsync, os.replace; errors become a StoreError."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write_bytes(tmp, data)
+        os.replace(tmp, path)
+    except OSError as error:
+        raise StoreError(f"cannot write {path}: {error.strerror}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def replace_json(path: Path, value: Any) -> None:
-    """Atomically replace a JSON file: temp file beside it, fsync, os.replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write_json(tmp, value)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Atomically replace a JSON file."""
+    replace_bytes(path, _json_bytes(value))
 
 
 def _fsync_dir(path: Path) -> None:

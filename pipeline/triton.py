@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline import channel as channels
 from pipeline.errors import StoreError
-from pipeline.store import Store, write_bytes, write_json
+from pipeline.store import Store, replace_bytes, write_json
 
 log = logging.getLogger("pipeline.triton")
 
@@ -186,16 +186,4 @@ def _warn_rtx(engines: list[dict]) -> None:
 
 
 def _write_config(model_dir: Path, text: str) -> None:
-    _replace_bytes(model_dir / "config.pbtxt", text.encode())
-
-
-def _replace_bytes(path: Path, data: bytes) -> None:
-    """Atomically replace a file, as store.replace_json does: temp file beside it, fsync, os.replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write_bytes(tmp, data)
-        os.replace(tmp, path)
-    except OSError as error:
-        raise StoreError(f"cannot write {path}: {error.strerror}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    replace_bytes(model_dir / "config.pbtxt", text.encode())

@@ -18,7 +18,6 @@ PROTO_LIMIT = 2**31 - 1
 PROTOBUF_SUFFIXES = (".onnx", ".pb")
 # Weights shape inference never reads: float tensors (FLOAT, FLOAT16, DOUBLE, BFLOAT16) of this many elements.
 FLOAT_TYPES, BIG_ELEMENTS = frozenset({1, 10, 11, 16}), 1024
-ITEMSIZE = {1: 4, 10: 2, 11: 8, 16: 2}
 
 
 def big_float(tensor: Any) -> bool:
@@ -206,8 +205,9 @@ def model_from_onnx(ctx: Context) -> None:
                   ctx.model_record["inputs"], ctx.model_record["outputs"])
 
 
-def preflight(recipe: Any) -> list[str]:
-    """Cheap checks against the model's declared I/O (no weights read): used by `check` and before a build."""
+def preflight(recipe: Any, sha256: str | None = None) -> list[str]:
+    """Cheap checks against the model's declared I/O (no weights read): used by `check` and before a build.
+    `sha256`: the model file's, when the caller has hashed it already (the pin is checked against it)."""
     from pipeline.recipe import check_model_io
 
     path = recipe.model_path
@@ -215,7 +215,7 @@ def preflight(recipe: Any) -> list[str]:
         return [recipe.problem(("model", "path"), f"model file not found: {path} (paths are relative to the recipe)")]
     try:
         info = header(path)
-        check_pin(recipe, file_sha256(path))
+        check_pin(recipe, sha256 or file_sha256(path))
     except PipelineError as error:
         return [str(error) if error.__class__ is BuildError else recipe.problem(("model", "path"), str(error))]
     shapes = lambda io: {name: v["shape"] for name, v in io.items()}  # noqa: E731

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 from pipeline import interrupt
 from pipeline.context import Context
 from pipeline.errors import BuildError
-from pipeline.store import write_bytes
+from pipeline.store import replace_bytes, write_bytes
 
 ENGINE_FILE = "engine.plan"
 
@@ -36,10 +34,5 @@ def save_timing_cache(ctx: Context) -> None:
     data = bytes(memoryview(ctx.config.get_timing_cache().serialize()))
     if cache.path.is_file() and cache.path.read_bytes() == data:
         return
-    tmp = cache.path.with_name(f".{cache.path.name}.{os.getpid()}.tmp")
-    try:
-        write_bytes(tmp, data)
-        os.replace(tmp, cache.path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    replace_bytes(cache.path, data)
     ctx.log.info("serialize: timing cache %s updated (%d bytes)", cache.path, len(data))
