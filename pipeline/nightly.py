@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.gpu import Probe
-from pipeline.pair import Task, artifact_record, build_task, load_recipe
+from pipeline.pair import Task, artifact_record, build_task
 from pipeline.pool import BuildFn, Observer, Quiet, available_memory, schedule, spread, workers_for
 from pipeline.regression import Config, compare
 from pipeline.store import Store, replace_json
@@ -50,13 +50,15 @@ def plan_pairs(files: list[Path], store: Store, night: Path, probe: Probe, targe
                force: bool, memory_per_job: int) -> tuple[list[Task], list[dict], list[tuple[str, str]]]:
     """Every pair: one task per recipe with the targets to build, the records already known (failed to plan,
     or unchanged), and the order of all pairs as (recipe file, target)."""
+    from pipeline import runner
+
     tasks: list[Task] = []
     known: list[dict] = []
     order: list[tuple[str, str]] = []
     names: dict[str, Path] = {}
     for path in files:
         try:
-            recipe, backend = load_recipe(path)
+            recipe, backend = runner.load_recipe(path)
             _unique_name(recipe, path, names)
         except Exception as error:  # noqa: BLE001 - a broken recipe (or a bug) costs only its own pairs
             name, listed = _raw_identity(path)

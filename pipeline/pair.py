@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError, RecipeError
+from pipeline.errors import PipelineError
 from pipeline.gpu import Probe
 from pipeline.store import Run, Store
 
@@ -132,18 +132,8 @@ def load_plan(path: Path, probe: Probe, targets: tuple[str, ...] = ()) -> Any:
     """Recipe -> backend -> runner.Plan (for `targets`, default the recipe's), every problem as a RecipeError."""
     from pipeline import runner
 
-    recipe, backend = load_recipe(path)
+    recipe, backend = runner.load_recipe(path)
     return runner.plan(recipe, backend, probe, targets)
-
-
-def load_recipe(path: Path) -> tuple[Any, Any]:
-    from pipeline import backend as backends, recipe as recipes
-
-    recipe = recipes.load(path)
-    try:
-        return recipe, backends.load(recipe.backend)
-    except PipelineError as error:
-        raise RecipeError([recipe.problem(("backend",), str(error))], hint=error.hint) from None
 
 
 def artifact_record(artifact: Any, recipe: Any, reason: str | None) -> dict:

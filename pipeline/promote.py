@@ -26,7 +26,7 @@ from pipeline import channel as channels
 from pipeline.errors import BackendError, PromotionError
 from pipeline.gpu import Probe
 from pipeline.store import Artifact, Store
-from pipeline.target import PLATFORMS, Tag, Target, parse_tag, short_version  # noqa: F401 (PLATFORMS, Tag: re-exported)
+from pipeline.target import Tag, Target, parse_tag, short_version
 from pipeline.target import sm as sm_of
 
 AMPERE = (8, 0)

@@ -37,6 +37,20 @@ class Plan:
     model_checked: bool  # the recipe has been checked against the model's declared inputs and outputs
 
 
+def load_recipe(path: Path) -> tuple[Recipe, Backend]:
+    """The recipe and its backend; a backend that does not import is a located recipe problem, with the
+    install hint on the same line (`check` and nightly print problems only)."""
+    from pipeline import backend as backends
+    from pipeline import recipe as recipes
+
+    recipe = recipes.load(path)
+    try:
+        return recipe, backends.load(recipe.backend)
+    except PipelineError as error:
+        hint = f"; {error.hint}" if error.hint else ""
+        raise RecipeError([recipe.problem(("backend",), f"{error}{hint}")]) from None
+
+
 def plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tuple[str, ...] = (),
          check_model: bool = True) -> Plan:
     """Check everything that can be checked before building; raise every problem at once.

@@ -86,7 +86,7 @@ def config_text(name: str, network: dict, files: dict[str, str]) -> str:
 
 def _engines(store: Store, name: str, channel: str) -> list[dict]:
     """One record per GPU tag whose `channel` is set: the artifact, its manifest and the file name to use."""
-    from pipeline.promote import parse_tag
+    from pipeline.target import parse_tag
 
     found = []
     for tag, ch, entry in channels.everything(store, name):

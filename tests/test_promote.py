@@ -13,9 +13,9 @@ from pipeline import backend as backends
 from pipeline import channel
 from pipeline.errors import PromotionError
 from pipeline.manifest import build_key
-from pipeline.promote import Decision, Tag, Toolchain, decide, parse_tag, promote, toolchain, unvalidated
+from pipeline.promote import Decision, Toolchain, decide, promote, toolchain, unvalidated
 from pipeline.store import Store
-from pipeline.target import Target
+from pipeline.target import Tag, Target, parse_tag
 from tests._lifecycle import (
     LOG,
     NO_GPU,

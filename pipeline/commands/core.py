@@ -8,8 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import backend as backends
-from pipeline import capability, gpu, recipe as recipes, runner
+from pipeline import capability, gpu, runner
 from pipeline.cli import emit_json, print_table, progress, size
 from pipeline.commands import Command
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
@@ -20,12 +19,7 @@ def _plan(path: Path, probe: gpu.Probe, target_names: tuple[str, ...] = (), chec
           building: bool = False) -> runner.Plan:
     """Every problem at once as a RecipeError. When `building`, targets that only this machine's lack of a GPU
     stops (and nothing else) are CannotRunHere instead (exit 2); `check` reports them as problems."""
-    recipe = recipes.load(path)
-    try:
-        backend = backends.load(recipe.backend)
-    except PipelineError as error:  # the install hint goes on the line: `check` prints problems only
-        raise RecipeError([recipe.problem(("backend",), str(error) + (f"; {error.hint}" if error.hint else ""))]) \
-            from None
+    recipe, backend = runner.load_recipe(path)
     try:
         return runner.plan(recipe, backend, probe, target_names, check_model)
     except RecipeError as error:

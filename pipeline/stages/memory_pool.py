@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pipeline.context import Context
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError
