@@ -135,6 +135,12 @@ class Bench:
         env.pop("TRT_PIPELINE_STORE", None)
         return env
 
+    def compile(self) -> None:
+        """Byte-compile the measured tree, as pip does for polygraphy when it installs it: with an editable
+        install (or PYTHONDONTWRITEBYTECODE set) the pipeline would otherwise compile its sources in every run."""
+        subprocess.run([self.python, "-m", "compileall", "-q", str(self.tree / "pipeline")], check=True,
+                       stdout=subprocess.DEVNULL)
+
     def pipeline(self, recipe: Path, store: Path) -> Run:
         argv = [self.python, "-m", "pipeline", "build", str(recipe), "--store", str(store)]
         run, output = run_child(argv, self.env(), self.tree, self.timeout)
@@ -357,10 +363,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "machine": machine(args.python, args.tree.resolve()), "runs": runs,
                                "method": "separate processes, alternating A/B order per run; wall time from the "
-                                         "parent, peak RSS from each child's rusage (os.wait4); page cache warm",
+                                         "parent, peak RSS from each child's rusage (os.wait4); page cache warm; "
+                                         "both tools byte-compiled",
                                "cases": []}
     with tempfile.TemporaryDirectory(prefix="trt-bench-") as tmp:
         bench = Bench(args.python, _polygraphy(args.python), Path(tmp), args.timeout, args.tree.resolve())
+        bench.compile()
         for name in names:
             print(f"{name}: {CASES[name].description}", file=sys.stderr, flush=True)
             results["cases"].append(run_case(bench, CASES[name], runs))

@@ -5,6 +5,7 @@ Capabilities are probed with `hasattr` on the real module, never by comparing ve
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from dataclasses import dataclass
@@ -23,11 +24,17 @@ INSTALL_HINT = {
 @dataclass(frozen=True)
 class Backend:
     name: str  # 'tensorrt' | 'tensorrt-rtx'
-    trt: Any  # the imported module
+    module: Any  # the imported module, or a function that imports it when first needed
+    known_version: str | None = None  # its __version__, when known without importing it
+
+    @functools.cached_property
+    def trt(self) -> Any:
+        """The TensorRT module (imported now if it was not yet: a remembered plan needs none until it builds)."""
+        return self.module() if callable(self.module) else self.module
 
     @property
     def version(self) -> str:
-        return str(self.trt.__version__)
+        return self.known_version or str(self.trt.__version__)
 
     @property
     def short_version(self) -> str:
@@ -80,6 +87,22 @@ def load(name: str = "auto", importer: Callable[[str], Any] = importlib.import_m
         raise BackendError(f"backend '{name}' cannot be imported: {error}",
                            hint=f"install it: {INSTALL_HINT[name]}") from None
     return Backend(name, module)
+
+
+def installed_version(name: str) -> str | None:
+    """The installed version of a backend's package, read from its metadata without importing it (~1 ms instead
+    of ~100 ms); None when the package is not installed under the expected name."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def deferred(name: str, version: str) -> Backend:
+    """A backend whose module is imported only when something needs more than its name and version."""
+    return Backend(name, lambda: load(name).trt, version)
 
 
 def make_logger(backend: Backend, log: logging.Logger) -> Any:

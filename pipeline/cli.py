@@ -81,11 +81,11 @@ def parser() -> argparse.ArgumentParser:
 
 def _setup_logging(args: argparse.Namespace) -> logging.Logger:
     log = logging.getLogger("pipeline")
-    log.setLevel(logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     handler.setLevel(logging.ERROR if args.quiet else
                      [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
+    log.setLevel(handler.level)  # no record is made for what nobody shows (TensorRT sends thousands at VERBOSE)
     if not args.verbose:  # TensorRT's own messages: in every build.log, on the terminal with -v
         handler.addFilter(lambda record: not record.name.startswith("pipeline.trt"))
     handler.addFilter(lambda record: _Progress.end_status() or True)  # a log line never lands on a status line

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, MutableMapping
 
 from pipeline.backend import Backend
+from pipeline.background import Background
 from pipeline.recipe import Recipe
 from pipeline.target import Target
 
@@ -21,14 +22,13 @@ class Context:
     log: logging.Logger
     trt_logger: Any
     # parse
-    model: Any = None  # onnx.ModelProto, weights loaded only when graph-cleanup needs them
+    model: Any = None  # onnx.ModelProto, weights loaded only when graph-cleanup needs them (None after it: on disk)
     model_record: dict = field(default_factory=dict)
     # graph-cleanup (or the original model when there is no cleanup)
     onnx_path: Path | None = None
     cleaned_path: Path | None = None
     cleaned_sha256: str | None = None
     cleanup_record: dict = field(default_factory=dict)
-    cleanup_check: dict | None = None  # cleaned graph vs original under ONNX Runtime (pipeline.validate)
     # per target: network-flag, memory-pool, serialize
     target: Target | None = None
     staged: Path | None = None  # the artifact directory being written for this target
@@ -41,6 +41,13 @@ class Context:
     timing_cache: Any = None  # the ITimingCache set on the config: kept alive for as long as the build runs
     engine_path: Path | None = None
     environ: MutableMapping[str, str] = field(default_factory=lambda: os.environ)  # Polygraphy reads it at import
+    background: Background = field(default_factory=Background)  # checks running beside the build; shared by targets
+
+    @property
+    def cleanup_check(self) -> dict | None:
+        """graph-cleanup's check of the cleaned graph against the original (pipeline.validate), None without
+        graph-cleanup. It runs in the background: this waits for it and raises its failure."""
+        return self.background.result("cleanup_check")
 
     def for_target(self, target: Target, staged: Path) -> "Context":
         """A copy for one target: shared results carried over, per-target state fresh."""

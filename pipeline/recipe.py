@@ -147,10 +147,11 @@ class Recipe:
 # ---------------------------------------------------------------- loading
 
 
-def load(path: str | Path) -> Recipe:
-    """Read, validate (every problem at once) and freeze a recipe. Raises RecipeError."""
+def load(path: str | Path, schema_checked: bool = False) -> Recipe:
+    """Read, validate (every problem at once) and freeze a recipe. Raises RecipeError. `schema_checked`: these
+    very bytes passed the JSON Schema check before (runner.remembered_plan knows), so it is not run again."""
     path = Path(path)
-    data, marks, raw = load_checked(path, schema())
+    data, marks, raw = load_checked(path, None if schema_checked else schema())
     problems = _order_problems(path, data, marks)
     if problems:
         raise RecipeError(problems)
@@ -161,10 +162,11 @@ def load(path: str | Path) -> Recipe:
     return recipe
 
 
-def load_checked(path: Path, schema_: dict, what: str = "recipe") -> tuple[dict, dict[KeyPath, tuple[int, int]], bytes]:
+def load_checked(path: Path, schema_: dict | None, what: str = "recipe") -> tuple[dict, dict[KeyPath, tuple[int, int]],
+                                                                                bytes]:
     """Read a YAML file keeping line marks and check it against a JSON Schema: (data, marks, raw bytes), or a
     RecipeError with every problem as 'FILE:LINE:COL: key.path: message'. `what` names the file when it cannot
-    be read; an empty file is an empty mapping when the schema requires no key."""
+    be read; an empty file is an empty mapping when the schema requires no key. No schema: no check."""
     try:
         raw = path.read_bytes()
     except OSError as error:
@@ -181,11 +183,12 @@ def load_checked(path: Path, schema_: dict, what: str = "recipe") -> tuple[dict,
         raise RecipeError([f"{path}: invalid YAML: {error}"]) from None
     marks: dict[KeyPath, tuple[int, int]] = {}
     problems = [f"{path}:{line}:{col}: {dotted(p)}: duplicate key" for p, (line, col) in _walk(node, (), marks)]
+    schema_ = schema_ or {}
     data = {} if data is None and not schema_.get("required") else data
     if not isinstance(data, dict):
         keys = ", ".join(schema_.get("required") or schema_.get("properties", {}))
         raise RecipeError([f"{path}:1:1: (top): expected a mapping with {keys}"])
-    problems += _schema_problems(path, data, marks, schema_)
+    problems += _schema_problems(path, data, marks, schema_) if schema_ else []
     if problems:
         raise RecipeError(problems)
     return data, marks, raw
@@ -230,8 +233,12 @@ def _position(path: Path, marks: Mapping, key_path: KeyPath, at_key: bool = Fals
 # ---------------------------------------------------------------- schema
 
 
+def schema_text() -> str:
+    return resources.files("pipeline").joinpath("recipe.schema.json").read_text()
+
+
 def schema() -> dict:
-    return json.loads(resources.files("pipeline").joinpath("recipe.schema.json").read_text())
+    return json.loads(schema_text())
 
 
 def _schema_problems(path: Path, data: dict, marks: Mapping, schema_: dict) -> list[str]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -11,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pipeline import capability
+from pipeline import capability, heap
+from pipeline.background import Background
 from pipeline.backend import Backend, make_logger
 from pipeline.context import Context
-from pipeline.digest import canonical_json, file_sha256, plain
+from pipeline.digest import canonical_json, json_sha256, plain
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.gpu import Probe
 from pipeline.manifest import build_key, manifest, source_key
@@ -51,6 +55,51 @@ def load_recipe(path: Path) -> tuple[Recipe, Backend]:
         raise RecipeError([recipe.problem(("backend",), f"{error}{hint}")]) from None
 
 
+PLANS = "plans"  # the store's memo of plans already checked
+
+
+def _plan_key(sha256: str, path: Path, probe: Probe, target_names: tuple[str, ...]) -> str:
+    """Everything a plan's checks depend on besides the backend: the recipe's bytes and place (model paths are
+    relative to it), the schema, this tool's version, the GPUs of this machine and the targets asked for."""
+    from pipeline import __version__
+    from pipeline.recipe import schema_text
+
+    return json_sha256({"recipe": sha256, "path": str(path.resolve()),
+                        "schema": hashlib.sha256(schema_text().encode()).hexdigest(), "tool": __version__,
+                        "gpus": [[g.name, g.compute_capability] for g in probe.gpus], "targets": list(target_names)})
+
+
+def remember_plan(plan_: Plan, store: Store, probe: Probe, target_names: tuple[str, ...] = ()) -> None:
+    """Remember that this recipe, as it is now, planned without a problem with this backend on this machine."""
+    recipe = plan_.recipe
+    store.remember(PLANS, _plan_key(recipe.sha256, recipe.path, probe, target_names),
+                   {"backend": plan_.backend.name, "version": plan_.backend.version,
+                    "targets": [dataclasses.astuple(t) for t in plan_.targets]})
+
+
+def remembered_plan(path: Path, store: Store, probe: Probe, target_names: tuple[str, ...] = ()) -> Plan | None:
+    """The plan of a recipe this store planned before, byte for byte, with this tool, schema and machine and the
+    same backend version (read from its package metadata): the recipe is loaded without the JSON Schema check and
+    TensorRT is not imported until something is built. An unchanged rebuild then takes ~0.3 s instead of ~0.6 s.
+    None when anything differs, or when the plan checked files besides the recipe (plugins, a timing cache)."""
+    from pipeline import backend as backends
+    from pipeline import recipe as recipes
+
+    try:
+        known = store.memo(PLANS).get(_plan_key(hashlib.sha256(path.read_bytes()).hexdigest(), path, probe,
+                                                 target_names))
+        if not known or backends.installed_version(known["backend"]) != known["version"]:
+            return None
+        recipe = recipes.load(path, schema_checked=True)
+        targets = tuple(Target(*target) for target in known["targets"])
+    except (OSError, PipelineError, KeyError, TypeError):  # changed meanwhile, or a damaged memo: plan afresh
+        return None
+    serialize = recipe.spec("serialize")
+    if serialize.plugins or serialize.timing_cache:
+        return None
+    return Plan(recipe, backends.deferred(known["backend"], known["version"]), targets, tuple(recipe.stages), False)
+
+
 def plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tuple[str, ...] = (),
          check_model: bool = True) -> Plan:
     """Check everything that can be checked before building; raise every problem at once.
@@ -67,7 +116,7 @@ def dry_run(plan_: Plan, store: Store, log: logging.Logger, force: bool = False)
     """What `build` would do, as data (`build --dry-run --json`): the recipe, backend, stages with their settings,
     and per target the directory it would write, or the artifact it would reuse (unchanged source key)."""
     recipe = plan_.recipe
-    model = model_record(plan_, store, log)
+    model = model_record(plan_, store, log, remember=False)
     targets = []
     for target in plan_.targets:
         hit = None if force else source_hit(plan_, store, model, target, log)
@@ -115,6 +164,7 @@ def _run_stage(name: str, ctx: Context, number: int, total: int, progress: Progr
     except Exception:
         ctx.log.exception("stage %s crashed", label)
         raise
+    heap.trim()  # what the stage dropped (a model, a parser) goes back to the OS before the next one allocates
     seconds = round(time.perf_counter() - start, 3)
     progress(f"[{number}/{total}] {label:<24} {seconds:7.2f}s")
     return {"name": name, "target": ctx.target.name if name in PER_TARGET and ctx.target else None,
@@ -152,14 +202,15 @@ def _reusable(store: Store, recipe: Recipe, field: str, key: str, log: logging.L
     return _newest_first(store, recipe, log, lambda artifact, m: artifact if m["build"].get(field) == key else None)
 
 
-def _known_model(store: Store, recipe: Recipe, sha256: str, log: logging.Logger) -> dict | None:
+def _known_model(store: Store, recipe: Recipe, sha256: str, log: logging.Logger,
+                 hasher: Callable[[Path], str]) -> dict | None:
     """The model record of an artifact of this version built from this very file (same path and sha256, and
     external-data files that still hash the same): the skip decision then needs no parse of the model."""
 
     def same_file(artifact: Artifact, manifest: dict) -> dict | None:
         known = manifest["model"]
         if (known.get("path"), known.get("sha256")) != (str(recipe.model_path), sha256) or not all(
-                Path(data["path"]).is_file() and file_sha256(Path(data["path"])) == data["sha256"]
+                Path(data["path"]).is_file() and hasher(Path(data["path"])) == data["sha256"]
                 for data in known["external_data"]):
             return None
         return {key: known[key] for key in ("path", "sha256", "external_data", "bytes")}
@@ -167,15 +218,16 @@ def _known_model(store: Store, recipe: Recipe, sha256: str, log: logging.Logger)
     return _newest_first(store, recipe, log, same_file)
 
 
-def model_record(plan_: Plan, store: Store, log: logging.Logger) -> dict:
+def model_record(plan_: Plan, store: Store, log: logging.Logger, remember: bool = True) -> dict:
     """The model's hashes for the source key; from an earlier manifest when the file is unchanged (no parse).
-    A pin is checked here, before any reuse: it is never skipped."""
+    A pin is checked here, before any reuse: it is never skipped. `remember=False` (a dry run) writes nothing."""
     recipe = plan_.recipe
     if not recipe.model_path.is_file():
         raise RecipeError(preflight(recipe))
-    sha = file_sha256(recipe.model_path)
+    hasher = functools.partial(store.file_sha256, remember=remember)
+    sha = hasher(recipe.model_path)
     check_pin(recipe, sha)
-    return _known_model(store, recipe, sha, log) or digests(recipe.model_path, sha)
+    return _known_model(store, recipe, sha, log, hasher) or digests(recipe.model_path, sha, hasher)
 
 
 def source_hit(plan_: Plan, store: Store, model: dict, target: Target, log: logging.Logger) -> Artifact | None:
@@ -219,8 +271,10 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
     shared = [s for s in plan_.stages if s not in PER_TARGET]
     per_target = [s for s in plan_.stages if s in PER_TARGET]
     total = len(plan_.stages)
-    with store.staging(recipe.name) as scratch, _build_log(log, scratch / BUILD_LOG, store, recipe.name) as handler:
-        ctx = Context(recipe, backend, scratch, log, make_logger(backend, log.getChild("trt")), model_record=model)
+    with store.staging(recipe.name) as scratch, _build_log(log, scratch / BUILD_LOG, store, recipe.name) as handler, \
+            Background() as background:
+        ctx = Context(recipe, backend, scratch, log, make_logger(backend, log.getChild("trt")), model_record=model,
+                      background=background)
         timings = [_run_stage(name, ctx, i + 1, total, progress) for i, name in enumerate(shared)]
         shared_log = handler.stream.tell()
         for target in todo:
@@ -237,6 +291,7 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
                 stage_times = timings + [_run_stage(name, tctx, len(shared) + i + 1, total, progress)
                                          for i, name in enumerate(per_target)]
                 _link_shared_files(tctx, staged)
+                background.wait()  # every check a stage started beside the build has passed
                 handler.flush()
                 _copy_log(scratch / BUILD_LOG, staged / BUILD_LOG, shared_log, target_log)
                 record = manifest(tctx, stage_times, started=time.time())

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pipeline.digest import file_sha256
 from pipeline.errors import StoreError
 
 MANIFEST = "manifest.json"
 STAGING = ".staging"
 FAILED = "_failed"
+MEMO = ".memo"  # hashes of unchanged files and plans already checked, so an unchanged rebuild costs little
 BUILDS = ".builds.json"  # version -> highest build number ever given (numbers are never reused)
 _VERSION_DIR = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:\+(\d+))?$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
@@ -133,6 +135,39 @@ class Artifact:
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+
+    # ------------------------------------------------------------ memo
+
+    def memo(self, kind: str) -> dict:
+        """What the store remembers of `kind` (ROOT/.memo/<kind>.json); {} when nothing, or when unreadable."""
+        try:
+            found = json.loads((self.root / MEMO / f"{kind}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    def remember(self, kind: str, key: str, value: Any) -> None:
+        """Add one entry to a memo. No lock: two runs writing at once may lose one entry, which costs only its
+        recomputation; the file is replaced atomically, so it is never half-written. Best effort: a read-only
+        store just remembers nothing."""
+        with contextlib.suppress(StoreError, OSError):
+            (self.root / MEMO).mkdir(parents=True, exist_ok=True)
+            replace_json(self.root / MEMO / f"{kind}.json", {**self.memo(kind), key: value})
+
+    def file_sha256(self, path: Path, remember: bool = True) -> str:
+        """sha256 of a file's bytes, remembered with the file's inode, size, mtime and ctime (as DVC does): a file
+        none of these changed for is not read again. Any write changes the ctime, which no tool can set back.
+        `remember=False` (a dry run) uses the memo but writes nothing."""
+        stat = path.stat()
+        stamp = [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+        key = str(path.resolve())
+        known = self.memo("hashes").get(key)
+        if isinstance(known, dict) and known.get("stamp") == stamp:
+            return known["sha256"]
+        sha256 = file_sha256(path)
+        if remember:
+            self.remember("hashes", key, {"stamp": stamp, "sha256": sha256})
+        return sha256
 
     # ------------------------------------------------------------ writing
 

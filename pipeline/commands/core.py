@@ -52,8 +52,12 @@ def check(args: argparse.Namespace, log: logging.Logger) -> int:
 def build(args: argparse.Namespace, log: logging.Logger) -> int:
     # The model checks run in runner.build, and only when something is to be built (a dry run needs them now).
     probe = gpu.probe()  # once: planning and the validate step see the same machine
-    plan = _plan(args.recipe, probe, tuple(args.target), check_model=args.dry_run, building=True)
-    store = Store(args.store)
+    store, names = Store(args.store), tuple(args.target)
+    plan = None if args.dry_run else runner.remembered_plan(args.recipe, store, probe, names)
+    if plan is None:
+        plan = _plan(args.recipe, probe, names, check_model=args.dry_run, building=True)
+        if not args.dry_run:
+            runner.remember_plan(plan, store, probe, names)
     if args.dry_run:
         if args.json:
             emit_json(runner.dry_run(plan, store, log, force=args.force))

@@ -19,7 +19,7 @@ from pipeline.context import Context
 from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError
 from pipeline.recipe import CleanupSpec
-from pipeline.stages.parse import PROTO_LIMIT, infer_shapes
+from pipeline.stages.parse import PROTO_LIMIT, describe, infer_shapes
 
 CLEANED_FILE = "model.cleaned.onnx"
 WEIGHTS_FILE = f"{CLEANED_FILE}.data"
@@ -142,11 +142,12 @@ def cleaned_model_from_model(ctx: Context) -> None:
                                                                  f"cleaned model: {complaint}")
     ctx.cleanup_record = {"passes": planned_passes(spec), "nodes_before": len(ctx.model.graph.node),
                           "nodes_after": nodes_after}
-    ctx.model, ctx.cleaned_sha256 = model, sha256  # parse's model (its weights) is freed here
+    ctx.cleaned_sha256 = sha256
     ctx.onnx_path = ctx.cleaned_path = path
-    from pipeline.validate import cleanup_check  # ONNX Runtime: cleaned vs original; raises when numerics change
+    from pipeline.validate import cleanup_check  # ONNX Runtime: cleaned vs original; fails when numerics change
 
-    ctx.cleanup_check = cleanup_check(ctx)
+    ctx.background.start("cleanup_check", cleanup_check(ctx, describe(model)["inputs"]))  # joined before publish
+    ctx.model = None  # parse's model and the cleaned one are freed: the next stages read the cleaned file
 
 
 def _checker_error(model: bytes | Path) -> str | None:

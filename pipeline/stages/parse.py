@@ -6,7 +6,7 @@ import functools
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.context import Context
 from pipeline.digest import file_sha256, model_sha256
@@ -104,13 +104,13 @@ def load_weights(path: Path, model: Any) -> None:
         raise BuildError(f"parse: cannot read ONNX model {path}: {error}") from None
 
 
-def digests(path: Path, sha256: str | None = None) -> dict:
+def digests(path: Path, sha256: str | None = None, hasher: Callable[[Path], str] = file_sha256) -> dict:
     """sha256 of the model file (pass it when already known) and of every external-data file it names, and the
-    total size."""
-    data = [{"path": str(path.parent / name), "sha256": file_sha256(path.parent / name)}
+    total size. `hasher`: e.g. Store.file_sha256, which remembers the hashes of unchanged files."""
+    data = [{"path": str(path.parent / name), "sha256": hasher(path.parent / name)}
             for name in header(path)["external_data"]]
     size = path.stat().st_size + sum(Path(d["path"]).stat().st_size for d in data)
-    return {"path": str(path), "sha256": sha256 or file_sha256(path), "external_data": data, "bytes": size}
+    return {"path": str(path), "sha256": sha256 or hasher(path), "external_data": data, "bytes": size}
 
 
 def check_pin(recipe: Any, sha256: str) -> None:

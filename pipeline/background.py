@@ -1,0 +1,61 @@
+"""Checks a stage starts on a second thread, which the build waits for before it publishes anything.
+
+TensorRT-RTX builds on one core (and releases the GIL while it does), so a check that does not feed the
+build, such as graph-cleanup's ONNX Runtime comparison, runs beside network-flag, memory-pool and serialize
+instead of before them. A check's exception is raised where the build waits for it, so a failed check fails
+the build exactly as if it had run in line.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, Callable
+
+from pipeline import heap
+
+
+class Background:
+    """Named jobs on one worker thread. Use as a context manager: leaving it waits for every job and raises the
+    first failure, also when leaving on an error (the check's stage ran first, so its failure is the one to
+    report); leaving it on Ctrl-C cancels jobs not yet started and waits only for the running one. Either way no
+    job still reads the build's scratch files when they are removed."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-check")
+        self._jobs: dict[str, Future] = {}
+
+    def start(self, name: str, job: Callable[..., Any], *args: Any) -> None:
+        if name in self._jobs:
+            raise ValueError(f"background job {name!r} was already started")
+        self._jobs[name] = self._pool.submit(_trimmed, job, *args)
+
+    def result(self, name: str) -> Any:
+        """The job's return value, once it has finished; its exception is raised here. None if never started."""
+        job = self._jobs.get(name)
+        return None if job is None else job.result()
+
+    def wait(self) -> None:
+        """Wait for every job, in the order started; the first failure is raised."""
+        for name in self._jobs:
+            self.result(name)
+
+    def __enter__(self) -> "Background":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        try:
+            if kind is None or issubclass(kind, Exception):  # not on Ctrl-C
+                self.wait()  # a failed check is raised first even here: its stage came before the one that failed
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _trimmed(job: Callable[..., Any], *args: Any) -> Any:
+    """Run the job, then give what it freed back to the OS: the worker thread has its own malloc arena, which
+    the build's allocations on the main thread would not reuse."""
+    try:
+        return job(*args)
+    finally:
+        heap.trim()
