@@ -29,6 +29,7 @@ MANIFEST = "manifest.json"
 STAGING = ".staging"
 FAILED = "_failed"
 MEMO = ".memo"  # hashes of unchanged files and plans already checked, so an unchanged rebuild costs little
+MEMO_MIN_BYTES = 1 << 20
 BUILDS = ".builds.json"  # version -> highest build number ever given (numbers are never reused)
 _VERSION_DIR = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:\+(\d+))?$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
@@ -36,13 +37,15 @@ REF_FORMS = ("NAME, NAME@VERSION (its newest build, e.g. tiny@1.0.0), NAME@VERSI
              "tiny@1.0.0+2) or an artifact directory")
 
 
-def write_bytes(path: Path, data: bytes | memoryview) -> None:
-    """Write and fsync; a full disk or other OS error becomes a StoreError naming the file."""
+def write_bytes(path: Path, data: bytes | memoryview, durable: bool = True) -> None:
+    """Write and fsync (unless not `durable`: a cache); a full disk or other OS error becomes a StoreError naming
+    the file."""
     try:
         with open(path, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
     except OSError as error:
         raise StoreError(f"cannot write {path}: {error.strerror}") from None
 
@@ -55,11 +58,12 @@ def write_json(path: Path, value: Any) -> None:
     write_bytes(path, _json_bytes(value))
 
 
-def replace_bytes(path: Path, data: bytes | memoryview) -> None:
-    """Atomically replace a file: temp file beside it, fsync, os.replace; errors become a StoreError."""
+def replace_bytes(path: Path, data: bytes | memoryview, durable: bool = True) -> None:
+    """Atomically replace a file: temp file beside it, fsync (when `durable`), os.replace; errors become a
+    StoreError."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write_bytes(tmp, data)
+        write_bytes(tmp, data, durable)
         os.replace(tmp, path)
     except OSError as error:
         raise StoreError(f"cannot write {path}: {error.strerror}") from None
@@ -67,9 +71,20 @@ def replace_bytes(path: Path, data: bytes | memoryview) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def replace_json(path: Path, value: Any) -> None:
+def replace_json(path: Path, value: Any, durable: bool = True) -> None:
     """Atomically replace a JSON file."""
-    replace_bytes(path, _json_bytes(value))
+    replace_bytes(path, _json_bytes(value), durable)
+
+
+def sync(paths: list[Path]) -> None:
+    """fsync files written without it (e.g. by onnx), so that publishing them costs no wait; an OS error
+    becomes a StoreError naming the file."""
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise StoreError(f"cannot write {path}: {error.strerror}") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -135,30 +150,38 @@ class Artifact:
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._memos: dict[str, dict] = {}
 
     # ------------------------------------------------------------ memo
 
     def memo(self, kind: str) -> dict:
-        """What the store remembers of `kind` (ROOT/.memo/<kind>.json); {} when nothing, or when unreadable."""
-        try:
-            found = json.loads((self.root / MEMO / f"{kind}.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        return found if isinstance(found, dict) else {}
+        """What the store remembers of `kind` (ROOT/.memo/<kind>.json), read once per Store; {} when nothing, or
+        when unreadable."""
+        if kind not in self._memos:
+            try:
+                found = json.loads((self.root / MEMO / f"{kind}.json").read_text())
+            except (OSError, ValueError):
+                found = {}
+            self._memos[kind] = found if isinstance(found, dict) else {}
+        return self._memos[kind]
 
     def remember(self, kind: str, key: str, value: Any) -> None:
-        """Add one entry to a memo. No lock: two runs writing at once may lose one entry, which costs only its
-        recomputation; the file is replaced atomically, so it is never half-written. Best effort: a read-only
-        store just remembers nothing."""
+        """Add one entry to a memo. It is a cache: no lock (two runs writing at once may lose an entry, which costs
+        only its recomputation) and no fsync (a file damaged by a crash reads as empty), but replaced atomically.
+        Best effort: a read-only store just remembers nothing."""
+        self.memo(kind)[key] = value
         with contextlib.suppress(StoreError, OSError):
             (self.root / MEMO).mkdir(parents=True, exist_ok=True)
-            replace_json(self.root / MEMO / f"{kind}.json", {**self.memo(kind), key: value})
+            replace_json(self.root / MEMO / f"{kind}.json", self._memos[kind], durable=False)
 
     def file_sha256(self, path: Path, remember: bool = True) -> str:
         """sha256 of a file's bytes, remembered with the file's inode, size, mtime and ctime (as DVC does): a file
         none of these changed for is not read again. Any write changes the ctime, which no tool can set back.
-        `remember=False` (a dry run) uses the memo but writes nothing."""
+        Files under MEMO_MIN_BYTES are hashed every time (quicker than remembering them). `remember=False`
+        (a dry run) uses the memo but writes nothing."""
         stat = path.stat()
+        if stat.st_size < MEMO_MIN_BYTES:
+            return file_sha256(path)
         stamp = [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
         key = str(path.resolve())
         known = self.memo("hashes").get(key)
@@ -220,10 +243,7 @@ class Store:
             manifest["build"]["number"] = build
             write_json(staged / MANIFEST, manifest)
             try:
-                for item in staged.iterdir():
-                    if item.is_file():
-                        with open(item, "rb") as handle:
-                            os.fsync(handle.fileno())
+                sync([item for item in staged.iterdir() if item.is_file()])
                 _fsync_dir(staged)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(staged, final)

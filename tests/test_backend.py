@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+import subprocess
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,8 @@ import tensorrt_rtx
 from pipeline import backend as backends
 from pipeline.backend import Backend
 from pipeline.errors import BackendError
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def without_full_tensorrt(name: str) -> Any:
@@ -156,3 +161,45 @@ def test_make_logger_keeps_errors_for_the_summary(rtx_backend: Backend, caplog: 
     errors = [r.getMessage() for r in caplog.records if r.name == "x.trt" and r.levelno == logging.ERROR]
     assert errors and "MODEL_DESERIALIZE_FAILED" in errors[-1]
     assert logger.errors and "MODEL_DESERIALIZE_FAILED" in logger.errors[-1]
+
+
+# ---------------------------------------------------------------- installed_version and deferred (remembered plans)
+
+
+def test_installed_version_is_the_version_the_module_reports() -> None:
+    assert backends.installed_version("tensorrt-rtx") == tensorrt_rtx.__version__
+    assert backends.installed_version("no-such-tensorrt-distribution") is None
+
+
+def test_a_deferred_backend_is_the_real_one_once_used(rtx_backend: Backend) -> None:
+    backend = backends.deferred("tensorrt-rtx", tensorrt_rtx.__version__)
+    assert (backend.name, backend.version, backend.label()) == ("tensorrt-rtx", rtx_backend.version,
+                                                                rtx_backend.label())
+    assert (backend.short_version, backend.major, backend.is_rtx) == (rtx_backend.short_version, rtx_backend.major,
+                                                                      True)
+    assert backend.trt is tensorrt_rtx
+    assert backend.trt is tensorrt_rtx  # imported once
+    assert backend.member("ComputeCapability", "SM89") is tensorrt_rtx.ComputeCapability.SM89
+    assert backend.member_names("MemoryPoolType") == rtx_backend.member_names("MemoryPoolType")
+
+
+def test_a_deferred_backend_answers_its_version_without_importing() -> None:
+    """In a fresh interpreter: name, version and tag spelling without TensorRT; `.trt` imports it."""
+    code = ("import sys\nfrom pipeline import backend\n"
+            f"b = backend.deferred('tensorrt-rtx', {tensorrt_rtx.__version__!r})\n"
+            "print(b.label(), b.short_version, b.major, b.is_rtx, 'tensorrt_rtx' in sys.modules)\n"
+            "print(b.trt.__name__, 'tensorrt_rtx' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    short, major = ".".join(tensorrt_rtx.__version__.split(".")[:3]), tensorrt_rtx.__version__.split(".")[0]
+    assert done.stdout.splitlines() == [f"tensorrt-rtx {tensorrt_rtx.__version__} {short} {major} True False",
+                                        "tensorrt_rtx True"]
+
+
+def test_a_deferred_backend_that_does_not_import_fails_only_when_used() -> None:
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("full TensorRT is installed here: it would import")
+    backend = backends.deferred("tensorrt", "10.9.0.34")
+    assert (backend.label(), backend.short_version, backend.major) == ("tensorrt 10.9.0.34", "10.9.0", 10)
+    with pytest.raises(BackendError, match="^backend 'tensorrt' cannot be imported: "):
+        backend.trt

@@ -495,3 +495,47 @@ def test_an_unchanged_rebuild_does_not_parse_the_model(tiny_recipe: Path, tmp_pa
     assert first.stdout.splitlines()[-1] == "0 True"
     assert again.stdout.splitlines()[-1] == "0 False"
     assert again.stdout.splitlines()[0] == first.stdout.splitlines()[0]  # the same artifact directory
+
+
+# ---------------------------------------------------------------- an unchanged rebuild: remembered plan and hashes
+
+UNCHANGED_REBUILD = """\
+import sys
+from pipeline.cli import main
+code = main(sys.argv[1:])
+print(code, *(module in sys.modules for module in ("tensorrt_rtx", "jsonschema", "onnx")), file=sys.stderr)
+"""
+
+
+def test_an_unchanged_rebuild_imports_neither_tensorrt_nor_jsonschema(capsys: Capture, store_dir: Path,
+                                                                       tiny_recipe: Path) -> None:
+    code, first, err = run(capsys, "--store", str(store_dir), "build", str(tiny_recipe))
+    assert code == 0, err
+    # The plan is remembered; the tiny model is under MEMO_MIN_BYTES, so it is hashed every time.
+    assert sorted(p.name for p in (store_dir / ".memo").iterdir()) == ["plans.json"]
+    done = subprocess.run([sys.executable, "-c", UNCHANGED_REBUILD, "--store", str(store_dir), "build",
+                           str(tiny_recipe)], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.stdout == first  # the same artifact directory
+    lines = done.stderr.splitlines()
+    assert lines[-1] == "0 False False False", done.stderr  # exit code; tensorrt_rtx, jsonschema, onnx imported?
+    assert lines[0] == f"[skip] sm89   unchanged recipe and model (source key): reusing tiny@1.0.0+1 {SM89}"
+    assert lines[-2].startswith(f"built 0 engine(s), reused 1, for tiny 1.0.0 with {LABEL} in ")
+
+
+def test_a_dry_run_remembers_nothing(capsys: Capture, store_dir: Path, tiny_recipe: Path, write_recipe: Recipe,
+                                     models_dir: Path, tmp_path: Path) -> None:
+    """Not the plan of a recipe it has not built (Store tests: nor the hash of a model it has not seen)."""
+    assert run(capsys, "--store", str(store_dir), "-q", "build", str(tiny_recipe))[0] == 0
+    memo = {p.name: p.read_bytes() for p in (store_dir / ".memo").iterdir()}
+    shutil.copyfile(models_dir / "tiny.onnx", tmp_path / "copy.onnx")
+    other = write_recipe(tiny_recipe.read_text().replace(str(models_dir / "tiny.onnx"), str(tmp_path / "copy.onnx"))
+                         .replace("64MiB", "32MiB"), "other.yaml")
+    for recipe in (tiny_recipe, other):
+        for extra in ((), ("--json",)):
+            code, out, err = run(capsys, "--store", str(store_dir), *extra, "build", str(recipe), "--dry-run")
+            assert (code, err) == (0, "")
+    assert {p.name: p.read_bytes() for p in (store_dir / ".memo").iterdir()} == memo
+    assert run(capsys, "--store", str(store_dir), "-q", "build", str(other))[0] == 0  # a build remembers both
+    after = {p.stem: json.loads(p.read_text()) for p in (store_dir / ".memo").iterdir()}
+    assert len(after["plans"]) == 2

@@ -467,3 +467,43 @@ def test_load_checked_reads_any_yaml_against_a_schema_with_every_problem(tmp_pat
     with pytest.raises(RecipeError) as caught:
         load_checked(tmp_path / "missing.yaml", schema_, "config")
     assert caught.value.problems == [f"{tmp_path / 'missing.yaml'}: cannot read config: No such file or directory"]
+
+
+# ---------------------------------------------------------------- schema_checked (runner.remembered_plan)
+
+
+def test_schema_checked_skips_only_the_json_schema_check(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(edited("name: tiny\n", "name: Tiny\n"))
+    assert problems_of(path) == [f"{path}:1:7: name: expected a lower-case name like 'resnet50' (letters, digits, "
+                                 "'.', '_', '-'), got 'Tiny'"]
+    assert recipes.load(path, schema_checked=True).name == "Tiny"
+    order = write_recipe(edited("  - network-flag: {strongly_typed: true}\n  - memory-pool: {workspace: 64MiB}\n",
+                                "  - memory-pool: {workspace: 64MiB}\n  - network-flag: {strongly_typed: true}\n"),
+                         "order.yaml")
+    with pytest.raises(RecipeError) as caught:  # the stage order is not the schema's: still checked
+        recipes.load(order, schema_checked=True)
+    assert caught.value.problems == [
+        f"{order}:8:5: stages[1]: expected stage 'network-flag' here, got 'memory-pool'; order is {ORDER}"]
+    profile = write_recipe(edited("{min: [1, 4], opt: [8, 4]", "{min: [9, 4], opt: [8, 4]"), "profile.yaml")
+    with pytest.raises(RecipeError):  # nor are the profile checks
+        recipes.load(profile, schema_checked=True)
+
+
+def test_schema_checked_freezes_an_equal_recipe(write_recipe: WriteRecipe) -> None:
+    cleanup = "  - parse: {check: true}\n  - graph-cleanup: {freeze_inputs: {x: [1]}}\n"
+    body = edited("  - parse: {check: true}\n", cleanup).replace("targets: [sm89]", "targets: [sm86, sm89]")
+    path = write_recipe(body + "validate: {atol: 0.01, outputs: {y: {rtol: 0.1}}}\n")
+    checked, unchecked = recipes.load(path), recipes.load(path, schema_checked=True)
+    assert unchecked == checked
+    assert (unchecked.sha256, unchecked.stages, unchecked.validate) == (checked.sha256, checked.stages,
+                                                                        checked.validate)
+
+
+def test_schema_checked_does_not_import_jsonschema(write_recipe: WriteRecipe) -> None:
+    import subprocess
+    import sys
+
+    code = (f"import sys; from pipeline import recipe; recipe.load({str(write_recipe(GOOD))!r}, schema_checked=True); "
+            "print('jsonschema' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "False\n", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Callable
@@ -12,7 +13,7 @@ import tensorrt_rtx
 from pipeline import backend as backends, gpu, recipe as recipes, runner
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError, RecipeError
-from pipeline.store import FAILED, STAGING, Store
+from pipeline.store import FAILED, MEMO, STAGING, Store
 
 RTX = ".".join(tensorrt_rtx.__version__.split(".")[:3])
 SM86, SM89 = f"sm86.rtx-{RTX}", f"sm89.rtx-{RTX}"
@@ -337,3 +338,119 @@ def test_parallel_builds_of_one_recipe_publish_one_artifact(write_recipe: Recipe
     race(_build_in_a_process, [(str(write_recipe(RECIPE)), str(store.root))] * 2, timeout=120)
     assert [a.ref for a in store.artifacts()] == ["tiny@1.0.0+1"]
     assert staging_leftovers(store) == []
+
+
+# ---------------------------------------------------------------- remembered plans (an unchanged rebuild plans nothing)
+
+NO_GPU = gpu.Probe(False, (), "no CUDA driver (test)")
+
+
+def planned_and_remembered(path: Path, store: Store, names: tuple[str, ...] = (),
+                           probe: gpu.Probe = NO_GPU) -> runner.Plan:
+    """Plan afresh, as `build` does the first time, and remember it."""
+    recipe = recipes.load(path)
+    fresh = runner.plan(recipe, backends.load(recipe.backend), probe, names)
+    runner.remember_plan(fresh, store, probe, names)
+    return fresh
+
+
+def edit_plan_memo(store: Store, change: Callable[[dict], object]) -> Store:
+    """Edit every remembered plan; returns the store as a later run sees it (the memo is read once per Store)."""
+    memo = store.root / MEMO / f"{runner.PLANS}.json"
+    entries = json.loads(memo.read_text())
+    memo.write_text(json.dumps({key: change(entry) for key, entry in entries.items()}))
+    return Store(store.root)
+
+
+def test_a_remembered_plan_is_the_plan_made_afresh(write_recipe: Recipe, store: Store) -> None:
+    path = write_recipe(RECIPE)
+    assert runner.remembered_plan(path, store, NO_GPU) is None  # nothing remembered yet
+    fresh = planned_and_remembered(path, store)
+    again = runner.remembered_plan(path, store, NO_GPU)
+    assert again is not None
+    assert again.recipe == fresh.recipe
+    assert (again.recipe.sha256, again.targets, again.stages) == (fresh.recipe.sha256, fresh.targets, fresh.stages)
+    assert [t.tag for t in again.targets] == [SM86, SM89]
+    assert (again.backend.name, again.backend.version) == (fresh.backend.name, fresh.backend.version)
+    assert again.model_checked is False  # `build` checks the model when there is something to build
+    assert again.backend.trt is tensorrt_rtx
+
+
+def test_a_remembered_plan_reuses_and_builds_like_a_fresh_one(tiny_recipe: Path, store: Store) -> None:
+    log = logging.getLogger("x.runner")
+    (first,) = runner.build(planned_and_remembered(tiny_recipe, store), store, log)
+    remembered = runner.remembered_plan(tiny_recipe, store, NO_GPU)
+    assert remembered is not None
+    (again,) = runner.build(remembered, store, log)  # the same source key with the deferred backend
+    assert (again.reused, again.artifact) == (True, first.artifact)
+    (forced,) = runner.build(remembered, store, log, force=True)  # TensorRT-RTX imported when it builds
+    assert (forced.reused, forced.artifact.ref, forced.artifact.tag) == (False, "tiny@1.0.0+2", SM89)
+    assert forced.artifact.manifest()["backend"] == first.artifact.manifest()["backend"]
+
+
+def test_a_changed_recipe_is_planned_afresh(write_recipe: Recipe, store: Store) -> None:
+    path = write_recipe(RECIPE)
+    planned_and_remembered(path, store)
+    path.write_text(path.read_text() + "# a comment\n")
+    assert runner.remembered_plan(path, store, NO_GPU) is None  # other bytes, even with the same meaning
+    write_recipe(RECIPE)  # the very bytes again
+    assert runner.remembered_plan(path, store, NO_GPU) is not None
+
+
+def test_other_targets_or_another_machine_or_place_are_planned_afresh(write_recipe: Recipe, store: Store,
+                                                                      tmp_path: Path) -> None:
+    path = write_recipe(RECIPE)
+    planned_and_remembered(path, store)
+    assert runner.remembered_plan(path, store, NO_GPU, ("sm89",)) is None
+    planned_and_remembered(path, store, ("sm89",))
+    only = runner.remembered_plan(path, store, NO_GPU, ("sm89",))
+    assert only is not None and [t.tag for t in only.targets] == [SM89]
+    every = runner.remembered_plan(path, store, NO_GPU)
+    assert every is not None and [t.tag for t in every.targets] == [SM86, SM89]
+    with_gpu = gpu.Probe(True, (gpu.Gpu("NVIDIA GeForce RTX 4090", "8.9"),), None)
+    assert runner.remembered_plan(path, store, with_gpu) is None
+    (tmp_path / "elsewhere").mkdir()
+    copy = tmp_path / "elsewhere" / path.name
+    copy.write_bytes(path.read_bytes())  # model paths are relative to the recipe: its place counts
+    assert runner.remembered_plan(copy, store, NO_GPU) is None
+
+
+def test_another_installed_backend_version_is_planned_afresh(write_recipe: Recipe, store: Store) -> None:
+    path = write_recipe(RECIPE)
+    planned_and_remembered(path, store)
+    installed = json.loads((store.root / MEMO / f"{runner.PLANS}.json").read_text()).popitem()[1]["installed"]
+    assert installed == {"tensorrt": None, "tensorrt-rtx": tensorrt_rtx.__version__}
+    store = edit_plan_memo(store, lambda entry: {**entry, "installed": {**installed, "tensorrt-rtx": "1.0.0.1"}})
+    assert runner.remembered_plan(path, store, NO_GPU) is None  # planned with another TensorRT-RTX
+    store = edit_plan_memo(store, lambda entry: {**entry, "installed": {**installed, "tensorrt": "10.9.0.34"}})
+    assert runner.remembered_plan(path, store, NO_GPU) is None  # full TensorRT was there: 'auto' may choose it
+    store = edit_plan_memo(store, lambda entry: {**entry, "installed": installed})
+    assert runner.remembered_plan(path, store, NO_GPU) is not None
+
+
+@pytest.mark.parametrize("damage", [lambda entry: "garbage", lambda entry: {},
+                                    lambda entry: {k: v for k, v in entry.items() if k != "targets"},
+                                    lambda entry: {**entry, "targets": [["sm89"]]}],
+                         ids=["not-an-object", "empty", "no-targets", "short-target"])
+def test_a_damaged_plan_memo_is_planned_afresh(write_recipe: Recipe, store: Store,
+                                               damage: Callable[[dict], object]) -> None:
+    path = write_recipe(RECIPE)
+    planned_and_remembered(path, store)
+    assert runner.remembered_plan(path, edit_plan_memo(store, damage), NO_GPU) is None
+    (store.root / MEMO / f"{runner.PLANS}.json").write_text("{not json")
+    assert runner.remembered_plan(path, Store(store.root), NO_GPU) is None
+
+
+@pytest.mark.parametrize("serialize", ["      plugins: [libone.so]\n", "      timing_cache: {path: t.cache}\n"],
+                         ids=["plugins", "timing_cache"])
+def test_a_plan_that_checked_other_files_is_never_taken_from_the_memo(write_recipe: Recipe, store: Store,
+                                                                     rtx_backend: backends.Backend,
+                                                                     serialize: str) -> None:
+    """Plugins and timing caches are files the plan checks besides the recipe: they may have gone since."""
+    targets = planned_and_remembered(write_recipe(RECIPE), store).targets
+    path = write_recipe(RECIPE.replace("  - serialize:\n", "  - serialize:\n" + serialize), "with-files.yaml")
+    recipe = recipes.load(path)
+    runner.remember_plan(runner.Plan(recipe, rtx_backend, targets, tuple(recipe.stages), True), store, NO_GPU)
+    assert len(store.memo(runner.PLANS)) == 2  # remembered, as on a machine where it planned without a problem
+    assert runner.remembered_plan(path, store, NO_GPU) is None
+    assert runner.remembered_plan(write_recipe(RECIPE), store, NO_GPU) is not None

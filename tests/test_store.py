@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.errors import StoreError
-from pipeline.store import BUILDS, MANIFEST, STAGING, Artifact, Run, Store
+from pipeline.store import BUILDS, MANIFEST, MEMO, MEMO_MIN_BYTES, STAGING, Artifact, Run, Store
 
 SM89, SM86 = "sm89.rtx-1.7.1", "sm86.rtx-1.7.1"
 
@@ -376,3 +378,107 @@ def test_a_run_allocated_up_front_is_shared_across_publishers(store: Store) -> N
     run = store.new_run("tiny", "1.0.0")
     assert (run.build, store.next_build("tiny", "1.0.0")) == (1, 2)
     assert publish(store, run=Run(run.build)).ref == publish(store, tag=SM86, run=Run(run.build)).ref == "tiny@1.0.0+1"
+
+
+# ---------------------------------------------------------------- memo: remembered file hashes
+
+
+def big(start: bytes) -> bytes:
+    """`start`, padded to the size from which Store.file_sha256 remembers hashes."""
+    return start + b"\0" * MEMO_MIN_BYTES
+
+
+def stamp_of(path: Path) -> list[int]:
+    found = path.stat()
+    return [found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns]
+
+
+def test_file_sha256_is_the_hash_of_the_bytes_remembered_with_the_stamp(store: Store, tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(big(b"model bytes "))
+    expected = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert store.file_sha256(model) == expected
+    assert store.memo("hashes") == {str(model.resolve()): {"stamp": stamp_of(model), "sha256": expected}}
+    assert json.loads((store.root / MEMO / "hashes.json").read_text()) == store.memo("hashes")
+
+
+def test_an_unchanged_file_is_not_read_again(store: Store, tmp_path: Path) -> None:
+    """Proof: a made-up hash in the memo is what comes back, as long as the file's stamp matches it."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(big(b"model bytes"))
+    store.file_sha256(model)
+    memo = store.root / MEMO / "hashes.json"
+    entries = json.loads(memo.read_text())
+    entries[str(model.resolve())]["sha256"] = "f" * 64
+    memo.write_text(json.dumps(entries))
+    store = Store(store.root)  # a later run: the memo is read once per Store
+    assert store.file_sha256(model) == "f" * 64
+    assert store.file_sha256(model, remember=False) == "f" * 64  # a dry run uses the memo too
+    assert store.file_sha256(tmp_path / "." / "model.onnx") == "f" * 64  # one entry per file, however it is named
+
+
+def test_a_rewritten_file_is_hashed_again_even_with_its_old_mtime(store: Store, tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(big(b"first version"))
+    store.file_sha256(model)
+    before = model.stat()
+    with open(model, "r+b") as handle:  # in place: same inode, same size
+        handle.write(b"other version")
+    for _ in range(100):  # utime sets the ctime to now; on a coarse clock wait until it differs from the first
+        os.utime(model, ns=(before.st_atime_ns, before.st_mtime_ns))
+        if model.stat().st_ctime_ns != before.st_ctime_ns:
+            break
+        time.sleep(0.01)
+    assert stamp_of(model)[:3] == [before.st_ino, before.st_size, before.st_mtime_ns]  # only the ctime changed
+    assert store.file_sha256(model) == hashlib.sha256(b"other version" + big(b"first version")[13:]).hexdigest()
+    assert store.memo("hashes")[str(model.resolve())]["stamp"] == stamp_of(model)
+
+
+def test_remember_false_writes_no_memo(store: Store, tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(big(b"model bytes"))
+    assert store.file_sha256(model, remember=False) == hashlib.sha256(big(b"model bytes")).hexdigest()
+    assert not store.root.exists()
+    assert store.memo("hashes") == {}
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"hashes"', ""])
+def test_a_damaged_memo_is_empty_and_then_replaced(store: Store, tmp_path: Path, text: str) -> None:
+    (store.root / MEMO).mkdir(parents=True)
+    (store.root / MEMO / "hashes.json").write_text(text)
+    assert store.memo("hashes") == {}
+    model = tmp_path / "model.onnx"
+    model.write_bytes(big(b"model bytes"))
+    assert store.file_sha256(model) == hashlib.sha256(big(b"model bytes")).hexdigest()
+    assert json.loads((store.root / MEMO / "hashes.json").read_text()) == {
+        str(model.resolve()): {"stamp": stamp_of(model), "sha256": hashlib.sha256(big(b"model bytes")).hexdigest()}}
+
+
+def test_remember_adds_one_entry_per_kind_and_leaves_no_temp_file(store: Store) -> None:
+    assert store.memo("plans") == {}
+    store.remember("plans", "a", {"backend": "tensorrt-rtx"})
+    store.remember("plans", "b", [1, 2])
+    store.remember("plans", "a", "replaced")
+    store.remember("hashes", "c", 3)
+    assert store.memo("plans") == {"a": "replaced", "b": [1, 2]}
+    assert store.memo("hashes") == {"c": 3}
+    assert sorted(p.name for p in (store.root / MEMO).iterdir()) == ["hashes.json", "plans.json"]
+
+
+def test_remembering_in_a_store_that_cannot_be_written_is_skipped(tmp_path: Path) -> None:
+    """Best effort: a store that cannot hold a memo (here a regular file) still hashes, and remembers nothing."""
+    (tmp_path / "file").write_text("not a directory")
+    store = Store(tmp_path / "file")
+    store.remember("plans", "a", 1)
+    assert Store(tmp_path / "file").memo("plans") == {}
+    model = tmp_path / "model.onnx"
+    model.write_bytes(big(b"model bytes"))
+    assert store.file_sha256(model) == hashlib.sha256(big(b"model bytes")).hexdigest()
+    assert (tmp_path / "file").read_text() == "not a directory"
+
+
+def test_small_files_are_hashed_every_time_not_remembered(store: Store, tmp_path: Path) -> None:
+    small = tmp_path / "small.onnx"
+    small.write_bytes(b"x" * (MEMO_MIN_BYTES - 1))
+    assert store.file_sha256(small) == hashlib.sha256(small.read_bytes()).hexdigest()
+    assert store.memo("hashes") == {} and not store.root.exists()

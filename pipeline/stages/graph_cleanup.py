@@ -20,6 +20,7 @@ from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError
 from pipeline.recipe import CleanupSpec
 from pipeline.stages.parse import PROTO_LIMIT, describe, infer_shapes
+from pipeline.store import sync
 
 CLEANED_FILE = "model.cleaned.onnx"
 WEIGHTS_FILE = f"{CLEANED_FILE}.data"
@@ -135,6 +136,7 @@ def cleaned_model_from_model(ctx: Context) -> None:
     del graph
     path = ctx.scratch / CLEANED_FILE
     sha256, written = _save(model, path, on_disk)
+    ctx.background.start("cleaned_model_synced", sync, sorted(ctx.scratch.glob(f"{CLEANED_FILE}*")))  # to disk now
     complaint = _checker_error(written) if planned_passes(spec) else None  # no passes: nothing to check
     del written  # the serialized model (as big as its weights) is not needed past the checker
     if complaint:
@@ -146,8 +148,12 @@ def cleaned_model_from_model(ctx: Context) -> None:
     ctx.onnx_path = ctx.cleaned_path = path
     from pipeline.validate import cleanup_check  # ONNX Runtime: cleaned vs original; fails when numerics change
 
-    ctx.background.start("cleanup_check", cleanup_check(ctx, describe(model)["inputs"]))  # joined before publish
+    # Beside the TensorRT build, joined before publishing. Weights left on disk (more than 2 GiB) are checked
+    # before it instead: ONNX Runtime and TensorRT would otherwise hold them in memory at the same time.
+    ctx.background.start("cleanup_check", cleanup_check(ctx, describe(model)["inputs"]))
     ctx.model = None  # parse's model and the cleaned one are freed: the next stages read the cleaned file
+    if on_disk:
+        ctx.background.result("cleanup_check")
 
 
 def _checker_error(model: bytes | Path) -> str | None:
