@@ -70,10 +70,14 @@ def _plan_key(sha256: str, path: Path, probe: Probe, target_names: tuple[str, ..
 
 
 def remember_plan(plan_: Plan, store: Store, probe: Probe, target_names: tuple[str, ...] = ()) -> None:
-    """Remember that this recipe, as it is now, planned without a problem with this backend on this machine."""
-    recipe = plan_.recipe
+    """Remember that this recipe, as it is now, planned without a problem with this backend on this machine.
+    Not when the backend's package metadata names another version than its module reports (a remembered plan
+    knows the version from the metadata only)."""
+    recipe, installed = plan_.recipe, _installed()
+    if installed.get(plan_.backend.name) != plan_.backend.version:
+        return
     store.remember(PLANS, _plan_key(recipe.sha256, recipe.path, probe, target_names),
-                   {"backend": plan_.backend.name, "version": plan_.backend.version, "installed": _installed(),
+                   {"backend": plan_.backend.name, "version": plan_.backend.version, "installed": installed,
                     "targets": [dataclasses.astuple(t) for t in plan_.targets]})
 
 

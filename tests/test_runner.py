@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import types
 from pathlib import Path
 from typing import Callable
 
@@ -426,6 +427,19 @@ def test_another_installed_backend_version_is_planned_afresh(write_recipe: Recip
     assert runner.remembered_plan(path, store, NO_GPU) is None  # full TensorRT was there: 'auto' may choose it
     store = edit_plan_memo(store, lambda entry: {**entry, "installed": installed})
     assert runner.remembered_plan(path, store, NO_GPU) is not None
+
+
+def test_a_backend_whose_metadata_disagrees_with_its_module_is_not_remembered(write_recipe: Recipe,
+                                                                             store: Store) -> None:
+    """A remembered plan knows the backend version from package metadata only: it must be the module's."""
+    path = write_recipe(RECIPE)
+    recipe = recipes.load(path)
+    real = backends.load(recipe.backend)
+    odd = backends.Backend(real.name, types.SimpleNamespace(**{**vars(real.trt), "__version__": "1.7.1.999"}))
+    runner.remember_plan(runner.plan(recipe, odd, NO_GPU), store, NO_GPU)
+    assert store.memo(runner.PLANS) == {} and runner.remembered_plan(path, store, NO_GPU) is None
+    runner.remember_plan(runner.plan(recipe, real, NO_GPU), store, NO_GPU)
+    assert runner.remembered_plan(path, Store(store.root), NO_GPU) is not None
 
 
 @pytest.mark.parametrize("damage", [lambda entry: "garbage", lambda entry: {},
