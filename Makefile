@@ -45,9 +45,11 @@ nightly: $(STAMP) $(MODELS)
 	$(BIN)/trt-pipeline nightly $(RECIPES) --jobs $(JOBS)
 
 ## bench: time `trt-pipeline build` against `polygraphy convert`, alternating A/B (minutes; needs ~10 GB of RAM
-##        and ~5 GB of disk for the >2 GiB model); writes bench/results.json and bench/results.png
+##        and ~5 GB of disk for the >2 GiB model); writes bench/results.json and bench/results.png, then prints
+##        bench/floor.py: the cold-build floor (only the steps every build must do) against polygraphy convert
 BENCH_ARGS ?=
 .PHONY: bench
 bench: $(STAMP) $(MODELS)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/floor.py

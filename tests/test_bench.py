@@ -13,8 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.skipif(not (Path(sys.executable).parent / "polygraphy").is_file() and not shutil.which("polygraphy"),
-                    reason="the polygraphy command is not installed next to this Python or on PATH")
+needs_polygraphy = pytest.mark.skipif(
+    not (Path(sys.executable).parent / "polygraphy").is_file() and not shutil.which("polygraphy"),
+    reason="the polygraphy command is not installed next to this Python or on PATH")
+
+
+@needs_polygraphy
 def test_quick_bench_writes_results(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--no-chart",
                            "--output", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -30,3 +34,16 @@ def test_quick_bench_writes_results(tmp_path: Path) -> None:
     assert set(results["cases"][0]["pipeline"]["median_stage_s"]) == {
         "parse", "graph-cleanup", "network-flag", "memory-pool", "serialize"}
     assert not list(tmp_path.glob("*.png"))  # --no-chart
+
+
+@needs_polygraphy
+def test_quick_floor_times_every_mandatory_step(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "floor.py"), "--quick"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary, *steps = done.stdout.splitlines()
+    assert summary.startswith("tiny MatMul model, cold build: floor ") and "ratio" in summary
+    assert [line.split("  ")[1].strip() for line in steps] == [
+        "imports", "read + sha256 model", "parse + checker", "graphsurgeon passes + export",
+        "serialize + write + sha256 cleaned", "TensorRT parse + build", "write + sha256 engine"]
+    assert list(tmp_path.iterdir()) == []  # the child's cleaned model and engine lived in a temporary directory
