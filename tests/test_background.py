@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from typing import NoReturn
 import pytest
 
 from pipeline.background import Background
+from tests.test_heap import FIXED_MALLOC
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -171,5 +173,5 @@ def test_what_a_job_freed_goes_back_to_the_os(tmp_path: Path) -> None:
     if heap._malloc_trim() is None:
         pytest.skip("no glibc malloc_trim here: trim() is a no-op")
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(CHURN)], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, check=True)
+                          timeout=60, check=True, env={**os.environ, **FIXED_MALLOC})
     assert int(done.stdout) >= 100 * 2**20

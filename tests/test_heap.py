@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,8 +16,8 @@ from pipeline import heap
 REPO = Path(__file__).resolve().parent.parent
 
 # Run in a fresh interpreter, so the test process's own heap is not measured. Every 64 KiB block (below glibc's
-# mmap threshold: it comes from the heap) is followed by a small block that is kept, so free() alone cannot
-# shrink the heap; only malloc_trim gives the freed pages back.
+# mmap threshold: it comes from the heap) is followed by a small block that is kept, and FIXED_MALLOC turns off
+# glibc's own trimming of the heap top, so free() alone gives nothing back; only malloc_trim does.
 FREED_THEN_TRIMMED = """\
 from pipeline import heap
 
@@ -36,6 +37,11 @@ print(full, freed, rss())
 """
 
 
+# glibc's tunables as environment variables: a fixed mmap threshold (no adjusting it while the test runs) and a
+# trim threshold no heap reaches, so free() never returns memory by itself, whatever the allocation order was.
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+
+
 def has_malloc_trim() -> bool:
     try:
         return hasattr(ctypes.CDLL(None), "malloc_trim")
@@ -47,7 +53,7 @@ def has_malloc_trim() -> bool:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc/self/status (Linux)")
 def test_trim_returns_freed_memory_to_the_os() -> None:
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(FREED_THEN_TRIMMED)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60, check=True)
+                          capture_output=True, text=True, timeout=60, check=True, env={**os.environ, **FIXED_MALLOC})
     full, freed, trimmed = (int(n) for n in done.stdout.split())
     assert full - freed < 50 * 2**20, "free() alone already gave the blocks back: this test would prove nothing"
     assert freed - trimmed >= 100 * 2**20
