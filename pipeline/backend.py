@@ -100,9 +100,29 @@ def installed_version(name: str) -> str | None:
         return None
 
 
+def module_file(name: str) -> str | None:
+    """The file a backend's module would be imported from, found without importing it; None when not found."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(MODULES[name])
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec else None
+
+
 def deferred(name: str, version: str) -> Backend:
-    """A backend whose module is imported only when something needs more than its name and version."""
-    return Backend(name, lambda: load(name).trt, version)
+    """A backend whose module is imported only when something needs more than its name and version, and must
+    then report that version (else BackendError: the package changed since the plan was made)."""
+
+    def module() -> Any:
+        trt = load(name).trt
+        if str(trt.__version__) != version:
+            raise BackendError(f"{name} is {trt.__version__} now, but this build was planned with {version}",
+                               hint="run the command again")
+        return trt
+
+    return Backend(name, module, version)
 
 
 def make_logger(backend: Backend, log: logging.Logger) -> Any:

@@ -8,6 +8,7 @@ the build exactly as if it had run in line.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Callable
@@ -18,12 +19,14 @@ from pipeline import heap
 class Background:
     """Named jobs on one worker thread. Use as a context manager: leaving it waits for every job and raises the
     first failure, also when leaving on an error (the check's stage ran first, so its failure is the one to
-    report); leaving it on Ctrl-C cancels jobs not yet started and waits only for the running one. Either way no
-    job still reads the build's scratch files when they are removed."""
+    report). Leaving it on Ctrl-C sets `stopping`, which a long job checks between its steps, cancels the jobs
+    not yet started and waits for the running one to stop, so no job still reads the build's scratch files when
+    they are removed."""
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-check")
         self._jobs: dict[str, Future] = {}
+        self.stopping = threading.Event()
 
     def start(self, name: str, job: Callable[..., Any], *args: Any) -> None:
         if name in self._jobs:
@@ -34,6 +37,10 @@ class Background:
         """The job's return value, once it has finished; its exception is raised here. None if never started."""
         job = self._jobs.get(name)
         return None if job is None else job.result()
+
+    def done(self) -> bool:
+        """Every job started so far has finished."""
+        return all(job.done() for job in self._jobs.values())
 
     def wait(self) -> None:
         """Wait for every job, in the order started; the first failure is raised."""
@@ -48,6 +55,8 @@ class Background:
         try:
             if kind is None or issubclass(kind, Exception):  # not on Ctrl-C
                 self.wait()  # a failed check is raised first even here: its stage came before the one that failed
+            else:
+                self.stopping.set()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
 

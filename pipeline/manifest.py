@@ -74,7 +74,8 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def manifest(ctx: Context, stages: list[dict[str, Any]], started: float) -> dict:
+def manifest(ctx: Context, stages: list[dict[str, Any]], started: float, waited: float = 0.0) -> dict:
+    """`waited`: seconds the build waited after its stages for the checks running beside it."""
     recipe, target = ctx.recipe, ctx.target
     engine = ctx.engine_path
     model = dict(ctx.model_record)
@@ -98,7 +99,8 @@ def manifest(ctx: Context, stages: list[dict[str, Any]], started: float) -> dict
             "key": build_key(recipe, ctx.cleaned_sha256, ctx.backend, target),
             "source_key": source_key(recipe, ctx.model_record, ctx.backend, target),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "duration_s": round(sum(stage["seconds"] for stage in stages), 3),
+            "duration_s": round(sum(stage["seconds"] for stage in stages) + waited, 3),
+            "waited_s": waited,
             "host": socket.gethostname(),
             "tool": {"name": "trt-pipeline", "version": __version__, "python": platform.python_version()},
             "stages": stages,

@@ -60,13 +60,20 @@ PLANS = "plans"  # the store's memo of plans already checked
 
 def _plan_key(sha256: str, path: Path, probe: Probe, target_names: tuple[str, ...]) -> str:
     """Everything a plan's checks depend on besides the backend: the recipe's bytes and place (model paths are
-    relative to it), the schema, this tool's version, the GPUs of this machine and the targets asked for."""
-    from pipeline import __version__
-    from pipeline.recipe import schema_text
-
-    return json_sha256({"recipe": sha256, "path": str(path.resolve()),
-                        "schema": hashlib.sha256(schema_text().encode()).hexdigest(), "tool": __version__,
+    relative to it), this tool's code and schema (by content: an editable install changes without a new version),
+    the GPUs of this machine and the targets asked for."""
+    return json_sha256({"recipe": sha256, "path": str(path.resolve()), "tool": _tool_sha256(),
                         "gpus": [[g.name, g.compute_capability] for g in probe.gpus], "targets": list(target_names)})
+
+
+@functools.lru_cache(maxsize=1)
+def _tool_sha256() -> str:
+    """sha256 over the pipeline package's sources and schema (~40 small files, about a millisecond)."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted([*package.rglob("*.py"), package / "recipe.schema.json"]):
+        digest.update(f"{path.relative_to(package)}\0".encode() + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def remember_plan(plan_: Plan, store: Store, probe: Probe, target_names: tuple[str, ...] = ()) -> None:
@@ -74,18 +81,19 @@ def remember_plan(plan_: Plan, store: Store, probe: Probe, target_names: tuple[s
     Not when the backend's package metadata names another version than its module reports (a remembered plan
     knows the version from the metadata only)."""
     recipe, installed = plan_.recipe, _installed()
-    if installed.get(plan_.backend.name) != plan_.backend.version:
+    if installed[plan_.backend.name][0] != plan_.backend.version:
         return
     store.remember(PLANS, _plan_key(recipe.sha256, recipe.path, probe, target_names),
                    {"backend": plan_.backend.name, "version": plan_.backend.version, "installed": installed,
                     "targets": [dataclasses.astuple(t) for t in plan_.targets]})
 
 
-def _installed() -> dict[str, str | None]:
-    """The installed version of every backend package (metadata only, nothing imported)."""
+def _installed() -> dict[str, list[str | None]]:
+    """Every backend: its package's installed version and the file its module would be imported from (found, not
+    imported): another TensorRT on PYTHONPATH, or full TensorRT appearing for 'auto', changes it."""
     from pipeline import backend as backends
 
-    return {name: backends.installed_version(name) for name in sorted(backends.MODULES)}
+    return {name: [backends.installed_version(name), backends.module_file(name)] for name in sorted(backends.MODULES)}
 
 
 def remembered_plan(path: Path, store: Store, probe: Probe, target_names: tuple[str, ...] = ()) -> Plan | None:
@@ -302,10 +310,10 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
                 stage_times = timings + [_run_stage(name, tctx, len(shared) + i + 1, total, progress)
                                          for i, name in enumerate(per_target)]
                 _link_shared_files(tctx, staged)
-                background.wait()  # every check a stage started beside the build has passed
+                waited = _settle(tctx, progress)
                 handler.flush()
                 _copy_log(scratch / BUILD_LOG, staged / BUILD_LOG, shared_log, target_log)
-                record = manifest(tctx, stage_times, started=time.time())
+                record = manifest(tctx, stage_times, started=time.time(), waited=waited)
                 record.update(annotate)
                 # Re-checked under the lock: a parallel run may have published this very build key meanwhile.
                 artifact, reused = store.publish_unless(
@@ -317,6 +325,24 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
                 else:
                     log.info("published %s", artifact.path)
                 done[target] = Outcome(target, artifact, reused=reused)
+
+
+def _settle(ctx: Context, progress: Progress) -> float:
+    """Wait for the checks running beside the build (a failure is raised here) and say so in this target's log,
+    from this thread; returns the seconds spent waiting (part of the build's duration)."""
+    start, label = time.perf_counter(), "waiting for the cleanup check"
+    started = getattr(progress, "started", None)
+    if started and not ctx.background.done():
+        started(f"      {label} ...")
+    ctx.background.wait()
+    waited = round(time.perf_counter() - start, 3)
+    if waited >= 0.05:
+        progress(f"      {label:<24} {waited:7.2f}s")
+    check = ctx.cleanup_check
+    if check:
+        ctx.log.info("graph-cleanup: cleaned graph matches the original on %d shape set(s) (%.2fs beside the build)",
+                     len(check["results"]), check["seconds"])
+    return waited
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ STAGING = ".staging"
 FAILED = "_failed"
 MEMO = ".memo"  # hashes of unchanged files and plans already checked, so an unchanged rebuild costs little
 MEMO_MIN_BYTES = 1 << 20
+RACY_S = 2  # a file changed this recently is hashed again next time
 BUILDS = ".builds.json"  # version -> highest build number ever given (numbers are never reused)
 _VERSION_DIR = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:\+(\d+))?$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
@@ -85,6 +86,10 @@ def sync(paths: list[Path]) -> None:
                 os.fsync(handle.fileno())
         except OSError as error:
             raise StoreError(f"cannot write {path}: {error.strerror}") from None
+
+
+def _stamp(stat: os.stat_result) -> list[int]:
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -182,13 +187,15 @@ class Store:
         stat = path.stat()
         if stat.st_size < MEMO_MIN_BYTES:
             return file_sha256(path)
-        stamp = [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+        stamp = _stamp(stat)
         key = str(path.resolve())
         known = self.memo("hashes").get(key)
         if isinstance(known, dict) and known.get("stamp") == stamp:
             return known["sha256"]
         sha256 = file_sha256(path)
-        if remember:
+        # Remembered only if the file did not change while it was read, and not within RACY_S of its last change:
+        # a same-size rewrite inside one timestamp tick (coarse on some filesystems) would keep its stamp (as git).
+        if remember and _stamp(path.stat()) == stamp and time.time_ns() - stat.st_ctime_ns > RACY_S * 10**9:
             self.remember("hashes", key, {"stamp": stamp, "sha256": sha256})
         return sha256
 

@@ -140,6 +140,22 @@ def test_ctrl_c_cancels_queued_jobs_and_waits_only_for_the_running_one() -> None
     assert ran == ["running finished"]  # the worker is gone: the queued job never runs
 
 
+def test_ctrl_c_tells_the_running_job_to_stop_and_a_normal_exit_does_not() -> None:
+    seen: list[bool] = []
+    with pytest.raises(KeyboardInterrupt):
+        with Background() as background:
+            def running() -> None:
+                assert background.stopping.wait(5)  # set by the Ctrl-C below, while this job runs
+                seen.append(True)
+
+            background.start("running", running)
+            raise KeyboardInterrupt
+    assert seen == [True]
+    with Background() as background:
+        background.start("quick", lambda: None)
+    assert not background.stopping.is_set() and background.done()
+
+
 CHURN = """\
 import sys
 from pipeline.background import Background

@@ -420,11 +420,13 @@ def test_another_installed_backend_version_is_planned_afresh(write_recipe: Recip
     path = write_recipe(RECIPE)
     planned_and_remembered(path, store)
     installed = json.loads((store.root / MEMO / f"{runner.PLANS}.json").read_text()).popitem()[1]["installed"]
-    assert installed == {"tensorrt": None, "tensorrt-rtx": tensorrt_rtx.__version__}
-    store = edit_plan_memo(store, lambda entry: {**entry, "installed": {**installed, "tensorrt-rtx": "1.0.0.1"}})
-    assert runner.remembered_plan(path, store, NO_GPU) is None  # planned with another TensorRT-RTX
-    store = edit_plan_memo(store, lambda entry: {**entry, "installed": {**installed, "tensorrt": "10.9.0.34"}})
-    assert runner.remembered_plan(path, store, NO_GPU) is None  # full TensorRT was there: 'auto' may choose it
+    assert installed == {"tensorrt": [None, None], "tensorrt-rtx": [tensorrt_rtx.__version__, tensorrt_rtx.__file__]}
+    rtx = installed["tensorrt-rtx"]
+    for changed, why in [({"tensorrt-rtx": ["1.0.0.1", rtx[1]]}, "planned with another TensorRT-RTX"),
+                         ({"tensorrt-rtx": [rtx[0], "/elsewhere/tensorrt_rtx/__init__.py"]}, "another on PYTHONPATH"),
+                         ({"tensorrt": ["10.9.0.34", "/x/tensorrt/__init__.py"]}, "full TensorRT was there: 'auto'")]:
+        store = edit_plan_memo(store, lambda entry: {**entry, "installed": {**installed, **changed}})
+        assert runner.remembered_plan(path, store, NO_GPU) is None, why
     store = edit_plan_memo(store, lambda entry: {**entry, "installed": installed})
     assert runner.remembered_plan(path, store, NO_GPU) is not None
 

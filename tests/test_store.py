@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pipeline import store as store_module
 from pipeline.errors import StoreError
 from pipeline.store import BUILDS, MANIFEST, MEMO, MEMO_MIN_BYTES, STAGING, Artifact, Run, Store
 
@@ -383,6 +384,13 @@ def test_a_run_allocated_up_front_is_shared_across_publishers(store: Store) -> N
 # ---------------------------------------------------------------- memo: remembered file hashes
 
 
+@pytest.fixture(autouse=True)
+def no_racy_window(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """The files these tests write are seconds old at most: remember them anyway (except where it is tested)."""
+    if "racy" not in request.node.name:
+        monkeypatch.setattr(store_module, "RACY_S", 0)
+
+
 def big(start: bytes) -> bytes:
     """`start`, padded to the size from which Store.file_sha256 remembers hashes."""
     return start + b"\0" * MEMO_MIN_BYTES
@@ -482,3 +490,27 @@ def test_small_files_are_hashed_every_time_not_remembered(store: Store, tmp_path
     small.write_bytes(b"x" * (MEMO_MIN_BYTES - 1))
     assert store.file_sha256(small) == hashlib.sha256(small.read_bytes()).hexdigest()
     assert store.memo("hashes") == {} and not store.root.exists()
+
+
+def test_a_file_changed_within_the_racy_window_is_hashed_but_not_remembered(store: Store, tmp_path: Path) -> None:
+    """A same-size rewrite inside one timestamp tick would keep the stamp: a file this fresh is not trusted yet."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(big(b"model bytes"))
+    assert store.file_sha256(model) == hashlib.sha256(big(b"model bytes")).hexdigest()
+    assert store.memo("hashes") == {}
+
+
+def test_a_file_that_changes_while_it_is_hashed_is_not_remembered(store: Store, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(big(b"first"))
+    real = store_module.file_sha256
+
+    def rewritten_meanwhile(path: Path) -> str:
+        digest = real(path)
+        path.write_bytes(big(b"other"))  # e.g. an export finishing while the build reads the model
+        return digest
+
+    monkeypatch.setattr(store_module, "file_sha256", rewritten_meanwhile)
+    store.file_sha256(model)
+    assert store.memo("hashes") == {}
