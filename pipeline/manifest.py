@@ -5,11 +5,10 @@ from __future__ import annotations
 import platform
 import socket
 import time
-from importlib import metadata
 from typing import Any
 
 from pipeline import __version__
-from pipeline.backend import Backend
+from pipeline.backend import Backend, installed_version
 from pipeline.context import Context
 from pipeline.digest import file_sha256, json_sha256, plain
 from pipeline.recipe import STAGE_ORDER, Recipe
@@ -63,15 +62,8 @@ def source_key(recipe: Recipe, model: dict, backend: Backend, target: Target) ->
         "model": {"sha256": model["sha256"], "external_data": [d["sha256"] for d in model["external_data"]]},
         "backend": {"name": backend.name, "version": backend.version},
         "target": _target_key(target),
-        "tools": {name: _version(name) for name in TOOLS} | {"trt-pipeline": __version__},
+        "tools": {name: installed_version(name) for name in TOOLS} | {"trt-pipeline": __version__},
     })
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def manifest(ctx: Context, stages: list[dict[str, Any]], started: float, waited: float = 0.0) -> dict:
