@@ -24,6 +24,7 @@ from pipeline.gpu import Probe
 from pipeline.manifest import build_key, manifest, source_key
 from pipeline.recipe import Recipe
 from pipeline.stages import PER_TARGET, STAGES
+from pipeline.stages.graph_cleanup import cleaned_files
 from pipeline.stages.parse import check_pin, digests, preflight
 from pipeline.store import Artifact, Run, Store, version_dir, write_bytes
 from pipeline.target import Target
@@ -384,7 +385,7 @@ def _link_shared_files(ctx: Context, staged: Path) -> None:
     """The cleaned model (and its external data) next to the engine: hard links when possible."""
     if ctx.cleaned_path is None:
         return
-    for source in ctx.cleaned_path.parent.glob(f"{ctx.cleaned_path.name}*"):
+    for source in cleaned_files(ctx.cleaned_path):
         try:
             os.link(source, staged / source.name)
         except OSError:

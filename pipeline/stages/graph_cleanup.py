@@ -136,7 +136,7 @@ def cleaned_model_from_model(ctx: Context) -> None:
     del graph
     path = ctx.scratch / CLEANED_FILE
     sha256, written = _save(model, path, on_disk)
-    ctx.background.start("cleaned_model_synced", sync, sorted(ctx.scratch.glob(f"{CLEANED_FILE}*")))  # to disk now
+    ctx.background.start("cleaned_model_synced", sync, cleaned_files(path))  # to disk now, beside the build
     complaint = _checker_error(written) if planned_passes(spec) else None  # no passes: nothing to check
     del written  # the serialized model (as big as its weights) is not needed past the checker
     if complaint:
@@ -154,6 +154,11 @@ def cleaned_model_from_model(ctx: Context) -> None:
     ctx.model = None  # parse's model and the cleaned one are freed: the next stages read the cleaned file
     if on_disk:
         ctx.background.result("cleanup_check")
+
+
+def cleaned_files(path: Path) -> list[Path]:
+    """The cleaned model at `path` and its external data, if any: what goes next to every engine."""
+    return sorted(path.parent.glob(f"{path.name}*"))
 
 
 def _checker_error(model: bytes | Path) -> str | None:
