@@ -13,10 +13,10 @@ from typing import Callable
 
 import tensorrt_rtx
 
-from pipeline import backend as backends
+from pipeline.trt import backend as backends
 from pipeline import recipe as recipes
-from pipeline import runner
-from pipeline.gpu import Probe
+from pipeline.build import runner
+from pipeline.trt.gpu import Probe
 from pipeline.store import Artifact, Store
 from tests.conftest import TINY_STAGES
 
@@ -73,7 +73,7 @@ def set_validation(store: Store, artifact: Artifact, status: str, reason: str | 
 
 def race_channel(root: str, tag: str, prefix: str, count: int, start: object) -> None:
     """Worker: `count` channel updates of one tag file, each to its own channel name."""
-    from pipeline import channel
+    from pipeline.lifecycle import channel
 
     store = Store(Path(root))
     start.wait()  # type: ignore[attr-defined]
@@ -84,7 +84,7 @@ def race_channel(root: str, tag: str, prefix: str, count: int, start: object) ->
 
 def race_promote(root: str, ref: str, tag: str, channel_name: str, reason: str, start: object) -> None:
     """Worker: one real promotion (reuse, production with a waiver) through pipeline.promote."""
-    from pipeline import promote
+    from pipeline.lifecycle import promote
 
     start.wait()  # type: ignore[attr-defined]
     promote.promote(Store(Path(root)), ref, tag, tag, channel_name, by=f"worker-{reason}", log=LOG,

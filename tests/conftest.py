@@ -77,14 +77,14 @@ def tiny_recipe(write_recipe: Callable[..., Path]) -> Path:
 from typing import TYPE_CHECKING  # noqa: E402
 
 if TYPE_CHECKING:
-    from pipeline.backend import Backend
-    from pipeline.context import Context
+    from pipeline.trt.backend import Backend
+    from pipeline.stages.context import Context
 
 
 @pytest.fixture(scope="session")
 def rtx_backend() -> "Backend":
     """The real TensorRT-RTX backend (it builds engines on this CPU-only machine)."""
-    from pipeline.backend import load
+    from pipeline.trt.backend import load
 
     return load("tensorrt-rtx")
 
@@ -96,10 +96,10 @@ def build_context(tmp_path: Path, rtx_backend: "Backend") -> Callable[..., "Cont
     import logging
 
     from pipeline import recipe as recipes
-    from pipeline.backend import make_logger
-    from pipeline.context import Context
-    from pipeline.gpu import Probe
-    from pipeline.target import resolve
+    from pipeline.trt.backend import make_logger
+    from pipeline.stages.context import Context
+    from pipeline.trt.gpu import Probe
+    from pipeline.trt.target import resolve
 
     def make(recipe_path: Path, target: str = "sm89") -> Context:
         log = logging.getLogger("x")

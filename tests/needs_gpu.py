@@ -9,8 +9,9 @@ from typing import Any, Callable
 
 import pytest
 
-from pipeline import backend as backends
-from pipeline import engine, gpu
+from pipeline.trt import backend as backends
+from pipeline.trt import runtime as engine
+from pipeline.trt import gpu
 from pipeline.errors import PipelineError
 
 REQUIRE_ENV = "TRT_PIPELINE_REQUIRE_GPU"

@@ -20,7 +20,7 @@ import tensorrt_rtx
 from pipeline import cli
 from pipeline.commands import core
 from tests.conftest import FORBIDDEN_STORE
-from tests.test_runner import FAILING, RECIPE
+from tests.build.test_runner import FAILING, RECIPE
 
 REPO = Path(__file__).resolve().parent.parent
 RTX = ".".join(tensorrt_rtx.__version__.split(".")[:3])

@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import capability, gpu, runner
+from pipeline.build import capability
+from pipeline.trt import gpu
+from pipeline.build import runner
 from pipeline.cli import emit_json, print_table, progress, size
 from pipeline.commands import Command
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
@@ -66,7 +68,7 @@ def build(args: argparse.Namespace, log: logging.Logger) -> int:
         return 0
     started = time.perf_counter()
     outcomes = runner.build(plan, store, log, progress(args), force=args.force)
-    from pipeline.validate import after_build  # the recipe's validate: step; 'skipped' where no GPU can run it
+    from pipeline.validate.artifact import after_build  # the recipe's validate: step; 'skipped' where no GPU can run it
 
     valid = after_build(plan.recipe, [o.artifact for o in outcomes if not o.reused], store, probe,
                         args.environ, log, progress(args))
@@ -98,7 +100,7 @@ def _row(artifact: Artifact) -> dict:
 
 
 def list_(args: argparse.Namespace, log: logging.Logger) -> int:
-    from pipeline import channel
+    from pipeline.lifecycle import channel
 
     store = Store(args.store)
     store.recipes()  # a regular file given as the store is an error; a missing store holds nothing

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import channel as channels
+from pipeline.lifecycle import channel as channels
 from pipeline.cli import emit_json, print_table, progress
 from pipeline.commands import Command
 from pipeline.store import Store
 
 
 def promote(args: argparse.Namespace, log: logging.Logger) -> int:
-    from pipeline import promote as promotion
+    from pipeline.lifecycle import promote as promotion
 
     done = promotion.promote(Store(args.store), args.artifact, args.from_tag, args.to_tag or args.from_tag,
                              args.channel, by=promotion.who(args.environ), log=log,
@@ -68,7 +68,7 @@ def history(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def export(args: argparse.Namespace, log: logging.Logger) -> int:
-    from pipeline import triton
+    from pipeline.lifecycle import triton
 
     done = triton.export(Store(args.store), args.name, args.channel, args.repo)
     if args.json:
@@ -82,7 +82,7 @@ def export(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def gc(args: argparse.Namespace, log: logging.Logger) -> int:
-    from pipeline import gc as collector
+    from pipeline.lifecycle import gc as collector
 
     store = Store(args.store)
     if args.name is not None:

@@ -13,7 +13,7 @@ from typing import TextIO
 
 from pipeline.cli import emit_json, print_table
 from pipeline.commands import Command
-from pipeline.pair import Task
+from pipeline.nightly.task import Task
 from pipeline.store import Store
 
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
@@ -101,13 +101,14 @@ def _hms(seconds: float) -> str:
 
 
 def _first_line(text: str | None) -> str:
-    from pipeline.report import first_line
+    from pipeline.nightly.report import first_line
 
     return first_line(text)
 
 
 def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
-    from pipeline import nightly as nights, regression
+    from pipeline.nightly import run as nights
+    from pipeline.nightly import regression
 
     config_file = args.config or (args.recipes_dir / nights.CONFIG_FILE)
     config_file = config_file if args.config or config_file.is_file() else None
@@ -122,7 +123,7 @@ def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
         raise
     summary_file = args.environ.get(STEP_SUMMARY_ENV)
     if summary_file:
-        from pipeline.report import markdown
+        from pipeline.nightly.report import markdown
 
         try:
             with open(summary_file, "a") as handle:
@@ -137,7 +138,7 @@ def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def _print_summary(report: dict) -> None:
-    from pipeline.report import change_line, first_line, headline, pair_row, regression_line
+    from pipeline.nightly.report import change_line, first_line, headline, pair_row, regression_line
 
     print_table(("RECIPE", "TARGET", "STATUS", "ENGINE", "BUILD", "MAX ERROR", "VALIDATION", "ARTIFACT"),
                 [pair_row(p) for p in report["pairs"]])

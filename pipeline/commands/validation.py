@@ -6,8 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline import engine as engines
-from pipeline import gpu
+from pipeline.trt import runtime as engines
+from pipeline.trt import gpu
 from pipeline.cli import emit_json
 from pipeline.commands import Command
 from pipeline.errors import CannotRunHere, PipelineError
@@ -20,7 +20,7 @@ def _artifact(args: argparse.Namespace) -> tuple[Artifact, dict]:
 
 
 def validate(args: argparse.Namespace, log: logging.Logger) -> int:
-    from pipeline import validate as validation
+    from pipeline.validate import artifact as validation
 
     store = Store(args.store)
     artifact = store.resolve(args.artifact, args.tag)

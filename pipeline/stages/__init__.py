@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pipeline.context import Context
+from pipeline.stages.context import Context
 from pipeline.stages import graph_cleanup, memory_pool, network_flag, parse, serialize
 
 Stage = Callable[[Context], None]

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline.context import Context
+from pipeline.stages.context import Context
 from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError
 from pipeline.recipe import CleanupSpec
@@ -146,7 +146,7 @@ def cleaned_model_from_model(ctx: Context) -> None:
                           "nodes_after": nodes_after}
     ctx.cleaned_sha256 = sha256
     ctx.onnx_path = ctx.cleaned_path = path
-    from pipeline.validate import cleanup_check  # ONNX Runtime: cleaned vs original; fails when numerics change
+    from pipeline.validate.artifact import cleanup_check  # ONNX Runtime: cleaned vs original; fails when numerics change
 
     # Beside the TensorRT build, joined before publishing. Weights left on disk (more than 2 GiB) are checked
     # before it instead: ONNX Runtime and TensorRT would otherwise hold them in memory at the same time.

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from pipeline.context import Context
+from pipeline.stages.context import Context
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError
 from pipeline.recipe import SerializeSpec

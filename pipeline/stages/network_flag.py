@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipeline.backend import Backend
-from pipeline.context import Context
+from pipeline.trt.backend import Backend
+from pipeline.stages.context import Context
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError
 from pipeline.recipe import FlagSpec

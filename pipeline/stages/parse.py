@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.context import Context
+from pipeline.stages.context import Context
 from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError, PipelineError
 

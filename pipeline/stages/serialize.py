@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline import interrupt
-from pipeline.context import Context
+from pipeline.stages.context import Context
 from pipeline.errors import BuildError
 from pipeline.store import replace_bytes, write_bytes
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import onnx
 import pytest
 
-from pipeline.context import Context
+from pipeline.stages.context import Context
 from pipeline.errors import BuildError
 from pipeline.recipe import CleanupSpec
 from pipeline.stages import graph_cleanup, parse

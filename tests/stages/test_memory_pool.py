@@ -8,7 +8,7 @@ from typing import Callable
 import pytest
 import tensorrt_rtx as trt
 
-from pipeline.context import Context
+from pipeline.stages.context import Context
 from pipeline.errors import BuildError
 from tests.conftest import run_stages
 

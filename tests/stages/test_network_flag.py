@@ -10,8 +10,8 @@ from typing import Callable
 import pytest
 import tensorrt_rtx
 
-from pipeline.backend import Backend
-from pipeline.context import Context
+from pipeline.trt.backend import Backend
+from pipeline.stages.context import Context
 from pipeline.errors import BackendError, BuildError
 from pipeline.recipe import FlagSpec
 from pipeline.stages.network_flag import creation_flags

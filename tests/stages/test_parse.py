@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from models.make_models import MODELS, write_model
-from pipeline.context import Context
+from pipeline.stages.context import Context
 from pipeline.errors import BuildError, PipelineError
 from pipeline.stages.parse import digests, header, preflight
 from tests.conftest import TINY_STAGES, run_stages

@@ -10,7 +10,7 @@ import pytest
 import tensorrt_rtx
 
 from pipeline import interrupt
-from pipeline.context import Context
+from pipeline.stages.context import Context
 from pipeline.errors import BuildError
 from pipeline.stages.serialize import ENGINE_FILE
 from tests.conftest import run_stages

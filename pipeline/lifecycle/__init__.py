@@ -1,0 +1,1 @@
+"""What happens to published artifacts: channels, promotion, garbage collection, Triton export."""

@@ -1,0 +1,97 @@
+"""Garbage collection: keep the newest N builds per recipe and GPU tag, and every build a channel points at
+or ever pointed at (a promoted build is never removed, so the history can always be followed back).
+
+Removal happens under the recipe's lock, the plan is made again inside it, and each artifact directory is
+first renamed into the store's staging area, so a reader never sees half of a removed artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from itertools import groupby
+
+from pipeline.lifecycle import channel as channels
+from pipeline.errors import StoreError
+from pipeline.store import STAGING, Artifact, Store
+
+
+@dataclass(frozen=True)
+class Sweep:
+    remove: tuple[Artifact, ...]
+    protected: tuple[tuple[Artifact, str], ...]  # old builds kept, with why
+    kept: int  # builds kept because they are among the newest N
+
+
+def _promoted(store: Store, name: str) -> dict[tuple[str, int, str], str]:
+    """(version, build, tag) -> why it must stay: on a channel now, or named by a promotion in the history."""
+    why: dict[tuple[str, int, str], str] = {}
+    for event in channels.history(store, name):
+        artifact, source = event.get("artifact") or {}, event.get("from") or {}
+        if artifact:
+            why[(artifact["version"], artifact["build"], artifact["tag"])] = (
+                f"was promoted to {event['channel']} on {event['tag']} at {event['at']}")
+        if source.get("ref"):
+            version = source["ref"].split("@", 1)[1]
+            base, _, number = version.partition("+")
+            why.setdefault((base, int(number or 1), source["tag"]),
+                           f"source of a promotion to {event['tag']} at {event['at']}")
+    for tag, channel, entry in channels.everything(store, name):
+        why[(entry["version"], entry["build"], entry["tag"])] = f"on channel {channel} of {tag}"
+    return why
+
+
+def plan(store: Store, keep: int, name: str | None = None) -> Sweep:
+    if keep < 0:
+        raise StoreError(f"--keep must be 0 or more, got {keep}")
+    remove: list[Artifact] = []
+    protected: list[tuple[Artifact, str]] = []
+    kept = 0
+    artifacts = store.artifacts(name)
+    names = sorted({a.name for a in artifacts})
+    promoted = {n: _promoted(store, n) for n in names}
+    by_group = sorted(artifacts, key=lambda a: (a.name, a.tag, a.sort_key))
+    for _, group in groupby(by_group, key=lambda a: (a.name, a.tag)):
+        builds = list(group)
+        old = builds[:max(len(builds) - keep, 0)]
+        kept += len(builds) - len(old)
+        for artifact in old:
+            why = promoted[artifact.name].get((artifact.version, artifact.build, artifact.tag))
+            if why:
+                protected.append((artifact, why))
+            else:
+                remove.append(artifact)
+    return Sweep(tuple(remove), tuple(protected), kept)
+
+
+def collect(store: Store, keep: int, name: str | None = None, dry_run: bool = False) -> Sweep:
+    """Remove what `plan` says, re-planning under each recipe's lock so a promotion cannot race the removal."""
+    sweep = plan(store, keep, name)
+    if dry_run or not sweep.remove:
+        return sweep
+    removed: list[Artifact] = []
+    for recipe in sorted({a.name for a in sweep.remove}):
+        with store.lock(recipe):
+            for artifact in plan(store, keep, recipe).remove:
+                _remove(store, artifact)
+                removed.append(artifact)
+    final = plan(store, keep, name)
+    return Sweep(tuple(removed), final.protected, final.kept)
+
+
+def _remove(store: Store, artifact: Artifact) -> None:
+    """Rename out of sight first (atomic), then delete; drop the version directory once it is empty."""
+    base = store.root / STAGING
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        trash = tempfile.mkdtemp(prefix=f"gc-{artifact.name}-", dir=base)
+        os.rename(artifact.path, os.path.join(trash, artifact.tag))
+    except OSError as error:
+        raise StoreError(f"cannot remove {artifact.path}: {error.strerror}") from None
+    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        artifact.path.parent.rmdir()
+    except OSError:
+        pass  # other GPU tags of this version remain

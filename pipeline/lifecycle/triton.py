@@ -1,0 +1,189 @@
+"""Export a channel to a Triton Inference Server model repository.
+
+DIR/<name>/config.pbtxt            platform "tensorrt_plan", max_batch_size 0 (explicit batch), I/O from the manifest,
+                                   cc_model_filenames: compute capability -> model.<sm>.plan
+DIR/<name>/<n>/model.<sm>.plan     one per GPU tag, even for one: an engine is only offered to the GPUs it runs on
+DIR/<name>/<n>/provenance.json     which builds the version holds (ref, GPU tag, engine sha256)
+A new numbered version is written only when the channel's engines changed since the newest one. The version
+folder is staged beside the others and renamed into place whole. config.pbtxt is shared by every version and
+rewritten by each export; file names depend only on the compute capability, so they stay the same from version
+to version (a version folder lacks only the files of GPUs added after it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.lifecycle import channel as channels
+from pipeline.errors import StoreError
+from pipeline.store import Store, replace_bytes, write_json
+
+log = logging.getLogger("pipeline.triton")
+
+PLATFORM = "tensorrt_plan"
+PROVENANCE = "provenance.json"
+# TensorRT DataType (as recorded in manifest["network"], lower-case) -> Triton DataType
+DTYPES = {"float": "TYPE_FP32", "half": "TYPE_FP16", "bf16": "TYPE_BF16", "int8": "TYPE_INT8",
+          "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8"}
+
+
+@dataclass(frozen=True)
+class Export:
+    model_dir: Path
+    version: int
+    files: dict[str, str]  # GPU tag -> engine file in the version folder
+    changed: bool  # False when the newest version already held these engines
+
+    def to_json(self) -> dict:
+        return {"model_dir": str(self.model_dir), "config": str(self.model_dir / "config.pbtxt"),
+                "version": self.version, "files": self.files, "changed": self.changed}
+
+
+def _quote(text: str) -> str:
+    """A protobuf text-format string literal."""
+    out = []
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\{ord(char):03o}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def _tensors(kind: str, tensors: dict[str, dict]) -> list[str]:
+    lines = [f"{kind} ["]
+    for index, (name, spec) in enumerate(tensors.items()):
+        dtype = DTYPES.get(spec["dtype"])
+        if dtype is None:
+            raise StoreError(f"Triton has no data type for TensorRT {spec['dtype']} ({kind} '{name}'); "
+                             f"it takes {', '.join(DTYPES)}")
+        comma = "," if index < len(tensors) - 1 else ""
+        lines += ["  {", f"    name: {_quote(name)}", f"    data_type: {dtype}",
+                  f"    dims: [ {', '.join(str(int(d)) for d in spec['shape'])} ]", "  }" + comma]
+    return lines + ["]"]
+
+
+def config_text(name: str, network: dict, files: dict[str, str]) -> str:
+    """config.pbtxt; `files` maps compute capability -> engine file. No default file: on a GPU whose compute
+    capability is not listed the model fails to load rather than run an engine built for another GPU."""
+    lines = [f"name: {_quote(name)}", f"platform: {_quote(PLATFORM)}", "max_batch_size: 0"]
+    lines += _tensors("input", network["inputs"]) + _tensors("output", network["outputs"])
+    lines.append("cc_model_filenames [")
+    for index, (cc, file) in enumerate(sorted(files.items(), key=lambda kv: tuple(map(int, kv[0].split("."))))):
+        comma = "," if index < len(files) - 1 else ""
+        lines.append(f"  {{ key: {_quote(cc)} value: {_quote(file)} }}{comma}")
+    lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
+def _engines(store: Store, name: str, channel: str) -> list[dict]:
+    """One record per GPU tag whose `channel` is set: the artifact, its manifest and the file name to use."""
+    from pipeline.trt.target import parse_tag
+
+    found = []
+    for tag, ch, entry in channels.everything(store, name):
+        if ch == channel:
+            artifact = channels.resolve(store, name, entry)
+            parsed = parse_tag(tag)
+            found.append({"tag": tag, "artifact": artifact, "manifest": artifact.manifest(),
+                          "sm": parsed.sm, "cc": parsed.compute_capability, "backend": parsed.backend})
+    if not found:
+        raise StoreError(f"no GPU tag of '{name}' has a '{channel}' channel in store {store.root}",
+                         hint=f"promote a build first: trt-pipeline promote {name}@VERSION --from TAG --to TAG "
+                              f"--channel {channel}")
+    return found
+
+
+def _files(engines: list[dict]) -> dict[str, str]:
+    """GPU tag -> model.<sm>.plan (stable across versions); several engines for one compute capability cannot be
+    told apart by Triton."""
+    by_cc: dict[str, dict] = {}
+    for engine in engines:
+        other = by_cc.setdefault(engine["cc"], engine)
+        if other["manifest"]["engine"]["sha256"] != engine["manifest"]["engine"]["sha256"]:
+            raise StoreError(f"{other['tag']} and {engine['tag']} have different engines for compute capability "
+                             f"{engine['cc']}; Triton chooses by compute capability only: export one of them")
+    return {e["tag"]: f"model.{by_cc[e['cc']]['sm']}.plan" for e in engines}
+
+
+def _same_io(engines: list[dict]) -> dict:
+    first = engines[0]
+    for engine in engines[1:]:
+        for key in ("inputs", "outputs"):
+            if engine["manifest"]["network"][key] != first["manifest"]["network"][key]:
+                raise StoreError(f"{first['tag']} and {engine['tag']} have different engine {key} "
+                                 f"({first['manifest']['network'][key]} vs {engine['manifest']['network'][key]}); "
+                                 "one Triton model needs one interface")
+    return first["manifest"]["network"]
+
+
+def _versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit())
+
+
+def export(store: Store, name: str, channel: str, repo: Path) -> Export:
+    engines = _engines(store, name, channel)
+    _warn_rtx(engines)
+    files = _files(engines)
+    network = _same_io(engines)
+    provenance = {"name": name, "channel": channel, "engines": [
+        {"tag": e["tag"], "ref": e["artifact"].ref, "artifact_tag": e["artifact"].tag, "file": files[e["tag"]],
+         "compute_capability": e["cc"], "engine_sha256": e["manifest"]["engine"]["sha256"]} for e in engines]}
+    model_dir = Path(repo) / name
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot create {model_dir}: {error.strerror}") from None
+    versions = _versions(model_dir)
+    if versions and _provenance(model_dir / str(versions[-1])) == provenance:
+        changed, version = False, versions[-1]
+    else:
+        changed, version = True, (versions[-1] + 1 if versions else 1)
+        _write_version(model_dir, version, engines, files, provenance)
+    _write_config(model_dir, config_text(name, network, {e["cc"]: files[e["tag"]] for e in engines}))
+    return Export(model_dir, version, files, changed)
+
+
+def _provenance(version_dir: Path) -> dict | None:
+    try:
+        return json.loads((version_dir / PROVENANCE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_version(model_dir: Path, version: int, engines: list[dict], files: dict[str, str], provenance: dict) -> None:
+    staged = Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
+    try:
+        for engine in engines:
+            dest = staged / files[engine["tag"]]
+            if not dest.exists():
+                shutil.copyfile(engine["artifact"].path / engine["manifest"]["engine"]["file"], dest)
+                with open(dest, "rb") as handle:
+                    os.fsync(handle.fileno())
+        write_json(staged / PROVENANCE, provenance)
+        staged.chmod(0o755)
+        os.rename(staged, model_dir / str(version))
+    except OSError as error:
+        raise StoreError(f"cannot write {model_dir / str(version)}: {error.strerror}") from None
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def _warn_rtx(engines: list[dict]) -> None:
+    rtx = [e["tag"] for e in engines if e["backend"] == "tensorrt-rtx"]
+    if rtx:
+        log.warning("%s: TensorRT-RTX engines load only in a Triton whose tensorrt_plan backend is built against "
+                    "TensorRT-RTX (of the same version); the stock backend links full TensorRT and cannot "
+                    "deserialize them. This export cannot check the server", ", ".join(rtx))
+
+
+def _write_config(model_dir: Path, text: str) -> None:
+    replace_bytes(model_dir / "config.pbtxt", text.encode())

@@ -1,0 +1,1 @@
+"""Rebuild many recipes for many targets, compare with the previous night, report."""

@@ -1,0 +1,181 @@
+"""Nightly (recipe, target) pairs built in a worker process, and what a night records about each.
+
+A task never raises: a user error (a bad recipe, a failed stage) or a bug becomes a `failed` record, so one
+pair costs the night only itself. Everything a worker needs travels in a picklable `Task`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.trt.gpu import Probe
+from pipeline.store import Run, Store
+
+
+@dataclass(frozen=True)
+class Task:
+    """Targets of one recipe to build in one worker process (picklable: paths and plain values). Built together,
+    the shared stages (parse, graph-cleanup) run once for all of them, as in `trt-pipeline build`."""
+
+    recipe_file: str
+    recipe: str  # the recipe's name
+    targets: tuple[str, ...]
+    store: str
+    force: bool
+    probe: Probe
+    logs: str  # directory of the night's logs
+    timing_cache: str | None = None  # tasks sharing a timing cache never run at the same time
+    estimate_bytes: int = 0  # memory one build of this recipe is assumed to need
+    run: int | None = None  # the night's build number for this recipe, shared by every process building it
+
+    @property
+    def log(self) -> str:
+        return str(Path(self.logs) / f"{self.recipe}.{'+'.join(self.targets)}.log")
+
+    def split(self) -> list["Task"]:
+        return [replace(self, targets=(target,)) for target in self.targets]
+
+
+def build_task(task: Task) -> list[dict]:
+    """One record per target; never raises for a user error or a bug: both become `failed` records.
+
+    The targets are built together; if that fails, each target is built alone so that the failure is pinned
+    on its target and the others still publish (what the joint attempt published is kept, not rebuilt)."""
+    log = _task_logger(Path(task.log))
+    started = time.perf_counter()
+    cache_before = _sha_or_none(task.timing_cache)
+    store = Store(Path(task.store))
+    before = {a.path for a in store.artifacts(task.recipe)}
+    try:
+        try:
+            records = _build(task, store, log, before)
+        except Exception as error:  # noqa: BLE001 - pinned on its target below
+            if len(task.targets) == 1:
+                records = [_failure(task, task.targets[0], error, log)]
+            else:
+                log.info("building %s together failed; building each target alone", ", ".join(task.targets))
+                records = [_build_alone(one, store, log, before) for one in task.split()]
+    finally:
+        for handler in log.handlers[:]:
+            log.removeHandler(handler)
+            handler.close()
+    wall = round((time.perf_counter() - started) / len(records), 3)
+    cache = {"path": task.timing_cache, "before": cache_before, "after": _sha_or_none(task.timing_cache)}
+    return [{**r, "log": task.log, "wall_s": wall, **({"timing_cache": cache} if task.timing_cache else {})}
+            for r in records]
+
+
+def _build(task: Task, store: Store, log: logging.Logger, before: set[Path]) -> list[dict]:
+    from pipeline.build import runner
+
+    plan = load_plan(Path(task.recipe_file), task.probe, task.targets)
+    fresh = {a.tag for a in store.artifacts(task.recipe) if a.path not in before}
+    force = task.force and not fresh & {t.tag for t in plan.targets}  # published by this task's joint attempt
+    outcomes = runner.build(plan, store, log, log.info, force=force, run=Run(task.run) if task.run else None)
+    records = []
+    for outcome in outcomes:
+        new = not outcome.reused or outcome.artifact.path not in before
+        if not outcome.reused:
+            _validate(plan, outcome.artifact, store, task.probe, log)
+        reason = None if new else "build key unchanged"
+        records.append({**identity(task, outcome.target.name),
+                        **artifact_record(outcome.artifact, plan.recipe, reason)})
+    return records
+
+
+def _build_alone(task: Task, store: Store, log: logging.Logger, before: set[Path]) -> dict:
+    try:
+        (record,) = _build(task, store, log, before)
+        return record
+    except Exception as error:  # noqa: BLE001 - a failure or a bug in one pair must not stop the night
+        return _failure(task, task.targets[0], error, log)
+
+
+def _failure(task: Task, target: str, error: Exception, log: logging.Logger) -> dict:
+    if isinstance(error, PipelineError):
+        log.error("%s %s: %s%s", task.recipe, target, error, f"\nhint: {error.hint}" if error.hint else "")
+        return {**identity(task, target), "status": "failed", "error": str(error), "hint": error.hint}
+    log.error("%s %s: internal error (this is a bug):\n%s", task.recipe, target,
+              "".join(traceback.format_exception(error)))
+    return {**identity(task, target), "status": "failed", "hint": f"traceback in {task.log}",
+            "error": f"internal error (this is a bug): {type(error).__name__}: {error}"}
+
+
+def _task_logger(path: Path) -> logging.Logger:
+    log = logging.getLogger("pipeline.nightly.task")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.handlers[:] = [handler]
+    return log
+
+
+def _sha_or_none(path: str | None) -> str | None:
+    from pipeline.digest import file_sha256
+
+    return file_sha256(Path(path)) if path and Path(path).is_file() else None
+
+
+def identity(task: Task, target: str) -> dict:
+    return {"recipe": task.recipe, "target": target, "recipe_file": task.recipe_file, "log": task.log}
+
+
+def load_plan(path: Path, probe: Probe, targets: tuple[str, ...] = ()) -> Any:
+    """Recipe -> backend -> runner.Plan (for `targets`, default the recipe's), every problem as a RecipeError."""
+    from pipeline.build import runner
+
+    recipe, backend = runner.load_recipe(path)
+    return runner.plan(recipe, backend, probe, targets)
+
+
+def artifact_record(artifact: Any, recipe: Any, reason: str | None) -> dict:
+    """What a night records about a built or reused artifact: read from its manifest, defensively."""
+    manifest = artifact.manifest()
+    build, engine = manifest.get("build") or {}, manifest.get("engine") or {}
+    return {"status": "skipped" if reason else "built", "reason": reason, "artifact": artifact.ref,
+            "tag": artifact.tag, "path": str(artifact.path), "build_key": build.get("key"),
+            "engine_sha256": engine.get("sha256"), "engine_bytes": engine.get("bytes"),
+            "build_s": build.get("duration_s"), "validation": validation_record(manifest, recipe)}
+
+
+def validation_record(manifest: dict, recipe: Any) -> dict:
+    """{status, reason, max_errors {output: float}, tolerances {output: atol}} from a manifest's validation block."""
+    block = manifest.get("validation") or {}
+    errors = output_errors(block)
+    spec = getattr(recipe, "validate", None)
+    tolerances = {name: spec.tolerance(name).atol for name in errors} if spec else {}
+    return {"status": block.get("status") or "not-run", "reason": block.get("reason"),
+            "max_errors": errors, "tolerances": tolerances}
+
+
+def output_errors(block: dict) -> dict[str, float]:
+    """Per-output max absolute error, the worst over the validated shapes, from the validation block validate.py
+    writes: results[i].outputs[name].max_abs."""
+    found: dict[str, float] = {}
+    for result in block.get("results") or []:
+        for name, output in (result.get("outputs") or {}).items():
+            error = output.get("max_abs")
+            if isinstance(error, (int, float)):
+                found[name] = max(found.get(name, error), error)
+    return found
+
+
+def _validate(plan: Any, artifact: Any, store: Store, probe: Probe, log: logging.Logger) -> None:
+    """The build's validate step (skipped, with the reason, where no GPU can run the engine), unless the
+    artifact already carries a validation result."""
+    from pipeline.validate import artifact as validate
+
+    if (artifact.manifest().get("validation") or {}).get("status", "not-run") != "not-run":
+        return
+    try:
+        validate.after_build(plan.recipe, [artifact], store, probe, os.environ, log, log.info)
+    except PipelineError as error:
+        log.error("validation of %s could not run: %s", artifact.ref, error)

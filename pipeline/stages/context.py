@@ -1,0 +1,55 @@
+"""The state one build carries from stage to stage. Stages read what earlier stages left here."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, MutableMapping
+
+from pipeline.trt.backend import Backend
+from pipeline.background import Background
+from pipeline.recipe import Recipe
+from pipeline.trt.target import Target
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    backend: Backend
+    scratch: Path  # private working directory for this build, inside the store
+    log: logging.Logger
+    trt_logger: Any
+    # parse
+    model: Any = None  # onnx.ModelProto, weights loaded only when graph-cleanup needs them (None after it: on disk)
+    model_record: dict = field(default_factory=dict)
+    # graph-cleanup (or the original model when there is no cleanup)
+    onnx_path: Path | None = None
+    cleaned_path: Path | None = None
+    cleaned_sha256: str | None = None
+    cleanup_record: dict = field(default_factory=dict)
+    # per target: network-flag, memory-pool, serialize
+    target: Target | None = None
+    staged: Path | None = None  # the artifact directory being written for this target
+    builder: Any = None
+    network: Any = None
+    parser: Any = None  # the network borrows the parser's weights: it lives as long as the network
+    network_record: dict = field(default_factory=dict)
+    config: Any = None
+    config_record: dict = field(default_factory=dict)
+    timing_cache: Any = None  # the ITimingCache set on the config: kept alive for as long as the build runs
+    engine_path: Path | None = None
+    environ: MutableMapping[str, str] = field(default_factory=lambda: os.environ)  # Polygraphy reads it at import
+    background: Background = field(default_factory=Background)  # checks running beside the build; shared by targets
+
+    @property
+    def cleanup_check(self) -> dict | None:
+        """graph-cleanup's check of the cleaned graph against the original (pipeline.validate.artifact), None without
+        graph-cleanup. It runs in the background: this waits for it and raises its failure."""
+        return self.background.result("cleanup_check")
+
+    def for_target(self, target: Target, staged: Path) -> "Context":
+        """A copy for one target: shared results carried over, per-target state fresh."""
+        return replace(self, target=target, staged=staged, builder=None, network=None, parser=None,
+                       network_record={}, config=None, config_record={}, timing_cache=None, engine_path=None)

@@ -1,0 +1,1 @@
+"""TensorRT and the GPU: which backend, what it can build, targets and tags, running engines, Polygraphy."""

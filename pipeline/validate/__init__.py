@@ -1,0 +1,1 @@
+"""Numerics: comparisons under ONNX Runtime and Polygraphy, the cleanup check, artifact validation."""

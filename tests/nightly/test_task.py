@@ -1,0 +1,97 @@
+"""What a night records about one pair: max errors read defensively from either form of a validation block."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import recipe as recipes
+from pipeline.nightly.task import Task, output_errors, validation_record
+from pipeline.nightly.pool import workers_for
+from tests.nightly.test_run import NO_GPU, TINY_PROFILE, recipe_text
+
+
+@pytest.fixture
+def recipes_for_pairs(tmp_path: Path, models_dir: Path) -> Path:
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "tiny.yaml").write_text(recipe_text("tiny", models_dir / "tiny.onnx", TINY_PROFILE))
+    return folder
+
+
+def row(shape: str, **outputs: float | None) -> dict:
+    """One shape set's row as pipeline.validate.artifact records it."""
+    return {"shape": shape, "profile": 0, "passed": True,
+            "outputs": {name: {"max_abs": e, "max_rel": None, "atol": 1e-3, "rtol": 1e-3, "passed": e is not None}
+                        for name, e in outputs.items()}}
+
+
+def test_the_worst_shape_wins_per_output() -> None:
+    block = {"status": "passed", "results": [row("min", y=1e-5, z=2e-4), row("opt", y=3e-5, z=None),
+                                             row("max", y=2e-5, z=1e-4)]}
+    assert output_errors(block) == {"y": 3e-5, "z": 2e-4}
+
+
+def test_no_result_no_error() -> None:
+    assert output_errors({"status": "not-run", "reason": "no validation has run"}) == {}
+    assert output_errors({"status": "failed", "results": [row("opt", y=None)]}) == {}  # NaN or infinite: no number
+
+
+def test_tolerances_come_from_the_recipe(write_recipe) -> None:
+    path: Path = write_recipe("name: t\nversion: 1.0.0\nmodel: {path: m.onnx}\ntargets: [sm89]\n"
+                              "stages: [{parse: {}}, {network-flag: {}}, {memory-pool: {}}, {serialize: {}}]\n"
+                              "validate: {atol: 1.0e-3, outputs: {z: {atol: 1.0e-2}}}\n")
+    recipe = recipes.load(path)
+    record = validation_record({"validation": {"status": "passed", "results": [row("opt", y=1e-4, z=1e-3)]}},
+                               recipe)
+    assert record == {"status": "passed", "reason": None, "max_errors": {"y": 1e-4, "z": 1e-3},
+                      "tolerances": {"y": 1e-3, "z": 1e-2}}
+    assert validation_record({}, None) == {"status": "not-run", "reason": None, "max_errors": {}, "tolerances": {}}
+
+
+def test_parallel_builds_are_bounded_by_memory() -> None:
+    tasks = [Task("r.yaml", "r", (t,), "/s", False, NO_GPU, "/l", estimate_bytes=1 << 30)
+             for t in ("sm86", "sm89", "sm120")]
+    assert workers_for(tasks, jobs=8, memory=10 << 30) == 3  # no more workers than pairs
+    assert workers_for(tasks, jobs=2, memory=10 << 30) == 2
+    assert workers_for(tasks, jobs=8, memory=(2 << 30) + 5) == 2  # two builds fit in memory
+    assert workers_for(tasks, jobs=8, memory=1 << 20) == 1  # always at least one
+
+
+def test_a_failing_target_is_pinned_on_itself_and_its_siblings_publish_once(
+        recipes_for_pairs: Path, tmp_path: Path, monkeypatch) -> None:
+    from pipeline.errors import BuildError
+    from pipeline.nightly.task import build_task
+    from pipeline.stages import STAGES
+    from pipeline.store import Store
+
+    real = STAGES["serialize"]
+
+    def serialize(ctx) -> None:  # sm89 fails after sm86 has been published by the joint attempt
+        if ctx.target.name == "sm89":
+            raise BuildError("serialize: injected failure for sm89")
+        real(ctx)
+
+    monkeypatch.setitem(STAGES, "serialize", serialize)
+    (tmp_path / "logs").mkdir()
+    task = Task(str(recipes_for_pairs / "tiny.yaml"), "tiny", ("sm86", "sm89"), str(tmp_path / "store"), True,
+                NO_GPU, str(tmp_path / "logs"))
+    records = {r["target"]: r for r in build_task(task)}
+    assert records["sm86"]["status"] == "built" and records["sm86"]["artifact"] == "tiny@1.0.0+1"
+    assert (records["sm89"]["status"], records["sm89"]["error"]) == ("failed", "serialize: injected failure for sm89")
+    assert [(a.ref, a.tag) for a in Store(tmp_path / "store").artifacts()] == [("tiny@1.0.0+1", "sm86.rtx-1.7.1")]
+    assert records["sm86"]["log"] == records["sm89"]["log"] == str(tmp_path / "logs" / "tiny.sm86+sm89.log")
+    assert "building sm86, sm89 together failed" in Path(records["sm89"]["log"]).read_text()
+
+
+def test_recipes_are_split_across_idle_workers() -> None:
+    from pipeline.nightly.pool import spread
+
+    def task(name: str, *targets: str) -> Task:
+        return Task(f"{name}.yaml", name, targets, "/s", False, NO_GPU, "/l")
+
+    tasks = [task("a", "sm86", "sm89", "sm120"), task("b", "sm89")]
+    assert spread(tasks, 1) == tasks
+    assert [t.targets for t in spread(tasks, 3)] == [("sm86", "sm89"), ("sm120",), ("sm89",)]
+    assert [t.targets for t in spread(tasks, 8)] == [("sm86",), ("sm89",), ("sm120",), ("sm89",)]
