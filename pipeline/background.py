@@ -42,10 +42,9 @@ class Background:
         """Every job started so far has finished."""
         return all(job.done() for job in self._jobs.values())
 
-    def wait(self) -> None:
-        """Wait for every job, in the order started; the first failure is raised."""
-        for name in self._jobs:
-            self.result(name)
+    def wait(self) -> dict[str, Any]:
+        """Wait for every job, in the order started; the first failure is raised. Returns each job's result."""
+        return {name: self.result(name) for name in self._jobs}
 
     def __enter__(self) -> "Background":
         return self

@@ -12,9 +12,11 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from pipeline import __version__, interrupt
+from pipeline.commands import register_all
+from pipeline.commands.output import Progress
 from pipeline.errors import PipelineError, RecipeError
 
 STORE_ENV = "TRT_PIPELINE_STORE"
@@ -73,8 +75,6 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    from pipeline.commands import register_all
-
     register_all(command)
     return top
 
@@ -88,7 +88,7 @@ def _setup_logging(args: argparse.Namespace) -> logging.Logger:
     log.setLevel(handler.level)  # no record is made for what nobody shows (TensorRT sends thousands at VERBOSE)
     if not args.verbose:  # TensorRT's own messages: in every build.log, on the terminal with -v
         handler.addFilter(lambda record: not record.name.startswith("pipeline.trt"))
-    handler.addFilter(lambda record: _Progress.end_status() or True)  # a log line never lands on a status line
+    handler.addFilter(lambda record: Progress.end_status() or True)  # a log line never lands on a status line
     log.handlers[:] = [handler]
     log.propagate = False
     return log
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         try:
             return args.func(args, log)
         finally:
-            _Progress.end_status()  # an unfinished status line must not swallow the error below
+            Progress.end_status()  # an unfinished status line must not swallow the error below
     except RecipeError as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)
@@ -141,64 +141,3 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 def _hint(error: PipelineError) -> None:
     if error.hint:
         print(f"hint: {error.hint}", file=sys.stderr)
-
-
-def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A plain aligned table on stdout, the human counterpart of --json."""
-    table = [tuple(header)] + [tuple(str(cell) for cell in row) for row in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-
-
-def size(nbytes: float | None) -> str:
-    """Bytes for people: '512 B', '144.8 KiB', '2.0 GiB'; '-' for none."""
-    if nbytes is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(nbytes) < 1024 or unit == "GiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return str(nbytes)
-
-
-class _Progress:
-    """Progress lines on stderr. On a terminal, `started(line)` shows a status line that the next line
-    overwrites (\r), so long work is visible while it runs; elsewhere only the finished lines are written."""
-
-    pending: "_Progress | None" = None  # the instance whose status line is on screen, unfinished
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
-
-    def __call__(self, line: str) -> None:
-        _Progress.end_status()
-        print(line, file=self.stream, flush=True)
-
-    def started(self, line: str) -> None:
-        if self.tty:
-            _Progress.end_status()
-            self.stream.write(line)
-            self.stream.flush()
-            _Progress.pending = self
-
-    @staticmethod
-    def end_status() -> None:
-        """Clear an unfinished status line, so whatever is written next starts on a clean line."""
-        status, _Progress.pending = _Progress.pending, None
-        if status is not None:
-            status.stream.write("\r\x1b[K")
-            status.stream.flush()
-
-
-def progress(args: argparse.Namespace) -> Callable[[str], None]:
-    """The progress callback of a command: nothing with -q; else lines on stderr (see _Progress)."""
-    if args.quiet:
-        return lambda line: None
-    return _Progress(sys.stderr)
-
-
-def emit_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2)
-    sys.stdout.write("\n")

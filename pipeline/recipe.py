@@ -8,7 +8,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,79 +17,14 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from pipeline.errors import RecipeError
+from pipeline.stages import ORDER, REGISTRY
+from pipeline.stages.serialize import InputProfile
+from pipeline.stages.stage import frozen
 
 KeyPath = tuple[str | int, ...]
 
-STAGE_ORDER = ("parse", "graph-cleanup", "network-flag", "memory-pool", "serialize")
-OPTIONAL_STAGES = frozenset({"graph-cleanup"})
-
-_UNITS = {
-    "": 1, "B": 1,
-    "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
-    "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
-}
-_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)$")
-
-
-def size_bytes(value: int | str) -> int:
-    """'2GiB' -> 2147483648; ints are bytes. The schema has already checked the form."""
-    if isinstance(value, int):
-        return value
-    number, unit = _SIZE.match(value.strip()).groups()  # type: ignore[union-attr]
-    return int(float(number) * _UNITS[unit])
-
 
 # ---------------------------------------------------------------- frozen types
-
-
-@dataclass(frozen=True)
-class InputProfile:
-    name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ParseSpec:
-    check: bool = True
-    infer_shapes: bool = True
-
-
-@dataclass(frozen=True)
-class CleanupSpec:
-    fold_constants: bool = True
-    freeze_inputs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    override_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
-    passes: tuple[str, ...] = ("cleanup", "toposort")
-
-
-@dataclass(frozen=True)
-class FlagSpec:
-    explicit_batch: bool = True
-    strongly_typed: bool = False
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    limits: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # pool -> bytes
-
-
-@dataclass(frozen=True)
-class TimingCache:
-    path: Path
-    sha256: str | None = None
-    error_on_miss: bool = False
-
-
-@dataclass(frozen=True)
-class SerializeSpec:
-    builder_optimization_level: int = 3
-    profiles: tuple[tuple[InputProfile, ...], ...] = ()
-    flags: tuple[str, ...] = ()
-    hardware_compatibility: str = "none"
-    timing_cache: TimingCache | None = None
-    plugins: tuple[Path, ...] = ()  # plugin libraries, resolved against the recipe's folder
 
 
 @dataclass(frozen=True)
@@ -130,7 +64,7 @@ class Recipe:
         """The spec of a stage, or the defaults when the recipe leaves an optional stage out."""
         if stage in self.stages:
             return self.stages[stage]
-        return _SPEC_TYPES[stage]()
+        return REGISTRY[stage].spec()
 
     def where(self, path: KeyPath) -> str:
         """'recipes/x.yaml:14:7' for the closest marked key path."""
@@ -138,6 +72,10 @@ class Recipe:
 
     def problem(self, path: KeyPath, message: str) -> str:
         return f"{self.where(path)}: {dotted(path)}: {message}"
+
+    def io_problems(self, inputs: Mapping[str, list], outputs: Mapping[str, list]) -> list[str]:
+        """What the recipe says about the model's inputs and outputs that the model's declared ones contradict."""
+        return check_model_io(self, inputs, outputs)
 
     def stage_path(self, stage: str, *rest: str | int) -> KeyPath:
         index = list(self.stages).index(stage) if stage in self.stages else 0
@@ -318,7 +256,7 @@ def _order_problems(path: Path, data: dict, marks: Mapping) -> list[str]:
             problems.append(f"{where}: stages[{index}]: stage '{name}' appears twice; each stage runs once")
     if problems:
         return problems
-    expected = [s for s in STAGE_ORDER if s in names or s not in OPTIONAL_STAGES]
+    expected = [s for s in ORDER if s in names or not REGISTRY[s].optional]
     missing = [s for s in expected if s not in names]
     if missing:
         where = _position(path, marks, ("stages",), True)
@@ -331,7 +269,7 @@ def _order_problems(path: Path, data: dict, marks: Mapping) -> list[str]:
 
 
 def _order_text() -> str:
-    return " -> ".join(f"{s} (optional)" if s in OPTIONAL_STAGES else s for s in STAGE_ORDER)
+    return " -> ".join(f"{s} (optional)" if REGISTRY[s].optional else s for s in ORDER)
 
 
 def _profile_problems(recipe: Recipe) -> list[str]:
@@ -410,64 +348,19 @@ def _static_mismatch(recipe: Recipe, at: KeyPath, item: InputProfile, shape: lis
 # ---------------------------------------------------------------- freezing
 
 
-def _frozen(value: Any) -> Any:
-    if isinstance(value, dict):
-        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return tuple(_frozen(v) for v in value)
-    return value
-
-
-def _parse_spec(body: dict, base: Path) -> ParseSpec:
-    return ParseSpec(**body)
-
-
-def _cleanup_spec(body: dict, base: Path) -> CleanupSpec:
-    return CleanupSpec(**{k: _frozen(v) for k, v in body.items()})
-
-
-def _flag_spec(body: dict, base: Path) -> FlagSpec:
-    return FlagSpec(**body)
-
-
-def _pool_spec(body: dict, base: Path) -> PoolSpec:
-    return PoolSpec(MappingProxyType({k: size_bytes(v) for k, v in body.items()}))
-
-
-def _serialize_spec(body: dict, base: Path) -> SerializeSpec:
-    body = dict(body)
-    profiles = tuple(
-        tuple(InputProfile(name, tuple(s["min"]), tuple(s["opt"]), tuple(s["max"])) for name, s in profile.items())
-        for profile in body.pop("profiles", [])
-    )
-    cache = body.pop("timing_cache", None)
-    if cache:
-        cache = TimingCache(path=(base / cache["path"]).resolve(), sha256=cache.get("sha256"),
-                            error_on_miss=cache.get("error_on_miss", False))
-    plugins = tuple((base / plugin).resolve() for plugin in body.pop("plugins", ()))
-    return SerializeSpec(profiles=profiles, timing_cache=cache, flags=tuple(body.pop("flags", ())), plugins=plugins,
-                         **body)
-
-
-_FREEZERS = {"parse": _parse_spec, "graph-cleanup": _cleanup_spec, "network-flag": _flag_spec,
-             "memory-pool": _pool_spec, "serialize": _serialize_spec}
-_SPEC_TYPES = {"parse": ParseSpec, "graph-cleanup": CleanupSpec, "network-flag": FlagSpec,
-               "memory-pool": PoolSpec, "serialize": SerializeSpec}
-
-
 def _freeze(path: Path, raw: bytes, data: dict, marks: dict) -> Recipe:
     base = path.resolve().parent
     stages = {}
     for item in data["stages"]:
         (name, body), = item.items()
-        stages[name] = _FREEZERS[name](body or {}, base)
+        stages[name] = REGISTRY[name].freeze(body or {}, base)
     validate = None
     if "validate" in data:
         body = dict(data["validate"])
         outputs = body.pop("outputs", {})
         atol, rtol = body.get("atol", 1e-3), body.get("rtol", 1e-3)
         validate = ValidateSpec(
-            **{k: _frozen(v) for k, v in body.items()},
+            **{k: frozen(v) for k, v in body.items()},
             outputs=MappingProxyType({n: Tolerance(t.get("atol", atol), t.get("rtol", rtol)) for n, t in outputs.items()}),
         )
     model = data["model"]

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 
 from pipeline.digest import file_sha256
 from pipeline.errors import StoreError
+from pipeline.files import fsync_dir, replace_json, sync, write_json
 
 MANIFEST = "manifest.json"
 STAGING = ".staging"
@@ -38,66 +39,8 @@ REF_FORMS = ("NAME, NAME@VERSION (its newest build, e.g. tiny@1.0.0), NAME@VERSI
              "tiny@1.0.0+2) or an artifact directory")
 
 
-def write_bytes(path: Path, data: bytes | memoryview, durable: bool = True) -> None:
-    """Write and fsync (unless not `durable`: a cache); a full disk or other OS error becomes a StoreError naming
-    the file."""
-    try:
-        with open(path, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-    except OSError as error:
-        raise StoreError(f"cannot write {path}: {error.strerror}") from None
-
-
-def _json_bytes(value: Any) -> bytes:
-    return (json.dumps(value, indent=2, sort_keys=False) + "\n").encode()
-
-
-def write_json(path: Path, value: Any) -> None:
-    write_bytes(path, _json_bytes(value))
-
-
-def replace_bytes(path: Path, data: bytes | memoryview, durable: bool = True) -> None:
-    """Atomically replace a file: temp file beside it, fsync (when `durable`), os.replace; errors become a
-    StoreError."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write_bytes(tmp, data, durable)
-        os.replace(tmp, path)
-    except OSError as error:
-        raise StoreError(f"cannot write {path}: {error.strerror}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def replace_json(path: Path, value: Any, durable: bool = True) -> None:
-    """Atomically replace a JSON file."""
-    replace_bytes(path, _json_bytes(value), durable)
-
-
-def sync(paths: list[Path]) -> None:
-    """fsync files written without it (e.g. by onnx), so that publishing them costs no wait; an OS error
-    becomes a StoreError naming the file."""
-    for path in paths:
-        try:
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        except OSError as error:
-            raise StoreError(f"cannot write {path}: {error.strerror}") from None
-
-
 def _stamp(stat: os.stat_result) -> list[int]:
     return [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def version_dir(version: str, build: int) -> str:
@@ -251,10 +194,10 @@ class Store:
             write_json(staged / MANIFEST, manifest)
             try:
                 sync([item for item in staged.iterdir() if item.is_file()])
-                _fsync_dir(staged)
+                fsync_dir(staged)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(staged, final)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
             except OSError as error:
                 raise StoreError(f"cannot publish {final}: {error.strerror}") from None
         return Artifact(final, name, version, build, tag), False

@@ -13,11 +13,11 @@ from typing import Callable
 
 import tensorrt_rtx
 
-from pipeline.trt import backend as backends
 from pipeline import recipe as recipes
 from pipeline.build import runner
-from pipeline.trt.gpu import Probe
 from pipeline.store import Artifact, Store
+from pipeline.trt import backend as backends
+from pipeline.trt.gpu import Probe
 from tests.conftest import TINY_STAGES
 
 RTX = ".".join(tensorrt_rtx.__version__.split(".")[:3])  # the installed TensorRT-RTX, as tags spell it

@@ -77,8 +77,8 @@ def tiny_recipe(write_recipe: Callable[..., Path]) -> Path:
 from typing import TYPE_CHECKING  # noqa: E402
 
 if TYPE_CHECKING:
-    from pipeline.trt.backend import Backend
     from pipeline.stages.context import Context
+    from pipeline.trt.backend import Backend
 
 
 @pytest.fixture(scope="session")
@@ -96,8 +96,7 @@ def build_context(tmp_path: Path, rtx_backend: "Backend") -> Callable[..., "Cont
     import logging
 
     from pipeline import recipe as recipes
-    from pipeline.trt.backend import make_logger
-    from pipeline.stages.context import Context
+    from pipeline.build import runner
     from pipeline.trt.gpu import Probe
     from pipeline.trt.target import resolve
 
@@ -107,19 +106,18 @@ def build_context(tmp_path: Path, rtx_backend: "Backend") -> Callable[..., "Cont
         scratch.mkdir(exist_ok=True)
         staged.mkdir(exist_ok=True)
         no_gpu = Probe(False, (), "no CUDA driver (test)")
-        trt_logger = make_logger(rtx_backend, log.getChild("trt"))
-        return Context(recipes.load(recipe_path), rtx_backend, scratch, log, trt_logger,
-                       target=resolve(target, rtx_backend, no_gpu), staged=staged)
+        return runner.context(recipes.load(recipe_path), rtx_backend, scratch, log,
+                              target=resolve(target, rtx_backend, no_gpu), staged=staged)
 
     return make
 
 
 def run_stages(ctx: "Context", *names: str) -> None:
     """Run the named stages, in the order given, on one context."""
-    from pipeline.stages import STAGES
+    from pipeline.stages import REGISTRY
 
     for name in names:
-        STAGES[name](ctx)
+        REGISTRY[name].run(ctx)
 
 
 def pytest_configure(config: pytest.Config) -> None:

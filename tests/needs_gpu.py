@@ -9,10 +9,10 @@ from typing import Any, Callable
 
 import pytest
 
-from pipeline.trt import backend as backends
-from pipeline.trt import runtime as engine
-from pipeline.trt import gpu
 from pipeline.errors import PipelineError
+from pipeline.trt import backend as backends
+from pipeline.trt import gpu
+from pipeline.trt import runtime as engine
 
 REQUIRE_ENV = "TRT_PIPELINE_REQUIRE_GPU"
 

@@ -17,10 +17,10 @@ from typing import Callable
 import pytest
 import tensorrt_rtx
 
-from pipeline import cli
-from pipeline.commands import core
-from tests.conftest import FORBIDDEN_STORE
+from pipeline import cli, units
+from pipeline.commands import core, output
 from tests.build.test_runner import FAILING, RECIPE
+from tests.conftest import FORBIDDEN_STORE
 
 REPO = Path(__file__).resolve().parent.parent
 RTX = ".".join(tensorrt_rtx.__version__.split(".")[:3])
@@ -223,15 +223,15 @@ def test_progress_on_a_terminal_shows_each_stage_while_it_runs(monkeypatch: pyte
     assert text.startswith("[1/5] parse ...\r\x1b[K[1/5] parse ")
     assert "[5/5] serialize sm89 ...\r\x1b[K[5/5] serialize sm89 " in text
     plain = io.StringIO()  # not a terminal: the finished lines only
-    cli.progress(argparse.Namespace(quiet=False)).__class__(plain).started("[1/5] parse ...")
+    output.progress(argparse.Namespace(quiet=False)).__class__(plain).started("[1/5] parse ...")
     assert plain.getvalue() == ""
 
 
-def test_one_size_and_progress_helper() -> None:
-    assert (cli.size(None), cli.size(512), cli.size(148268), cli.size(3 * 2**30)) == ("-", "512 B", "144.8 KiB",
+def test_one_size_and_progress_helper() -> None:  # pipeline.units.size, pipeline.commands.output.progress
+    assert (units.size(None), units.size(512), units.size(148268), units.size(3 * 2**30)) == ("-", "512 B", "144.8 KiB",
                                                                                       "3.0 GiB")
     assert not hasattr(core, "_size") and not hasattr(core, "_progress")
-    assert cli.progress(argparse.Namespace(quiet=True))("ignored") is None
+    assert output.progress(argparse.Namespace(quiet=True))("ignored") is None
 
 
 def test_build_recipe_errors_are_lines_without_traceback(capsys: Capture, store_dir: Path,

@@ -12,9 +12,13 @@ import pytest
 from models.make_models import MODELS
 from pipeline import recipe as recipes
 from pipeline.errors import RecipeError
-from pipeline.recipe import (CleanupSpec, FlagSpec, ParseSpec, PoolSpec, SerializeSpec, Tolerance,
-                             ValidateSpec, check_model_io, size_bytes)
-from pipeline.stages.parse import describe
+from pipeline.recipe import Tolerance, ValidateSpec, check_model_io
+from pipeline.stages.graph_cleanup import CleanupSpec
+from pipeline.stages.memory_pool import PoolSpec
+from pipeline.stages.network_flag import FlagSpec
+from pipeline.stages.parse import ParseSpec, describe
+from pipeline.stages.serialize import SerializeSpec
+from pipeline.units import size_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 ORDER = "parse -> graph-cleanup (optional) -> network-flag -> memory-pool -> serialize"

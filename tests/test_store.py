@@ -15,7 +15,16 @@ import pytest
 
 from pipeline import store as store_module
 from pipeline.errors import StoreError
-from pipeline.store import BUILDS, MANIFEST, MEMO, MEMO_MIN_BYTES, STAGING, Artifact, Run, Store
+from pipeline.store import (
+    BUILDS,
+    MANIFEST,
+    MEMO,
+    MEMO_MIN_BYTES,
+    STAGING,
+    Artifact,
+    Run,
+    Store,
+)
 
 SM89, SM86 = "sm89.rtx-1.7.1", "sm86.rtx-1.7.1"
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pipeline.trt.backend import Backend
 from pipeline.errors import BackendError
-from pipeline.trt.gpu import Probe
 from pipeline.recipe import Recipe
+from pipeline.trt.backend import Backend
+from pipeline.trt.gpu import Probe
 from pipeline.trt.target import Target, resolve
 
 # Builder flags that pass every check but make a TensorRT-RTX 1.x build fail on a CPU-only machine (no GPU, no

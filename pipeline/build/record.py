@@ -8,14 +8,14 @@ import time
 from typing import Any
 
 from pipeline import __version__
-from pipeline.trt.backend import Backend, installed_version
-from pipeline.stages.context import Context
 from pipeline.digest import file_sha256, json_sha256, plain
-from pipeline.recipe import STAGE_ORDER, Recipe
+from pipeline.recipe import Recipe
+from pipeline.stages import KEY_STAGES, ORDER
+from pipeline.stages.context import Context
+from pipeline.trt.backend import Backend, installed_version
 from pipeline.trt.target import Target
 
 SCHEMA = 1
-KEY_STAGES = ("network-flag", "memory-pool", "serialize")
 TOOLS = ("onnx", "onnx-graphsurgeon", "onnxruntime", "numpy")
 
 
@@ -58,7 +58,7 @@ def source_key(recipe: Recipe, model: dict, backend: Backend, target: Target) ->
     stage's settings and the versions of the tools that transform the graph. Cheap to compute, so an
     unchanged rebuild can be recognised without parsing or cleaning the model."""
     return json_sha256({
-        "settings": _settings(recipe, STAGE_ORDER),
+        "settings": _settings(recipe, ORDER),
         "model": {"sha256": model["sha256"], "external_data": [d["sha256"] for d in model["external_data"]]},
         "backend": {"name": backend.name, "version": backend.version},
         "target": _target_key(target),
@@ -66,8 +66,10 @@ def source_key(recipe: Recipe, model: dict, backend: Backend, target: Target) ->
     })
 
 
-def manifest(ctx: Context, stages: list[dict[str, Any]], started: float, waited: float = 0.0) -> dict:
-    """`waited`: seconds the build waited after its stages for the checks running beside it."""
+def manifest(ctx: Context, stages: list[dict[str, Any]], started: float, waited: float = 0.0,
+             check: dict | None = None) -> dict:
+    """`waited`: seconds the build waited after its stages for the checks running beside it; `check`: the
+    cleanup check's record (None without graph-cleanup)."""
     recipe, target = ctx.recipe, ctx.target
     engine = ctx.engine_path
     model = dict(ctx.model_record)
@@ -79,7 +81,7 @@ def manifest(ctx: Context, stages: list[dict[str, Any]], started: float, waited:
                    "sha256": recipe.sha256},
         "model": model,
         "cleanup": ctx.cleanup_record or None,
-        "cleanup_check": ctx.cleanup_check,
+        "cleanup_check": check,
         "backend": {"name": ctx.backend.name, "version": ctx.backend.version},
         "target": {"name": target.name, "tag": target.tag, "compute_capability": target.compute_capability,
                    "gpu": target.gpu},

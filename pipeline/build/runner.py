@@ -12,23 +12,26 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, MutableMapping
 
 from pipeline import heap
-from pipeline.build import capability
 from pipeline.background import Background
-from pipeline.trt.backend import Backend, make_logger
-from pipeline.stages.context import Context
+from pipeline.build import capability
+from pipeline.build.record import build_key, manifest, source_key
 from pipeline.digest import canonical_json, json_sha256, plain
 from pipeline.errors import PipelineError, RecipeError
-from pipeline.trt.gpu import Probe
-from pipeline.build.record import build_key, manifest, source_key
+from pipeline.files import write_bytes
 from pipeline.recipe import Recipe
-from pipeline.stages import PER_TARGET, STAGES
-from pipeline.stages.graph_cleanup import cleaned_files
+from pipeline.stages import REGISTRY
+from pipeline.stages.context import Context
+from pipeline.stages.graph_cleanup import CHECK, cleaned_files
 from pipeline.stages.parse import check_pin, digests, preflight
-from pipeline.store import Artifact, Run, Store, version_dir, write_bytes
+from pipeline.store import Artifact, Run, Store, version_dir
+from pipeline.trt.backend import Backend, make_logger
+from pipeline.trt.gpu import Probe
+from pipeline.trt.polygraphy import use_polygraphy
 from pipeline.trt.target import Target
+from pipeline.validate.cleanup import cleanup_check
 
 BUILD_LOG = "build.log"
 Progress = Callable[[str], None]
@@ -46,8 +49,8 @@ class Plan:
 def load_recipe(path: Path) -> tuple[Recipe, Backend]:
     """The recipe and its backend; a backend that does not import is a located recipe problem, with the
     install hint on the same line (`check` and nightly print problems only)."""
-    from pipeline.trt import backend as backends
     from pipeline import recipe as recipes
+    from pipeline.trt import backend as backends
 
     recipe = recipes.load(path)
     try:
@@ -103,8 +106,8 @@ def remembered_plan(path: Path, store: Store, probe: Probe, target_names: tuple[
     same backend packages installed (package metadata): the recipe is loaded without the JSON Schema check and
     TensorRT is not imported until something is built. An unchanged rebuild then takes ~0.3 s instead of ~0.6 s.
     None when anything differs, or when the plan checked files besides the recipe (plugins, a timing cache)."""
-    from pipeline.trt import backend as backends
     from pipeline import recipe as recipes
+    from pipeline.trt import backend as backends
 
     try:
         sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -172,13 +175,14 @@ def describe(plan_: Plan, store: Store, log: logging.Logger | None = None, force
 
 
 def _run_stage(name: str, ctx: Context, number: int, total: int, progress: Progress) -> dict:
-    label = f"{name} {ctx.target.name}" if name in PER_TARGET and ctx.target else name
+    stage = REGISTRY[name]
+    label = f"{name} {ctx.target.name}" if stage.per_target and ctx.target else name
     started = getattr(progress, "started", None)  # the CLI shows a status line while the stage runs
     if started:
         started(f"[{number}/{total}] {label} ...")
     start = time.perf_counter()
     try:
-        STAGES[name](ctx)
+        stage.run(ctx)
     except PipelineError as error:
         ctx.log.info("stage %s failed: %s", label, error)
         raise
@@ -188,7 +192,7 @@ def _run_stage(name: str, ctx: Context, number: int, total: int, progress: Progr
     heap.trim()  # what the stage dropped (a model, a parser) goes back to the OS before the next one allocates
     seconds = round(time.perf_counter() - start, 3)
     progress(f"[{number}/{total}] {label:<24} {seconds:7.2f}s")
-    return {"name": name, "target": ctx.target.name if name in PER_TARGET and ctx.target else None,
+    return {"name": name, "target": ctx.target.name if stage.per_target and ctx.target else None,
             "seconds": seconds}
 
 
@@ -289,13 +293,12 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
     """`run` numbers the build: every target published here gets its one build number (a caller that spreads
     one run over several processes allocates it first with Store.new_run)."""
     recipe, backend = plan_.recipe, plan_.backend
-    shared = [s for s in plan_.stages if s not in PER_TARGET]
-    per_target = [s for s in plan_.stages if s in PER_TARGET]
+    shared = [s for s in plan_.stages if not REGISTRY[s].per_target]
+    per_target = [s for s in plan_.stages if REGISTRY[s].per_target]
     total = len(plan_.stages)
     with store.staging(recipe.name) as scratch, _build_log(log, scratch / BUILD_LOG, store, recipe.name) as handler, \
             Background() as background:
-        ctx = Context(recipe, backend, scratch, log, make_logger(backend, log.getChild("trt")), model_record=model,
-                      background=background)
+        ctx = context(recipe, backend, scratch, log, model_record=model, background=background)
         timings = [_run_stage(name, ctx, i + 1, total, progress) for i, name in enumerate(shared)]
         shared_log = handler.stream.tell()
         for target in todo:
@@ -312,10 +315,10 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
                 stage_times = timings + [_run_stage(name, tctx, len(shared) + i + 1, total, progress)
                                          for i, name in enumerate(per_target)]
                 _link_shared_files(tctx, staged)
-                waited = _settle(tctx, progress)
+                waited, checks = _settle(tctx, progress)
                 handler.flush()
                 _copy_log(scratch / BUILD_LOG, staged / BUILD_LOG, shared_log, target_log)
-                record = manifest(tctx, stage_times, started=time.time(), waited=waited)
+                record = manifest(tctx, stage_times, started=time.time(), waited=waited, check=checks.get(CHECK))
                 record.update(annotate)
                 # Re-checked under the lock: a parallel run may have published this very build key meanwhile.
                 artifact, reused = store.publish_unless(
@@ -329,22 +332,35 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
                 done[target] = Outcome(target, artifact, reused=reused)
 
 
-def _settle(ctx: Context, progress: Progress) -> float:
+def context(recipe: Recipe, backend: Backend, scratch: Path, log: logging.Logger,
+            environ: MutableMapping[str, str] = os.environ, **fields: Any) -> Context:
+    """A build's context: TensorRT's log routed into `log`, graph-cleanup's check wired to pipeline.validate."""
+    return Context(recipe, backend, scratch, log, make_logger(backend, log.getChild("trt")),
+                   checker=functools.partial(_cleanup_check, backend, environ), environ=environ, **fields)
+
+
+def _cleanup_check(backend: Backend, environ: MutableMapping[str, str], *args: Any) -> Callable[[], dict]:
+    """graph-cleanup's check (pipeline.validate.cleanup), with Polygraphy pointed at the build's TensorRT."""
+    use_polygraphy(backend, environ)
+    return cleanup_check(*args)
+
+
+def _settle(ctx: Context, progress: Progress) -> tuple[float, dict[str, Any]]:
     """Wait for the checks running beside the build (a failure is raised here) and say so in this target's log,
-    from this thread; returns the seconds spent waiting (part of the build's duration)."""
+    from this thread; returns the seconds spent waiting (part of the build's duration) and each check's result."""
     start, label = time.perf_counter(), "waiting for the cleanup check"
     started = getattr(progress, "started", None)
     if started and not ctx.background.done():
         started(f"      {label} ...")
-    ctx.background.wait()
+    results = ctx.background.wait()
     waited = round(time.perf_counter() - start, 3)
     if waited >= 0.05:
         progress(f"      {label:<24} {waited:7.2f}s")
-    check = ctx.cleanup_check
+    check = results.get(CHECK)
     if check:
         ctx.log.info("graph-cleanup: cleaned graph matches the original on %d shape set(s) (%.2fs beside the build)",
                      len(check["results"]), check["seconds"])
-    return waited
+    return waited, results
 
 
 @contextlib.contextmanager

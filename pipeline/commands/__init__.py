@@ -5,15 +5,10 @@ A command function takes the parsed arguments and the project logger and returns
 
 from __future__ import annotations
 
-import argparse
-import importlib
-from typing import Callable
-
-Command = Callable[[str, Callable, str, str], argparse.ArgumentParser]
-
-MODULES = ("core", "lifecycle", "nightly", "validation")
+from pipeline.commands import core, lifecycle, nightly, validation
+from pipeline.commands.output import Command
 
 
 def register_all(command: Command) -> None:
-    for name in MODULES:
-        importlib.import_module(f"pipeline.commands.{name}").register(command)
+    for module in (core, lifecycle, nightly, validation):
+        module.register(command)

@@ -8,13 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.build import capability
-from pipeline.trt import gpu
-from pipeline.build import runner
-from pipeline.cli import emit_json, print_table, progress, size
-from pipeline.commands import Command
+from pipeline.build import capability, runner
+from pipeline.commands.output import Command, emit_json, print_table, progress
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 from pipeline.store import Artifact, Store
+from pipeline.trt import gpu
+from pipeline.units import size
 
 
 def _plan(path: Path, probe: gpu.Probe, target_names: tuple[str, ...] = (), check_model: bool = True,
@@ -68,7 +67,9 @@ def build(args: argparse.Namespace, log: logging.Logger) -> int:
         return 0
     started = time.perf_counter()
     outcomes = runner.build(plan, store, log, progress(args), force=args.force)
-    from pipeline.validate.artifact import after_build  # the recipe's validate: step; 'skipped' where no GPU can run it
+    from pipeline.validate.artifact import (
+        after_build,  # the recipe's validate: step; 'skipped' where no GPU can run it
+    )
 
     valid = after_build(plan.recipe, [o.artifact for o in outcomes if not o.reused], store, probe,
                         args.environ, log, progress(args))

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.commands.output import Command, emit_json, print_table, progress
 from pipeline.lifecycle import channel as channels
-from pipeline.cli import emit_json, print_table, progress
-from pipeline.commands import Command
 from pipeline.store import Store
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.cli import emit_json, print_table
-from pipeline.commands import Command
+from pipeline.commands.output import Command, Progress, emit_json, print_table
 from pipeline.nightly.task import Task
 from pipeline.store import Store
 
@@ -23,7 +21,7 @@ class Display:
     """Progress on `stream`: a status line redrawn in place on a terminal, plain lines otherwise."""
 
     def __init__(self, stream: TextIO, tty: bool) -> None:
-        self.stream, self.tty = stream, tty
+        self.out, self.tty = Progress(stream, tty), tty
         self.start = time.monotonic()
         self.total = self.done = self.to_build = self.workers = 0
         self.running: dict[tuple[str, str], float] = {}
@@ -60,16 +58,11 @@ class Display:
         for (recipe, target), since in self.running.items():
             tasks.setdefault((recipe, since), []).append(target)
         names = ", ".join(f"{r} {'+'.join(t)} {now - s:.0f}s" for (r, s), t in tasks.items())
-        line = f"[{self.done}/{self.total}] running {names}  ({self._clock()})"
-        width = shutil.get_terminal_size().columns - 1  # a wrapped status line could not be redrawn in place
-        self.stream.write("\r\033[K" + (line if len(line) <= width else line[:width - 1] + "…"))
-        self.stream.flush()
+        self.out.started(f"[{self.done}/{self.total}] running {names}  ({self._clock()})")
 
     def clear(self) -> None:
         """Erase the status line (on a terminal): the next output starts on a clean line."""
-        if self.tty and self.running:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+        Progress.end_status()
 
     def _clock(self) -> str:
         elapsed = time.monotonic() - self.start
@@ -89,8 +82,7 @@ class Display:
         return left / self.workers
 
     def _line(self, text: str) -> None:
-        self.stream.write(("\r\033[K" if self.tty else "") + text + "\n")
-        self.stream.flush()
+        self.out(text)
         self.tick()
 
 
@@ -107,8 +99,8 @@ def _first_line(text: str | None) -> str:
 
 
 def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
-    from pipeline.nightly import run as nights
     from pipeline.nightly import regression
+    from pipeline.nightly import run as nights
 
     config_file = args.config or (args.recipes_dir / nights.CONFIG_FILE)
     config_file = config_file if args.config or config_file.is_file() else None
@@ -138,7 +130,13 @@ def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def _print_summary(report: dict) -> None:
-    from pipeline.nightly.report import change_line, first_line, headline, pair_row, regression_line
+    from pipeline.nightly.report import (
+        change_line,
+        first_line,
+        headline,
+        pair_row,
+        regression_line,
+    )
 
     print_table(("RECIPE", "TARGET", "STATUS", "ENGINE", "BUILD", "MAX ERROR", "VALIDATION", "ARTIFACT"),
                 [pair_row(p) for p in report["pairs"]])

@@ -6,12 +6,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.trt import runtime as engines
-from pipeline.trt import gpu
-from pipeline.cli import emit_json
-from pipeline.commands import Command
+from pipeline.commands.output import Command, emit_json
 from pipeline.errors import CannotRunHere, PipelineError
 from pipeline.store import Artifact, Store
+from pipeline.trt import gpu
+from pipeline.trt import runtime as engines
 
 
 def _artifact(args: argparse.Namespace) -> tuple[Artifact, dict]:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.errors import StoreError
-from pipeline.store import MANIFEST, Artifact, Store, replace_json, version_dir
+from pipeline.files import replace_json
+from pipeline.store import MANIFEST, Artifact, Store, version_dir
 
 DIR = "_channels"
 HISTORY = "history.jsonl"

@@ -13,8 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from itertools import groupby
 
-from pipeline.lifecycle import channel as channels
 from pipeline.errors import StoreError
+from pipeline.lifecycle import channel as channels
 from pipeline.store import STAGING, Artifact, Store
 
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from pipeline.lifecycle import channel as channels
 from pipeline.errors import BackendError, PromotionError
-from pipeline.trt.gpu import Probe
+from pipeline.lifecycle import channel as channels
 from pipeline.store import Artifact, Store
+from pipeline.trt.gpu import Probe
 from pipeline.trt.target import Tag, Target, parse_tag, short_version
 from pipeline.trt.target import sm as sm_of
 
@@ -259,11 +259,11 @@ def _source_target(manifest: Mapping) -> Target:
 def _rebuild(store: Store, source: Artifact, manifest: Mapping, to: Tag, probe: Probe, log: logging.Logger,
              progress: Progress, load_backend: Callable[[str], Any] | None) -> tuple[Artifact, bool]:
     """Build for `to` from exactly the inputs of `source`; refuse when any of them changed."""
-    from pipeline.trt import backend as backends
     from pipeline import recipe as recipes
     from pipeline.build import runner
     from pipeline.build.record import build_key
     from pipeline.stages.parse import digests
+    from pipeline.trt import backend as backends
 
     line = f"cannot rebuild {source.ref} {source.tag} for {to.text}"
     path = Path(manifest["recipe"]["path"])

@@ -20,9 +20,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.lifecycle import channel as channels
 from pipeline.errors import StoreError
-from pipeline.store import Store, replace_bytes, write_json
+from pipeline.files import replace_bytes, write_json
+from pipeline.lifecycle import channel as channels
+from pipeline.store import Store
 
 log = logging.getLogger("pipeline.triton")
 

@@ -13,10 +13,9 @@ import signal
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
-
-from dataclasses import replace
 
 from pipeline import interrupt
 from pipeline.nightly.task import Task, build_task, identity

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import RecipeError
-from pipeline.recipe import load_checked, schema, size_bytes
+from pipeline.recipe import load_checked, schema
+from pipeline.units import size_bytes
 
 THRESHOLDS = ("engine_bytes_pct", "build_time_pct", "build_time_min_s", "max_error_budget")
 # Worse statuses rank lower; a drop in rank is a regression, a rise a change.

@@ -7,7 +7,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.cli import size
+from pipeline.units import size
 
 HTML = "report.html"
 MARKDOWN = "summary.md"
@@ -20,7 +20,7 @@ METRICS: dict[str, tuple[str, Callable[[dict], float | None]]] = {
 
 
 def write(night: Path, report: dict, history: list[dict]) -> None:
-    from pipeline.store import write_bytes
+    from pipeline.files import write_bytes
 
     write_bytes(night / HTML, html(report, history).encode())
     write_bytes(night / MARKDOWN, markdown(report).encode())

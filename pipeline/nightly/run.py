@@ -16,11 +16,20 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.errors import PipelineError, RecipeError
-from pipeline.trt.gpu import Probe
-from pipeline.nightly.task import Task, artifact_record, build_task
-from pipeline.nightly.pool import BuildFn, Observer, Quiet, available_memory, schedule, spread, workers_for
+from pipeline.files import replace_json
+from pipeline.nightly.pool import (
+    BuildFn,
+    Observer,
+    Quiet,
+    available_memory,
+    schedule,
+    spread,
+    workers_for,
+)
 from pipeline.nightly.regression import Config, compare
-from pipeline.store import Store, replace_json
+from pipeline.nightly.task import Task, artifact_record, build_task
+from pipeline.store import Store
+from pipeline.trt.gpu import Probe
 
 NIGHTLY = "_nightly"
 REPORT = "report.json"
@@ -163,8 +172,8 @@ def run(recipes_dir: Path, store: Store, config: Config = Config(), targets: tup
         force: bool = False, probe: Probe | None = None, observer: Observer = Quiet(),
         config_file: Path | None = None, build: BuildFn = build_task) -> dict:
     """Plan, build, record and compare one night; returns the report (also in ROOT/_nightly/<run>/report.json)."""
-    from pipeline.trt import gpu
     from pipeline.nightly import report as reports
+    from pipeline.trt import gpu
 
     started = time.time()
     files = recipe_files(recipes_dir, (config_file,) if config_file else ())

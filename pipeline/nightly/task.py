@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.trt.gpu import Probe
 from pipeline.store import Run, Store
+from pipeline.trt.gpu import Probe
 
 
 @dataclass(frozen=True)

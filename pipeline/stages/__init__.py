@@ -1,24 +1,20 @@
-"""The five stages, keyed by the name used in recipes, in pipeline order.
+"""The stage registry: every stage a recipe can name, in pipeline order.
 
-A stage is a plain function from the build context to None; it reads earlier stages' results from the
-context and leaves its own there. `PER_TARGET` stages run once per build target, the others once.
+Adding a stage is one module here (its spec, `freeze` and `run`, and a `STAGE` entry), one line below and one
+entry in recipe.schema.json. A stage is a plain function from the build context to None.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
-from pipeline.stages.context import Context
 from pipeline.stages import graph_cleanup, memory_pool, network_flag, parse, serialize
+from pipeline.stages.stage import Stage
 
-Stage = Callable[[Context], None]
-
-STAGES: dict[str, Stage] = {
-    "parse": parse.model_from_onnx,
-    "graph-cleanup": graph_cleanup.cleaned_model_from_model,
-    "network-flag": network_flag.network_from_onnx,
-    "memory-pool": memory_pool.config_from_recipe,
-    "serialize": serialize.engine_from_network,
-}
-
-PER_TARGET = frozenset({"network-flag", "memory-pool", "serialize"})
+REGISTRY: dict[str, Stage] = {stage.name: stage for stage in (
+    parse.STAGE,
+    graph_cleanup.STAGE,
+    network_flag.STAGE,
+    memory_pool.STAGE,
+    serialize.STAGE,
+)}
+ORDER = tuple(REGISTRY)
+KEY_STAGES = tuple(name for name, stage in REGISTRY.items() if stage.in_key)

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, MutableMapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, MutableMapping
 
-from pipeline.trt.backend import Backend
 from pipeline.background import Background
-from pipeline.recipe import Recipe
+from pipeline.trt.backend import Backend
 from pipeline.trt.target import Target
+
+if TYPE_CHECKING:  # the recipe module sits above the stages (it freezes their specs through the registry)
+    from pipeline.recipe import Recipe
+
+# graph-cleanup's check of the cleaned graph against the original, given by the runner: (recipe, cleaned model
+# path, parse's model record, the cleaned graph's inputs, log, stop event) -> a job to run beside the build.
+Checker = Callable[["Recipe", Path, Mapping[str, Any], Mapping[str, dict], logging.Logger, threading.Event],
+                   Callable[[], dict]]
 
 
 @dataclass
@@ -21,6 +29,7 @@ class Context:
     scratch: Path  # private working directory for this build, inside the store
     log: logging.Logger
     trt_logger: Any
+    checker: Checker | None = None
     # parse
     model: Any = None  # onnx.ModelProto, weights loaded only when graph-cleanup needs them (None after it: on disk)
     model_record: dict = field(default_factory=dict)
@@ -42,12 +51,6 @@ class Context:
     engine_path: Path | None = None
     environ: MutableMapping[str, str] = field(default_factory=lambda: os.environ)  # Polygraphy reads it at import
     background: Background = field(default_factory=Background)  # checks running beside the build; shared by targets
-
-    @property
-    def cleanup_check(self) -> dict | None:
-        """graph-cleanup's check of the cleaned graph against the original (pipeline.validate.artifact), None without
-        graph-cleanup. It runs in the background: this waits for it and raises its failure."""
-        return self.background.result("cleanup_check")
 
     def for_target(self, target: Target, staged: Path) -> "Context":
         """A copy for one target: shared results carried over, per-target state fresh."""

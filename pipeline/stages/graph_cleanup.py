@@ -12,17 +12,29 @@ import hashlib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from types import MappingProxyType
+from typing import Any, Callable, Iterator, Mapping
 
-from pipeline.stages.context import Context
 from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError
-from pipeline.recipe import CleanupSpec
+from pipeline.files import sync
+from pipeline.stages.context import Context
 from pipeline.stages.parse import PROTO_LIMIT, describe, infer_shapes
-from pipeline.store import sync
+from pipeline.stages.stage import Stage, frozen
+
+
+@dataclass(frozen=True)
+class CleanupSpec:
+    fold_constants: bool = True
+    freeze_inputs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    override_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    passes: tuple[str, ...] = ("cleanup", "toposort")
+
 
 CLEANED_FILE = "model.cleaned.onnx"
+CHECK = "cleanup_check"  # the name of its background job (pipeline.background)
 WEIGHTS_FILE = f"{CLEANED_FILE}.data"
 
 
@@ -146,14 +158,13 @@ def cleaned_model_from_model(ctx: Context) -> None:
                           "nodes_after": nodes_after}
     ctx.cleaned_sha256 = sha256
     ctx.onnx_path = ctx.cleaned_path = path
-    from pipeline.validate.artifact import cleanup_check  # ONNX Runtime: cleaned vs original; fails when numerics change
-
     # Beside the TensorRT build, joined before publishing. Weights left on disk (more than 2 GiB) are checked
     # before it instead: ONNX Runtime and TensorRT would otherwise hold them in memory at the same time.
-    ctx.background.start("cleanup_check", cleanup_check(ctx, describe(model)["inputs"]))
+    ctx.background.start(CHECK, ctx.checker(ctx.recipe, path, ctx.model_record, describe(model)["inputs"], ctx.log,
+                                            ctx.background.stopping))
     ctx.model = None  # parse's model and the cleaned one are freed: the next stages read the cleaned file
     if on_disk:
-        ctx.background.result("cleanup_check")
+        ctx.background.result(CHECK)
 
 
 def cleaned_files(path: Path) -> list[Path]:
@@ -199,7 +210,10 @@ def _save(model: Any, path: Path, on_disk: bool) -> tuple[str, bytes | Path]:
     holds, or when the weights stayed on disk), serializing it once. Returns the sha256 of `path`, and what the
     ONNX checker reads: the bytes written, or `path` when they point at external data."""
     import onnx
-    from onnx.external_data_helper import convert_model_to_external_data, write_external_data_tensors
+    from onnx.external_data_helper import (
+        convert_model_to_external_data,
+        write_external_data_tensors,
+    )
 
     if on_disk:  # weights made in memory (folded, frozen) are appended to the copied ones
         convert_model_to_external_data(model, all_tensors_to_one_file=True, location=WEIGHTS_FILE)
@@ -222,7 +236,11 @@ def _copy_weights(model: Any, source: Path, dest: Path) -> bool:
     """Copy the external data that `model` still points at (parse leaves it on disk when it is more than protobuf
     holds) from `source` into the one file `dest`, file to file, and point the model's tensors at it. Unused
     tensors are copied too. Returns False when every weight is in memory."""
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+    from onnx.external_data_helper import (
+        ExternalDataInfo,
+        _get_all_tensors,
+        uses_external_data,
+    )
 
     tensors = [tensor for tensor in _get_all_tensors(model) if uses_external_data(tensor)]
     if not tensors:
@@ -300,3 +318,10 @@ def _weights_dir(graph: Any) -> str | None:
         if weights_dir:
             return weights_dir
     return None
+
+
+def _freeze(body: Mapping[str, Any], base: Path) -> CleanupSpec:
+    return CleanupSpec(**{key: frozen(value) for key, value in body.items()})
+
+
+STAGE = Stage("graph-cleanup", CleanupSpec, _freeze, cleaned_model_from_model, optional=True)

@@ -3,10 +3,22 @@
 
 from __future__ import annotations
 
-from pipeline.stages.context import Context
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError
-from pipeline.recipe import SerializeSpec
+from pipeline.stages.context import Context
+from pipeline.stages.serialize import SerializeSpec
+from pipeline.stages.stage import Stage
+from pipeline.units import size_bytes
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    limits: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # pool -> bytes
 
 
 def _profiles(ctx: Context, spec: SerializeSpec) -> list[dict]:
@@ -74,3 +86,10 @@ def config_from_recipe(ctx: Context) -> None:
         "compute_capabilities": capabilities,
         "timing_cache": _timing_cache(ctx, spec),
     }
+
+
+def _freeze(body: Mapping[str, Any], base: Path) -> PoolSpec:
+    return PoolSpec(MappingProxyType({pool: size_bytes(size) for pool, size in body.items()}))
+
+
+STAGE = Stage("memory-pool", PoolSpec, _freeze, config_from_recipe, per_target=True, in_key=True)

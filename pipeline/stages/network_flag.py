@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
 
-from pipeline.trt.backend import Backend
-from pipeline.stages.context import Context
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError
-from pipeline.recipe import FlagSpec
+from pipeline.stages.context import Context
+from pipeline.stages.stage import Stage
+from pipeline.trt.backend import Backend
+
+
+@dataclass(frozen=True)
+class FlagSpec:
+    explicit_batch: bool = True
+    strongly_typed: bool = False
 
 
 def creation_flags(spec: FlagSpec, backend: Backend) -> tuple[int, list[str], list[str]]:
@@ -98,3 +106,10 @@ def tensors(network: Any, count: int, get: Any) -> dict[str, dict]:
         tensor = get(index)
         found[tensor.name] = {"dtype": str(tensor.dtype).rsplit(".", 1)[-1].lower(), "shape": list(tensor.shape)}
     return found
+
+
+def _freeze(body: Mapping[str, Any], base: Path) -> FlagSpec:
+    return FlagSpec(**body)
+
+
+STAGE = Stage("network-flag", FlagSpec, _freeze, network_from_onnx, per_target=True, in_key=True)

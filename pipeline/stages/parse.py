@@ -5,12 +5,21 @@ from __future__ import annotations
 import functools
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from pipeline.stages.context import Context
 from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError, PipelineError
+from pipeline.stages.context import Context
+from pipeline.stages.stage import Stage
+
+
+@dataclass(frozen=True)
+class ParseSpec:
+    check: bool = True
+    infer_shapes: bool = True
+
 
 # Above this, protobuf cannot hold the model in one message: use the path-based onnx APIs.
 PROTO_LIMIT = 2**31 - 1
@@ -208,8 +217,6 @@ def model_from_onnx(ctx: Context) -> None:
 def preflight(recipe: Any, sha256: str | None = None) -> list[str]:
     """Cheap checks against the model's declared I/O (no weights read): used by `check` and before a build.
     `sha256`: the model file's, when the caller has hashed it already (the pin is checked against it)."""
-    from pipeline.recipe import check_model_io
-
     path = recipe.model_path
     if not path.is_file():
         return [recipe.problem(("model", "path"), f"model file not found: {path} (paths are relative to the recipe)")]
@@ -219,4 +226,11 @@ def preflight(recipe: Any, sha256: str | None = None) -> list[str]:
     except PipelineError as error:
         return [str(error) if error.__class__ is BuildError else recipe.problem(("model", "path"), str(error))]
     shapes = lambda io: {name: v["shape"] for name, v in io.items()}  # noqa: E731
-    return check_model_io(recipe, shapes(info["inputs"]), shapes(info["outputs"]))
+    return recipe.io_problems(shapes(info["inputs"]), shapes(info["outputs"]))
+
+
+def _freeze(body: Mapping[str, Any], base: Path) -> ParseSpec:
+    return ParseSpec(**body)
+
+
+STAGE = Stage("parse", ParseSpec, _freeze, model_from_onnx)

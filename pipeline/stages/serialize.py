@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
 from pipeline import interrupt
-from pipeline.stages.context import Context
 from pipeline.errors import BuildError
-from pipeline.store import replace_bytes, write_bytes
+from pipeline.files import replace_bytes, write_bytes
+from pipeline.stages.context import Context
+from pipeline.stages.stage import Stage
+
+
+@dataclass(frozen=True)
+class InputProfile:
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TimingCache:
+    path: Path
+    sha256: str | None = None
+    error_on_miss: bool = False
+
+
+@dataclass(frozen=True)
+class SerializeSpec:
+    builder_optimization_level: int = 3
+    profiles: tuple[tuple[InputProfile, ...], ...] = ()
+    flags: tuple[str, ...] = ()
+    hardware_compatibility: str = "none"
+    timing_cache: TimingCache | None = None
+    plugins: tuple[Path, ...] = ()  # plugin libraries, resolved against the recipe's folder
+
 
 ENGINE_FILE = "engine.plan"
 
@@ -36,3 +67,21 @@ def save_timing_cache(ctx: Context) -> None:
         return
     replace_bytes(cache.path, data)
     ctx.log.info("serialize: timing cache %s updated (%d bytes)", cache.path, len(data))
+
+
+def _freeze(body: Mapping[str, Any], base: Path) -> SerializeSpec:
+    body = dict(body)
+    profiles = tuple(
+        tuple(InputProfile(name, tuple(s["min"]), tuple(s["opt"]), tuple(s["max"])) for name, s in profile.items())
+        for profile in body.pop("profiles", [])
+    )
+    cache = body.pop("timing_cache", None)
+    if cache:
+        cache = TimingCache(path=(base / cache["path"]).resolve(), sha256=cache.get("sha256"),
+                            error_on_miss=cache.get("error_on_miss", False))
+    plugins = tuple((base / plugin).resolve() for plugin in body.pop("plugins", ()))
+    return SerializeSpec(profiles=profiles, timing_cache=cache, flags=tuple(body.pop("flags", ())), plugins=plugins,
+                         **body)
+
+
+STAGE = Stage("serialize", SerializeSpec, _freeze, engine_from_network, per_target=True, in_key=True)

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, MutableMapping, Protocol, Sequence
 
+from pipeline.errors import BackendError, CannotRunHere, PipelineError
+from pipeline.store import ref
 from pipeline.trt import backend as backends
 from pipeline.trt.backend import Backend, make_logger
-from pipeline.errors import BackendError, CannotRunHere, PipelineError
 from pipeline.trt.gpu import Gpu, Probe
-from pipeline.store import ref
 from pipeline.trt.target import short_version
 
 # Compute capabilities the TensorRT-RTX runtime accepts (it refuses data-centre parts such as Hopper, 9.0).

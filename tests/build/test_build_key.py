@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline import recipe as recipes
-from pipeline.trt.backend import Backend
-from pipeline.digest import canonical_json, json_sha256
 from pipeline.build.record import build_key, build_key_inputs
+from pipeline.digest import canonical_json, json_sha256
 from pipeline.store import Store
+from pipeline.trt.backend import Backend
 from pipeline.trt.target import Target
 from tests._lifecycle import SM89, TINY, build, write
 

@@ -13,14 +13,16 @@ from typing import Callable
 import pytest
 import tensorrt_rtx
 
-from pipeline import digest, recipe as recipes
+from pipeline import digest
+from pipeline import recipe as recipes
+from pipeline.build.record import build_key, build_key_inputs, source_key
+from pipeline.stages import KEY_STAGES
+from pipeline.stages.parse import digests
+from pipeline.stages.serialize import SerializeSpec
+from pipeline.store import Artifact, Store
 from pipeline.trt import backend as backends
 from pipeline.trt.backend import Backend
 from pipeline.trt.gpu import Probe
-from pipeline.build.record import KEY_STAGES, build_key, build_key_inputs, source_key
-from pipeline.recipe import SerializeSpec
-from pipeline.stages.parse import digests
-from pipeline.store import Artifact, Store
 from pipeline.trt.target import resolve
 from tests.build.test_runner import RECIPE, build_with
 

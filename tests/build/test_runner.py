@@ -12,12 +12,12 @@ import pytest
 import tensorrt_rtx
 
 from pipeline import recipe as recipes
-from pipeline.trt import backend as backends
-from pipeline.trt import gpu
 from pipeline.build import runner
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError, RecipeError
 from pipeline.store import FAILED, MEMO, STAGING, Store
+from pipeline.trt import backend as backends
+from pipeline.trt import gpu
 
 RTX = ".".join(tensorrt_rtx.__version__.split(".")[:3])
 SM86, SM89 = f"sm86.rtx-{RTX}", f"sm89.rtx-{RTX}"

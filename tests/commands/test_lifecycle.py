@@ -10,7 +10,16 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.store import Store
-from tests._lifecycle import SM86, SM89, SM120, TINY, build, copy_store, set_validation, write
+from tests._lifecycle import (
+    SM86,
+    SM89,
+    SM120,
+    TINY,
+    build,
+    copy_store,
+    set_validation,
+    write,
+)
 
 USER = {"TRT_PIPELINE_USER": "ana@ci"}
 

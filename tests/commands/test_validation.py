@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from pipeline import cli
-from pipeline.trt import gpu
-from pipeline.validate import artifact as validate
-from pipeline.trt.gpu import Gpu, Probe
 from pipeline.stages import graph_cleanup
+from pipeline.trt import gpu
+from pipeline.trt import polygraphy as adapter
+from pipeline.trt.gpu import Gpu, Probe
+from pipeline.validate import artifact as validate
 from tests.needs_gpu import needs_gpu
 from tests.validate.test_artifact import CLEANUP_NEEDED, TWO_INPUT, shift_constant
 
@@ -23,7 +24,7 @@ here_only = pytest.mark.skipif(not NO_DRIVER, reason="this machine has a CUDA dr
 
 @pytest.fixture(autouse=True)
 def _restore_polygraphy_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(validate.RTX_ENV, raising=False)
+    monkeypatch.delenv(adapter.RTX_ENV, raising=False)
 
 
 @pytest.fixture

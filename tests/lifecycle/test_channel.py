@@ -7,10 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.lifecycle import channel
 from pipeline.errors import StoreError
+from pipeline.lifecycle import channel
 from pipeline.store import Store
-from tests._lifecycle import SM86, SM89, TINY, build, copy_store, race, race_channel, write
+from tests._lifecycle import (
+    SM86,
+    SM89,
+    TINY,
+    build,
+    copy_store,
+    race,
+    race_channel,
+    write,
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.lifecycle import channel
-from pipeline.lifecycle import gc
 from pipeline.errors import StoreError
+from pipeline.lifecycle import channel, gc
 from pipeline.store import STAGING, Store
 from tests._lifecycle import SM86, SM89, TINY, build, copy_store, write
 

@@ -9,12 +9,19 @@ from pathlib import Path
 import pytest
 
 from models.make_models import MODELS, write_model
-from pipeline.trt import backend as backends
-from pipeline.lifecycle import channel
-from pipeline.errors import PromotionError
 from pipeline.build.record import build_key
-from pipeline.lifecycle.promote import Decision, Toolchain, decide, promote, toolchain, unvalidated
+from pipeline.errors import PromotionError
+from pipeline.lifecycle import channel
+from pipeline.lifecycle.promote import (
+    Decision,
+    Toolchain,
+    decide,
+    promote,
+    toolchain,
+    unvalidated,
+)
 from pipeline.store import Store
+from pipeline.trt import backend as backends
 from pipeline.trt.target import Tag, Target, parse_tag
 from tests._lifecycle import (
     LOG,

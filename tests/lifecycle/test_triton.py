@@ -10,11 +10,20 @@ from types import ModuleType
 import pytest
 from google.protobuf import text_format
 
-from pipeline.lifecycle import channel
 from pipeline.errors import StoreError
-from pipeline.store import Store
+from pipeline.lifecycle import channel
 from pipeline.lifecycle.triton import config_text, export
-from tests._lifecycle import SM86, SM89, SM120, TINY, TWO_INPUT, build, copy_store, write
+from pipeline.store import Store
+from tests._lifecycle import (
+    SM86,
+    SM89,
+    SM120,
+    TINY,
+    TWO_INPUT,
+    build,
+    copy_store,
+    write,
+)
 
 
 def _model_config_pb2() -> ModuleType:

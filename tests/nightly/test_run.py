@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.nightly import run as nightly
 from pipeline.cli import main
 from pipeline.commands.nightly import Display
-from pipeline.trt.gpu import Probe
-from pipeline.nightly.task import Task, build_task
+from pipeline.files import replace_json
+from pipeline.nightly import run as nightly
 from pipeline.nightly.regression import load_config
-from pipeline.store import Store, replace_json
+from pipeline.nightly.task import Task, build_task
+from pipeline.store import Store
+from pipeline.trt.gpu import Probe
 from tests.nightly.test_report import assert_self_contained
 
 NO_GPU = Probe(False, (), "no CUDA driver (test)")
@@ -276,4 +277,4 @@ def test_progress_is_plain_lines_off_a_terminal_and_one_redrawn_line_on_it() -> 
     display = Display(terminal, tty=True)
     display.planned(2, 2, 1)
     display.started(task)
-    assert terminal.getvalue().endswith("\r\033[K[0/2] running tiny sm89 0s  (elapsed 0:00, eta ?)")
+    assert terminal.getvalue().endswith("buildable)\n[0/2] running tiny sm89 0s  (elapsed 0:00, eta ?)")

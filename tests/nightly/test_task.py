@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from pipeline import recipe as recipes
-from pipeline.nightly.task import Task, output_errors, validation_record
 from pipeline.nightly.pool import workers_for
+from pipeline.nightly.task import Task, output_errors, validation_record
 from tests.nightly.test_run import NO_GPU, TINY_PROFILE, recipe_text
 
 
@@ -63,17 +64,17 @@ def test_a_failing_target_is_pinned_on_itself_and_its_siblings_publish_once(
         recipes_for_pairs: Path, tmp_path: Path, monkeypatch) -> None:
     from pipeline.errors import BuildError
     from pipeline.nightly.task import build_task
-    from pipeline.stages import STAGES
+    from pipeline.stages import REGISTRY
     from pipeline.store import Store
 
-    real = STAGES["serialize"]
+    real = REGISTRY["serialize"].run
 
     def serialize(ctx) -> None:  # sm89 fails after sm86 has been published by the joint attempt
         if ctx.target.name == "sm89":
             raise BuildError("serialize: injected failure for sm89")
         real(ctx)
 
-    monkeypatch.setitem(STAGES, "serialize", serialize)
+    monkeypatch.setitem(REGISTRY, "serialize", dataclasses.replace(REGISTRY["serialize"], run=serialize))
     (tmp_path / "logs").mkdir()
     task = Task(str(recipes_for_pairs / "tiny.yaml"), "tiny", ("sm86", "sm89"), str(tmp_path / "store"), True,
                 NO_GPU, str(tmp_path / "logs"))

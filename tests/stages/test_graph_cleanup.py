@@ -9,11 +9,15 @@ from typing import Any, Callable
 import onnx
 import pytest
 
-from pipeline.stages.context import Context
 from pipeline.errors import BuildError
-from pipeline.recipe import CleanupSpec
 from pipeline.stages import graph_cleanup, parse
-from pipeline.stages.graph_cleanup import CLEANED_FILE, PASSES, planned_passes
+from pipeline.stages.context import Context
+from pipeline.stages.graph_cleanup import (
+    CLEANED_FILE,
+    PASSES,
+    CleanupSpec,
+    planned_passes,
+)
 from tests.conftest import TINY_STAGES, run_stages
 
 Recipe = Callable[..., Path]

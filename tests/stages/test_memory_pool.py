@@ -8,8 +8,8 @@ from typing import Callable
 import pytest
 import tensorrt_rtx as trt
 
-from pipeline.stages.context import Context
 from pipeline.errors import BuildError
+from pipeline.stages.context import Context
 from tests.conftest import run_stages
 
 Recipe = Callable[..., Path]

@@ -10,11 +10,10 @@ from typing import Callable
 import pytest
 import tensorrt_rtx
 
-from pipeline.trt.backend import Backend
-from pipeline.stages.context import Context
 from pipeline.errors import BackendError, BuildError
-from pipeline.recipe import FlagSpec
-from pipeline.stages.network_flag import creation_flags
+from pipeline.stages.context import Context
+from pipeline.stages.network_flag import FlagSpec, creation_flags
+from pipeline.trt.backend import Backend
 from tests.conftest import TINY_STAGES, run_stages
 from tests.stages.test_graph_cleanup import CLEANUP_NEEDED
 

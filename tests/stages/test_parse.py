@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 from models.make_models import MODELS, write_model
-from pipeline.stages.context import Context
 from pipeline.errors import BuildError, PipelineError
+from pipeline.stages.context import Context
 from pipeline.stages.parse import digests, header, preflight
 from tests.conftest import TINY_STAGES, run_stages
 

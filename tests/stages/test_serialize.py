@@ -10,8 +10,8 @@ import pytest
 import tensorrt_rtx
 
 from pipeline import interrupt
-from pipeline.stages.context import Context
 from pipeline.errors import BuildError
+from pipeline.stages.context import Context
 from pipeline.stages.serialize import ENGINE_FILE
 from tests.conftest import run_stages
 
@@ -66,7 +66,7 @@ class _Cache:
 def _cache_context(tmp_path: Path, pinned: bool, after_build: bytes) -> Any:
     from types import SimpleNamespace
 
-    from pipeline.recipe import SerializeSpec, TimingCache
+    from pipeline.stages.serialize import SerializeSpec, TimingCache
 
     path = tmp_path / "timing.cache"
     path.write_bytes(b"before")

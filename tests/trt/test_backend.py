@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import tensorrt_rtx
 
+from pipeline.errors import BackendError
 from pipeline.trt import backend as backends
 from pipeline.trt.backend import Backend
-from pipeline.errors import BackendError
 
 REPO = Path(__file__).resolve().parents[2]
 

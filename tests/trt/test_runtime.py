@@ -15,11 +15,11 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from pipeline.trt import backend as backends
 from pipeline import cli
-from pipeline.trt import runtime as engine
-from pipeline.trt import gpu
 from pipeline.errors import CannotRunHere, PipelineError
+from pipeline.trt import backend as backends
+from pipeline.trt import gpu
+from pipeline.trt import runtime as engine
 from pipeline.trt.gpu import Gpu, Probe
 from tests.needs_gpu import needs_gpu
 

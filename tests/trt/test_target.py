@@ -8,10 +8,19 @@ import types
 import pytest
 import tensorrt_rtx
 
-from pipeline.trt.backend import Backend
 from pipeline.errors import BackendError
+from pipeline.trt.backend import Backend
 from pipeline.trt.gpu import Gpu, Probe
-from pipeline.trt.target import Tag, Target, compute_capability, parse_tag, resolve, short_version, sm, tag
+from pipeline.trt.target import (
+    Tag,
+    Target,
+    compute_capability,
+    parse_tag,
+    resolve,
+    short_version,
+    sm,
+    tag,
+)
 
 RTX_VERSION = ".".join(tensorrt_rtx.__version__.split(".")[:3])
 NO_GPU = Probe(False, (), "no CUDA driver on this machine (libcuda.so.1 cannot be loaded)")

@@ -14,17 +14,19 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from pipeline.trt import backend as backends
 from pipeline import cli
-from pipeline.trt import gpu
-from pipeline.validate import artifact as validate
 from pipeline import recipe as recipes
-from pipeline.stages.context import Context
+from pipeline.build import runner
 from pipeline.errors import BackendError, BuildError, PipelineError
-from pipeline.trt.gpu import Gpu, Probe
 from pipeline.recipe import Tolerance, ValidateSpec
-from pipeline.stages import STAGES, graph_cleanup
+from pipeline.stages import REGISTRY, graph_cleanup
 from pipeline.store import Store
+from pipeline.trt import backend as backends
+from pipeline.trt import gpu
+from pipeline.trt import polygraphy as adapter
+from pipeline.trt.gpu import Gpu, Probe
+from pipeline.validate import artifact as validate
+from pipeline.validate import cleanup, compare
 from tests.needs_gpu import needs_gpu
 
 LOG = logging.getLogger("test.validate")
@@ -67,7 +69,7 @@ validate: {atol: 1.0e-4, rtol: 1.0e-4, shapes: [min, opt, max], seed: 3}
 @pytest.fixture(autouse=True)
 def _restore_polygraphy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Builds run in-process with os.environ; whatever they set is undone after each test."""
-    monkeypatch.delenv(validate.RTX_ENV, raising=False)
+    monkeypatch.delenv(adapter.RTX_ENV, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +77,13 @@ def rtx() -> backends.Backend:
     return backends.load("tensorrt-rtx")
 
 
-def cleaned(recipe_path: Path, rtx: backends.Backend, scratch: Path) -> Context:
-    """Run the real parse and graph-cleanup stages, and wait for the cleanup check graph-cleanup starts."""
+def cleaned(recipe_path: Path, rtx: backends.Backend, scratch: Path) -> dict:
+    """Run the real parse and graph-cleanup stages; the record of the cleanup check graph-cleanup starts."""
     scratch.mkdir(parents=True, exist_ok=True)
-    ctx = Context(recipes.load(recipe_path), rtx, scratch, LOG, backends.make_logger(rtx, LOG.getChild("trt")),
-                  environ={})
-    STAGES["parse"](ctx)
-    STAGES["graph-cleanup"](ctx)
-    ctx.background.wait()
-    return ctx
+    ctx = runner.context(recipes.load(recipe_path), rtx, scratch, LOG, environ={})
+    REGISTRY["parse"].run(ctx)
+    REGISTRY["graph-cleanup"].run(ctx)
+    return ctx.background.wait()[graph_cleanup.CHECK]
 
 
 def shift_constant(name: str, delta: float) -> Callable[[Any, Any], Any]:
@@ -105,30 +105,30 @@ def test_shape_sets_follow_profiles_and_requested_points() -> None:
     profiles = [{"x": {"min": [1, 4], "opt": [8, 4], "max": [64, 4]}},
                 {"x": {"min": [65, 4], "opt": [100, 4], "max": [128, 4]}}]
     inputs = {"x": {"shape": ["batch", 4]}, "k": {"shape": [3]}}
-    sets = validate.shape_sets(profiles, ("min", "max"), inputs)
+    sets = compare.shape_sets(profiles, ("min", "max"), inputs)
     assert [(s.profile, s.label, dict(s.shapes)) for s in sets] == [
         (0, "min", {"x": (1, 4), "k": (3,)}), (0, "max", {"x": (64, 4), "k": (3,)}),
         (1, "min", {"x": (65, 4), "k": (3,)}), (1, "max", {"x": (128, 4), "k": (3,)})]
 
 
 def test_without_profiles_the_declared_shapes_are_used_with_dynamic_dims_as_one() -> None:
-    (only,) = validate.shape_sets([], ("opt",), {"x": {"shape": ["batch", 4]}, "y": {"shape": [-1, 2]}})
+    (only,) = compare.shape_sets([], ("opt",), {"x": {"shape": ["batch", 4]}, "y": {"shape": [-1, 2]}})
     assert (only.profile, only.label, dict(only.shapes)) == (None, "static", {"x": (1, 4), "y": (1, 2)})
 
 
 def test_frozen_feed_matches_graph_cleanups_freeze() -> None:
     inputs = {"mode": {"dtype": "int64", "shape": []}, "w": {"dtype": "float32", "shape": [2, 3]},
               "v": {"dtype": "float32", "shape": ["n"]}}
-    feed = validate.frozen_feed({"mode": 1, "w": 0.5, "v": [1, 2]}, inputs)
+    feed = compare.frozen_feed({"mode": 1, "w": 0.5, "v": [1, 2]}, inputs)
     assert feed["mode"].dtype == np.int64 and feed["mode"].shape == () and feed["mode"] == 1
     np.testing.assert_array_equal(feed["w"], np.full((2, 3), 0.5, np.float32))
     np.testing.assert_array_equal(feed["v"], np.array([1, 2], np.float32))
 
 
 def test_seeded_feed_is_reproducible() -> None:
-    (shapes,) = validate.shape_sets([], ("opt",), {"x": {"shape": [2, 4]}, "i": {"shape": [3]}})
+    (shapes,) = compare.shape_sets([], ("opt",), {"x": {"shape": [2, 4]}, "i": {"shape": [3]}})
     dtypes = {"x": "float32", "i": "int64"}
-    first, again, other = (validate.seeded_feed(shapes, dtypes, seed) for seed in (0, 0, 1))
+    first, again, other = (compare.seeded_feed(shapes, dtypes, seed) for seed in (0, 0, 1))
     np.testing.assert_array_equal(first["x"], again["x"])
     assert first["x"].dtype == np.float32 and first["i"].dtype == np.int64
     assert not np.array_equal(first["x"], other["x"])
@@ -140,10 +140,10 @@ def test_use_polygraphy_sets_the_rtx_switch_only_for_rtx(rtx: backends.Backend,
 
     monkeypatch.setattr(polygraphy.config, "USE_TENSORRT_RTX", polygraphy.config.USE_TENSORRT_RTX)
     environ: dict[str, str] = {}
-    assert validate.use_polygraphy(rtx, environ).USE_TENSORRT_RTX is True
-    assert environ == {validate.RTX_ENV: "1"}
+    assert adapter.use_polygraphy(rtx, environ).USE_TENSORRT_RTX is True
+    assert environ == {adapter.RTX_ENV: "1"}
     full: dict[str, str] = {}
-    assert validate.use_polygraphy(backends.Backend("tensorrt", None), full).USE_TENSORRT_RTX is False
+    assert adapter.use_polygraphy(backends.Backend("tensorrt", None), full).USE_TENSORRT_RTX is False
     assert full == {}
 
 
@@ -156,12 +156,12 @@ def test_use_polygraphy_refuses_to_rebind_a_loaded_trt_backend(rtx: backends.Bac
     monkeypatch.setattr(polygraphy.config, "USE_TENSORRT_RTX", False)
     monkeypatch.setitem(sys.modules, "polygraphy.backend.trt", sys.modules["polygraphy.config"])
     with pytest.raises(BackendError, match="already bound to full TensorRT in this process"):
-        validate.use_polygraphy(rtx, {})
+        adapter.use_polygraphy(rtx, {})
 
 
 def test_compare_func_carries_per_output_overrides() -> None:
     spec = ValidateSpec(atol=1e-3, rtol=1e-2, outputs={"heatmap": Tolerance(0.05, 1e-2)})
-    func = validate.compare_func(spec)
+    func = compare.compare_func(spec)
     assert (func.atol, func.rtol) == ({"": 1e-3, "heatmap": 0.05}, {"": 1e-2, "heatmap": 1e-2})
 
 
@@ -170,8 +170,7 @@ def test_compare_func_carries_per_output_overrides() -> None:
 
 def test_cleanup_check_passes_and_feeds_the_frozen_input(write_recipe: Callable[..., Path], rtx: backends.Backend,
                                                          tmp_path: Path) -> None:
-    ctx = cleaned(write_recipe(CLEANUP_NEEDED.replace("MODE", "1")), rtx, tmp_path)
-    check = ctx.cleanup_check
+    check = cleaned(write_recipe(CLEANUP_NEEDED.replace("MODE", "1")), rtx, tmp_path)
     assert check["status"] == "passed" and check["frozen_inputs"] == {"mode": 1}
     # The recipe asks validation for min, opt and max; the CPU cleanup check runs once per profile, at its min
     # shape with every dimension raised to 2 where the profile allows (x: min [1, 16], max [16, 16]).
@@ -184,8 +183,8 @@ def test_cleanup_check_passes_and_feeds_the_frozen_input(write_recipe: Callable[
 def test_cleanup_check_uses_the_frozen_value_not_a_random_one(write_recipe: Callable[..., Path],
                                                               rtx: backends.Backend, tmp_path: Path) -> None:
     """mode 2 takes the other branch ([b, 2, 8]): the original model must be fed 2 as well."""
-    ctx = cleaned(write_recipe(CLEANUP_NEEDED.replace("MODE", "2")), rtx, tmp_path)
-    assert ctx.cleanup_check["status"] == "passed"
+    check = cleaned(write_recipe(CLEANUP_NEEDED.replace("MODE", "2")), rtx, tmp_path)
+    assert check["status"] == "passed"
 
 
 def test_a_numerics_changing_pass_fails_the_build_naming_the_output(write_recipe: Callable[..., Path],
@@ -208,7 +207,7 @@ def test_per_output_tolerance_overrides_apply(write_recipe: Callable[..., Path],
         cleaned(write_recipe(TWO_INPUT + "validate: {atol: 1.0e-3, rtol: 1.0e-3}\n", "strict.yaml"), rtx,
                 tmp_path / "a")
     loose = TWO_INPUT + "validate:\n  atol: 1.0e-3\n  rtol: 1.0e-3\n  outputs:\n    heatmap: {atol: 1.0e-2}\n"
-    check = cleaned(write_recipe(loose, "loose.yaml"), rtx, tmp_path / "b").cleanup_check
+    check = cleaned(write_recipe(loose, "loose.yaml"), rtx, tmp_path / "b")
     (row,) = check["results"]  # one small shape per profile
     assert check["status"] == "passed" and row["shape"] == "small"
     assert row["outputs"]["heatmap"]["atol"] == 1e-2 and row["outputs"]["features"]["atol"] == 1e-3
@@ -221,7 +220,7 @@ def test_cleanup_check_without_profiles_or_validate_block(write_recipe: Callable
     recipe = write_recipe("name: tiny\nversion: 1.0.0\nmodel: {path: {models}/tiny.onnx}\nbackend: tensorrt-rtx\n"
                           "targets: [sm89]\nstages:\n  - parse: {}\n  - graph-cleanup: {override_shapes: {x: [2, 4]}}\n"
                           "  - network-flag: {}\n  - memory-pool: {}\n  - serialize: {}\n")
-    (row,) = cleaned(recipe, rtx, tmp_path).cleanup_check["results"]
+    (row,) = cleaned(recipe, rtx, tmp_path)["results"]
     assert (row["profile"], row["shape"], row["inputs"], row["passed"]) == (None, "static", {"x": [2, 4]}, True)
 
 
@@ -248,7 +247,7 @@ def onnxruntime_as_engine(model: Callable[[Any], str]) -> Callable[..., list[dic
         runners = lambda profile: [OnnxrtRunner(SessionFromOnnx(model(artifact)), name="tensorrt"),  # noqa: E731
                                    OnnxrtRunner(SessionFromOnnx(str(validate.original_model(manifest))),
                                                 name="onnxruntime")]
-        return validate.compare(runners, sets, feeds, list(manifest["model"]["outputs"]), spec, "stand-in")
+        return compare.compare(runners, sets, feeds, list(manifest["model"]["outputs"]), spec, "stand-in")
 
     return run
 
@@ -376,7 +375,7 @@ def test_a_run_that_compares_nothing_keeps_a_recorded_result(artifact: tuple[Sto
 def test_a_stopping_build_makes_no_more_onnx_runtime_sessions(models_dir: Path) -> None:
     """Ctrl-C sets Background.stopping: the cleanup check ends at its next session instead of running on."""
     stopping = threading.Event()
-    assert validate._beside_build(models_dir / "tiny.onnx", stopping).get_inputs()[0].name == "x"
+    assert cleanup._beside_build(models_dir / "tiny.onnx", stopping).get_inputs()[0].name == "x"
     stopping.set()
     with pytest.raises(BuildError, match="^graph-cleanup: the cleanup check was stopped$"):
-        validate._beside_build(models_dir / "tiny.onnx", stopping)
+        cleanup._beside_build(models_dir / "tiny.onnx", stopping)
