@@ -41,3 +41,7 @@ class CannotRunHere(PipelineError):
 
 class PromotionError(PipelineError):
     """A promotion was refused (the message names the mismatch) or blocked by the production gate."""
+
+
+class TagError(PipelineError):
+    """Text that should be a GPU tag (e.g. sm89.rtx-1.7.1) is not one."""

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pipeline import ref as refs
 from pipeline.digest import file_sha256
 from pipeline.errors import StoreError
 from pipeline.files import fsync_dir, replace_json, sync, write_json
+from pipeline.ref import ref, version_dir
 
 MANIFEST = "manifest.json"
 STAGING = ".staging"
@@ -34,22 +36,10 @@ MEMO_MIN_BYTES = 1 << 20
 RACY_S = 2  # a file changed this recently is hashed again next time
 BUILDS = ".builds.json"  # version -> highest build number ever given (numbers are never reused)
 _VERSION_DIR = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:\+(\d+))?$")
-_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
-REF_FORMS = ("NAME, NAME@VERSION (its newest build, e.g. tiny@1.0.0), NAME@VERSION+BUILD (exact, e.g. "
-             "tiny@1.0.0+2) or an artifact directory")
 
 
 def _stamp(stat: os.stat_result) -> list[int]:
     return [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
-
-
-def version_dir(version: str, build: int) -> str:
-    return version if build == 1 else f"{version}+{build}"
-
-
-def ref(name: str, version: str, build: int) -> str:
-    """The exact reference of a build, as printed everywhere: 'tiny@1.0.0+1' (NAME@VERSION means the newest)."""
-    return f"{name}@{version}+{build}"
 
 
 @dataclass
@@ -309,12 +299,9 @@ class Store:
                     return self._from_directory(path / chosen[0])
             raise StoreError(f"{path} is a version directory with {len(tags)} GPU tag(s) ({', '.join(tags)}); "
                              f"pick one with --tag TAG or name the tag directory, e.g. {path / tags[0]}")
-        name, at, version = ref.partition("@")
-        version, plus, build = version.partition("+")
-        if not name or (at and not _VERSION.match(version)) or (plus and not build.isdigit()):
-            raise StoreError(f"'{ref}' is not an artifact reference; expected {REF_FORMS}")
-        candidates = [a for a in self.artifacts(name) if (not version or a.version == version)
-                      and (not build or a.build == int(build))]
+        wanted = refs.parse(ref)
+        candidates = [a for a in self.artifacts(wanted.name) if wanted.version in (None, a.version)
+                      and wanted.build in (None, a.build)]
         if tag is not None and candidates:
             candidates = self._with_tag(candidates, ref, tag)
         if not candidates:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, MutableMapping
 
 from pipeline import heap
+from pipeline import recipe as recipes
 from pipeline.background import Background
 from pipeline.build import capability
 from pipeline.build.record import build_key, manifest, source_key
@@ -22,11 +23,13 @@ from pipeline.digest import canonical_json, json_sha256, plain
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.files import write_bytes
 from pipeline.recipe import Recipe
+from pipeline.ref import version_dir
 from pipeline.stages import REGISTRY
 from pipeline.stages.context import Context
 from pipeline.stages.graph_cleanup import CHECK, cleaned_files
 from pipeline.stages.parse import check_pin, digests, preflight
-from pipeline.store import Artifact, Run, Store, version_dir
+from pipeline.store import Artifact, Run, Store
+from pipeline.trt import backend as backends
 from pipeline.trt.backend import Backend, make_logger
 from pipeline.trt.gpu import Probe
 from pipeline.trt.polygraphy import use_polygraphy
@@ -49,9 +52,6 @@ class Plan:
 def load_recipe(path: Path) -> tuple[Recipe, Backend]:
     """The recipe and its backend; a backend that does not import is a located recipe problem, with the
     install hint on the same line (`check` and nightly print problems only)."""
-    from pipeline import recipe as recipes
-    from pipeline.trt import backend as backends
-
     recipe = recipes.load(path)
     try:
         return recipe, backends.load(recipe.backend)
@@ -96,8 +96,6 @@ def remember_plan(plan_: Plan, store: Store, probe: Probe, target_names: tuple[s
 def _installed() -> dict[str, list[str | None]]:
     """Every backend: its package's installed version and the file its module would be imported from (found, not
     imported): another TensorRT on PYTHONPATH, or full TensorRT appearing for 'auto', changes it."""
-    from pipeline.trt import backend as backends
-
     return {name: [backends.installed_version(name), backends.module_file(name)] for name in sorted(backends.MODULES)}
 
 
@@ -106,9 +104,6 @@ def remembered_plan(path: Path, store: Store, probe: Probe, target_names: tuple[
     same backend packages installed (package metadata): the recipe is loaded without the JSON Schema check and
     TensorRT is not imported until something is built. An unchanged rebuild then takes ~0.3 s instead of ~0.6 s.
     None when anything differs, or when the plan checked files besides the recipe (plugins, a timing cache)."""
-    from pipeline import recipe as recipes
-    from pipeline.trt import backend as backends
-
     try:
         sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         known = store.memo(PLANS).get(_plan_key(sha256, path, probe, target_names))

@@ -11,9 +11,11 @@ from pathlib import Path
 from pipeline.build import capability, runner
 from pipeline.commands.output import Command, emit_json, print_table, progress
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
+from pipeline.lifecycle import channel
 from pipeline.store import Artifact, Store
 from pipeline.trt import gpu
 from pipeline.units import size
+from pipeline.validate.artifact import after_build
 
 
 def _plan(path: Path, probe: gpu.Probe, target_names: tuple[str, ...] = (), check_model: bool = True,
@@ -67,9 +69,6 @@ def build(args: argparse.Namespace, log: logging.Logger) -> int:
         return 0
     started = time.perf_counter()
     outcomes = runner.build(plan, store, log, progress(args), force=args.force)
-    from pipeline.validate.artifact import (
-        after_build,  # the recipe's validate: step; 'skipped' where no GPU can run it
-    )
 
     valid = after_build(plan.recipe, [o.artifact for o in outcomes if not o.reused], store, probe,
                         args.environ, log, progress(args))
@@ -101,8 +100,6 @@ def _row(artifact: Artifact) -> dict:
 
 
 def list_(args: argparse.Namespace, log: logging.Logger) -> int:
-    from pipeline.lifecycle import channel
-
     store = Store(args.store)
     store.recipes()  # a regular file given as the store is an error; a missing store holds nothing
     rows = [_row(a) for a in store.artifacts(args.name)]

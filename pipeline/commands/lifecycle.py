@@ -10,12 +10,13 @@ from typing import Any
 
 from pipeline.commands.output import Command, emit_json, print_table, progress
 from pipeline.lifecycle import channel as channels
+from pipeline.lifecycle import gc as collector
+from pipeline.lifecycle import promote as promotion
+from pipeline.lifecycle import triton
 from pipeline.store import Store
 
 
 def promote(args: argparse.Namespace, log: logging.Logger) -> int:
-    from pipeline.lifecycle import promote as promotion
-
     done = promotion.promote(Store(args.store), args.artifact, args.from_tag, args.to_tag or args.from_tag,
                              args.channel, by=promotion.who(args.environ), log=log,
                              allow_unvalidated=args.allow_unvalidated, reason=args.reason, progress=progress(args))
@@ -67,8 +68,6 @@ def history(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def export(args: argparse.Namespace, log: logging.Logger) -> int:
-    from pipeline.lifecycle import triton
-
     done = triton.export(Store(args.store), args.name, args.channel, args.repo)
     if args.json:
         emit_json(done.to_json())
@@ -81,8 +80,6 @@ def export(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def gc(args: argparse.Namespace, log: logging.Logger) -> int:
-    from pipeline.lifecycle import gc as collector
-
     store = Store(args.store)
     if args.name is not None:
         store.require(args.name)

@@ -11,6 +11,17 @@ from pathlib import Path
 from typing import TextIO
 
 from pipeline.commands.output import Command, Progress, emit_json, print_table
+from pipeline.errors import PipelineError
+from pipeline.nightly import regression
+from pipeline.nightly import run as nights
+from pipeline.nightly.report import (
+    change_line,
+    first_line,
+    headline,
+    markdown,
+    pair_row,
+    regression_line,
+)
 from pipeline.nightly.task import Task
 from pipeline.store import Store
 
@@ -93,15 +104,10 @@ def _hms(seconds: float) -> str:
 
 
 def _first_line(text: str | None) -> str:
-    from pipeline.nightly.report import first_line
-
     return first_line(text)
 
 
 def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
-    from pipeline.nightly import regression
-    from pipeline.nightly import run as nights
-
     config_file = args.config or (args.recipes_dir / nights.CONFIG_FILE)
     config_file = config_file if args.config or config_file.is_file() else None
     config = regression.load_config(config_file)
@@ -115,8 +121,6 @@ def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
         raise
     summary_file = args.environ.get(STEP_SUMMARY_ENV)
     if summary_file:
-        from pipeline.nightly.report import markdown
-
         try:
             with open(summary_file, "a") as handle:
                 handle.write(markdown(report) + "\n")
@@ -130,14 +134,6 @@ def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def _print_summary(report: dict) -> None:
-    from pipeline.nightly.report import (
-        change_line,
-        first_line,
-        headline,
-        pair_row,
-        regression_line,
-    )
-
     print_table(("RECIPE", "TARGET", "STATUS", "ENGINE", "BUILD", "MAX ERROR", "VALIDATION", "ARTIFACT"),
                 [pair_row(p) for p in report["pairs"]])
     print(headline(report) + f" (compared with {report['previous'] or 'no previous night'})")
@@ -161,8 +157,6 @@ def _jobs(text: str) -> int:
 
 def _target_names(values: list[str]) -> tuple[str, ...]:
     """--targets sm86 sm89, --targets sm86,sm89: each must look like a target (RECIPES_DIR goes first)."""
-    from pipeline.errors import PipelineError
-
     names = tuple(dict.fromkeys(t for value in values for t in value.split(",") if t))
     for name in names:
         if not re.fullmatch(r"local|sm[0-9]{2,3}", name):

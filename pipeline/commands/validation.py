@@ -11,6 +11,7 @@ from pipeline.errors import CannotRunHere, PipelineError
 from pipeline.store import Artifact, Store
 from pipeline.trt import gpu
 from pipeline.trt import runtime as engines
+from pipeline.validate import artifact as validation
 
 
 def _artifact(args: argparse.Namespace) -> tuple[Artifact, dict]:
@@ -19,8 +20,6 @@ def _artifact(args: argparse.Namespace) -> tuple[Artifact, dict]:
 
 
 def validate(args: argparse.Namespace, log: logging.Logger) -> int:
-    from pipeline.validate import artifact as validation
-
     store = Store(args.store)
     artifact = store.resolve(args.artifact, args.tag)
     spec = validation.settings(artifact.manifest(), log)

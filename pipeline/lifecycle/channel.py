@@ -17,7 +17,8 @@ from typing import Any, Iterator
 
 from pipeline.errors import StoreError
 from pipeline.files import replace_json
-from pipeline.store import MANIFEST, Artifact, Store, version_dir
+from pipeline.ref import version_dir
+from pipeline.store import MANIFEST, Artifact, Store
 
 DIR = "_channels"
 HISTORY = "history.jsonl"

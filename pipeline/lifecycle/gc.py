@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from itertools import groupby
 
+from pipeline import ref as refs
 from pipeline.errors import StoreError
 from pipeline.lifecycle import channel as channels
 from pipeline.store import STAGING, Artifact, Store
@@ -34,9 +35,8 @@ def _promoted(store: Store, name: str) -> dict[tuple[str, int, str], str]:
             why[(artifact["version"], artifact["build"], artifact["tag"])] = (
                 f"was promoted to {event['channel']} on {event['tag']} at {event['at']}")
         if source.get("ref"):
-            version = source["ref"].split("@", 1)[1]
-            base, _, number = version.partition("+")
-            why.setdefault((base, int(number or 1), source["tag"]),
+            named = refs.parse(source["ref"])
+            why.setdefault((named.version, named.build or 1, source["tag"]),
                            f"source of a promotion to {event['tag']} at {event['at']}")
     for tag, channel, entry in channels.everything(store, name):
         why[(entry["version"], entry["build"], entry["tag"])] = f"on channel {channel} of {tag}"

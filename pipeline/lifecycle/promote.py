@@ -22,12 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from pipeline import recipe as recipes
+from pipeline.build import runner
+from pipeline.build.record import build_key
 from pipeline.errors import BackendError, PromotionError
 from pipeline.lifecycle import channel as channels
+from pipeline.stages.parse import digests
 from pipeline.store import Artifact, Store
+from pipeline.trt import backend as backends
+from pipeline.trt import gpu
 from pipeline.trt.gpu import Probe
 from pipeline.trt.target import Tag, Target, parse_tag, short_version
 from pipeline.trt.target import sm as sm_of
+from pipeline.validate.artifact import after_build
 
 AMPERE = (8, 0)
 Progress = Callable[[str], None]
@@ -65,8 +72,6 @@ class Toolchain:
 def toolchain(backend_name: str, probe: Probe,
               load: Callable[[str], Any] | None = None) -> Toolchain:
     """The installed backend of that name and what it can build on this machine."""
-    from pipeline.trt import backend as backends
-
     try:
         backend = (load or backends.load)(backend_name)
     except BackendError as error:
@@ -242,8 +247,6 @@ def _lazy(probe: Probe | None) -> Callable[[], Probe]:
 
     def get() -> Probe:
         if not found:
-            from pipeline.trt import gpu
-
             found.append(gpu.probe())
         return found[0]
 
@@ -259,12 +262,6 @@ def _source_target(manifest: Mapping) -> Target:
 def _rebuild(store: Store, source: Artifact, manifest: Mapping, to: Tag, probe: Probe, log: logging.Logger,
              progress: Progress, load_backend: Callable[[str], Any] | None) -> tuple[Artifact, bool]:
     """Build for `to` from exactly the inputs of `source`; refuse when any of them changed."""
-    from pipeline import recipe as recipes
-    from pipeline.build import runner
-    from pipeline.build.record import build_key
-    from pipeline.stages.parse import digests
-    from pipeline.trt import backend as backends
-
     line = f"cannot rebuild {source.ref} {source.tag} for {to.text}"
     path = Path(manifest["recipe"]["path"])
     if not path.is_file():
@@ -299,7 +296,6 @@ def _rebuild(store: Store, source: Artifact, manifest: Mapping, to: Tag, probe: 
                              f"source's {manifest['model']['cleaned_sha256'][:12]} (graph tools changed?); "
                              f"channel unchanged, new build left at {outcome.artifact.path}")
     if not outcome.reused:  # the build's validate step, as `trt-pipeline build` runs it (skipped without a GPU)
-        from pipeline.validate.artifact import after_build
 
         after_build(recipe, [outcome.artifact], store, probe, os.environ, log, progress)
     return outcome.artifact, not outcome.reused

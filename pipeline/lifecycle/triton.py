@@ -24,6 +24,7 @@ from pipeline.errors import StoreError
 from pipeline.files import replace_bytes, write_json
 from pipeline.lifecycle import channel as channels
 from pipeline.store import Store
+from pipeline.trt.target import parse_tag
 
 log = logging.getLogger("pipeline.triton")
 
@@ -87,8 +88,6 @@ def config_text(name: str, network: dict, files: dict[str, str]) -> str:
 
 def _engines(store: Store, name: str, channel: str) -> list[dict]:
     """One record per GPU tag whose `channel` is set: the artifact, its manifest and the file name to use."""
-    from pipeline.trt.target import parse_tag
-
     found = []
     for tag, ch, entry in channels.everything(store, name):
         if ch == channel:

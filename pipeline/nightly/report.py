@@ -7,6 +7,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.files import write_bytes
 from pipeline.units import size
 
 HTML = "report.html"
@@ -20,8 +21,6 @@ METRICS: dict[str, tuple[str, Callable[[dict], float | None]]] = {
 
 
 def write(night: Path, report: dict, history: list[dict]) -> None:
-    from pipeline.files import write_bytes
-
     write_bytes(night / HTML, html(report, history).encode())
     write_bytes(night / MARKDOWN, markdown(report).encode())
 

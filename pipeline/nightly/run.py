@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.errors import PipelineError, RecipeError
+from pipeline.build import runner
+from pipeline.build.record import source_key
+from pipeline.errors import PipelineError, RecipeError, StoreError
 from pipeline.files import replace_json
+from pipeline.nightly import report as reports
 from pipeline.nightly.pool import (
     BuildFn,
     Observer,
@@ -28,7 +31,9 @@ from pipeline.nightly.pool import (
 )
 from pipeline.nightly.regression import Config, compare
 from pipeline.nightly.task import Task, artifact_record, build_task
+from pipeline.stages.parse import digests
 from pipeline.store import Store
+from pipeline.trt import gpu
 from pipeline.trt.gpu import Probe
 
 NIGHTLY = "_nightly"
@@ -59,8 +64,6 @@ def plan_pairs(files: list[Path], store: Store, night: Path, probe: Probe, targe
                force: bool, memory_per_job: int) -> tuple[list[Task], list[dict], list[tuple[str, str]]]:
     """Every pair: one task per recipe with the targets to build, the records already known (failed to plan,
     or unchanged), and the order of all pairs as (recipe file, target)."""
-    from pipeline.build import runner
-
     tasks: list[Task] = []
     known: list[dict] = []
     order: list[tuple[str, str]] = []
@@ -86,9 +89,6 @@ def plan_pairs(files: list[Path], store: Store, night: Path, probe: Probe, targe
 def _plan_targets(recipe: Any, backend: Any, path: Path, targets: tuple[str, ...], store: Store, probe: Probe,
                   force: bool) -> tuple[tuple[str, ...], list[dict]]:
     """(targets to build, records of the others: not buildable here, or unchanged by source key)."""
-    from pipeline.build import runner
-    from pipeline.stages.parse import digests
-
     todo, known = [], []
     model = None
     for target in targets:
@@ -130,8 +130,6 @@ def _unchanged(plan: Any, store: Store, model: dict) -> Any | None:
     """The artifact the runner would reuse by source key (recipe settings, model, tools, target), if any."""
     import logging
 
-    from pipeline.build import runner
-    from pipeline.build.record import source_key
 
     recipe, (target,) = plan.recipe, plan.targets
     key = source_key(recipe, model, plan.backend, target)
@@ -172,9 +170,6 @@ def run(recipes_dir: Path, store: Store, config: Config = Config(), targets: tup
         force: bool = False, probe: Probe | None = None, observer: Observer = Quiet(),
         config_file: Path | None = None, build: BuildFn = build_task) -> dict:
     """Plan, build, record and compare one night; returns the report (also in ROOT/_nightly/<run>/report.json)."""
-    from pipeline.nightly import report as reports
-    from pipeline.trt import gpu
-
     started = time.time()
     files = recipe_files(recipes_dir, (config_file,) if config_file else ())
     night = claim_night(store, started)
@@ -233,8 +228,6 @@ def _summary(records: list[dict], regressions: list[dict]) -> dict:
 
 def claim_night(store: Store, when: float) -> Path:
     """A fresh ROOT/_nightly/<UTC time>[-N]/ (with logs/), claimed by mkdir so two nightlies never share one."""
-    from pipeline.errors import StoreError
-
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
     base = store.root / NIGHTLY
     for n in range(1, 1000):

@@ -14,9 +14,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.build import runner
+from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
 from pipeline.store import Run, Store
 from pipeline.trt.gpu import Probe
+from pipeline.validate import artifact as validate
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,6 @@ def build_task(task: Task) -> list[dict]:
 
 
 def _build(task: Task, store: Store, log: logging.Logger, before: set[Path]) -> list[dict]:
-    from pipeline.build import runner
-
     plan = load_plan(Path(task.recipe_file), task.probe, task.targets)
     fresh = {a.tag for a in store.artifacts(task.recipe) if a.path not in before}
     force = task.force and not fresh & {t.tag for t in plan.targets}  # published by this task's joint attempt
@@ -119,8 +120,6 @@ def _task_logger(path: Path) -> logging.Logger:
 
 
 def _sha_or_none(path: str | None) -> str | None:
-    from pipeline.digest import file_sha256
-
     return file_sha256(Path(path)) if path and Path(path).is_file() else None
 
 
@@ -130,8 +129,6 @@ def identity(task: Task, target: str) -> dict:
 
 def load_plan(path: Path, probe: Probe, targets: tuple[str, ...] = ()) -> Any:
     """Recipe -> backend -> runner.Plan (for `targets`, default the recipe's), every problem as a RecipeError."""
-    from pipeline.build import runner
-
     recipe, backend = runner.load_recipe(path)
     return runner.plan(recipe, backend, probe, targets)
 
@@ -171,8 +168,6 @@ def output_errors(block: dict) -> dict[str, float]:
 def _validate(plan: Any, artifact: Any, store: Store, probe: Probe, log: logging.Logger) -> None:
     """The build's validate step (skipped, with the reason, where no GPU can run the engine), unless the
     artifact already carries a validation result."""
-    from pipeline.validate import artifact as validate
-
     if (artifact.manifest().get("validation") or {}).get("status", "not-run") != "not-run":
         return
     try:

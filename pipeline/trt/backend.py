@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipeline.errors import BackendError
+from pipeline.trt.target import short_version
 
 MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 TAG_PREFIX = {"tensorrt": "trt", "tensorrt-rtx": "rtx"}
@@ -39,8 +40,6 @@ class Backend:
     @property
     def short_version(self) -> str:
         """'1.7.1.116' -> '1.7.1' (the part that decides engine compatibility in tags)."""
-        from pipeline.trt.target import short_version
-
         return short_version(self.version)
 
     @property

@@ -9,6 +9,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable
 
+from pipeline.trt.target import sm
+
 
 @dataclass(frozen=True)
 class Gpu:
@@ -17,8 +19,6 @@ class Gpu:
 
     @property
     def sm(self) -> str:
-        from pipeline.trt.target import sm
-
         return sm(self.compute_capability)
 
     @property

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, MutableMapping, Protocol, Sequence
 
 from pipeline.errors import BackendError, CannotRunHere, PipelineError
-from pipeline.store import ref
+from pipeline.ref import ref
 from pipeline.trt import backend as backends
 from pipeline.trt.backend import Backend, make_logger
 from pipeline.trt.gpu import Gpu, Probe
+from pipeline.trt.polygraphy import quiet, use_polygraphy
 from pipeline.trt.target import short_version
 
 # Compute capabilities the TensorRT-RTX runtime accepts (it refuses data-centre parts such as Hopper, 9.0).
@@ -185,8 +186,6 @@ def open_session(backend: Backend, plan_path: Path, environ: MutableMapping[str,
                  device: Device | None = None, libraries: Sequence[str] = ()) -> Iterator[Session]:
     """Deserialize the plan and make a context and a stream; buffers and stream are freed on exit.
     Polygraphy's CUDA errors (raised as PolygraphyException) become one-line PipelineErrors."""
-    from pipeline.validate.artifact import quiet, use_polygraphy
-
     use_polygraphy(backend, environ)  # polygraphy.cuda comes from the same Polygraphy as validation
     from polygraphy.exception import PolygraphyException
 

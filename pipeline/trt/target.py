@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.errors import BackendError, PromotionError
+from pipeline.errors import BackendError, TagError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for annotations only: backend and gpu spell their versions and tags with this module
     from pipeline.trt.backend import Backend
     from pipeline.trt.gpu import Probe
 
@@ -61,7 +61,7 @@ class Tag:
 def parse_tag(text: str) -> Tag:
     match = _TAG.match(text)
     if not match:
-        raise PromotionError(f"'{text}' is not a GPU tag; expected e.g. sm89.rtx-1.7.1 or "
+        raise TagError(f"'{text}' is not a GPU tag; expected e.g. sm89.rtx-1.7.1 or "
                              "nvidia-a100-sxm4-80gb.sm80.trt-10.9.0", hint="see the TAG column of `trt-pipeline list`")
     return Tag(text, match["sm"], PLATFORMS[match["platform"]], match["version"], match["gpu"])
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, MutableMapping, Sequence
 
+from pipeline import recipe as recipes
 from pipeline.digest import file_sha256
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 from pipeline.files import replace_json
@@ -41,8 +42,6 @@ REPORT = "validation.json"
 def settings(manifest: dict, log: Any) -> ValidateSpec:
     """The validate: block the artifact was built with, as its manifest records it (defaults when the recipe
     had none), so that validation runs the same on any machine. Older manifests: read from the recipe file."""
-    from pipeline import recipe as recipes
-
     if "validate" in manifest:
         block = manifest["validate"] or {}
         outputs = {name: Tolerance(**tolerance) for name, tolerance in block.pop("outputs", {}).items()}

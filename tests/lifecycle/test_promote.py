@@ -10,7 +10,7 @@ import pytest
 
 from models.make_models import MODELS, write_model
 from pipeline.build.record import build_key
-from pipeline.errors import PromotionError
+from pipeline.errors import PromotionError, TagError
 from pipeline.lifecycle import channel
 from pipeline.lifecycle.promote import (
     Decision,
@@ -79,7 +79,7 @@ def test_tags_parse_for_both_backends() -> None:
     assert parse_tag(SM89) == Tag(SM89, "sm89", "tensorrt-rtx", "1.7.1", None)
     assert parse_tag(H100) == Tag(H100, "sm90", "tensorrt", "11.4.0", "nvidia-h100-80gb-hbm3")
     assert parse_tag(SM120).compute_capability == "12.0"
-    with pytest.raises(PromotionError) as error:
+    with pytest.raises(TagError) as error:
         parse_tag("sm89")
     assert str(error.value) == ("'sm89' is not a GPU tag; expected e.g. sm89.rtx-1.7.1 or "
                                 "nvidia-a100-sxm4-80gb.sm80.trt-10.9.0")
