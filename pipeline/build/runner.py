@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, MutableMapping
 from pipeline import heap
 from pipeline import recipe as recipes
 from pipeline.background import Background
-from pipeline.build import capability
+from pipeline.build import capability, support
 from pipeline.build.record import build_key, manifest, source_key
 from pipeline.digest import canonical_json, json_sha256, plain
 from pipeline.errors import PipelineError, RecipeError
@@ -126,6 +126,8 @@ def plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tuple[str
     something is to be built: an unchanged rebuild then never parses the model."""
     targets, problems = capability.targets(recipe, backend, probe, target_names)
     problems += capability.problems(recipe, backend, probe) + (preflight(recipe) if check_model else [])
+    if check_model and not problems:  # the parser's support query needs a readable model and an importable backend
+        problems += support.problems(recipe, backend, logging.getLogger("pipeline"))
     if problems:
         raise RecipeError(problems)
     return Plan(recipe, backend, tuple(targets), tuple(recipe.stages), check_model)
