@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import platform
 import socket
-import time
 from typing import Any
 
-from pipeline import __version__
+from pipeline import __version__, clock
 from pipeline.digest import file_sha256, json_sha256, plain
 from pipeline.recipe import Recipe
 from pipeline.stages import KEY_STAGES, ORDER
@@ -92,7 +91,7 @@ def manifest(ctx: Context, stages: list[dict[str, Any]], started: float, waited:
             "number": None,  # set by the store when it publishes
             "key": build_key(recipe, ctx.cleaned_sha256, ctx.backend, target),
             "source_key": source_key(recipe, ctx.model_record, ctx.backend, target),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "created_at": clock.utc(started),
             "duration_s": round(sum(stage["seconds"] for stage in stages) + waited, 3),
             "waited_s": waited,
             "host": socket.gethostname(),

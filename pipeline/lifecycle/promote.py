@@ -77,8 +77,7 @@ def toolchain(backend_name: str, probe: Probe,
     except BackendError as error:
         return Toolchain(backend_name, "not installed", (), None, str(error))
     if backend.is_rtx:
-        sms = tuple(m.lower() for m in backend.member_names("ComputeCapability") if m.startswith("SM"))
-        return Toolchain(backend.name, backend.short_version, tuple(sorted(sms, key=lambda s: int(s[2:]))), None)
+        return Toolchain(backend.name, backend.short_version, backend.build_sms(), None)
     gpu = probe.gpu
     return Toolchain(backend.name, backend.short_version, (gpu.sm,) if gpu else (), gpu.slug if gpu else None,
                      probe.reason)

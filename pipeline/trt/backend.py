@@ -66,6 +66,11 @@ class Backend:
     def member_names(self, enum: str) -> list[str]:
         return sorted(getattr(getattr(self.trt, enum, None), "__members__", {}))
 
+    def build_sms(self) -> tuple[str, ...]:
+        """The architectures TensorRT-RTX builds for ahead of time ('sm75', ..., 'sm121'), lowest first."""
+        sms = (m.lower() for m in self.member_names("ComputeCapability") if m.startswith("SM"))
+        return tuple(sorted(sms, key=lambda sm: int(sm[2:])))
+
 
 def load(name: str = "auto", importer: Callable[[str], Any] = importlib.import_module) -> Backend:
     """Import the named TensorRT. 'auto' prefers full TensorRT when it imports, else TensorRT-RTX."""

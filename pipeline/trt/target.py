@@ -86,9 +86,7 @@ def resolve(name: str, backend: Backend, probe: Probe) -> Target:
     cc = compute_capability(sm)
     if backend.is_rtx:
         if backend.member("ComputeCapability", sm.upper()) is None:
-            supported = sorted((m.lower() for m in backend.member_names("ComputeCapability") if m.startswith("SM")),
-                               key=lambda m: int(m[2:]))
-            raise BackendError(f"{backend.label()} cannot build for {sm}; it supports {', '.join(supported)}")
+            raise BackendError(f"{backend.label()} cannot build for {sm}; it supports {', '.join(backend.build_sms())}")
         return Target(name, tag(sm, backend.name, backend.version), cc, None, sm)
     if gpu is None or gpu.sm != sm:
         here = f"this machine's GPU is {gpu.name} ({gpu.sm})" if gpu else probe.reason
