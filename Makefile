@@ -6,7 +6,7 @@ RECIPE ?= recipes/resnet50.yaml
 STAMP  := $(VENV)/.installed
 MODELS := models/resnet50.onnx models/cleanup_needed.onnx models/two_input.onnx
 
-.PHONY: engine test check models clean-venv
+.PHONY: engine test lint check models clean-venv
 
 ## engine: build the engines of RECIPE (default recipes/resnet50.yaml) into artifacts/
 engine: $(STAMP) $(MODELS)
@@ -15,6 +15,10 @@ engine: $(STAMP) $(MODELS)
 ## test: run the test suite (real TensorRT-RTX builds on CPU)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## lint: ruff (configured in pyproject.toml) over the package, tests and scripts
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tests bench models
 
 ## check: validate every shipped recipe without building
 check: $(STAMP) $(MODELS)
