@@ -16,8 +16,8 @@ from typing import Callable, Mapping, Sequence
 
 from pipeline import __version__, interrupt
 from pipeline.commands import register_all
-from pipeline.commands.output import Progress
-from pipeline.errors import PipelineError, RecipeError
+from pipeline.commands.output import Progress, emit_json
+from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 
 STORE_ENV = "TRT_PIPELINE_STORE"
 EXIT_OK, EXIT_USER, EXIT_INTERRUPTED, EXIT_BUG = 0, 1, 130, 3
@@ -117,27 +117,31 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         finally:
             Progress.end_status()  # an unfinished status line must not swallow the error below
     except RecipeError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
-        _hint(error)
-        return error.exit_code
+        return _failed(args, error.exit_code, "recipe", error.problems, error.hint)
     except PipelineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        _hint(error)
-        return error.exit_code
+        kind = "cannot-run-here" if isinstance(error, CannotRunHere) else "error"
+        return _failed(args, error.exit_code, kind, [f"error: {error}"], error.hint)
     except BrokenPipeError:  # `trt-pipeline list | head`: the reader left; that is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except KeyboardInterrupt:
-        print("interrupted: nothing was published by the interrupted step", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _failed(args, EXIT_INTERRUPTED, "interrupted",
+                       ["interrupted: nothing was published by the interrupted step"], None)
     except Exception as error:  # noqa: BLE001 - the one place unexpected errors are reported
         path = _crash_log(error)
-        print(f"internal error (this is a bug): {type(error).__name__}: {error}\n"
-              f"details and versions: {path}", file=sys.stderr)
-        return EXIT_BUG
+        return _failed(args, EXIT_BUG, "bug", [f"internal error (this is a bug): {type(error).__name__}: {error}",
+                                               f"details and versions: {path}"], None, log=str(path))
 
 
-def _hint(error: PipelineError) -> None:
-    if error.hint:
-        print(f"hint: {error.hint}", file=sys.stderr)
+def _failed(args: argparse.Namespace, code: int, kind: str, lines: list[str], hint: str | None, **extra: str) -> int:
+    """The one way a failure is reported: its lines (and hint) on stderr; with --json, also one JSON object on
+    stdout ({"error": {kind, message, problems, hint, exit_code}}), so `| jq` always gets a document."""
+    for line in lines:
+        print(line, file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    if getattr(args, "json", False):
+        message = lines[0].removeprefix("error: ") if kind != "recipe" else f"{len(lines)} problem(s) in the recipe"
+        emit_json({"error": {"kind": kind, "message": message, "problems": lines if kind == "recipe" else [],
+                             "hint": hint, "exit_code": code, **extra}})
+    return code

@@ -539,3 +539,16 @@ def test_a_dry_run_remembers_nothing(capsys: Capture, store_dir: Path, tiny_reci
     assert run(capsys, "--store", str(store_dir), "-q", "build", str(other))[0] == 0  # a build remembers both
     after = {p.stem: json.loads(p.read_text()) for p in (store_dir / ".memo").iterdir()}
     assert len(after["plans"]) == 2
+
+
+def test_json_failures_are_one_document_on_stdout_and_lines_on_stderr(capsys: Capture, store_dir: Path,
+                                                                      write_recipe: Recipe) -> None:
+    code, out, err = run(capsys, "--store", str(store_dir), "--json", "show", "nothing@1.0.0")
+    assert code == 1 and err.startswith("error: no artifact nothing@1.0.0 in store ")
+    assert json.loads(out) == {"error": {"kind": "error", "message": err.splitlines()[0].removeprefix("error: "),
+                                         "problems": [], "hint": "see `trt-pipeline list`", "exit_code": 1}}
+    bad = write_recipe(RECIPE.replace("workspace: 64MiB", "workspace: lots"))
+    code, out, err = run(capsys, "--store", str(store_dir), "--json", "build", str(bad))
+    failure = json.loads(out)["error"]
+    assert (code, failure["kind"], failure["exit_code"]) == (1, "recipe", 1)
+    assert failure["problems"] == err.splitlines() and "memory-pool.workspace" in failure["problems"][0]
