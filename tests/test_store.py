@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import multiprocessing
@@ -17,10 +18,14 @@ from pipeline import store as store_module
 from pipeline.errors import StoreError
 from pipeline.store import (
     BUILDS,
+    CHANNELS,
+    FAILED,
     MANIFEST,
     MEMO,
     MEMO_MIN_BYTES,
+    NIGHTLY,
     STAGING,
+    TRASH,
     Artifact,
     Run,
     Store,
@@ -361,6 +366,50 @@ def test_nights_are_the_night_directories_oldest_first(store: Store) -> None:
     (store.root / "_nightly" / "notes.txt").write_text("not a night")
     (store.root / "_nightly" / ".hidden").mkdir()
     assert store.nights() == [earlier, later]
+
+
+# ---------------------------------------------------------------- no other module spells a path under the root
+
+PACKAGE = Path(store_module.__file__).resolve().parent
+NAMES = {BUILDS, CHANNELS, FAILED, MANIFEST, MEMO, NIGHTLY, STAGING, TRASH}  # what only the Store spells
+
+
+def root_paths(source: str) -> list[tuple[int, str]]:
+    """(line, code) for every use of a store's `.root` other than printing it (`str(...)` or an f-string), and
+    every string that is one of the store's own file or directory names: paths under the root are the Store's."""
+    tree = ast.parse(source)
+    allowed = {id(node.args[0]) for node in ast.walk(tree) if isinstance(node, ast.Call)
+               and isinstance(node.func, ast.Name) and node.func.id == "str" and len(node.args) == 1}
+    allowed |= {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.FormattedValue)}
+    found = []
+    for node in ast.walk(tree):
+        owner = node.value if isinstance(node, ast.Attribute) else None
+        named = getattr(owner, "id", None) or getattr(owner, "attr", None) or ""
+        if isinstance(node, ast.Attribute) and node.attr == "root" and "store" in named and id(node) not in allowed:
+            found.append((node.lineno, ast.unparse(node)))
+        elif isinstance(node, ast.Constant) and node.value in NAMES:
+            found.append((node.lineno, repr(node.value)))
+    return sorted(found)
+
+
+def test_the_root_check_sees_joins_and_spellings_but_not_messages() -> None:
+    source = """\
+a = store.root / name / "1.0.0"
+b = os.path.join(self.store.root, name)
+root = store.root
+c = Path(store.root).glob("*")
+d = base / "_nightly"
+print(f"in store {store.root}", str(store.root), tree.root / "x", "see STORE/_nightly/<time>/")
+"""
+    assert root_paths(source) == [(1, "store.root"), (2, "self.store.root"), (3, "store.root"), (4, "store.root"),
+                                  (5, "'_nightly'")]
+
+
+def test_only_the_store_joins_paths_onto_the_store_root() -> None:
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}: {code}" for path in sorted(PACKAGE.rglob("*.py"))
+             if path != PACKAGE / "store.py" for line, code in root_paths(path.read_text())]
+    assert found == [], "paths under the store root belong to pipeline/store.py; ask the Store for them:\n" + \
+        "\n".join(found)
 
 
 # ---------------------------------------------------------------- two processes at once
