@@ -1,6 +1,9 @@
 """The one owner of artifacts/: staging, atomic publish, lookup by reference, manifest updates.
 
 Layout: ROOT/<name>/<version>[+<build>]/<gpu-tag>/{engine.plan, manifest.json, model.cleaned.onnx, build.log}.
+Beside the artifacts: ROOT/<name>/_channels/ (lifecycle.channel's files), ROOT/_nightly/<run>/ (one per night),
+ROOT/_failed/ (logs of failed builds), ROOT/.memo/ (caches) and ROOT/.staging/ (private work and trash). Every
+path under ROOT is spelled here; other modules ask the Store for theirs.
 Everything is written into ROOT/.staging first, fsynced, then renamed into place under a file lock, so a
 reader sees a whole artifact or none. A published directory is never overwritten.
 A build number belongs to one build run (all its GPU tags) and is never reused, not even after gc: the highest
@@ -35,6 +38,9 @@ MEMO = ".memo"  # hashes of unchanged files and plans already checked, so an unc
 MEMO_MIN_BYTES = 1 << 20
 RACY_S = 2  # a file changed this recently is hashed again next time
 BUILDS = ".builds.json"  # version -> highest build number ever given (numbers are never reused)
+CHANNELS = "_channels"  # ROOT/<name>/_channels/: channel files and their history
+NIGHTLY = "_nightly"  # ROOT/_nightly/<run>/: one directory per nightly run
+TRASH = "_trash"  # ROOT/.staging/_trash-<pid>-<name>-XXXXXXXX/: what process <pid> is removing
 _VERSION_DIR = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:\+(\d+))?$")
 
 
@@ -89,6 +95,17 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._memos: dict[str, dict] = {}
+
+    # ------------------------------------------------------------ paths
+
+    def artifact_dir(self, name: str, version: str, build: int, tag: str) -> Path:
+        """Where build `build` of name@version for `tag` is (or would be) published:
+        ROOT/<name>/<version>[+<build>]/<tag> (build 1 in the plain <version> directory)."""
+        return self.root / name / version_dir(version, build) / tag
+
+    def channels_dir(self, name: str) -> Path:
+        """ROOT/<name>/_channels/: a recipe's channel files and history (their contents are lifecycle.channel's)."""
+        return self.root / name / CHANNELS
 
     # ------------------------------------------------------------ memo
 
@@ -150,6 +167,19 @@ class Store:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def _trash(self, label: str) -> Iterator[Path]:
+        """A private directory to move things out of view into, deleted with its content on exit. Its name carries
+        the owner's pid (ROOT/.staging/_trash-<pid>-<label>-XXXXXXXX; no recipe name starts with '_'), so what a
+        killed process left behind can be told from what a live one is still removing."""
+        base = self.root / STAGING
+        base.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f"{TRASH}-{os.getpid()}-{label}-", dir=base))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
     def lock(self, name: str) -> Any:
         from filelock import FileLock
 
@@ -177,7 +207,7 @@ class Store:
             if run.build is None:
                 run.build = self._allocate(name, version)
             build = run.build
-            final = self.root / name / version_dir(version, build) / tag
+            final = self.artifact_dir(name, version, build, tag)
             if final.exists():
                 raise StoreError(f"refusing to overwrite published artifact {final}")
             manifest["build"]["number"] = build
@@ -238,6 +268,34 @@ class Store:
                 continue
         raise StoreError(f"cannot keep the failure log: too many in {self.root / FAILED}")
 
+    def new_night(self, stamp: str) -> Path:
+        """A fresh ROOT/_nightly/<stamp>[-N]/, claimed by mkdir so two nightlies never share one."""
+        base = self.root / NIGHTLY
+        for n in range(1, 1000):
+            path = base / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                base.mkdir(parents=True, exist_ok=True)
+                path.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as error:
+                raise StoreError(f"cannot create {path}: {error.strerror}",
+                                 hint="pick a writable store with --store DIR or TRT_PIPELINE_STORE") from None
+            return path
+        raise StoreError(f"cannot find a free run directory under {base}")
+
+    def discard(self, artifact: Artifact) -> None:
+        """Remove a published artifact: rename it out of view first (atomic, so a reader sees all of it or none),
+        then delete it; its version directory goes too once empty. Call under the recipe's lock (the caller decides
+        inside it what to remove)."""
+        try:
+            with self._trash(artifact.name) as trash:
+                os.rename(artifact.path, trash / artifact.tag)
+        except OSError as error:
+            raise StoreError(f"cannot remove {artifact.path}: {error.strerror}") from None
+        with contextlib.suppress(OSError):
+            artifact.path.parent.rmdir()  # fails while other GPU tags of this version remain
+
     def update_manifest(self, artifact: Artifact, change: Callable[[dict], None]) -> dict:
         """Apply `change` to a published manifest atomically, under the recipe's lock."""
         with self.lock(artifact.name):
@@ -278,6 +336,15 @@ class Store:
                     if (tag / MANIFEST).is_file():
                         found.append(Artifact(tag, recipe, semver, build, tag.name))
         return sorted(found, key=lambda a: a.sort_key)
+
+    def published(self, name: str, version: str, build: int, tag: str) -> Artifact | None:
+        """The artifact at `artifact_dir(...)` if it is published there (its manifest in place), else None."""
+        path = self.artifact_dir(name, version, build, tag)
+        return Artifact(path, name, version, build, tag) if (path / MANIFEST).is_file() else None
+
+    def nights(self) -> list[Path]:
+        """Every ROOT/_nightly/<run>/ directory, oldest first (run names sort by time)."""
+        return sorted(p for p in self._dirs(self.root / NIGHTLY) if not p.name.startswith("."))
 
     @staticmethod
     def _dirs(path: Path) -> list[Path]:

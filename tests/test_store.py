@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import multiprocessing
@@ -17,10 +18,14 @@ from pipeline import store as store_module
 from pipeline.errors import StoreError
 from pipeline.store import (
     BUILDS,
+    CHANNELS,
+    FAILED,
     MANIFEST,
     MEMO,
     MEMO_MIN_BYTES,
+    NIGHTLY,
     STAGING,
+    TRASH,
     Artifact,
     Run,
     Store,
@@ -275,6 +280,136 @@ def test_failure_logs_in_the_same_second_are_all_kept(store: Store, tmp_path: Pa
         logs.append(store.keep_failure_log("tiny", log))
     assert len(set(logs)) == 3
     assert [p.read_text() for p in logs] == ["failure 0\n", "failure 1\n", "failure 2\n"]
+
+
+# ---------------------------------------------------------------- paths under the root
+
+
+def test_artifact_dir_is_where_publish_puts_a_build(store: Store) -> None:
+    first, second = publish(store), publish(store)
+    assert store.artifact_dir("tiny", "1.0.0", 1, SM89) == store.root / "tiny" / "1.0.0" / SM89 == first.path
+    assert store.artifact_dir("tiny", "1.0.0", 2, SM89) == store.root / "tiny" / "1.0.0+2" / SM89 == second.path
+    assert store.artifact_dir("tiny", "1.0.0", 3, SM89) == store.root / "tiny" / "1.0.0+3" / SM89  # unbuilt yet
+
+
+def test_published_is_the_artifact_only_once_its_manifest_is_in_place(store: Store) -> None:
+    artifact = publish(store)
+    assert store.published("tiny", "1.0.0", 1, SM89) == artifact
+    assert store.published("tiny", "1.0.0", 1, SM86) is None
+    assert store.published("tiny", "1.0.0", 2, SM89) is None
+    half = store.artifact_dir("tiny", "1.0.0", 2, SM89)
+    half.mkdir(parents=True)  # a directory without a manifest is not an artifact
+    assert store.published("tiny", "1.0.0", 2, SM89) is None
+
+
+def test_channels_dir_is_beside_the_versions_and_not_a_version(store: Store) -> None:
+    artifact = publish(store)
+    assert store.channels_dir("tiny") == store.root / "tiny" / "_channels"
+    store.channels_dir("tiny").mkdir()
+    (store.channels_dir("tiny") / f"{SM89}.json").write_text("{}")
+    assert store.artifacts() == [artifact] and store.recipes() == ["tiny"]
+
+
+def test_discard_renames_out_of_view_then_deletes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second, other = publish(store), publish(store), publish(store, tag=SM86, run=Run(1))
+    seen: list[tuple[str, str]] = []
+    rename = os.rename
+
+    def watched(source: Any, dest: Any) -> None:
+        seen.append((str(source), str(dest)))
+        assert (Path(source) / MANIFEST).is_file()  # whole until the one rename
+        rename(source, dest)
+        assert not Path(source).exists()  # then gone from view at once
+
+    monkeypatch.setattr(os, "rename", watched)
+    with store.lock("tiny"):
+        store.discard(second)
+    ((source, dest),) = seen
+    trash = Path(dest).parent
+    assert source == str(second.path) and Path(dest).name == SM89
+    assert trash.parent == store.root / STAGING  # inside the store: a rename, never a copy
+    assert trash.name.startswith(f"_trash-{os.getpid()}-tiny-")  # the owner's pid: a dead owner's leftovers show
+    assert leftovers(store) == []
+    assert not (store.root / "tiny" / "1.0.0+2").exists()  # the emptied version directory goes too
+    with store.lock("tiny"):
+        store.discard(first)
+    assert (store.root / "tiny" / "1.0.0").is_dir()  # another GPU tag of the version remains
+    assert store.artifacts() == [other] and len(seen) == 2
+
+
+def test_discarding_what_is_gone_is_one_store_error_and_leaves_no_trash(store: Store) -> None:
+    artifact = publish(store)
+    with store.lock("tiny"):
+        store.discard(artifact)
+        with pytest.raises(StoreError, match=rf"^cannot remove {artifact.path}: No such file or directory$"):
+            store.discard(artifact)
+    assert leftovers(store) == []
+
+
+def test_new_night_claims_a_fresh_directory_each_time(store: Store) -> None:
+    first, second, third = (store.new_night("20250101T000000Z") for _ in range(3))
+    assert first == store.root / "_nightly" / "20250101T000000Z"
+    assert (second.name, third.name) == ("20250101T000000Z-2", "20250101T000000Z-3")
+    assert all(p.is_dir() and not any(p.iterdir()) for p in (first, second, third))
+    assert store.recipes() == []  # nights are not recipes
+
+
+def test_new_night_in_an_unwritable_store_is_one_store_error() -> None:
+    with pytest.raises(StoreError, match=r"^cannot create /proc/x/_nightly/20250101T000000Z: ") as caught:
+        Store(Path("/proc/x")).new_night("20250101T000000Z")
+    assert caught.value.hint == "pick a writable store with --store DIR or TRT_PIPELINE_STORE"
+
+
+def test_nights_are_the_night_directories_oldest_first(store: Store) -> None:
+    assert store.nights() == []  # a missing store has none
+    later, earlier = store.new_night("20250102T000000Z"), store.new_night("20250101T000000Z")
+    (store.root / "_nightly" / "notes.txt").write_text("not a night")
+    (store.root / "_nightly" / ".hidden").mkdir()
+    assert store.nights() == [earlier, later]
+
+
+# ---------------------------------------------------------------- no other module spells a path under the root
+
+PACKAGE = Path(store_module.__file__).resolve().parent
+NAMES = {BUILDS, CHANNELS, FAILED, MANIFEST, MEMO, NIGHTLY, STAGING, TRASH}  # what only the Store spells
+
+
+def root_paths(source: str) -> list[tuple[int, str]]:
+    """(line, code) for every use of a store's `.root` other than printing it (`str(...)` or an f-string), and
+    every string that is one of the store's own file or directory names: paths under the root are the Store's."""
+    tree = ast.parse(source)
+    allowed = {id(node.args[0]) for node in ast.walk(tree) if isinstance(node, ast.Call)
+               and isinstance(node.func, ast.Name) and node.func.id == "str" and len(node.args) == 1}
+    allowed |= {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.FormattedValue)}
+    found = []
+    for node in ast.walk(tree):
+        owner = node.value if isinstance(node, ast.Attribute) else None
+        named = getattr(owner, "id", None) or getattr(owner, "attr", None) or ""
+        if isinstance(node, ast.Attribute) and node.attr == "root" and "store" in named and id(node) not in allowed:
+            found.append((node.lineno, ast.unparse(node)))
+        elif isinstance(node, ast.Constant) and node.value in NAMES:
+            found.append((node.lineno, repr(node.value)))
+    return sorted(found)
+
+
+def test_the_root_check_sees_joins_and_spellings_but_not_messages() -> None:
+    source = """\
+a = store.root / name / "1.0.0"
+b = os.path.join(self.store.root, name)
+root = store.root
+c = Path(store.root).glob("*")
+d = base / "_nightly"
+print(f"in store {store.root}", str(store.root), tree.root / "x", "see STORE/_nightly/<time>/")
+"""
+    assert root_paths(source) == [(1, "store.root"), (2, "self.store.root"), (3, "store.root"), (4, "store.root"),
+                                  (5, "'_nightly'")]
+
+
+def test_only_the_store_joins_paths_onto_the_store_root() -> None:
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}: {code}" for path in sorted(PACKAGE.rglob("*.py"))
+             if path != PACKAGE / "store.py" for line, code in root_paths(path.read_text())]
+    assert found == [], "paths under the store root belong to pipeline/store.py; ask the Store for them:\n" + \
+        "\n".join(found)
 
 
 # ---------------------------------------------------------------- two processes at once

@@ -23,7 +23,6 @@ from pipeline.digest import canonical_json, json_sha256, plain
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.files import write_bytes
 from pipeline.recipe import Recipe
-from pipeline.ref import version_dir
 from pipeline.stages import REGISTRY
 from pipeline.stages.context import Context
 from pipeline.stages.graph_cleanup import CHECK, cleaned_files
@@ -145,9 +144,9 @@ def dry_run(plan_: Plan, store: Store, log: logging.Logger, force: bool = False)
             targets.append({"name": target.name, "tag": target.tag, "action": "reuse", "reuse": hit.ref,
                             "path": str(hit.path)})
             continue
-        version = version_dir(recipe.version, store.next_build(recipe.name, recipe.version))  # one number per run
+        build = store.next_build(recipe.name, recipe.version)  # one number per run
         targets.append({"name": target.name, "tag": target.tag, "action": "build",
-                        "path": str(store.root / recipe.name / version / target.tag)})
+                        "path": str(store.artifact_dir(recipe.name, recipe.version, build, target.tag))})
     return {"recipe": {"name": recipe.name, "version": recipe.version, "path": str(recipe.path),
                        "sha256": recipe.sha256},
             "backend": plan_.backend.label(), "model": str(recipe.model_path),

@@ -1,7 +1,8 @@
 """Named channels (candidate, production, ...) per recipe and GPU tag, with an append-only history.
 
-Layout: ROOT/<name>/_channels/<gpu-tag>.json  {"name", "tag", "channels": {channel: pointer}}
-        ROOT/<name>/_channels/history.jsonl   one event per line: who, when, which build, from where, why.
+Layout, in the store's `channels_dir(name)` (ROOT/<name>/_channels/):
+        <gpu-tag>.json  {"name", "tag", "channels": {channel: pointer}}
+        history.jsonl   one event per line: who, when, which build, from where, why.
 A pointer names a published build: version, build number and the tag of its directory (which differs from
 the channel's tag when an engine is reused on another GPU type). Every change is made under the store's lock
 for the recipe, so two promotions racing each other are both applied and both recorded.
@@ -17,10 +18,8 @@ from typing import Any, Iterator
 
 from pipeline.errors import StoreError
 from pipeline.files import replace_json
-from pipeline.ref import version_dir
-from pipeline.store import MANIFEST, Artifact, Store
+from pipeline.store import Artifact, Store
 
-DIR = "_channels"
 HISTORY = "history.jsonl"
 CANDIDATE, PRODUCTION = "candidate", "production"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -42,14 +41,14 @@ def pointer(artifact: Artifact, **extra: Any) -> dict:
 
 def resolve(store: Store, name: str, entry: dict) -> Artifact:
     """The artifact a pointer names (StoreError if it is gone)."""
-    path = store.root / name / version_dir(entry["version"], entry["build"]) / entry["tag"]
-    if not (path / MANIFEST).is_file():
+    artifact = store.published(name, entry["version"], entry["build"], entry["tag"])
+    if artifact is None:
         raise StoreError(f"channel points at {entry['ref']} {entry['tag']}, which is not in store {store.root}")
-    return Artifact(path, name, entry["version"], entry["build"], entry["tag"])
+    return artifact
 
 
 def _dir(store: Store, name: str) -> Path:
-    return store.root / name / DIR
+    return store.channels_dir(name)
 
 
 def read(store: Store, name: str, tag: str) -> dict[str, dict]:
@@ -110,8 +109,8 @@ def set_(store: Store, name: str, tag: str, channel: str, entry: dict, event: di
         folder = _dir(store, name)
         folder.mkdir(parents=True, exist_ok=True)
         channels = read(store, name, tag)
-        path = store.root / name / version_dir(entry["version"], entry["build"]) / entry["tag"]
-        if not (path / MANIFEST).is_file():
+        if store.published(name, entry["version"], entry["build"], entry["tag"]) is None:
+            path = store.artifact_dir(name, entry["version"], entry["build"], entry["tag"])
             raise StoreError(f"cannot point {channel} of {tag} at {entry.get('ref', path)} [{entry['tag']}]: it is "
                              f"no longer in store {store.root} (removed meanwhile, e.g. by gc); channel unchanged")
         previous = channels.get(channel)

@@ -1,22 +1,19 @@
 """Garbage collection: keep the newest N builds per recipe and GPU tag, and every build a channel points at
 or ever pointed at (a promoted build is never removed, so the history can always be followed back).
 
-Removal happens under the recipe's lock, the plan is made again inside it, and each artifact directory is
-first renamed into the store's staging area, so a reader never sees half of a removed artifact.
+Removal happens under the recipe's lock, the plan is made again inside it, and each artifact is removed by the
+store (`Store.discard`: renamed out of view first), so a reader never sees half of a removed artifact.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from itertools import groupby
 
 from pipeline import ref as refs
 from pipeline.errors import StoreError
 from pipeline.lifecycle import channel as channels
-from pipeline.store import STAGING, Artifact, Store
+from pipeline.store import Artifact, Store
 
 
 @dataclass(frozen=True)
@@ -75,23 +72,7 @@ def collect(store: Store, keep: int, name: str | None = None, dry_run: bool = Fa
     for recipe in sorted({a.name for a in sweep.remove}):
         with store.lock(recipe):
             for artifact in plan(store, keep, recipe).remove:
-                _remove(store, artifact)
+                store.discard(artifact)
                 removed.append(artifact)
     final = plan(store, keep, name)
     return Sweep(tuple(removed), final.protected, final.kept)
-
-
-def _remove(store: Store, artifact: Artifact) -> None:
-    """Rename out of sight first (atomic), then delete; drop the version directory once it is empty."""
-    base = store.root / STAGING
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        trash = tempfile.mkdtemp(prefix=f"gc-{artifact.name}-", dir=base)
-        os.rename(artifact.path, os.path.join(trash, artifact.tag))
-    except OSError as error:
-        raise StoreError(f"cannot remove {artifact.path}: {error.strerror}") from None
-    shutil.rmtree(trash, ignore_errors=True)
-    try:
-        artifact.path.parent.rmdir()
-    except OSError:
-        pass  # other GPU tags of this version remain

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from pipeline.build import runner
 from pipeline.build.record import source_key
-from pipeline.errors import PipelineError, RecipeError, StoreError
+from pipeline.errors import PipelineError, RecipeError
 from pipeline.files import replace_json
 from pipeline.nightly import report as reports
 from pipeline.nightly.pool import (
@@ -36,7 +36,6 @@ from pipeline.store import Store
 from pipeline.trt import gpu
 from pipeline.trt.gpu import Probe
 
-NIGHTLY = "_nightly"
 REPORT = "report.json"
 SCHEMA = 1
 CONFIG_FILE = "nightly.yaml"
@@ -227,22 +226,10 @@ def _summary(records: list[dict], regressions: list[dict]) -> dict:
 
 
 def claim_night(store: Store, when: float) -> Path:
-    """A fresh ROOT/_nightly/<UTC time>[-N]/ (with logs/), claimed by mkdir so two nightlies never share one."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
-    base = store.root / NIGHTLY
-    for n in range(1, 1000):
-        path = base / (stamp if n == 1 else f"{stamp}-{n}")
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-            path.mkdir()
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise StoreError(f"cannot create {path}: {error.strerror}",
-                             hint="pick a writable store with --store DIR or TRT_PIPELINE_STORE") from None
-        (path / "logs").mkdir()
-        return path
-    raise StoreError(f"cannot find a free run directory under {base}")
+    """A fresh ROOT/_nightly/<UTC time>[-N]/ (with logs/), claimed by the store so two nightlies never share one."""
+    path = store.new_night(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when)))
+    (path / "logs").mkdir()
+    return path
 
 
 def nights(store: Store) -> list[dict]:
@@ -250,7 +237,7 @@ def nights(store: Store) -> list[dict]:
     import json
 
     found = []
-    for path in sorted(p for p in (store.root / NIGHTLY).glob("*") if (p / REPORT).is_file()):
+    for path in (p for p in store.nights() if (p / REPORT).is_file()):
         try:
             found.append(json.loads((path / REPORT).read_text()))
         except (OSError, ValueError):
