@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 
 from pipeline import __version__, interrupt
 from pipeline.commands import register_all
-from pipeline.commands.output import Progress, emit_json
+from pipeline.commands.output import Progress, emit_json, emitted_json, reset_emitted
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 
 STORE_ENV = "TRT_PIPELINE_STORE"
@@ -106,6 +106,7 @@ def _crash_log(error: BaseException) -> Path:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = parser().parse_args(argv)
+    reset_emitted()  # main() may run several times in one process (tests)
     environ = os.environ if environ is None else environ
     args.store = args.store or Path(environ.get(STORE_ENV) or "artifacts")
     args.environ = environ
@@ -135,12 +136,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def _failed(args: argparse.Namespace, code: int, kind: str, lines: list[str], hint: str | None, **extra: str) -> int:
     """The one way a failure is reported: its lines (and hint) on stderr; with --json, also one JSON object on
-    stdout ({"error": {kind, message, problems, hint, exit_code}}), so `| jq` always gets a document."""
+    stdout ({"error": {kind, message, problems, hint, exit_code}}) unless the command wrote its own document, so
+    `| jq` always gets exactly one."""
     for line in lines:
         print(line, file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
-    if getattr(args, "json", False):
+    if getattr(args, "json", False) and not emitted_json():
         message = lines[0].removeprefix("error: ") if kind != "recipe" else f"{len(lines)} problem(s) in the recipe"
         emit_json({"error": {"kind": kind, "message": message, "problems": lines if kind == "recipe" else [],
                              "hint": hint, "exit_code": code, **extra}})

@@ -58,6 +58,20 @@ def progress(args: argparse.Namespace) -> Callable[[str], None]:
     return Progress(sys.stderr)
 
 
+class _Emitted:
+    documents = 0  # JSON documents this process wrote to stdout
+
+
 def emit_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2)
     sys.stdout.write("\n")
+    _Emitted.documents += 1
+
+
+def reset_emitted() -> None:
+    _Emitted.documents = 0
+
+
+def emitted_json() -> bool:
+    """Whether a JSON document is already on stdout (a command that failed after its result says so in it)."""
+    return _Emitted.documents > 0
