@@ -435,7 +435,8 @@ def test_python_dash_m_pipeline_help() -> None:
 def test_help_imports_no_heavy_library() -> None:
     """--help, check and list must be instant: TensorRT, graphsurgeon, ONNX Runtime and Polygraphy load lazily."""
     code = ("import sys\nfrom pipeline import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = ('tensorrt_rtx', 'tensorrt', 'onnx_graphsurgeon', 'onnxruntime', 'polygraphy', 'onnx')\n"
+            "heavy = ('tensorrt_rtx', 'tensorrt', 'onnx_graphsurgeon', 'onnxruntime', 'polygraphy', 'onnx',\n"
+            "         'matplotlib')\n"
             "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -1,20 +1,23 @@
 """A night's report as one self-contained HTML file (inline CSS and SVG, nothing fetched) and as Markdown for a
-CI job's summary page. Both are rendered from report.json records; the charts span the recorded nights."""
+CI job's summary page. Both are rendered from report.json records; the charts (charts.py: matplotlib, a figure per
+recipe) span the recorded nights."""
 
 from __future__ import annotations
 
 from html import escape
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from pipeline.files import write_bytes
+from pipeline.nightly import charts
+from pipeline.nightly.text import night_text, value
 from pipeline.units import size
 
 HTML = "report.html"
 MARKDOWN = "summary.md"
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f")
 METRICS: dict[str, tuple[str, Callable[[dict], float | None]]] = {
-    "build_s": ("build time (s)", lambda r: r.get("build_s")),
+    # a skipped pair reused an earlier build: tonight has no build time of its own
+    "build_s": ("build time (s)", lambda r: r.get("build_s") if r.get("status") != "skipped" else None),
     "engine_bytes": ("engine size (bytes)", lambda r: r.get("engine_bytes")),
     "max_error": ("max error", lambda r: max_error(r)),
 }
@@ -32,17 +35,6 @@ def max_error(record: dict) -> float | None:
     errors = [v for v in ((record.get("validation") or {}).get("max_errors") or {}).values()
               if isinstance(v, (int, float))]
     return max(errors, default=None)
-
-
-def value(metric: str, number: Any) -> str:
-    """A regression's before/after as people read it."""
-    if metric == "engine_bytes" and isinstance(number, (int, float)):
-        return f"{number} B" if abs(number) < 1024 else f"{size(number)} ({number} B)"
-    if metric == "build_s" and isinstance(number, (int, float)):
-        return f"{number:.2f}s"
-    if isinstance(number, float):
-        return f"{number:.3g}"
-    return "-" if number is None else str(number)
 
 
 def headline(report: dict) -> str:
@@ -117,12 +109,13 @@ CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em;color:#222;max-width:1200px}
 h1{font-size:1.5em;margin:0 0 .2em}h2{font-size:1.15em;margin:1.6em 0 .5em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;width:100%}th,td{padding:.3em .6em;border-bottom:1px solid #eee;text-align:left;
-vertical-align:middle}th{background:#f6f6f6}td.num{text-align:right;white-space:nowrap}
+vertical-align:middle}th{background:#f6f6f6}td.num{text-align:right}
 .ok{color:#1a7f37}.bad{color:#cf222e;font-weight:600}.muted{color:#666}.badge{display:inline-block;padding:.1em .6em;
 border-radius:1em;color:#fff}.badge.ok{background:#1a7f37}.badge.bad{background:#cf222e}
-pre{white-space:pre-wrap;margin:0;font-size:12px}.charts{display:flex;flex-wrap:wrap;gap:1.5em}
-.chart h3{font-size:1em;margin:.2em 0}.legend span{margin-right:1em;white-space:nowrap}
-svg text{font:10px sans-serif;fill:#555}
+pre{white-space:pre-wrap;margin:0;font-size:12px}p,pre,.path{overflow-wrap:anywhere}.v{white-space:nowrap}
+svg.spark{vertical-align:middle}
+figure.chart{margin:0 0 1.5em}.chart figcaption{font-weight:600;margin:0 0 .2em}
+.chart svg{display:block;width:100%;height:auto}
 """
 
 
@@ -133,7 +126,7 @@ def html(report: dict, history: list[dict]) -> str:
     body = [f"<h1>Nightly {escape(report['run'])} <span class=\"badge {'ok' if s['ok'] else 'bad'}\">"
             f"{'all good' if s['ok'] else 'regressions or failures'}</span></h1>",
             f"<p>{escape(headline(report))}</p>", _meta(report),
-            _regressions(report), _failures(report), _pairs(report, series), _changes(report),
+            _regressions(report), _failures(report), _pairs(report, series, runs), _changes(report),
             _charts(runs, series)]
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>Nightly {escape(report['run'])}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
@@ -183,30 +176,27 @@ def _failures(report: dict) -> str:
         return ""
     rows = [[escape(p["recipe"]), escape(p["target"]), f"<pre>{escape(p.get('error') or '')}</pre>"
              + (f"<div class=\"muted\">hint: {escape(p['hint'])}</div>" if p.get("hint") else ""),
-             escape(p.get("log") or "-")] for p in failed]
+             f"<span class=\"path\">{escape(p.get('log') or '-')}</span>"] for p in failed]
     return "<h2>Failures</h2>\n" + _table(("recipe", "target", "error", "log"), rows)
 
 
-def _pairs(report: dict, series: dict[str, dict]) -> str:
+def _pairs(report: dict, series: dict[str, dict], runs: list[str]) -> str:
     rows = []
     for p in report["pairs"]:
         key, status = (p["recipe"], p["target"]), p["status"]
         cells = pair_row(p)
-        spark = lambda metric: _spark(series[metric].get(key, []))  # noqa: E731
+        # a skipped pair built nothing tonight: no build time of its own, no sparklines
+        spark = {m: "" if status == "skipped" else _spark(m, series[m].get(key, []), runs) for m in METRICS}
         errors = (p.get("validation") or {}).get("max_errors") or {}
-        error_text = ", ".join(f"{escape(o)} {v:.3g}" for o, v in errors.items() if isinstance(v, (int, float)))
+        error_text = ", ".join(f"<span class=\"v\">{escape(o)} {v:.3g}</span>" for o, v in errors.items()
+                               if isinstance(v, (int, float)))
         rows.append([escape(p["recipe"]), escape(p["target"]),
                      f"<span class=\"{'bad' if status == 'failed' else 'ok'}\">{escape(cells[2])}</span>",
-                     escape(cells[3]) + " " + spark("engine_bytes"), escape(cells[4]) + " " + spark("build_s"),
-                     (error_text or "-") + " " + spark("max_error"), escape(cells[6]), escape(cells[7])])
+                     f"<span class=\"v\">{escape(cells[3])}</span> " + spark["engine_bytes"],
+                     f"<span class=\"v\">{escape(cells[4])}</span> " + spark["build_s"],
+                     (error_text or "-") + " " + spark["max_error"], escape(cells[6]), escape(cells[7])])
     return "<h2>Pairs</h2>\n" + _table(("recipe", "target", "status", "engine", "build time", "max error",
                                         "validation", "artifact"), rows, frozenset({3, 4, 5}))
-
-
-def _spark(values: list) -> str:
-    """A 90x22 sparkline of one pair's metric across the nights; nothing when there are under 2 values."""
-    known = [v for v in values if v is not None]
-    return _chart({("", ""): values}, 90, 22, axes=False) if len(known) > 1 else ""
 
 
 def _changes(report: dict) -> str:
@@ -219,46 +209,36 @@ def _changes(report: dict) -> str:
 
 
 def _charts(runs: list[str], series: dict[str, dict]) -> str:
-    parts = [f"<h2>Across {len(runs)} recorded night(s)</h2>\n<div class=\"charts\">"]
-    for metric, (title, _) in METRICS.items():
-        lines = {k: v for k, v in series[metric].items() if any(x is not None for x in v)}
-        legend = "".join(f"<span style=\"color:{PALETTE[i % len(PALETTE)]}\">■ {escape(' '.join(k))}</span>"
-                         for i, k in enumerate(lines))
-        legend = legend or '<span class="muted">no data</span>'
-        parts.append(f"<div class=\"chart\"><h3>{escape(title)}</h3>{_chart(lines, 360, 160, labels=runs)}"
-                     f"<div class=\"legend\">{legend}</div></div>")
-    return "\n".join(parts) + "\n</div>"
+    """A figure per recipe (drawn by matplotlib, see charts.py); recipes with no value on any night are named."""
+    drawn = charts.per_recipe(runs, series)
+    parts = [f"<h2>Across {len(runs)} recorded night(s)</h2>"]
+    parts += [f"<figure class=\"chart\"><figcaption>{escape(recipe)}</figcaption>{svg}</figure>"
+              for recipe, svg in drawn if svg]
+    empty = [recipe for recipe, svg in drawn if not svg]
+    if empty:
+        parts.append(f"<p class=\"muted\">no values on any night: {escape(', '.join(empty))}</p>")
+    return "\n".join(parts)
 
 
-def _chart(lines: dict[tuple[str, str], list], width: int, height: int, axes: bool = True,
-           labels: list[str] | None = None) -> str:
-    """An inline SVG line chart: one polyline per series, x = night, y = value; points carry a <title>."""
-    values = [v for vs in lines.values() for v in vs if v is not None]
-    pad = 28 if axes else 2
-    low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    span = (high - low) or (abs(high) or 1.0)
-    count = max((len(vs) for vs in lines.values()), default=1)
-    x = lambda i: pad + (width - pad - 4) * (i / (count - 1) if count > 1 else 0.5)  # noqa: E731
-    y = lambda v: height - pad / (2 if axes else 1) - (height - pad * (1.5 if axes else 2)) * (  # noqa: E731
-        (v - low) / span if high != low else 0.5)
-    out = [f"<svg width=\"{width}\" height=\"{height}\" "
-           f"viewBox=\"0 0 {width} {height}\" role=\"img\">"]
-    if axes:
-        out.append(f"<line x1=\"{pad}\" y1=\"4\" x2=\"{pad}\" y2=\"{height - pad / 2}\" stroke=\"#bbb\"/>"
-                   f"<text x=\"2\" y=\"12\">{escape(_short(high))}</text>"
-                   f"<text x=\"2\" y=\"{height - pad / 2}\">{escape(_short(low))}</text>")
-    for index, (key, vs) in enumerate(lines.items()):
-        colour = PALETTE[index % len(PALETTE)]
-        for segment in _segments(vs):
-            points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in segment)
-            out.append(f"<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{points}\"/>")
-        for i, v in enumerate(vs):
-            if v is not None:
-                night = f"{labels[i]}: " if labels and i < len(labels) else ""
-                out.append(f"<circle cx=\"{x(i):.1f}\" cy=\"{y(v):.1f}\" r=\"{2.5 if axes else 1.5}\" "
-                           f"fill=\"{colour}\"><title>{escape(' '.join(key))} {escape(night)}{v:g}</title></circle>")
-    out.append("</svg>")
-    return "".join(out)
+def _spark(metric: str, values: list, runs: list[str]) -> str:
+    """A 90x22 sparkline of one pair's metric across the nights (a failed night breaks the line), each point with
+    its night and value as a tooltip; nothing when there are under 2 values."""
+    known = [v for v in values if v is not None]
+    if len(known) < 2:
+        return ""
+    low, high = min(known), max(known)
+    x = lambda i: 2 + 86 * i / max(len(values) - 1, 1)  # noqa: E731
+    y = lambda v: 20 - 18 * ((v - low) / (high - low) if high != low else 0.5)  # noqa: E731
+    out = ['<svg class="spark" width="90" height="22" viewBox="0 0 90 22" role="img">']
+    for segment in _segments(values):
+        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in segment)
+        out.append(f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{points}"/>')
+    for i, v in enumerate(values):
+        if v is not None:
+            night = runs[i] if i < len(runs) else ""
+            out.append(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="1.5" fill="#1f77b4">'
+                       f"<title>{escape(night_text(night))}: {escape(value(metric, v))}</title></circle>")
+    return "".join(out) + "</svg>"
 
 
 def _segments(values: list) -> list[list[tuple[int, float]]]:
@@ -270,10 +250,3 @@ def _segments(values: list) -> list[list[tuple[int, float]]]:
         else:
             segments[-1].append((i, v))
     return [s for s in segments if s]
-
-
-def _short(number: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(number) >= scale:
-            return f"{number / scale:.3g}{unit}"
-    return f"{number:.3g}"

@@ -9,7 +9,14 @@ from pathlib import Path
 from pipeline.nightly import report as reports
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
-SVG_LEAVES = {"polyline", "circle", "line", "path", "rect"}  # written self-closed: <circle .../> or with a <title>
+
+
+def fetches(name: str, value: str | None) -> bool:
+    """An attribute that could load something: only references to an element of the page itself (a chart's
+    markers and clip paths: #id, url(#id)) cannot."""
+    if name in ("src", "href", "srcset", "data", "action", "xlink:href"):
+        return not re.fullmatch(r"#[\w.:-]+", value or "")
+    return re.search(r"url\((?!#)", value or "") is not None
 
 
 class Checker(HTMLParser):
@@ -24,7 +31,7 @@ class Checker(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list) -> None:
         self.tags.append(tag)
         for name, value in attrs:
-            if name in ("src", "href", "srcset", "data", "action", "xlink:href") or "url(" in (value or ""):
+            if fetches(name, value):
                 self.fetching.append(f"<{tag} {name}={value}>")
         if tag not in VOID:
             self.stack.append(tag)
@@ -98,11 +105,16 @@ def test_html_has_the_table_and_charts_across_the_nights() -> None:
     text = reports.html(nights[-1], nights)
     checker = assert_self_contained(text)
     assert "Across 3 recorded night(s)" in text
-    for title in ("build time (s)", "engine size (bytes)", "max error"):
-        assert f"<h3>{title}</h3><svg" in text
-    # one overview chart per metric, and a sparkline per pair and metric (each pair has 2 or 3 values of each)
-    assert checker.tags.count("svg") == 3 + 2 * 3
-    assert "tiny sm89 20261120T020000Z: 2000" in text  # a point's tooltip names pair, night and value
+    # a figure per recipe (panels: build time, engine size, max error), a sparkline per pair and metric
+    for recipe in ("tiny", "two"):
+        assert f'<figure class="chart"><figcaption>{recipe}</figcaption><svg viewBox=' in text
+    assert checker.tags.count("svg") == 2 + 2 * 3
+    for label in ("build time", "engine size", "max abs error", "night (UTC, 2026)", "Nov 18", "Nov 20", "sm89"):
+        assert f"{label}</text>" in text  # axis labels, dated x ticks and the legend, as text
+    assert re.search(r">[\d.]+ KiB</text>", text) and re.search(r">[\d.]+ s</text>", text)  # ticks in units
+    # a point's tooltip names pair, night and value, as people read them (in the chart and in the sparkline)
+    assert "<title>tiny sm89, 2026-11-20 02:00:00 UTC: 2.0 KiB (2000 B)</title>" in text
+    assert "<title>2026-11-19 02:00:00 UTC: 1.20s</title>" in text
     assert "<td>engine_bytes</td>" not in text and "engine_bytes</span>" in text
     assert "1000 B" in text and "2000 B" in text  # before and after, readable and exact
 
@@ -112,6 +124,41 @@ def test_failed_nights_break_the_line_instead_of_dropping_to_zero() -> None:
     series = reports._series(nights, reports.METRICS["engine_bytes"][1])
     assert series[("two", "sm86")] == [5000, None, 5100]
     assert reports._segments(series[("two", "sm86")]) == [[(0, 5000)], [(2, 5100)]]
+
+
+def test_a_skipped_pair_draws_no_sparkline_and_no_build_time_in_the_charts() -> None:
+    nights = history()
+    tonight = night("20261121T020000Z", [pair("tiny", "sm89", "skipped", reason="source key unchanged", build_s=1.1),
+                                         pair("two", "sm86", engine_bytes=5100)])
+    nights.append(tonight)
+    text = reports.html(tonight, nights)
+    tiny = text[text.index("<tr><td>tiny</td>"):text.index("</tr>", text.index("<tr><td>tiny</td>"))]
+    assert "<svg" not in tiny and "<svg" in text[text.index("<tr><td>two</td>"):]
+    series = reports._series(nights, reports.METRICS["build_s"][1])
+    assert series[("tiny", "sm89")] == [1.0, 1.2, 1.1, None]  # the reused build's time is not tonight's
+    assert reports._series(nights, reports.METRICS["engine_bytes"][1])[("tiny", "sm89")][-1] == 1000
+
+
+def test_the_html_is_the_same_for_the_same_nights_and_its_ids_are_unique() -> None:
+    nights = history()
+    text = reports.html(nights[-1], nights)
+    assert reports.html(nights[-1], nights) == text
+    ids = re.findall(r' id="([^"]+)"', text)
+    assert ids and len(ids) == len(set(ids))
+    assert all(ref in ids for ref in re.findall(r'(?:href="|url\()#([^")]+)', text))
+
+
+def test_a_recipe_without_any_value_is_named_instead_of_drawn() -> None:
+    nights = [night("20261118T020000Z", [pair("tiny", "sm89"), pair("broken", "sm89", "failed", error="x")])]
+    text = reports.html(nights[-1], nights)
+    assert "<figcaption>tiny</figcaption>" in text and "<figcaption>broken</figcaption>" not in text
+    assert '<p class="muted">no values on any night: broken</p>' in text
+
+
+def test_only_references_within_the_page_pass_as_fetching_nothing() -> None:
+    assert not fetches("xlink:href", "#c0-m1a2b") and not fetches("clip-path", "url(#c0-p3)")
+    assert fetches("href", "x.css") and fetches("xlink:href", "http://example.org/#m")
+    assert fetches("style", "background:url(x.png)") and fetches("style", "fill:url(#a) url(b.svg)")
 
 
 def test_markdown_summary_for_a_ci_page() -> None:

@@ -1,0 +1,33 @@
+"""How a night and its values read: night ids as dates, metrics with their units."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pipeline.units import size
+
+
+def value(metric: str, number: Any) -> str:
+    """A regression's before/after as people read it."""
+    if metric == "engine_bytes" and isinstance(number, (int, float)):
+        return f"{number} B" if abs(number) < 1024 else f"{size(number)} ({number} B)"
+    if metric == "build_s" and isinstance(number, (int, float)):
+        return f"{number:.2f}s"
+    if isinstance(number, float):
+        return f"{number:.3g}"
+    return "-" if number is None else str(number)
+
+
+def night_time(run: str) -> datetime | None:
+    """A night's id is its UTC start, 20261118T020000Z (then -2, -3 when two start in the same second)."""
+    try:
+        return datetime.strptime(run[:16], "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        return None
+
+
+def night_text(run: str) -> str:
+    """A night as a date to read: '2026-11-18 02:00:00 UTC' (its -2 kept); an id that is no date as it is."""
+    when = night_time(run)
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC") + run[16:] if when else run
