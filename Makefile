@@ -33,6 +33,7 @@ models/%.onnx: | $(STAMP)
 
 # The virtualenv, created and filled on first use and again whenever pyproject.toml or constraints.txt change.
 $(STAMP): pyproject.toml constraints.txt
+	@echo "setting up $(VENV): installing trt-pipeline, TensorRT-RTX, ONNX Runtime, Polygraphy and the test tools (first use: ~1 minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@

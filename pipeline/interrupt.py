@@ -31,6 +31,10 @@ def check() -> None:
         raise KeyboardInterrupt
 
 
+def requested() -> bool:
+    return _requested.is_set()
+
+
 def request() -> None:
     """Record an interrupt (what the signal handler does), for callers and tests that deliver one themselves."""
     _requested.set()

@@ -22,6 +22,7 @@ from pipeline.build.record import build_key, manifest, source_key
 from pipeline.digest import canonical_json, json_sha256, plain
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.files import write_bytes
+from pipeline.progress import Progress, as_progress
 from pipeline.recipe import Recipe
 from pipeline.stages import REGISTRY
 from pipeline.stages.context import Context
@@ -36,7 +37,6 @@ from pipeline.trt.target import Target
 from pipeline.validate.cleanup import cleanup_check
 
 BUILD_LOG = "build.log"
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -173,9 +173,7 @@ def describe(plan_: Plan, store: Store, log: logging.Logger | None = None, force
 def _run_stage(name: str, ctx: Context, number: int, total: int, progress: Progress) -> dict:
     stage = REGISTRY[name]
     label = f"{name} {ctx.target.name}" if stage.per_target and ctx.target else name
-    started = getattr(progress, "started", None)  # the CLI shows a status line while the stage runs
-    if started:
-        started(f"[{number}/{total}] {label} ...")
+    progress.started(f"[{number}/{total}] {label} ...")
     start = time.perf_counter()
     try:
         stage.run(ctx)
@@ -256,7 +254,7 @@ def source_hit(plan_: Plan, store: Store, model: dict, target: Target, log: logg
     return _reusable(store, plan_.recipe, "source_key", source_key(plan_.recipe, model, plan_.backend, target), log)
 
 
-def build(plan_: Plan, store: Store, log: logging.Logger, progress: Progress = lambda line: None,
+def build(plan_: Plan, store: Store, log: logging.Logger, progress: Callable[[str], object] | None = None,
           force: bool = False, annotate: dict | None = None, run: Run | None = None) -> list[Outcome]:
     """Build every target of the plan, reusing artifacts whose key is unchanged unless `force`.
 
@@ -265,7 +263,7 @@ def build(plan_: Plan, store: Store, log: logging.Logger, progress: Progress = l
     `annotate` is merged into each new manifest (e.g. where a promotion came from).
     Nothing half-written survives a failure: every target is staged and renamed into place whole.
     """
-    recipe = plan_.recipe
+    recipe, progress = plan_.recipe, as_progress(progress)
     model = model_record(plan_, store, log)
     done: dict[Target, Outcome] = {}
     for target in plan_.targets:
@@ -294,7 +292,7 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
     total = len(plan_.stages)
     with store.staging(recipe.name) as scratch, _build_log(log, scratch / BUILD_LOG, store, recipe.name) as handler, \
             Background() as background:
-        ctx = context(recipe, backend, scratch, log, model_record=model, background=background)
+        ctx = context(recipe, backend, scratch, log, model_record=model, background=background, progress=progress)
         timings = [_run_stage(name, ctx, i + 1, total, progress) for i, name in enumerate(shared)]
         shared_log = handler.stream.tell()
         for target in todo:
@@ -345,9 +343,8 @@ def _settle(ctx: Context, progress: Progress) -> tuple[float, dict[str, Any]]:
     """Wait for the checks running beside the build (a failure is raised here) and say so in this target's log,
     from this thread; returns the seconds spent waiting (part of the build's duration) and each check's result."""
     start, label = time.perf_counter(), "waiting for the cleanup check"
-    started = getattr(progress, "started", None)
-    if started and not ctx.background.done():
-        started(f"      {label} ...")
+    if not ctx.background.done():
+        progress.started(f"      {label} ...")
     results = ctx.background.wait()
     waited = round(time.perf_counter() - start, 3)
     if waited >= 0.05:

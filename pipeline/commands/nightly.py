@@ -32,7 +32,7 @@ class Display:
     """Progress on `stream`: a status line redrawn in place on a terminal, plain lines otherwise."""
 
     def __init__(self, stream: TextIO, tty: bool) -> None:
-        self.out, self.tty = Progress(stream, tty), tty
+        self.out, self.tty = Progress(stream, tty, clock=False), tty  # it draws its own clock
         self.start = time.monotonic()
         self.total = self.done = self.to_build = self.workers = 0
         self.running: dict[tuple[str, str], float] = {}

@@ -6,7 +6,11 @@ import argparse
 import json
 import shutil
 import sys
+import threading
+import time
 from typing import Any, Callable, Sequence
+
+from pipeline.progress import Lines
 
 Command = Callable[[str, Callable, str, str], argparse.ArgumentParser]  # adds a sub-command
 
@@ -20,41 +24,73 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 
 class Progress:
-    """Progress lines on stderr. On a terminal, `started(line)` shows a status line that the next line
-    overwrites (\r), so long work is visible while it runs; elsewhere only the finished lines are written."""
+    """Progress lines on stderr (pipeline.progress.Progress). On a terminal, `started(line)` shows a status line
+    that the next line overwrites (\r), redrawn each second with the time it has taken so far and `detail` (e.g.
+    TensorRT's build phase), so long work is visible while it runs; elsewhere only finished lines are written."""
 
     pending: "Progress | None" = None  # the instance whose status line is on screen, unfinished
+    _lock = threading.RLock()  # the ticker thread and the main thread draw on the same line
 
-    def __init__(self, stream: Any, tty: bool | None = None) -> None:
+    def __init__(self, stream: Any, tty: bool | None = None, clock: bool = True) -> None:
         self.stream = stream
         self.tty = bool(getattr(stream, "isatty", lambda: False)()) if tty is None else tty
+        self.clock = clock  # redraw with the elapsed time (a caller that draws its own clock says False)
+        self._line, self._detail, self._since = "", "", 0.0
+        self._ticker: threading.Thread | None = None
 
     def __call__(self, line: str) -> None:
-        Progress.end_status()
-        print(line, file=self.stream, flush=True)
+        with Progress._lock:
+            Progress.end_status()
+            print(line, file=self.stream, flush=True)
 
     def started(self, line: str) -> None:
         """Show `line` as the status line (cut to the terminal's width: a wrapped line could not be redrawn)."""
-        if self.tty:
-            Progress.end_status()
-            width = shutil.get_terminal_size().columns - 1
-            self.stream.write(line if len(line) <= width else line[:width - 1] + "…")
-            self.stream.flush()
-            Progress.pending = self
+        if not self.tty:
+            return
+        with Progress._lock:
+            self._line, self._detail, self._since = line, "", time.monotonic()
+            self._draw()
+        if self.clock and self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick, name="pipeline-progress", daemon=True)
+            self._ticker.start()
+
+    def detail(self, text: str) -> None:
+        with Progress._lock:
+            if self.tty and Progress.pending is self:
+                self._detail = text
+                self._draw()
+
+    def _draw(self) -> None:
+        Progress.end_status()
+        elapsed = time.monotonic() - self._since
+        line = self._line + (f" {elapsed:.0f}s" if self.clock and elapsed >= 1 else "") + \
+            (f"  {self._detail}" if self._detail else "")
+        width = shutil.get_terminal_size().columns - 1
+        self.stream.write(line if len(line) <= width else line[:width - 1] + "…")
+        self.stream.flush()
+        Progress.pending = self
+
+    def _tick(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with Progress._lock:
+                if Progress.pending is self:
+                    self._draw()
 
     @staticmethod
     def end_status() -> None:
         """Clear an unfinished status line, so whatever is written next starts on a clean line."""
-        status, Progress.pending = Progress.pending, None
-        if status is not None:
-            status.stream.write("\r\x1b[K")
-            status.stream.flush()
+        with Progress._lock:
+            status, Progress.pending = Progress.pending, None
+            if status is not None:
+                status.stream.write("\r\x1b[K")
+                status.stream.flush()
 
 
-def progress(args: argparse.Namespace) -> Callable[[str], None]:
-    """The progress callback of a command: nothing with -q; else lines on stderr (see Progress)."""
+def progress(args: argparse.Namespace) -> Lines | Progress:
+    """The progress of a command: nothing with -q; else lines on stderr (see Progress)."""
     if args.quiet:
-        return lambda line: None
+        return Lines()
     return Progress(sys.stderr)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, MutableMapping
 
 from pipeline.background import Background
+from pipeline.progress import Lines, Progress
 from pipeline.trt.backend import Backend
 from pipeline.trt.target import Target
 
@@ -30,6 +31,7 @@ class Context:
     log: logging.Logger
     trt_logger: Any
     checker: Checker | None = None
+    progress: Progress = field(default_factory=Lines)  # a stage reports what it is doing now with progress.detail
     # parse
     model: Any = None  # onnx.ModelProto, weights loaded only when graph-cleanup needs them (None after it: on disk)
     model_record: dict = field(default_factory=dict)
@@ -48,6 +50,7 @@ class Context:
     config: Any = None
     config_record: dict = field(default_factory=dict)
     timing_cache: Any = None  # the ITimingCache set on the config: kept alive for as long as the build runs
+    monitor: Any = None  # the IProgressMonitor set on the config: kept alive as well
     engine_path: Path | None = None
     environ: MutableMapping[str, str] = field(default_factory=lambda: os.environ)  # Polygraphy reads it at import
     background: Background = field(default_factory=Background)  # checks running beside the build; shared by targets
@@ -55,4 +58,5 @@ class Context:
     def for_target(self, target: Target, staged: Path) -> "Context":
         """A copy for one target: shared results carried over, per-target state fresh."""
         return replace(self, target=target, staged=staged, builder=None, network=None, parser=None,
-                       network_record={}, config=None, config_record={}, timing_cache=None, engine_path=None)
+                       network_record={}, config=None, config_record={}, timing_cache=None, monitor=None,
+                       engine_path=None)

@@ -8,11 +8,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from pipeline import interrupt
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError
 from pipeline.stages.context import Context
 from pipeline.stages.serialize import SerializeSpec
 from pipeline.stages.stage import Stage
+from pipeline.trt.backend import make_progress_monitor
 from pipeline.units import size_bytes
 
 
@@ -63,6 +65,9 @@ def config_from_recipe(ctx: Context) -> None:
     pools = ctx.recipe.spec("memory-pool").limits
     spec: SerializeSpec = ctx.recipe.spec("serialize")
     config = ctx.config = ctx.builder.create_builder_config()
+    ctx.monitor = make_progress_monitor(backend, ctx.progress.detail, lambda: not interrupt.requested())
+    if ctx.monitor is not None:  # the build's phases on the status line; Ctrl-C stops the build at its next step
+        config.progress_monitor = ctx.monitor
     for pool, nbytes in pools.items():
         config.set_memory_pool_limit(backend.require("MemoryPoolType", pool.upper(), f"memory-pool.{pool}"), nbytes)
     config.builder_optimization_level = spec.builder_optimization_level

@@ -157,3 +157,41 @@ def make_logger(backend: Backend, log: logging.Logger) -> Any:
                 pass
 
     return PipelineLogger()
+
+
+def make_progress_monitor(backend: Backend, report: Callable[[str], None],
+                          keep_going: Callable[[], bool] = lambda: True) -> Any | None:
+    """A `trt.IProgressMonitor` that reports the innermost running build phase with its step count
+    ('Building engine: 3/7'), and cancels the build when `keep_going()` turns false (Ctrl-C). None when the
+    backend has no progress monitor (TensorRT before 10)."""
+    trt = backend.trt
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+
+    class PipelineMonitor(trt.IProgressMonitor):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.phases: dict[str, list[int]] = {}  # phase -> [done, total], in start order
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            self.phases[phase_name] = [0, num_steps]
+            self._report()
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            if phase_name in self.phases:
+                self.phases[phase_name][0] = step + 1
+                self._report()
+            return keep_going()
+
+        def phase_finish(self, phase_name: str) -> None:
+            self.phases.pop(phase_name, None)
+            self._report()
+
+        def _report(self) -> None:
+            if self.phases:
+                name, (done, total) = next(reversed(self.phases.items()))
+                report(f"{name}: {done}/{total}")
+            else:
+                report("")
+
+    return PipelineMonitor()

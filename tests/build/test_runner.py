@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import types
 from pathlib import Path
 from typing import Callable
@@ -233,8 +234,9 @@ def test_dry_run_as_data(write_recipe: Recipe, store: Store) -> None:
         {"name": "sm89", "tag": SM89, "action": "reuse", "reuse": built.artifact.ref, "path": str(built.artifact.path)}]
 
 
-def test_a_stage_start_is_announced_to_a_progress_that_asks(write_recipe: Recipe, store: Store) -> None:
+def test_a_stage_start_and_tensorrts_phases_are_announced_to_progress(write_recipe: Recipe, store: Store) -> None:
     seen: list[str] = []
+    details: list[str] = []
 
     class Progress:
         def __call__(self, line: str) -> None:
@@ -243,9 +245,21 @@ def test_a_stage_start_is_announced_to_a_progress_that_asks(write_recipe: Recipe
         def started(self, line: str) -> None:
             seen.append(f"started: {line}")
 
+        def detail(self, text: str) -> None:
+            details.append(text)
+
     runner.build(plan_for(write_recipe(RECIPE), ("sm89",)), store, logging.getLogger("x"), Progress())
     assert seen[0] == "started: [1/5] parse ..." and seen[1].startswith("[1/5] parse ")
-    assert seen[-2] == "started: [5/5] serialize sm89 ..." and seen[-1].startswith("[5/5] serialize sm89 ")
+    at = seen.index("started: [5/5] serialize sm89 ...")  # then, perhaps, the wait for the cleanup check
+    assert seen[at + 1].startswith("[5/5] serialize sm89 ")
+    # TensorRT's progress monitor: 'PHASE: DONE/TOTAL' while building, '' when the last phase has finished.
+    assert any(re.fullmatch(r".+: \d+/\d+", text) for text in details) and details[-1] == ""
+
+
+def test_a_plain_callable_gets_finished_lines_only(write_recipe: Recipe, store: Store) -> None:
+    seen: list[str] = []
+    runner.build(plan_for(write_recipe(RECIPE), ("sm89",)), store, logging.getLogger("x"), seen.append)
+    assert seen[0].startswith("[1/5] parse ") and seen[-1].startswith("[5/5] serialize sm89 ")
 
 
 def test_plan_reports_every_problem_before_building(write_recipe: Recipe) -> None:
