@@ -14,9 +14,11 @@ import traceback
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import shtab
+
 from pipeline import __version__, interrupt
 from pipeline.commands import register_all
-from pipeline.commands.output import Progress, emit_json, emitted_json, reset_emitted
+from pipeline.commands.output import Progress, emit_json, emitted_json, paint, reset_emitted
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 
 STORE_ENV = "TRT_PIPELINE_STORE"
@@ -33,6 +35,9 @@ examples:
   trt-pipeline promote resnet50@1.0.0 --from sm89.rtx-1.7.1 --to sm120.rtx-1.7.1
   trt-pipeline export triton resnet50 --channel production --repo /models
   trt-pipeline nightly recipes/ --jobs 2          rebuild everything, report regressions
+  trt-pipeline inspect model.onnx                 inputs, outputs, what TensorRT cannot parse
+  trt-pipeline init model.onnx                    write a starting recipe for a model
+  trt-pipeline --print-completion bash            shell completion (bash, zsh, tcsh)
 
 artifacts are named NAME@VERSION (newest build), NAME@VERSION+BUILD, or by directory.
 exit codes: 0 ok, 1 user error or failed build, 2 cannot run here (no GPU), 3 internal error (a bug), 130 Ctrl-C.
@@ -67,6 +72,8 @@ def parser() -> argparse.ArgumentParser:
         prog="trt-pipeline", parents=[_common(top=True)], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build TensorRT engines from YAML recipes into a versioned, GPU-tagged artifact store.")
     top.add_argument("--version", action="version", version=f"trt-pipeline {__version__}")
+    # e.g. `trt-pipeline --print-completion bash > /etc/bash_completion.d/trt-pipeline` (shtab, from this parser)
+    shtab.add_argument_to(top, ["--print-completion"], help="print a shell completion script (bash, zsh, tcsh)")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, func: Callable, help_: str, description: str) -> argparse.ArgumentParser:
@@ -139,9 +146,12 @@ def _failed(args: argparse.Namespace, code: int, kind: str, lines: list[str], hi
     stdout ({"error": {kind, message, problems, hint, exit_code}}) unless the command wrote its own document, so
     `| jq` always gets exactly one."""
     for line in lines:
-        print(line, file=sys.stderr)
+        head, colon, rest = line.partition(": ")
+        coloured = head in ("error", "interrupted") or line.startswith("internal error")
+        print(f"{paint(head, 'red', sys.stderr, args.environ)}{colon}{rest}" if coloured and colon else line,
+              file=sys.stderr)
     if hint:
-        print(f"hint: {hint}", file=sys.stderr)
+        print(f"{paint('hint', 'yellow', sys.stderr, args.environ)}: {hint}", file=sys.stderr)
     if getattr(args, "json", False) and not emitted_json():
         message = lines[0].removeprefix("error: ") if kind != "recipe" else f"{len(lines)} problem(s) in the recipe"
         emit_json({"error": {"kind": kind, "message": message, "problems": lines if kind == "recipe" else [],

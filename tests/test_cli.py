@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -553,3 +554,32 @@ def test_json_failures_are_one_document_on_stdout_and_lines_on_stderr(capsys: Ca
     failure = json.loads(out)["error"]
     assert (code, failure["kind"], failure["exit_code"]) == (1, "recipe", 1)
     assert failure["problems"] == err.splitlines() and "memory-pool.workspace" in failure["problems"][0]
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color(store_dir: Path) -> None:
+    """A real pseudo-terminal (pty), so isatty is the operating system's answer."""
+    import pty
+
+    def on_terminal(environ: dict) -> bytes:
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: the CLI with stdout and stderr on the terminal
+            os.execve(sys.executable, [sys.executable, "-m", "pipeline", "--store", str(store_dir), "show", "x@1.0.0"],
+                      {**os.environ, **environ})
+        chunks = []
+        with contextlib.suppress(OSError):
+            while chunk := os.read(fd, 4096):
+                chunks.append(chunk)
+        os.waitpid(pid, 0)
+        return b"".join(chunks)
+
+    coloured = on_terminal({"NO_COLOR": ""})
+    assert b"\x1b[31merror\x1b[0m: no artifact x@1.0.0" in coloured and b"\x1b[33mhint\x1b[0m: " in coloured
+    assert b"\x1b[" not in on_terminal({"NO_COLOR": "1"})
+
+
+def test_shell_completion_script_is_generated_from_the_parser(capsys: Capture) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--print-completion", "bash"])
+    script = capsys.readouterr().out
+    assert done.value.code == 0 and "complete" in script
+    assert all(command in script for command in ("build", "check", "inspect", "init", "nightly", "promote"))

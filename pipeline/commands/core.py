@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from pipeline.build import capability, runner
-from pipeline.commands.output import Command, emit_json, print_table, progress
+from pipeline.commands.output import Command, emit_json, paint, print_table, progress
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 from pipeline.lifecycle import channel
 from pipeline.store import Artifact, Store
@@ -46,7 +46,8 @@ def check(args: argparse.Namespace, log: logging.Logger) -> int:
     else:
         for result in results:
             if result["ok"]:
-                print(f"ok   {result['recipe']} ({result['backend']}; {', '.join(result['targets'])})")
+                print(f"{paint('ok', 'green', sys.stdout, args.environ)}   {result['recipe']} ({result['backend']}; "
+                      f"{', '.join(result['targets'])})")
             for problem in result["problems"]:
                 print(problem, file=sys.stderr)
     return 0 if all(r["ok"] for r in results) else 1

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pipeline.progress import Lines
 
@@ -21,6 +22,16 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+COLOURS = {"green": "32", "red": "31", "yellow": "33", "dim": "2", "bold": "1"}
+
+
+def paint(text: str, colour: str, stream: Any, environ: Mapping[str, str] = os.environ) -> str:
+    """`text` in colour when `stream` is a terminal and NO_COLOR (https://no-color.org) is unset."""
+    if environ.get("NO_COLOR") or not getattr(stream, "isatty", lambda: False)():
+        return text
+    return f"\x1b[{COLOURS[colour]}m{text}\x1b[0m"
 
 
 class Progress:
