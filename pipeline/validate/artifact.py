@@ -28,6 +28,7 @@ from pipeline.validate.compare import (
     failed_outputs,
     failures,
     frozen_feed,
+    quiet_onnxruntime,
     record_of,
     seeded_feed,
     shape_sets,
@@ -88,6 +89,7 @@ def _engine_rows(artifact: Artifact, manifest: dict, spec: ValidateSpec, environ
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
     original = original_model(manifest, model)
+    quiet_onnxruntime(log)
     runtime = engines.runtime_for(backend, make_logger(backend, log.getChild("trt")), engines.plugins(manifest))
     with quiet(), one_line_errors("cannot load the engine"):
         trt_engine = EngineFromBytes((artifact.path / manifest["engine"]["file"]).read_bytes(), runtime=runtime)()

@@ -19,6 +19,7 @@ from pipeline.validate.compare import (
     failed_outputs,
     failures,
     frozen_feed,
+    quiet_onnxruntime,
     recipe_profiles,
     record_of,
     seeded_feed,
@@ -56,6 +57,7 @@ def _check_cleaned(models: Mapping[str, Path], sets: Sequence[ShapeSet], dtypes:
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     started = time.perf_counter()
+    quiet_onnxruntime(log)
     feeds = [{**seeded_feed(s, dtypes, spec.seed), **fixed} for s in sets]
     runners = lambda profile: [OnnxrtRunner(functools.partial(_beside_build, models[name], stopping),  # noqa: E731
                                             name=name) for name in ("cleaned", "original")]

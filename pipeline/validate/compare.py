@@ -4,6 +4,7 @@ and shape the max absolute and relative error against the recipe's tolerances.""
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -106,6 +107,24 @@ def _rows(group: Sequence[ShapeSet], iterations: Sequence[Mapping[str, Any]], ou
 
 
 Runners = Callable[[int | None], list]  # profile -> [runner under test, reference runner]
+
+
+def quiet_onnxruntime(log: logging.Logger) -> None:
+    """ONNX Runtime writes its warnings straight to stderr (coloured, e.g. 'VerifyOutputSizes ... does not
+    match'), past any logger: they are let through only where the terminal shows INFO (-v), errors always."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(2 if _terminal_shows_info(log) else 3)
+
+
+def _terminal_shows_info(log: logging.Logger) -> bool:
+    """Whether a handler writing to a stream other than a file (the CLI's, on stderr) passes INFO records."""
+    node: logging.Logger | None = log
+    while node is not None:
+        if any(type(h) is logging.StreamHandler and h.level <= logging.INFO for h in node.handlers):
+            return True
+        node = node.parent if node.propagate else None
+    return False
 
 
 def compare(runners: Runners, sets: Sequence[ShapeSet], feeds: Sequence[Mapping[str, Any]],
