@@ -48,7 +48,7 @@ def runnable_gpu(manifest: dict, probe: Probe) -> Gpu:
     """The GPU that will run this artifact, or CannotRunHere (exit code 2) saying what is missing."""
     reason = why_not(manifest["backend"]["name"], manifest["target"]["compute_capability"], probe)
     if reason:
-        raise CannotRunHere(f"cannot run {describe(manifest)} here: {reason}")
+        raise CannotRunHere(f"cannot run {describe(manifest)} here: {reason}", reason=reason)
     assert probe.gpu is not None
     return probe.gpu
 
@@ -59,10 +59,11 @@ def runtime_backend(manifest: dict, load: Callable[[str], Backend] = backends.lo
     try:
         backend = load(name)
     except BackendError as error:
-        raise CannotRunHere(f"cannot run {describe(manifest)} here: {error}") from None
+        raise CannotRunHere(f"cannot run {describe(manifest)} here: {error}", reason=str(error)) from None
     if backend.short_version != short_version(built):
-        raise CannotRunHere(f"cannot run {describe(manifest)} here: it was built with {name} {built} and this "
-                            f"machine has {backend.version}; an engine runs only on the TensorRT version that built it")
+        reason = (f"it was built with {name} {built} and this machine has {backend.version}; an engine runs only "
+                  "on the TensorRT version that built it")
+        raise CannotRunHere(f"cannot run {describe(manifest)} here: {reason}", reason=reason)
     return backend
 
 

@@ -109,8 +109,8 @@ def validate_artifact(store: Store, artifact: Artifact, spec: ValidateSpec, prob
     try:
         gpu = engines.runnable_gpu(manifest, probe)
         rows = (run or functools.partial(_engine_rows, model=model))(artifact, manifest, spec, environ, log)
-    except CannotRunHere as error:  # 'cannot run X here: REASON' -> REASON
-        report = record_of("skipped", spec, str(error).split(" here: ", 1)[-1])
+    except CannotRunHere as error:
+        report = record_of("skipped", spec, error.reason)
     except PipelineError as error:
         report = record_of("failed", spec, f"validation could not complete: {error}")
     else:

@@ -49,6 +49,7 @@ def test_probe_on_this_machine_says_no_cuda_driver() -> None:
         engine.runnable_gpu(manifest(), probe)
     assert str(caught.value) == f"cannot run tiny@1.0.0+1 [sm89.rtx-1.7.1] here: {probe.reason}"
     assert caught.value.exit_code == 2
+    assert caught.value.reason == probe.reason  # the why alone, as validation records it
 
 
 def test_no_driver_is_reported_first() -> None:
@@ -89,16 +90,18 @@ def test_runnable_gpu_returns_gpu_zero() -> None:
 
 def test_runtime_backend_must_be_the_version_that_built_the_engine(rtx: backends.Backend) -> None:
     assert engine.runtime_backend(manifest(version=rtx.version)).name == "tensorrt-rtx"
-    with pytest.raises(CannotRunHere, match=r"built with tensorrt-rtx 1\.6\.0\.1 and this machine has 1\.7"):
+    with pytest.raises(CannotRunHere, match=r"built with tensorrt-rtx 1\.6\.0\.1 and this machine has 1\.7") as caught:
         engine.runtime_backend(manifest(version="1.6.0.1"))
+    assert caught.value.reason.startswith("it was built with tensorrt-rtx 1.6.0.1 and this machine has 1.7")
 
 
 def test_runtime_backend_missing_is_cannot_run_here() -> None:
     def importer(name: str) -> Any:
         raise ImportError(f"No module named '{name}'")
 
-    with pytest.raises(CannotRunHere, match="backend 'tensorrt' cannot be imported"):
+    with pytest.raises(CannotRunHere, match="backend 'tensorrt' cannot be imported") as caught:
         engine.runtime_backend(manifest(backend="tensorrt"), load=lambda name: backends.load(name, importer))
+    assert caught.value.reason.startswith("backend 'tensorrt' cannot be imported")
 
 
 # ---------------------------------------------------------------- the real TensorRT-RTX runtime on this machine
