@@ -17,20 +17,24 @@ import pytest
 
 from pipeline import cli
 from pipeline.errors import CannotRunHere, PipelineError
+from pipeline.manifest import Manifest
 from pipeline.trt import backend as backends
 from pipeline.trt import gpu
 from pipeline.trt import runtime as engine
 from pipeline.trt.gpu import Gpu, Probe
 from tests.needs_gpu import needs_gpu
+from tests.test_manifest import sample
 
 RTX_4090 = Gpu("NVIDIA GeForce RTX 4090", "8.9")
 H100 = Gpu("NVIDIA H100 80GB HBM3", "9.0")
 
 
 def manifest(backend: str = "tensorrt-rtx", cc: str = "8.9", tag: str = "sm89.rtx-1.7.1",
-             version: str = "1.7.1.116") -> dict:
-    return {"recipe": {"name": "tiny", "version": "1.0.0"}, "build": {"number": 1},
-            "backend": {"name": backend, "version": version}, "target": {"tag": tag, "compute_capability": cc}}
+             version: str = "1.7.1.116") -> Manifest:
+    data = sample()
+    data["backend"] = {"name": backend, "version": version}
+    data["target"].update(tag=tag, compute_capability=cc)
+    return Manifest.from_dict(data, Path("manifest.json"))
 
 
 def with_gpu(*gpus: Gpu) -> Probe:
@@ -404,12 +408,9 @@ def test_bench_on_the_gpu(local_plan: Path) -> None:
 def test_the_runtime_loads_the_engines_plugin_libraries(not_a_plugin: Path) -> None:
     """Runtime() works without a GPU: loading a plugin library the engine was built with is exercised for real."""
     rtx = backends.load("tensorrt-rtx")
-    manifest = {"network": {"plugins": [{"path": str(not_a_plugin), "sha256": "x"}]}}
-    assert engine.plugins(manifest) == [str(not_a_plugin)]
-    assert engine.plugins({"network": {}}) == []
     logger = backends.make_logger(rtx, logging.getLogger("x"))
     with pytest.raises(PipelineError) as caught:
-        engine.runtime_for(rtx, logger, engine.plugins(manifest))
+        engine.runtime_for(rtx, logger, [str(not_a_plugin)])
     assert str(caught.value) == (f"{rtx.label()} cannot load plugin library {not_a_plugin}, which the engine was "
                                  "built with")
     assert engine.runtime_for(rtx, logger) is not None
