@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
+from pipeline import recipe as recipes
+from pipeline.cli import main
 from pipeline.errors import StoreError
+from pipeline.files import json_bytes
 from pipeline.manifest import ExternalData, Manifest, PromotedFrom, ValidationRecord
 from pipeline.recipe import Tolerance, ValidateSpec
+from pipeline.stages.parse import digests
+from pipeline.store import MANIFEST, Artifact, Store
+from tests.build.test_runner import RECIPE, build_with
 
 SM89 = "sm89.rtx-1.7.1"
 HERE = Path("/store/tiny/1.0.0/sm89.rtx-1.7.1/manifest.json")
+VALIDATE = "validate: {atol: 1.0e-4, shapes: [min, opt], outputs: {y: {atol: 1.0e-2, rtol: 1.0e-3}}}\n"
 
 
 def sample() -> dict[str, Any]:
@@ -51,6 +59,54 @@ def damaged(change: Callable[[dict], Any]) -> str:
     with pytest.raises(StoreError) as caught:
         Manifest.from_dict(data, HERE)
     return str(caught.value)
+
+
+# ---------------------------------------------------------------- a real manifest
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Artifact:
+    """tiny with graph-cleanup and a validate: block, really built for sm89 (never changed: copy it to edit)."""
+    root = tmp_path_factory.mktemp("manifest")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(RECIPE.replace("{models}", str(models_dir)) + VALIDATE)
+    (outcome,) = build_with(recipe, Store(root / "store"), targets=("sm89",))
+    return outcome.artifact
+
+
+@pytest.fixture
+def store(built: Artifact, tmp_path: Path) -> Store:
+    shutil.copytree(built.path.parents[2], tmp_path / "store")
+    return Store(tmp_path / "store")
+
+
+def test_a_real_manifest_comes_back_byte_for_byte(built: Artifact, store: Store) -> None:
+    written = (built.path / MANIFEST).read_bytes()
+    assert json_bytes(built.manifest().to_dict()) == written
+    artifact = store.resolve("tiny@1.0.0", SM89)
+    store.update_manifest(artifact, lambda manifest: None)
+    assert (artifact.path / MANIFEST).read_bytes() == written  # an update rewrites only what it changes
+
+
+def test_a_real_manifest_typed(built: Artifact, models_dir: Path) -> None:
+    manifest = built.manifest()
+    recipe = recipes.load(manifest.recipe.path)
+    assert (manifest.recipe.name, manifest.recipe.version, manifest.recipe.sha256) == ("tiny", "1.0.0", recipe.sha256)
+    assert manifest.model.digests() == digests(models_dir / "tiny.onnx")
+    assert (manifest.model.cleaned_file, manifest.model.inputs) == (
+        "model.cleaned.onnx", {"x": {"dtype": "float32", "shape": ["batch", 4]}})
+    assert (manifest.backend.name, manifest.target.tag, manifest.target.gpu) == ("tensorrt-rtx", SM89, None)
+    assert (manifest.network.flags, manifest.network.plugins) == (("STRONGLY_TYPED",), ())
+    assert manifest.network.inputs == {"x": {"dtype": "float", "shape": [-1, 4]}}
+    assert manifest.config.profiles == ({"x": {"min": [1, 4], "opt": [8, 4], "max": [64, 4]}},)
+    assert (manifest.config.compute_capabilities, manifest.config.hardware_compatibility) == (("8.9",), "none")
+    assert (manifest.engine.file, manifest.engine.bytes) == ("engine.plan", (built.path / "engine.plan").stat().st_size)
+    assert (manifest.build.number, len(manifest.build.key), len(manifest.build.source_key or "")) == (1, 64, 64)
+    assert manifest.validation == ValidationRecord("not-run", "no validation has run on this artifact yet")
+    assert manifest.validate == recipe.validate == ValidateSpec(
+        atol=1e-4, shapes=("min", "opt"), outputs={"y": Tolerance(1e-2, 1e-3)})
+    assert manifest.cleanup_check is not None and manifest.cleanup_check.frozen_inputs == {}
+    assert manifest.promoted_from is None
 
 
 def test_the_json_is_a_copy_both_ways() -> None:
@@ -141,3 +197,50 @@ def test_a_manifest_that_is_not_an_object(text: str) -> None:
     with pytest.raises(StoreError) as caught:
         Manifest.from_dict(json.loads(text), HERE)
     assert str(caught.value) == f"damaged manifest {HERE}: not a JSON object"
+
+
+def test_damaged_files_through_the_store(store: Store) -> None:
+    artifact = store.resolve("tiny@1.0.0", SM89)
+    path, record = artifact.path / MANIFEST, json.loads((artifact.path / MANIFEST).read_text())
+    cases = [({k: v for k, v in record.items() if k != "engine"}, "damaged manifest {}: no field 'engine'"),
+             ({**record, "build": {**record["build"], "number": "1"}},
+              "damaged manifest {}: field 'build.number' is a string, not an integer"),
+             ([record], "damaged manifest {}: not a JSON object")]
+    for data, message in cases:
+        path.write_text(json.dumps(data))
+        with pytest.raises(StoreError) as caught:
+            artifact.manifest()
+        assert str(caught.value) == message.format(path)
+    path.write_text(json.dumps(record)[:100])
+    with pytest.raises(StoreError, match=rf"^cannot read {path}: Unterminated string"):
+        artifact.manifest()
+
+
+# ---------------------------------------------------------------- through the CLI: one line, exit 1, no traceback
+
+
+def _without_engine(store: Store) -> Path:
+    path = store.root / "tiny" / "1.0.0" / SM89 / MANIFEST
+    record = json.loads(path.read_text())
+    del record["engine"]
+    path.write_text(json.dumps(record))
+    return path
+
+
+@pytest.mark.parametrize("json_flag", [(), ("--json",)])
+def test_show_without_engine_is_one_line(store: Store, capsys: pytest.CaptureFixture[str],
+                                         json_flag: tuple[str, ...]) -> None:
+    path = _without_engine(store)
+    assert main([*json_flag, "--store", str(store.root), "show", "tiny@1.0.0", "--tag", SM89], environ={}) == 1
+    assert capsys.readouterr() == ("", f"error: damaged manifest {path}: no field 'engine'\n")
+
+
+def test_export_triton_without_engine_is_one_line(store: Store, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--store", str(store.root)]
+    assert main([*argv, "-q", "promote", "tiny@1.0.0", "--from", SM89], environ={"TRT_PIPELINE_USER": "ci"}) == 0
+    capsys.readouterr()
+    path = _without_engine(store)
+    assert main([*argv, "export", "triton", "tiny", "--channel", "candidate", "--repo", str(tmp_path / "repo")],
+                environ={}) == 1
+    assert capsys.readouterr() == ("", f"error: damaged manifest {path}: no field 'engine'\n")
