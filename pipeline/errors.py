@@ -34,9 +34,14 @@ class StoreError(PipelineError):
 
 
 class CannotRunHere(PipelineError):
-    """This machine cannot run the engine (no driver, no GPU, unsupported GPU). Distinct exit code."""
+    """This machine cannot run the engine (no driver, no GPU, unsupported GPU). Distinct exit code.
+    `reason` is the why alone, without the message's 'cannot run X here' (the whole message when not given)."""
 
     exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.reason = message if reason is None else reason
 
 
 class PromotionError(PipelineError):

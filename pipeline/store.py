@@ -29,6 +29,7 @@ from pipeline import ref as refs
 from pipeline.digest import file_sha256
 from pipeline.errors import StoreError
 from pipeline.files import fsync_dir, replace_json, sync, write_json
+from pipeline.manifest import Manifest
 from pipeline.ref import ref, version_dir
 
 MANIFEST = "manifest.json"
@@ -71,24 +72,9 @@ class Artifact:
     def sort_key(self) -> tuple:
         return (self.name, tuple(int(p) for p in self.version.split(".")), self.build, self.tag)
 
-    def manifest(self) -> dict:
-        try:
-            manifest = json.loads((self.path / MANIFEST).read_text())
-        except (OSError, ValueError) as error:
-            raise StoreError(f"cannot read {self.path / MANIFEST}: {error}") from None
-        if not isinstance(manifest, dict):
-            raise StoreError(f"damaged manifest {self.path / MANIFEST}: not a JSON object")
-        return manifest
-
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[None]:
-        """Turn a missing or wrongly shaped manifest field, met inside the block, into one StoreError naming
-        the file (a damaged manifest is a user-visible fact about the store, not a crash)."""
-        try:
-            yield
-        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
-            what = f"no field {error}" if isinstance(error, KeyError) else f"unexpected structure ({error})"
-            raise StoreError(f"damaged manifest {self.path / MANIFEST}: {what}") from None
+    def manifest(self) -> Manifest:
+        """Its manifest, read and checked (a damaged one is a StoreError naming the file and the field)."""
+        return Manifest.load(self.path / MANIFEST)
 
 
 class Store:
@@ -296,13 +282,15 @@ class Store:
         with contextlib.suppress(OSError):
             artifact.path.parent.rmdir()  # fails while other GPU tags of this version remain
 
-    def update_manifest(self, artifact: Artifact, change: Callable[[dict], None]) -> dict:
-        """Apply `change` to a published manifest atomically, under the recipe's lock."""
+    def update_manifest(self, artifact: Artifact, change: Callable[[dict], None]) -> Manifest:
+        """Apply `change` to (the JSON of) a published manifest atomically, under the recipe's lock; what it
+        makes is checked before it is written, so an update never leaves a damaged manifest."""
         with self.lock(artifact.name):
-            manifest = artifact.manifest()
+            manifest = artifact.manifest().to_dict()
             change(manifest)
+            changed = Manifest.from_dict(manifest, artifact.path / MANIFEST)
             replace_json(artifact.path / MANIFEST, manifest)
-        return manifest
+        return changed
 
     # ------------------------------------------------------------ reading
 
@@ -399,12 +387,8 @@ class Store:
     @staticmethod
     def _from_directory(path: Path) -> Artifact:
         manifest = Artifact(path, "", "", 0, "").manifest()
-        try:
-            return Artifact(path, manifest["recipe"]["name"], manifest["recipe"]["version"],
-                            int(manifest["build"]["number"]), manifest["target"]["tag"])
-        except (KeyError, TypeError, ValueError) as error:
-            what = f"no {error}" if isinstance(error, KeyError) else str(error)
-            raise StoreError(f"{path / MANIFEST} is not a trt-pipeline manifest ({what})") from None
+        return Artifact(path, manifest.recipe.name, manifest.recipe.version, manifest.build.number,
+                        manifest.target.tag)
 
 
 def _abbreviates(short: str, full: str) -> bool:

@@ -30,13 +30,17 @@ from pipeline.store import (
     Run,
     Store,
 )
+from tests.test_manifest import sample
 
 SM89, SM86 = "sm89.rtx-1.7.1", "sm86.rtx-1.7.1"
 
 
 def manifest_for(name: str, version: str, tag: str) -> dict[str, Any]:
-    return {"recipe": {"name": name, "version": version}, "target": {"tag": tag}, "build": {"number": None},
-            "validation": {"status": "not-run"}}
+    manifest = sample()
+    manifest["recipe"].update(name=name, version=version)
+    manifest["target"]["tag"] = tag
+    manifest["build"]["number"] = None  # the store numbers the build when it publishes
+    return manifest
 
 
 def publish(store: Store, name: str = "tiny", version: str = "1.0.0", tag: str = SM89,
@@ -236,8 +240,8 @@ def test_update_manifest_replaces_the_file_atomically(store: Store) -> None:
         manifest["validation"] = {"status": "passed", "reason": None}
 
     updated = store.update_manifest(artifact, passed)
-    assert updated["validation"]["status"] == "passed"
-    assert json.loads((artifact.path / MANIFEST).read_text()) == updated
+    assert updated.validation.status == "passed"
+    assert json.loads((artifact.path / MANIFEST).read_text()) == updated.to_dict()
     assert (artifact.path / MANIFEST).stat().st_ino != before  # a new file renamed into place, not rewritten
     assert sorted(p.name for p in artifact.path.iterdir()) == ["engine.plan", MANIFEST]  # no temp file left
 
@@ -440,7 +444,7 @@ def test_a_directory_whose_manifest_is_not_ours_is_a_store_error(tmp_path: Path,
     folder = tmp_path / "elsewhere"
     folder.mkdir()
     (folder / "manifest.json").write_text('{"recipe": {}}')
-    with pytest.raises(StoreError, match=r"manifest.json is not a trt-pipeline manifest \(no 'name'\)$"):
+    with pytest.raises(StoreError, match=r"^damaged manifest .*/elsewhere/manifest.json: no field 'recipe.name'$"):
         store.resolve(str(folder))
 
 
@@ -511,12 +515,13 @@ def test_a_manifest_that_is_not_an_object_is_damaged(store: Store, text: str) ->
         artifact.manifest()
 
 
-def test_reading_a_wrongly_shaped_manifest_is_one_store_error(store: Store) -> None:
+def test_an_update_that_would_damage_the_manifest_is_refused(store: Store) -> None:
     artifact = publish(store)
+    text = (artifact.path / MANIFEST).read_text()
     with pytest.raises(StoreError) as caught:
-        with artifact.reading():
-            artifact.manifest()["engine"]["bytes"]
+        store.update_manifest(artifact, lambda manifest: manifest.pop("engine"))
     assert str(caught.value) == f"damaged manifest {artifact.path / MANIFEST}: no field 'engine'"
+    assert (artifact.path / MANIFEST).read_text() == text
 
 
 def test_a_run_allocated_up_front_is_shared_across_publishers(store: Store) -> None:

@@ -22,6 +22,7 @@ from pipeline.build.record import build_key, manifest, source_key
 from pipeline.digest import canonical_json, json_sha256, plain
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.files import write_bytes
+from pipeline.manifest import Manifest
 from pipeline.progress import Progress, as_progress
 from pipeline.recipe import Recipe
 from pipeline.stages import REGISTRY
@@ -198,16 +199,14 @@ class Outcome:
 
 
 def _newest_first(store: Store, recipe: Recipe, log: logging.Logger,
-                  pick: Callable[[Artifact, dict], object]) -> object:
+                  pick: Callable[[Artifact, Manifest], object]) -> object:
     """The first non-None `pick(artifact, manifest)` over this recipe's artifacts of its version, newest first.
-    An unreadable manifest (or a missing field `pick` reads) is skipped with a warning: it must not block every
-    later build."""
+    An unreadable or damaged manifest is skipped with a warning: it must not block every later build."""
     for artifact in reversed(store.artifacts(recipe.name)):
         if artifact.version != recipe.version:
             continue
         try:
-            with artifact.reading():
-                found = pick(artifact, artifact.manifest())
+            found = pick(artifact, artifact.manifest())
         except PipelineError as error:
             log.warning("ignoring %s for reuse: %s", artifact.path, error)
             continue
@@ -217,8 +216,8 @@ def _newest_first(store: Store, recipe: Recipe, log: logging.Logger,
 
 
 def _reusable(store: Store, recipe: Recipe, field: str, key: str, log: logging.Logger) -> Artifact | None:
-    """The newest artifact of this recipe name and version whose manifest has build[field] == key."""
-    return _newest_first(store, recipe, log, lambda artifact, m: artifact if m["build"].get(field) == key else None)
+    """The newest artifact of this recipe name and version whose manifest has build.<field> == key."""
+    return _newest_first(store, recipe, log, lambda artifact, m: artifact if getattr(m.build, field) == key else None)
 
 
 def _known_model(store: Store, recipe: Recipe, sha256: str, log: logging.Logger,
@@ -226,13 +225,12 @@ def _known_model(store: Store, recipe: Recipe, sha256: str, log: logging.Logger,
     """The model record of an artifact of this version built from this very file (same path and sha256, and
     external-data files that still hash the same): the skip decision then needs no parse of the model."""
 
-    def same_file(artifact: Artifact, manifest: dict) -> dict | None:
-        known = manifest["model"]
-        if (known.get("path"), known.get("sha256")) != (str(recipe.model_path), sha256) or not all(
-                Path(data["path"]).is_file() and hasher(Path(data["path"])) == data["sha256"]
-                for data in known["external_data"]):
+    def same_file(artifact: Artifact, manifest: Manifest) -> dict | None:
+        known = manifest.model
+        if (known.path, known.sha256) != (recipe.model_path, sha256) or not all(
+                data.path.is_file() and hasher(data.path) == data.sha256 for data in known.external_data):
             return None
-        return {key: known[key] for key in ("path", "sha256", "external_data", "bytes")}
+        return known.digests()
 
     return _newest_first(store, recipe, log, same_file)
 

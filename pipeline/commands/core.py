@@ -12,6 +12,7 @@ from pipeline.build import capability, runner
 from pipeline.commands.output import Command, emit_json, paint, print_table, progress
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 from pipeline.lifecycle import channel
+from pipeline.manifest import Manifest
 from pipeline.store import Artifact, Store
 from pipeline.trt import gpu
 from pipeline.units import size
@@ -91,13 +92,11 @@ def _row(artifact: Artifact) -> dict:
     row = {"ref": artifact.ref, "name": artifact.name, "version": artifact.version, "build": artifact.build,
            "tag": artifact.tag, "path": str(artifact.path)}
     try:
-        with artifact.reading():
-            manifest = artifact.manifest()
-            return {**row, "engine_bytes": int(manifest["engine"]["bytes"]),
-                    "created_at": str(manifest["build"]["created_at"]),
-                    "validation": str(manifest["validation"]["status"])}
+        manifest = artifact.manifest()
     except PipelineError as error:
         return {**row, "engine_bytes": None, "created_at": None, "validation": "damaged", "problem": str(error)}
+    return {**row, "engine_bytes": manifest.engine.bytes, "created_at": manifest.build.created_at,
+            "validation": manifest.validation.status}
 
 
 def list_(args: argparse.Namespace, log: logging.Logger) -> int:
@@ -124,33 +123,30 @@ def show(args: argparse.Namespace, log: logging.Logger) -> int:
     artifact = Store(args.store).resolve(args.artifact, args.tag)
     manifest = artifact.manifest()
     if args.json:
-        emit_json({"path": str(artifact.path), **manifest})
+        emit_json({"path": str(artifact.path), **manifest.to_dict()})
         return 0
-    with artifact.reading():
-        lines = _show_lines(artifact, manifest)
-    for key, value in lines:
+    for key, value in _show_lines(artifact, manifest):
         print(f"{key:<11} {value}")
     return 0
 
 
-def _show_lines(artifact: Artifact, m: dict) -> list[tuple[str, str]]:
+def _show_lines(artifact: Artifact, m: Manifest) -> list[tuple[str, str]]:
     return [
         ("artifact", f"{artifact.ref} [{artifact.tag}]"),
         ("path", str(artifact.path)),
-        ("recipe", f"{m['recipe']['path']} (sha256 {m['recipe']['sha256']})"),
-        ("model", f"{m['model']['path']} (sha256 {m['model']['sha256']})"),
-        ("cleaned", f"{m['model']['cleaned_file'] or '(no graph-cleanup)'} (sha256 {m['model']['cleaned_sha256']})"),
-        ("inputs", ", ".join(f"{n} {v['dtype']}{v['shape']}" for n, v in m["model"]["inputs"].items())),
-        ("outputs", ", ".join(f"{n} {v['dtype']}{v['shape']}" for n, v in m["model"]["outputs"].items())),
-        ("backend", f"{m['backend']['name']} {m['backend']['version']}"),
-        ("target", f"{m['target']['tag']} (compute capability {m['target']['compute_capability']})"),
-        ("network", ", ".join(m["network"]["flags"]) or "(no creation flags)"),
-        ("pools", ", ".join(f"{k}={size(v)}" for k, v in m["config"]["memory_pools"].items()) or "(defaults)"),
-        ("opt level", str(m["config"]["builder_optimization_level"])),
-        ("engine", f"{m['engine']['file']} {size(m['engine']['bytes'])} (sha256 {m['engine']['sha256']})"),
-        ("built", f"{m['build']['created_at']} on {m['build']['host']} in {m['build']['duration_s']}s "
-                  f"(build key {m['build']['key'][:16]})"),
-        ("validation", f"{m['validation']['status']}: {m['validation'].get('reason') or ''}".rstrip(": ")),
+        ("recipe", f"{m.recipe.path} (sha256 {m.recipe.sha256})"),
+        ("model", f"{m.model.path} (sha256 {m.model.sha256})"),
+        ("cleaned", f"{m.model.cleaned_file or '(no graph-cleanup)'} (sha256 {m.model.cleaned_sha256})"),
+        ("inputs", ", ".join(f"{n} {v['dtype']}{v['shape']}" for n, v in m.model.inputs.items())),
+        ("outputs", ", ".join(f"{n} {v['dtype']}{v['shape']}" for n, v in m.model.outputs.items())),
+        ("backend", f"{m.backend.name} {m.backend.version}"),
+        ("target", f"{m.target.tag} (compute capability {m.target.compute_capability})"),
+        ("network", ", ".join(m.network.flags) or "(no creation flags)"),
+        ("pools", ", ".join(f"{k}={size(v)}" for k, v in m.config.memory_pools.items()) or "(defaults)"),
+        ("opt level", str(m.config.builder_optimization_level)),
+        ("engine", f"{m.engine.file} {size(m.engine.bytes)} (sha256 {m.engine.sha256})"),
+        ("built", f"{m.build.created_at} on {m.build.host} in {m.build.duration_s}s (build key {m.build.key[:16]})"),
+        ("validation", f"{m.validation.status}: {m.validation.reason or ''}".rstrip(": ")),
     ]
 
 

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from pipeline.commands.output import Command, emit_json
 from pipeline.errors import CannotRunHere, PipelineError
+from pipeline.manifest import Manifest
 from pipeline.store import Artifact, Store
 from pipeline.trt import gpu
 from pipeline.trt import runtime as engines
 from pipeline.validate import artifact as validation
 
 
-def _artifact(args: argparse.Namespace) -> tuple[Artifact, dict]:
+def _artifact(args: argparse.Namespace) -> tuple[Artifact, Manifest]:
     artifact = Store(args.store).resolve(args.artifact, args.tag)
     return artifact, artifact.manifest()
 
@@ -37,13 +38,13 @@ def validate(args: argparse.Namespace, log: logging.Logger) -> int:
 
 def infer(args: argparse.Namespace, log: logging.Logger) -> int:
     artifact, manifest = _artifact(args)
-    feed = engines.read_inputs(args.input, manifest["network"]["inputs"])  # user errors before any probing
+    feed = engines.read_inputs(args.input, manifest.network.inputs)  # user errors before any probing
     engines.runnable_gpu(manifest, gpu.probe())
     backend = engines.runtime_backend(manifest)
     shapes = {name: tuple(array.shape) for name, array in feed.items()}
-    profile = engines.profile_for(manifest["config"]["profiles"], shapes)
-    with engines.open_session(backend, artifact.path / manifest["engine"]["file"], args.environ, log,
-                              libraries=engines.plugins(manifest)) as session:
+    profile = engines.profile_for(manifest.config.profiles, shapes)
+    with engines.open_session(backend, artifact.path / manifest.engine.file, args.environ, log,
+                              libraries=manifest.network.plugins) as session:
         outputs = engines.infer(session, feed, profile)
     written = engines.write_outputs(outputs, args.output_dir)
     if args.json:
@@ -62,9 +63,9 @@ def bench(args: argparse.Namespace, log: logging.Logger) -> int:
         raise PipelineError("--iterations must be >= 1 and --warmup >= 0")
     engines.runnable_gpu(manifest, gpu.probe())
     backend = engines.runtime_backend(manifest)
-    profiles = range(max(1, len(manifest["config"]["profiles"])))
-    with engines.open_session(backend, artifact.path / manifest["engine"]["file"], args.environ, log,
-                              libraries=engines.plugins(manifest)) as session:
+    profiles = range(max(1, len(manifest.config.profiles)))
+    with engines.open_session(backend, artifact.path / manifest.engine.file, args.environ, log,
+                              libraries=manifest.network.plugins) as session:
         results = [engines.bench(session, p, args.iterations, args.warmup) for p in profiles]
     if args.json:
         emit_json({"artifact": artifact.ref, "tag": artifact.tag, "results": results})

@@ -34,9 +34,8 @@ def check_name(channel: str) -> str:
 
 def pointer(artifact: Artifact, **extra: Any) -> dict:
     """What a channel stores about the build it points at."""
-    manifest = artifact.manifest()
     return {"ref": artifact.ref, "version": artifact.version, "build": artifact.build, "tag": artifact.tag,
-            "engine_sha256": manifest["engine"]["sha256"], **extra}
+            "engine_sha256": artifact.manifest().engine.sha256, **extra}
 
 
 def resolve(store: Store, name: str, entry: dict) -> Artifact:

@@ -19,7 +19,6 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pipeline import recipe as recipes
@@ -27,6 +26,7 @@ from pipeline.build import runner
 from pipeline.build.record import build_key
 from pipeline.errors import BackendError, PromotionError
 from pipeline.lifecycle import channel as channels
+from pipeline.manifest import Manifest
 from pipeline.stages.parse import digests
 from pipeline.store import Artifact, Store
 from pipeline.trt import backend as backends
@@ -89,33 +89,33 @@ class Decision:
     reason: str
 
 
-def _reuse_reason(manifest: Mapping, to: Tag) -> str | None:
-    backend, target, config = manifest["backend"], manifest["target"], manifest["config"]
-    label = f"{backend['name']} {short_version(backend['version'])}"
-    cc, want = target["compute_capability"], to.compute_capability
-    if backend["name"] == "tensorrt-rtx":
-        covered = config.get("compute_capabilities") or [cc]
+def _reuse_reason(manifest: Manifest, to: Tag) -> str | None:
+    backend, target, config = manifest.backend, manifest.target, manifest.config
+    label = f"{backend.name} {short_version(backend.version)}"
+    cc, want = target.compute_capability, to.compute_capability
+    if backend.name == "tensorrt-rtx":
+        covered = config.compute_capabilities or (cc,)
         if want in covered:
             return (f"TensorRT-RTX engine built for compute capabilities {', '.join(covered)} covers {want}; "
                     f"same {label}")
         return None
-    hardware = config.get("hardware_compatibility", "none")
+    hardware = config.hardware_compatibility
     if hardware == "ampere_plus" and _cc(want) >= AMPERE:
         return f"built with hardware compatibility ampere+ and {want} is Ampere or newer; same {label}"
-    same_gpu = to.gpu == parse_tag(target["tag"]).gpu
+    same_gpu = to.gpu == parse_tag(target.tag).gpu
     if want == cc and (hardware == "same_compute_capability" or same_gpu):
         return f"same compute capability {cc} and same {label}"
     return None
 
 
-def decide(manifest: Mapping, to: Tag, tools: Callable[[], Toolchain]) -> Decision:
+def decide(manifest: Manifest, to: Tag, tools: Callable[[], Toolchain]) -> Decision:
     """Reuse, rebuild or refuse, from the source manifest alone (and, for a rebuild, what this machine has)."""
-    backend, target = manifest["backend"], manifest["target"]
-    built = f"{backend['name']} {short_version(backend['version'])}"
-    if to.backend != backend["name"]:
-        return Decision("refuse", f"platform: the engine was built with {backend['name']}; {to.text} needs a "
+    backend, target = manifest.backend, manifest.target
+    built = f"{backend.name} {short_version(backend.version)}"
+    if to.backend != backend.name:
+        return Decision("refuse", f"platform: the engine was built with {backend.name}; {to.text} needs a "
                                   f"{to.backend} engine, and a rebuild would change the backend, not only the target")
-    if to.version != short_version(backend["version"]):
+    if to.version != short_version(backend.version):
         return Decision("refuse", f"backend version: the engine was built with {built}; {to.text} needs "
                                   f"{to.backend} {to.version}, and an engine only runs with the TensorRT version "
                                   "that built it (build the recipe with that version instead)")
@@ -125,20 +125,19 @@ def decide(manifest: Mapping, to: Tag, tools: Callable[[], Toolchain]) -> Decisi
     problem = tools().problem(to)
     if problem:
         return Decision("refuse", problem)
-    why = (f"compute capability {target['compute_capability']} -> {to.compute_capability}" if to.gpu is None else
-           f"GPU {parse_tag(target['tag']).gpu} -> {to.gpu}")
+    why = (f"compute capability {target.compute_capability} -> {to.compute_capability}" if to.gpu is None else
+           f"GPU {parse_tag(target.tag).gpu} -> {to.gpu}")
     return Decision("rebuild", f"{why}: the engine is not valid there as it is; rebuilding from the same recipe, "
                                f"model and settings with {built}")
 
 
-def unvalidated(manifest: Mapping, tag: str) -> str | None:
+def unvalidated(manifest: Manifest, tag: str) -> str | None:
     """Why this build has not passed validation on `tag`, or None when it has."""
-    validation = manifest.get("validation") or {}
-    status = validation.get("status", "not-run")
-    if status != "passed":
-        detail = validation.get("reason")
-        return f"its validation status is '{status}'" + (f" ({detail})" if detail else "")
-    where = validation.get("tag") or manifest["target"]["tag"]
+    validation = manifest.validation
+    if validation.status != "passed":
+        detail = validation.reason
+        return f"its validation status is '{validation.status}'" + (f" ({detail})" if detail else "")
+    where = validation.tag or manifest.target.tag
     if where != tag:
         return f"it passed validation on {where}, not on {tag}"
     return None
@@ -174,7 +173,7 @@ def who(environ: Mapping[str, str]) -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _gate(manifest: Mapping, decision: Decision, tag: str, channel: str) -> str | None:
+def _gate(manifest: Manifest, decision: Decision, tag: str, channel: str) -> str | None:
     """Why this promotion would put an unvalidated engine into production, or None."""
     if channel != channels.PRODUCTION:
         return None
@@ -191,10 +190,10 @@ def promote(store: Store, ref: str, from_tag: str, to_tag: str, channel: str, *,
     if allow_unvalidated and not (reason or "").strip():
         raise PromotionError("--allow-unvalidated needs --reason \"...\": the waiver is recorded in the history")
     source = store.resolve(ref, from_tag)
-    manifest = _readable(source)
+    manifest = source.manifest()
     to = parse_tag(to_tag)
     probe_ = _lazy(probe)  # the GPU is asked about only when a rebuild is considered
-    decision = decide(manifest, to, lambda: toolchain(manifest["backend"]["name"], probe_(), load_backend))
+    decision = decide(manifest, to, lambda: toolchain(manifest.backend.name, probe_(), load_backend))
     line = f"cannot promote {source.ref} {source.tag} to {to.text}"
     if decision.action == "refuse":
         raise PromotionError(f"{line}: {decision.reason}")
@@ -213,23 +212,6 @@ def promote(store: Store, ref: str, from_tag: str, to_tag: str, channel: str, *,
     entry = channels.pointer(artifact, since=now, by=by, decision=decision.action, waiver=waiver)
     previous = channels.set_(store, source.name, to.text, channel, entry, event)
     return Promotion(decision, source, artifact, to.text, channel, built, waiver, previous)
-
-
-_NEEDED = {"backend": ("name", "version"), "target": ("tag", "compute_capability"), "engine": ("sha256",)}
-
-
-def _readable(source: Artifact) -> dict:
-    """The source's manifest, with every field a promotion reads present and of the right kind (else one
-    StoreError naming the file, before anything is decided)."""
-    manifest = source.manifest()
-    with source.reading():
-        for section, fields in _NEEDED.items():
-            for field in fields:
-                if not isinstance(manifest[section][field], str):
-                    raise TypeError(f"{section}.{field} is not a string")
-        if not isinstance(manifest["config"], dict) or not isinstance(manifest.get("validation") or {}, dict):
-            raise TypeError("config or validation is not an object")
-    return manifest
 
 
 def _gate_hint(source: Artifact, to: Tag, decision: Decision, channel: str) -> str:
@@ -252,47 +234,46 @@ def _lazy(probe: Probe | None) -> Callable[[], Probe]:
     return get
 
 
-def _source_target(manifest: Mapping) -> Target:
-    target = manifest["target"]
-    return Target(target["name"], target["tag"], target["compute_capability"], target.get("gpu"),
-                  sm_of(target["compute_capability"]))
+def _source_target(manifest: Manifest) -> Target:
+    target = manifest.target
+    return Target(target.name, target.tag, target.compute_capability, target.gpu, sm_of(target.compute_capability))
 
 
-def _rebuild(store: Store, source: Artifact, manifest: Mapping, to: Tag, probe: Probe, log: logging.Logger,
+def _rebuild(store: Store, source: Artifact, manifest: Manifest, to: Tag, probe: Probe, log: logging.Logger,
              progress: Progress, load_backend: Callable[[str], Any] | None) -> tuple[Artifact, bool]:
     """Build for `to` from exactly the inputs of `source`; refuse when any of them changed."""
     line = f"cannot rebuild {source.ref} {source.tag} for {to.text}"
-    path = Path(manifest["recipe"]["path"])
+    path = manifest.recipe.path
     if not path.is_file():
         raise PromotionError(f"{line}: recipe: {path} (where it was built from) no longer exists")
     recipe = recipes.load(path)
-    if recipe.sha256 != manifest["recipe"]["sha256"]:
+    if recipe.sha256 != manifest.recipe.sha256:
         raise PromotionError(f"{line}: recipe: {path} changed since it was built (sha256 {recipe.sha256[:12]}, was "
-                             f"{manifest['recipe']['sha256'][:12]}); a rebuild needs exactly the same inputs",
+                             f"{manifest.recipe.sha256[:12]}); a rebuild needs exactly the same inputs",
                              hint=f"build the new recipe instead: trt-pipeline build {path} --target {to.sm}")
     model = digests(recipe.model_path)
-    if model["sha256"] != manifest["model"]["sha256"]:
+    if model["sha256"] != manifest.model.sha256:
         raise PromotionError(f"{line}: model: {recipe.model_path} changed since it was built (sha256 "
-                             f"{model['sha256'][:12]}, was {manifest['model']['sha256'][:12]})")
-    backend = (load_backend or backends.load)(manifest["backend"]["name"])
-    if backend.version != manifest["backend"]["version"]:
-        raise PromotionError(f"{line}: backend version: it was built with {manifest['backend']['name']} "
-                             f"{manifest['backend']['version']}; this machine has {backend.version}")
-    key = build_key(recipe, manifest["model"]["cleaned_sha256"], backend, _source_target(manifest))
-    if key != manifest["build"]["key"]:
+                             f"{model['sha256'][:12]}, was {manifest.model.sha256[:12]})")
+    backend = (load_backend or backends.load)(manifest.backend.name)
+    if backend.version != manifest.backend.version:
+        raise PromotionError(f"{line}: backend version: it was built with {manifest.backend.name} "
+                             f"{manifest.backend.version}; this machine has {backend.version}")
+    key = build_key(recipe, manifest.model.cleaned_sha256, backend, _source_target(manifest))
+    if key != manifest.build.key:
         raise PromotionError(f"{line}: settings: the recipe's settings or timing cache give another build key than "
                              "the source's")
-    link = {"ref": source.ref, "tag": source.tag, "build_key": manifest["build"]["key"],
-            "engine_sha256": manifest["engine"]["sha256"], "recipe_sha256": manifest["recipe"]["sha256"],
-            "cleaned_sha256": manifest["model"]["cleaned_sha256"]}
+    link = {"ref": source.ref, "tag": source.tag, "build_key": manifest.build.key,
+            "engine_sha256": manifest.engine.sha256, "recipe_sha256": manifest.recipe.sha256,
+            "cleaned_sha256": manifest.model.cleaned_sha256}
     plan = runner.plan(recipe, backend, probe, (to.sm,))
     outcome = runner.build(plan, store, log, progress, annotate={"promoted_from": link})[0]
     built = outcome.artifact.manifest()
     if outcome.artifact.tag != to.text:
         raise PromotionError(f"{line}: this machine built {outcome.artifact.tag}, not {to.text}; channel unchanged")
-    if built["model"]["cleaned_sha256"] != manifest["model"]["cleaned_sha256"]:
-        raise PromotionError(f"{line}: cleaned model: the rebuild's is {built['model']['cleaned_sha256'][:12]}, the "
-                             f"source's {manifest['model']['cleaned_sha256'][:12]} (graph tools changed?); "
+    if built.model.cleaned_sha256 != manifest.model.cleaned_sha256:
+        raise PromotionError(f"{line}: cleaned model: the rebuild's is {built.model.cleaned_sha256[:12]}, the "
+                             f"source's {manifest.model.cleaned_sha256[:12]} (graph tools changed?); "
                              f"channel unchanged, new build left at {outcome.artifact.path}")
     if not outcome.reused:  # the build's validate step, as `trt-pipeline build` runs it (skipped without a GPU)
 

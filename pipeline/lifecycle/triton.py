@@ -23,6 +23,7 @@ from pathlib import Path
 from pipeline.errors import StoreError
 from pipeline.files import replace_bytes, write_json
 from pipeline.lifecycle import channel as channels
+from pipeline.manifest import NetworkRecord, Tensors
 from pipeline.store import Store
 from pipeline.trt.target import parse_tag
 
@@ -30,7 +31,7 @@ log = logging.getLogger("pipeline.triton")
 
 PLATFORM = "tensorrt_plan"
 PROVENANCE = "provenance.json"
-# TensorRT DataType (as recorded in manifest["network"], lower-case) -> Triton DataType
+# TensorRT DataType (as the manifest's network I/O records it, lower-case) -> Triton DataType
 DTYPES = {"float": "TYPE_FP32", "half": "TYPE_FP16", "bf16": "TYPE_BF16", "int8": "TYPE_INT8",
           "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8"}
 
@@ -60,7 +61,7 @@ def _quote(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _tensors(kind: str, tensors: dict[str, dict]) -> list[str]:
+def _tensors(kind: str, tensors: Tensors) -> list[str]:
     lines = [f"{kind} ["]
     for index, (name, spec) in enumerate(tensors.items()):
         dtype = DTYPES.get(spec["dtype"])
@@ -73,11 +74,11 @@ def _tensors(kind: str, tensors: dict[str, dict]) -> list[str]:
     return lines + ["]"]
 
 
-def config_text(name: str, network: dict, files: dict[str, str]) -> str:
+def config_text(name: str, inputs: Tensors, outputs: Tensors, files: dict[str, str]) -> str:
     """config.pbtxt; `files` maps compute capability -> engine file. No default file: on a GPU whose compute
     capability is not listed the model fails to load rather than run an engine built for another GPU."""
     lines = [f"name: {_quote(name)}", f"platform: {_quote(PLATFORM)}", "max_batch_size: 0"]
-    lines += _tensors("input", network["inputs"]) + _tensors("output", network["outputs"])
+    lines += _tensors("input", inputs) + _tensors("output", outputs)
     lines.append("cc_model_filenames [")
     for index, (cc, file) in enumerate(sorted(files.items(), key=lambda kv: tuple(map(int, kv[0].split("."))))):
         comma = "," if index < len(files) - 1 else ""
@@ -108,21 +109,22 @@ def _files(engines: list[dict]) -> dict[str, str]:
     by_cc: dict[str, dict] = {}
     for engine in engines:
         other = by_cc.setdefault(engine["cc"], engine)
-        if other["manifest"]["engine"]["sha256"] != engine["manifest"]["engine"]["sha256"]:
+        if other["manifest"].engine.sha256 != engine["manifest"].engine.sha256:
             raise StoreError(f"{other['tag']} and {engine['tag']} have different engines for compute capability "
                              f"{engine['cc']}; Triton chooses by compute capability only: export one of them")
     return {e["tag"]: f"model.{by_cc[e['cc']]['sm']}.plan" for e in engines}
 
 
-def _same_io(engines: list[dict]) -> dict:
-    first = engines[0]
+def _same_io(engines: list[dict]) -> NetworkRecord:
+    first = engines[0]["manifest"].network
     for engine in engines[1:]:
-        for key in ("inputs", "outputs"):
-            if engine["manifest"]["network"][key] != first["manifest"]["network"][key]:
-                raise StoreError(f"{first['tag']} and {engine['tag']} have different engine {key} "
-                                 f"({first['manifest']['network'][key]} vs {engine['manifest']['network'][key]}); "
-                                 "one Triton model needs one interface")
-    return first["manifest"]["network"]
+        network = engine["manifest"].network
+        for key, mine, theirs in (("inputs", first.inputs, network.inputs),
+                                  ("outputs", first.outputs, network.outputs)):
+            if theirs != mine:
+                raise StoreError(f"{engines[0]['tag']} and {engine['tag']} have different engine {key} "
+                                 f"({mine} vs {theirs}); one Triton model needs one interface")
+    return first
 
 
 def _versions(model_dir: Path) -> list[int]:
@@ -136,7 +138,7 @@ def export(store: Store, name: str, channel: str, repo: Path) -> Export:
     network = _same_io(engines)
     provenance = {"name": name, "channel": channel, "engines": [
         {"tag": e["tag"], "ref": e["artifact"].ref, "artifact_tag": e["artifact"].tag, "file": files[e["tag"]],
-         "compute_capability": e["cc"], "engine_sha256": e["manifest"]["engine"]["sha256"]} for e in engines]}
+         "compute_capability": e["cc"], "engine_sha256": e["manifest"].engine.sha256} for e in engines]}
     model_dir = Path(repo) / name
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +150,8 @@ def export(store: Store, name: str, channel: str, repo: Path) -> Export:
     else:
         changed, version = True, (versions[-1] + 1 if versions else 1)
         _write_version(model_dir, version, engines, files, provenance)
-    _write_config(model_dir, config_text(name, network, {e["cc"]: files[e["tag"]] for e in engines}))
+    _write_config(model_dir, config_text(name, network.inputs, network.outputs,
+                                         {e["cc"]: files[e["tag"]] for e in engines}))
     return Export(model_dir, version, files, changed)
 
 
@@ -165,7 +168,7 @@ def _write_version(model_dir: Path, version: int, engines: list[dict], files: di
         for engine in engines:
             dest = staged / files[engine["tag"]]
             if not dest.exists():
-                shutil.copyfile(engine["artifact"].path / engine["manifest"]["engine"]["file"], dest)
+                shutil.copyfile(engine["artifact"].path / engine["manifest"].engine.file, dest)
                 with open(dest, "rb") as handle:
                     os.fsync(handle.fileno())
         write_json(staged / PROVENANCE, provenance)

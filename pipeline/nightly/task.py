@@ -12,11 +12,12 @@ import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from pipeline.build import runner
 from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
+from pipeline.manifest import ValidationRecord
 from pipeline.store import Run, Store
 from pipeline.trt.gpu import Probe
 from pipeline.validate import artifact as validate
@@ -134,30 +135,27 @@ def load_plan(path: Path, probe: Probe, targets: tuple[str, ...] = ()) -> Any:
 
 
 def artifact_record(artifact: Any, recipe: Any, reason: str | None) -> dict:
-    """What a night records about a built or reused artifact: read from its manifest, defensively."""
+    """What a night records about a built or reused artifact, read from its manifest."""
     manifest = artifact.manifest()
-    build, engine = manifest.get("build") or {}, manifest.get("engine") or {}
     return {"status": "skipped" if reason else "built", "reason": reason, "artifact": artifact.ref,
-            "tag": artifact.tag, "path": str(artifact.path), "build_key": build.get("key"),
-            "engine_sha256": engine.get("sha256"), "engine_bytes": engine.get("bytes"),
-            "build_s": build.get("duration_s"), "validation": validation_record(manifest, recipe)}
+            "tag": artifact.tag, "path": str(artifact.path), "build_key": manifest.build.key,
+            "engine_sha256": manifest.engine.sha256, "engine_bytes": manifest.engine.bytes,
+            "build_s": manifest.build.duration_s, "validation": validation_record(manifest.validation, recipe)}
 
 
-def validation_record(manifest: dict, recipe: Any) -> dict:
+def validation_record(validation: ValidationRecord, recipe: Any) -> dict:
     """{status, reason, max_errors {output: float}, tolerances {output: atol}} from a manifest's validation block."""
-    block = manifest.get("validation") or {}
-    errors = output_errors(block)
+    errors = output_errors(validation.results)
     spec = getattr(recipe, "validate", None)
     tolerances = {name: spec.tolerance(name).atol for name in errors} if spec else {}
-    return {"status": block.get("status") or "not-run", "reason": block.get("reason"),
-            "max_errors": errors, "tolerances": tolerances}
+    return {"status": validation.status, "reason": validation.reason, "max_errors": errors, "tolerances": tolerances}
 
 
-def output_errors(block: dict) -> dict[str, float]:
-    """Per-output max absolute error, the worst over the validated shapes, from the validation block validate.py
+def output_errors(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Per-output max absolute error, the worst over the validated shapes, from the validation results validate.py
     writes: results[i].outputs[name].max_abs."""
     found: dict[str, float] = {}
-    for result in block.get("results") or []:
+    for result in results:
         for name, output in (result.get("outputs") or {}).items():
             error = output.get("max_abs")
             if isinstance(error, (int, float)):
@@ -168,7 +166,7 @@ def output_errors(block: dict) -> dict[str, float]:
 def _validate(plan: Any, artifact: Any, store: Store, probe: Probe, log: logging.Logger) -> None:
     """The build's validate step (skipped, with the reason, where no GPU can run the engine), unless the
     artifact already carries a validation result."""
-    if (artifact.manifest().get("validation") or {}).get("status", "not-run") != "not-run":
+    if artifact.manifest().validation.status != "not-run":
         return
     try:
         validate.after_build(plan.recipe, [artifact], store, probe, os.environ, log, log.info)

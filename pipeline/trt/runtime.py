@@ -12,7 +12,16 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, MutableMapping, Protocol, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Protocol,
+    Sequence,
+)
 
 from pipeline.errors import BackendError, CannotRunHere, PipelineError
 from pipeline.ref import ref
@@ -21,6 +30,9 @@ from pipeline.trt.backend import Backend, make_logger
 from pipeline.trt.gpu import Gpu, Probe
 from pipeline.trt.polygraphy import quiet, use_polygraphy
 from pipeline.trt.target import short_version
+
+if TYPE_CHECKING:  # for annotations only: the manifest's layer sits above trt/
+    from pipeline.manifest import Manifest
 
 # Compute capabilities the TensorRT-RTX runtime accepts (it refuses data-centre parts such as Hopper, 9.0).
 RTX_RUNS_ON = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
@@ -44,31 +56,32 @@ def why_not(backend_name: str, compute_capability: str, probe: Probe) -> str | N
     return None
 
 
-def runnable_gpu(manifest: dict, probe: Probe) -> Gpu:
+def runnable_gpu(manifest: Manifest, probe: Probe) -> Gpu:
     """The GPU that will run this artifact, or CannotRunHere (exit code 2) saying what is missing."""
-    reason = why_not(manifest["backend"]["name"], manifest["target"]["compute_capability"], probe)
+    reason = why_not(manifest.backend.name, manifest.target.compute_capability, probe)
     if reason:
-        raise CannotRunHere(f"cannot run {describe(manifest)} here: {reason}")
+        raise CannotRunHere(f"cannot run {describe(manifest)} here: {reason}", reason=reason)
     assert probe.gpu is not None
     return probe.gpu
 
 
-def runtime_backend(manifest: dict, load: Callable[[str], Backend] = backends.load) -> Backend:
+def runtime_backend(manifest: Manifest, load: Callable[[str], Backend] = backends.load) -> Backend:
     """The installed TensorRT that can deserialize this engine: same backend, same version as the build."""
-    name, built = manifest["backend"]["name"], manifest["backend"]["version"]
+    name, built = manifest.backend.name, manifest.backend.version
     try:
         backend = load(name)
     except BackendError as error:
-        raise CannotRunHere(f"cannot run {describe(manifest)} here: {error}") from None
+        raise CannotRunHere(f"cannot run {describe(manifest)} here: {error}", reason=str(error)) from None
     if backend.short_version != short_version(built):
-        raise CannotRunHere(f"cannot run {describe(manifest)} here: it was built with {name} {built} and this "
-                            f"machine has {backend.version}; an engine runs only on the TensorRT version that built it")
+        reason = (f"it was built with {name} {built} and this machine has {backend.version}; an engine runs only "
+                  "on the TensorRT version that built it")
+        raise CannotRunHere(f"cannot run {describe(manifest)} here: {reason}", reason=reason)
     return backend
 
 
-def describe(manifest: dict) -> str:
-    recipe = manifest["recipe"]
-    return f"{ref(recipe['name'], recipe['version'], manifest['build']['number'] or 1)} [{manifest['target']['tag']}]"
+def describe(manifest: Manifest) -> str:
+    recipe = manifest.recipe
+    return f"{ref(recipe.name, recipe.version, manifest.build.number or 1)} [{manifest.target.tag}]"
 
 
 # ---------------------------------------------------------------- device memory and streams
@@ -147,11 +160,6 @@ def io_tensors(engine: Any, trt: Any) -> tuple[Tensor, ...]:
         found.append(Tensor(name, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
                             np.dtype(trt.nptype(engine.get_tensor_dtype(name))), tuple(engine.get_tensor_shape(name))))
     return tuple(found)
-
-
-def plugins(manifest: dict) -> list[str]:
-    """The plugin libraries the engine was built with (the manifest's network.plugins)."""
-    return [plugin["path"] for plugin in manifest.get("network", {}).get("plugins", [])]
 
 
 def runtime_for(backend: Backend, logger: Any, libraries: Sequence[str] = ()) -> Any:

@@ -5,7 +5,6 @@ An engine's validation is `passed` only when it really ran on a GPU and every ou
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import socket
 import time
@@ -16,7 +15,8 @@ from pipeline import recipe as recipes
 from pipeline.digest import file_sha256
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 from pipeline.files import replace_json
-from pipeline.recipe import Recipe, Tolerance, ValidateSpec
+from pipeline.manifest import Manifest
+from pipeline.recipe import Recipe, ValidateSpec
 from pipeline.store import Artifact, Store
 from pipeline.trt import runtime as engines
 from pipeline.trt.backend import make_logger
@@ -40,47 +40,44 @@ REPORT = "validation.json"
 # ---------------------------------------------------------------- engine validation (GPU)
 
 
-def settings(manifest: dict, log: Any) -> ValidateSpec:
+def settings(manifest: Manifest, log: Any) -> ValidateSpec:
     """The validate: block the artifact was built with, as its manifest records it (defaults when the recipe
     had none), so that validation runs the same on any machine. Older manifests: read from the recipe file."""
-    if "validate" in manifest:
-        block = manifest["validate"] or {}
-        outputs = {name: Tolerance(**tolerance) for name, tolerance in block.pop("outputs", {}).items()}
-        return dataclasses.replace(ValidateSpec(**{k: tuple(v) if k == "shapes" else v for k, v in block.items()}),
-                                   outputs=outputs) if block else ValidateSpec()
-    path = Path(manifest["recipe"]["path"])
+    if manifest.validate is not None:
+        return manifest.validate
+    path = manifest.recipe.path
     try:
         recipe = recipes.load(path)
     except RecipeError as error:
         raise RecipeError(error.problems, hint="validation reads tolerances and shapes from the artifact's recipe; "
                                                f"restore {path}") from None
-    if recipe.sha256 != manifest["recipe"]["sha256"]:
+    if recipe.sha256 != manifest.recipe.sha256:
         log.warning("%s changed since this artifact was built; using its current validate: block", path)
     return recipe.validate or ValidateSpec()
 
 
-def engine_feeds(manifest: dict, spec: ValidateSpec) -> tuple[list[ShapeSet], list[dict]]:
+def engine_feeds(manifest: Manifest, spec: ValidateSpec) -> tuple[list[ShapeSet], list[dict]]:
     """The shape sets and seeded feeds for an engine: its inputs at each requested profile point, plus the
     inputs graph-cleanup froze (the original model still needs them; the engine ignores them)."""
-    model_inputs, engine_inputs = manifest["model"]["inputs"], manifest["network"]["inputs"]
-    sets = shape_sets(manifest["config"]["profiles"], spec.shapes, engine_inputs)
-    fixed = frozen_feed((manifest.get("cleanup_check") or {}).get("frozen_inputs", {}), model_inputs)
+    model_inputs, engine_inputs = manifest.model.inputs, manifest.network.inputs
+    sets = shape_sets(manifest.config.profiles, spec.shapes, engine_inputs)
+    fixed = frozen_feed(manifest.cleanup_check.frozen_inputs if manifest.cleanup_check else {}, model_inputs)
     dtypes = {name: model_inputs[name]["dtype"] for name in engine_inputs}
     return sets, [{**seeded_feed(s, dtypes, spec.seed), **fixed} for s in sets]
 
 
-def original_model(manifest: dict, given: Path | None = None) -> Path:
+def original_model(manifest: Manifest, given: Path | None = None) -> Path:
     """The model the engine came from, as it was at build time (checked by sha256): `given` (--model, e.g. on
     a GPU machine where the build machine's path does not exist), else the path the manifest records."""
-    path = given or Path(manifest["model"]["path"])
-    if not path.is_file() or file_sha256(path) != manifest["model"]["sha256"]:
+    path = given or manifest.model.path
+    if not path.is_file() or file_sha256(path) != manifest.model.sha256:
         raise PipelineError(f"the original model {path} is missing or is not the one the engine was built from "
-                            f"(sha256 {manifest['model']['sha256'][:12]}); validation compares against that exact "
+                            f"(sha256 {manifest.model.sha256[:12]}); validation compares against that exact "
                             "model", hint="pass its path with --model PATH")
     return path
 
 
-def _engine_rows(artifact: Artifact, manifest: dict, spec: ValidateSpec, environ: MutableMapping[str, str],
+def _engine_rows(artifact: Artifact, manifest: Manifest, spec: ValidateSpec, environ: MutableMapping[str, str],
                  log: Any, model: Path | None = None) -> list[dict]:
     """TensorRT (Polygraphy's TrtRunner on the engine) vs ONNX Runtime on the ORIGINAL model."""
     backend = engines.runtime_backend(manifest)
@@ -90,13 +87,13 @@ def _engine_rows(artifact: Artifact, manifest: dict, spec: ValidateSpec, environ
 
     original = original_model(manifest, model)
     quiet_onnxruntime(log)
-    runtime = engines.runtime_for(backend, make_logger(backend, log.getChild("trt")), engines.plugins(manifest))
+    runtime = engines.runtime_for(backend, make_logger(backend, log.getChild("trt")), manifest.network.plugins)
     with quiet(), one_line_errors("cannot load the engine"):
-        trt_engine = EngineFromBytes((artifact.path / manifest["engine"]["file"]).read_bytes(), runtime=runtime)()
+        trt_engine = EngineFromBytes((artifact.path / manifest.engine.file).read_bytes(), runtime=runtime)()
     sets, feeds = engine_feeds(manifest, spec)
     runners = lambda profile: [TrtRunner(trt_engine, name="tensorrt", optimization_profile=profile),  # noqa: E731
                                OnnxrtRunner(SessionFromOnnx(str(original)), name="onnxruntime")]
-    return compare(runners, sets, feeds, list(manifest["model"]["outputs"]), spec, "validation could not run")
+    return compare(runners, sets, feeds, list(manifest.model.outputs), spec, "validation could not run")
 
 
 def validate_artifact(store: Store, artifact: Artifact, spec: ValidateSpec, probe: Probe,
@@ -111,8 +108,8 @@ def validate_artifact(store: Store, artifact: Artifact, spec: ValidateSpec, prob
     try:
         gpu = engines.runnable_gpu(manifest, probe)
         rows = (run or functools.partial(_engine_rows, model=model))(artifact, manifest, spec, environ, log)
-    except CannotRunHere as error:  # 'cannot run X here: REASON' -> REASON
-        report = record_of("skipped", spec, str(error).split(" here: ", 1)[-1])
+    except CannotRunHere as error:
+        report = record_of("skipped", spec, error.reason)
     except PipelineError as error:
         report = record_of("failed", spec, f"validation could not complete: {error}")
     else:
@@ -121,18 +118,18 @@ def validate_artifact(store: Store, artifact: Artifact, spec: ValidateSpec, prob
         report = record_of("failed" if bad else "passed", spec, reason, rows)
     report.update(validated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), host=socket.gethostname(),
                   gpu=gpu.name if gpu else None, file=REPORT)
-    kept = manifest.get("validation") or {}
-    if not report["results"] and kept.get("status") in ("passed", "failed") and kept.get("results"):
+    kept = manifest.validation
+    if not report["results"] and kept.status in ("passed", "failed") and kept.results:
         log.warning("%s [%s]: keeping the recorded '%s' validation; this run was %s (%s)", artifact.ref,
-                    artifact.tag, kept["status"], report["status"], report["reason"])
-        return {**report, "recorded": False, "kept": kept["status"]}
+                    artifact.tag, kept.status, report["status"], report["reason"])
+        return {**report, "recorded": False, "kept": kept.status}
     record(store, artifact, report)
     log.info("validation of %s [%s]: %s%s", artifact.ref, artifact.tag, report["status"],
              f" ({report['reason']})" if report["reason"] else "")
     return report
 
 
-def record(store: Store, artifact: Artifact, report: dict) -> dict:
+def record(store: Store, artifact: Artifact, report: dict) -> Manifest:
     """validation.json beside the manifest, and the manifest's `validation` block, under the store's lock.
     Only `validation` changes: the engine and every other manifest field stay as published."""
 

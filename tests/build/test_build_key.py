@@ -150,8 +150,8 @@ def test_reuse_by_build_key_with_real_builds(tmp_path: Path, models_dir: Path) -
     assert again == first
     [forced] = build(recipe, store, ("sm89",), force=True)
     assert (forced.ref, forced.tag) == ("tiny@1.0.0+2", SM89)
-    assert forced.manifest()["build"]["key"] == first.manifest()["build"]["key"]
+    assert forced.manifest().build.key == first.manifest().build.key
     loaded = recipes.load(recipe)
     manifest = first.manifest()
-    installed = Backend("tensorrt-rtx", SimpleNamespace(__version__=manifest["backend"]["version"]))
-    assert build_key(loaded, manifest["model"]["cleaned_sha256"], installed, T_SM89) == manifest["build"]["key"]
+    installed = Backend("tensorrt-rtx", SimpleNamespace(__version__=manifest.backend.version))
+    assert build_key(loaded, manifest.model.cleaned_sha256, installed, T_SM89) == manifest.build.key

@@ -40,7 +40,7 @@ def built(write_recipe: Recipe, store: Store) -> tuple[Path, Artifact]:
 
 
 def test_manifest_has_every_key_the_issue_asks_for(built: tuple[Path, Artifact]) -> None:
-    manifest = built[1].manifest()
+    manifest = built[1].manifest().to_dict()
     required = {
         "recipe": {"name", "version", "path", "sha256"},
         "model": {"path", "sha256", "cleaned_sha256", "opset", "inputs", "outputs"},
@@ -60,7 +60,7 @@ def test_manifest_has_every_key_the_issue_asks_for(built: tuple[Path, Artifact])
 
 def test_manifest_matches_the_files_it_describes(built: tuple[Path, Artifact], models_dir: Path) -> None:
     path, artifact = built
-    manifest = artifact.manifest()
+    manifest = artifact.manifest().to_dict()
     engine, cleaned = artifact.path / "engine.plan", artifact.path / "model.cleaned.onnx"
     model = models_dir / "tiny.onnx"
     assert manifest["recipe"] == {"name": "tiny", "version": "1.0.0", "path": str(path), "sha256": sha256(path)}
@@ -86,7 +86,7 @@ def test_manifest_matches_the_files_it_describes(built: tuple[Path, Artifact], m
 
 def test_manifest_build_record(built: tuple[Path, Artifact]) -> None:
     path, artifact = built
-    build = artifact.manifest()["build"]
+    build = artifact.manifest().to_dict()["build"]
     assert build["number"] == artifact.build == 1
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", build["created_at"])
     assert build["host"] == socket.gethostname()
@@ -97,12 +97,12 @@ def test_manifest_build_record(built: tuple[Path, Artifact]) -> None:
     assert build["waited_s"] >= 0  # for the cleanup check running beside the build, after the stages
     assert build["duration_s"] == pytest.approx(sum(s["seconds"] for s in build["stages"]) + build["waited_s"],
                                                 abs=0.002)
-    assert artifact.manifest()["validation"]["status"] == "not-run"
+    assert artifact.manifest().validation.status == "not-run"
 
 
 def test_manifest_keys_are_recomputable(built: tuple[Path, Artifact]) -> None:
     path, artifact = built
-    manifest = artifact.manifest()
+    manifest = artifact.manifest().to_dict()
     recipe, backend = recipes.load(path), backends.load("tensorrt-rtx")
     target = resolve("sm89", backend, Probe(False, (), "no GPU"))
     assert manifest["build"]["key"] == build_key(recipe, manifest["model"]["cleaned_sha256"], backend, target)

@@ -110,7 +110,7 @@ def test_changed_settings_are_rebuilt(write_recipe: Recipe, store: Store) -> Non
     build_with(write_recipe(RECIPE), store)
     again = build_with(write_recipe(RECIPE.replace("workspace: 64MiB", "workspace: 128MiB")), store)
     assert [(o.reused, o.artifact.build) for o in again] == [(False, 2), (False, 2)]
-    assert again[1].artifact.manifest()["config"]["memory_pools"] == {"workspace": 128 * 1024**2}
+    assert again[1].artifact.manifest().config.memory_pools == {"workspace": 128 * 1024**2}
 
 
 def test_changed_model_is_rebuilt(write_recipe: Recipe, store: Store, tmp_path: Path) -> None:
@@ -302,9 +302,9 @@ def test_new_external_weights_are_rebuilt_not_reused(write_recipe: Recipe, store
     (second,) = build_with(recipe, store, targets=("sm89",))
     assert not second.reused and second.artifact.build == 2
     old, new = first.artifact.manifest(), second.artifact.manifest()
-    assert old["model"]["sha256"] == new["model"]["sha256"]
-    assert old["model"]["cleaned_sha256"] != new["model"]["cleaned_sha256"]
-    assert old["build"]["key"] != new["build"]["key"]
+    assert old.model.sha256 == new.model.sha256
+    assert old.model.cleaned_sha256 != new.model.cleaned_sha256
+    assert old.build.key != new.build.key
 
 
 # ---------------------------------------------------------------- one build number per run; parallel runs
@@ -403,7 +403,7 @@ def test_a_remembered_plan_reuses_and_builds_like_a_fresh_one(tiny_recipe: Path,
     assert (again.reused, again.artifact) == (True, first.artifact)
     (forced,) = runner.build(remembered, store, log, force=True)  # TensorRT-RTX imported when it builds
     assert (forced.reused, forced.artifact.ref, forced.artifact.tag) == (False, "tiny@1.0.0+2", SM89)
-    assert forced.artifact.manifest()["backend"] == first.artifact.manifest()["backend"]
+    assert forced.artifact.manifest().backend == first.artifact.manifest().backend
 
 
 def test_a_changed_recipe_is_planned_afresh(write_recipe: Recipe, store: Store) -> None:

@@ -164,7 +164,7 @@ def test_export_triton(store: Store, tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_gc_dry_run_and_json(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
-    recipe = Path(store.resolve("tiny@1.0.0", SM89).manifest()["recipe"]["path"])
+    recipe = store.resolve("tiny@1.0.0", SM89).manifest().recipe.path
     build(recipe, store, ("sm89",), force=True)
     cli(store, "promote", "tiny@1.0.0+1", "--from", SM89)
     capsys.readouterr()

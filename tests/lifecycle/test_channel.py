@@ -49,7 +49,7 @@ def test_set_writes_the_channel_file_and_one_history_line(fresh: Store) -> None:
     path = built.root / "tiny" / "_channels" / f"{SM89}.json"
     assert json.loads(path.read_text()) == {"name": "tiny", "tag": SM89, "channels": {"candidate": entry}}
     assert entry == {"ref": "tiny@1.0.0+1", "version": "1.0.0", "build": 1, "tag": SM89,
-                     "engine_sha256": artifact.manifest()["engine"]["sha256"],
+                     "engine_sha256": artifact.manifest().engine.sha256,
                      "since": "2026-11-26T00:00:00Z", "by": "ana@ci"}
     assert channel.read(built, "tiny", SM89) == {"candidate": entry}
     assert channel.history(built, "tiny") == [{"at": "2026-11-26T00:00:00Z", "by": "ana@ci", "name": "tiny",

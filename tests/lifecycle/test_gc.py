@@ -59,7 +59,7 @@ def test_gc_removes_old_unpromoted_builds_only(store: Store) -> None:
     assert (store.root / "tiny" / "1.0.0" / SM86).is_dir()  # a version directory with another tag stays
     assert list((store.root / STAGING).iterdir()) == []
     for _, _, entry in channel.everything(store, "tiny"):
-        assert channel.resolve(store, "tiny", entry).manifest()["engine"]["sha256"] == entry["engine_sha256"]
+        assert channel.resolve(store, "tiny", entry).manifest().engine.sha256 == entry["engine_sha256"]
 
 
 def test_keep_zero_still_never_touches_a_promoted_build(store: Store) -> None:

@@ -3,7 +3,6 @@ and promotions racing each other."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,8 @@ from pipeline.lifecycle.promote import (
     toolchain,
     unvalidated,
 )
-from pipeline.store import Store
+from pipeline.manifest import Manifest
+from pipeline.store import MANIFEST, Store
 from pipeline.trt import backend as backends
 from pipeline.trt.target import Tag, Target, parse_tag
 from tests._lifecycle import (
@@ -37,6 +37,7 @@ from tests._lifecycle import (
     set_validation,
     write,
 )
+from tests.test_manifest import sample
 
 H100 = "nvidia-h100-80gb-hbm3.sm90.trt-11.4.0"
 
@@ -108,7 +109,7 @@ def test_same_compute_capability_and_backend_version_is_reused(three: Store) -> 
 
 def test_another_compute_capability_is_a_rebuild(three: Store) -> None:
     manifest = three.resolve("tiny@1.0.0", SM86).manifest()
-    assert manifest["config"]["compute_capabilities"] == ["8.6"]
+    assert manifest.config.compute_capabilities == ("8.6",)
     assert decide(manifest, parse_tag(SM120), rtx_tools) == Decision(
         "rebuild", "compute capability 8.6 -> 12.0: the engine is not valid there as it is; rebuilding from the "
                    "same recipe, model and settings with tensorrt-rtx 1.7.1")
@@ -135,23 +136,24 @@ def test_mismatches_are_refused_with_one_line_naming_them(fresh: Store, to: str,
 def test_an_rtx_engine_whose_target_set_covers_the_target_is_reused(three: Store) -> None:
     """The pipeline builds one compute capability per engine, so a multi-target set is written into a copy
     of a real manifest here: the rule is about config.compute_capabilities, whatever produced it."""
-    manifest = copy.deepcopy(three.resolve("tiny@1.0.0", SM86).manifest())
-    manifest["config"]["compute_capabilities"] = ["8.6", "8.9", "12.0"]
+    data = three.resolve("tiny@1.0.0", SM86).manifest().to_dict()
+    data["config"]["compute_capabilities"] = ["8.6", "8.9", "12.0"]
+    manifest = Manifest.from_dict(data, Path(MANIFEST))
     assert decide(manifest, parse_tag(SM120), rtx_tools) == Decision(
         "reuse", "TensorRT-RTX engine built for compute capabilities 8.6, 8.9, 12.0 covers 12.0; "
                  "same tensorrt-rtx 1.7.1")
     assert decide(manifest, parse_tag("sm75.rtx-1.7.1"), rtx_tools).action == "rebuild"
 
 
-def _full_trt(manifest: dict, gpu: str, sm: str, hardware: str) -> dict:
+def _full_trt(manifest: Manifest, gpu: str, sm: str, hardware: str) -> Manifest:
     """A real RTX manifest turned into what a full-TensorRT build records (full TensorRT cannot be installed
     on these machines, so its manifests can only be written, not produced)."""
-    m = copy.deepcopy(manifest)
+    m = manifest.to_dict()
     cc = f"{sm[2:-1]}.{sm[-1]}"
     m["backend"] = {"name": "tensorrt", "version": "10.9.0.34"}
     m["target"] = {"name": "local", "tag": f"{gpu}.{sm}.trt-10.9.0", "compute_capability": cc, "gpu": gpu}
     m["config"].update(hardware_compatibility=hardware, compute_capabilities=[])
-    return m
+    return Manifest.from_dict(m, Path(MANIFEST))
 
 
 @pytest.mark.parametrize(("hardware", "to", "action", "reason"), [
@@ -210,7 +212,7 @@ def test_rebuild_builds_for_the_target_from_the_same_inputs_and_links_the_source
     done = run(store, SM86, SM89, reason="RTX 4090 fleet")
 
     assert (done.decision.action, done.built, done.artifact.tag) == ("rebuild", True, SM89)
-    old, new = source.manifest(), done.artifact.manifest()
+    old, new = source.manifest().to_dict(), done.artifact.manifest().to_dict()
     assert new["promoted_from"] == {
         "ref": "tiny@1.0.0+1", "tag": SM86, "build_key": old["build"]["key"], "engine_sha256": old["engine"]["sha256"],
         "recipe_sha256": old["recipe"]["sha256"], "cleaned_sha256": old["model"]["cleaned_sha256"]}
@@ -284,10 +286,10 @@ def test_the_build_key_of_a_real_manifest_is_reproducible(three: Store) -> None:
     from pipeline import recipe as recipes
 
     manifest = three.resolve("tiny@1.0.0", SM89).manifest()
-    recipe = recipes.load(manifest["recipe"]["path"])
+    recipe = recipes.load(manifest.recipe.path)
     target = Target("sm89", SM89, "8.9", None, "sm89")
-    assert build_key(recipe, manifest["model"]["cleaned_sha256"], backends.load("tensorrt-rtx"), target) == \
-        manifest["build"]["key"]
+    assert build_key(recipe, manifest.model.cleaned_sha256, backends.load("tensorrt-rtx"), target) == \
+        manifest.build.key
 
 
 # ---------------------------------------------------------------- the production gate and waivers
@@ -320,10 +322,13 @@ def test_a_passed_validation_reaches_production_without_waiver(fresh: Store) -> 
 
 
 def test_validation_on_another_tag_does_not_count() -> None:
-    manifest = {"target": {"tag": SM86}, "validation": {"status": "passed", "reason": None}}
+    data = sample()
+    data["target"]["tag"], data["validation"] = SM86, {"status": "passed", "reason": None}
+    manifest = Manifest.from_dict(data, Path(MANIFEST))
     assert unvalidated(manifest, SM86) is None
     assert unvalidated(manifest, SM89) == f"it passed validation on {SM86}, not on {SM89}"
-    assert unvalidated({**manifest, "validation": {"status": "passed", "tag": SM89}}, SM89) is None
+    on_sm89 = Manifest.from_dict({**data, "validation": {"status": "passed", "tag": SM89}}, Path(MANIFEST))
+    assert unvalidated(on_sm89, SM89) is None
 
 
 def test_a_waiver_lets_an_unvalidated_build_in_and_is_recorded(fresh: Store) -> None:
@@ -373,5 +378,5 @@ def test_a_rebuild_runs_the_recipes_validate_step(tmp_path: Path, models_dir: Pa
     build(recipe, store, ("sm86",))
     done = run(store, SM86, SM89)
     assert (done.decision.action, done.built) == ("rebuild", True)
-    validation = done.artifact.manifest()["validation"]
-    assert validation["status"] == "skipped" and validation["reason"]
+    validation = done.artifact.manifest().validation
+    assert validation.status == "skipped" and validation.reason

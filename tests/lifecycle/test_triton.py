@@ -93,7 +93,7 @@ def test_several_gpu_tags_export_one_model_with_cc_model_filenames(three: Store,
     assert sorted(p.name for p in (model / "1").iterdir()) == ["model.sm120.plan", "model.sm86.plan",
                                                                "model.sm89.plan", "provenance.json"]
     for tag, file in done.files.items():
-        assert sha256(model / "1" / file) == three.resolve("tiny@1.0.0", tag).manifest()["engine"]["sha256"]
+        assert sha256(model / "1" / file) == three.resolve("tiny@1.0.0", tag).manifest().engine.sha256
 
 
 def test_one_gpu_tag_is_offered_only_to_its_compute_capability(fresh: Store, tmp_path: Path,
@@ -116,7 +116,7 @@ def test_one_gpu_tag_is_offered_only_to_its_compute_capability(fresh: Store, tmp
                                     output=[pb.ModelOutput(name="y", data_type=pb.TYPE_FP32, dims=[-1, 8])],
                                     cc_model_filenames={"8.9": "model.sm89.plan"})
     assert config.default_model_filename == ""
-    assert sha256(done.model_dir / "1" / "model.sm89.plan") == sm89.manifest()["engine"]["sha256"]
+    assert sha256(done.model_dir / "1" / "model.sm89.plan") == sm89.manifest().engine.sha256
     (warning,) = warnings
     assert warning.levelname == "WARNING" and warning.getMessage().startswith(
         f"{SM89}: TensorRT-RTX engines load only in a Triton whose tensorrt_plan backend is built against "
@@ -130,15 +130,15 @@ def test_versions_are_numbered_and_only_added_when_the_engines_change(fresh: Sto
     again = export(fresh, "tiny", "production", repo)
     assert (again.version, again.changed) == (1, False)
 
-    recipe = Path(fresh.resolve("tiny@1.0.0", SM89).manifest()["recipe"]["path"])
+    recipe = fresh.resolve("tiny@1.0.0", SM89).manifest().recipe.path
     [newer] = build(recipe, fresh, ("sm89",), force=True)
     channel.set_(fresh, "tiny", SM89, "production", channel.pointer(newer), {"at": "t"})
     second = export(fresh, "tiny", "production", repo)
 
     assert (second.version, second.changed) == (2, True)
     assert sorted(p.name for p in first.model_dir.iterdir()) == ["1", "2", "config.pbtxt"]
-    assert sha256(repo / "tiny" / "2" / "model.sm89.plan") == newer.manifest()["engine"]["sha256"]
-    first_sm89 = fresh.resolve("tiny@1.0.0+1", SM89).manifest()["engine"]["sha256"]
+    assert sha256(repo / "tiny" / "2" / "model.sm89.plan") == newer.manifest().engine.sha256
+    first_sm89 = fresh.resolve("tiny@1.0.0+1", SM89).manifest().engine.sha256
     assert sha256(repo / "tiny" / "1" / "model.sm89.plan") == first_sm89
     assert not [p for p in (repo / "tiny").iterdir() if p.name.startswith(".")]  # no staging left behind
 
@@ -163,8 +163,7 @@ def test_every_supported_data_type_and_quoted_names_parse_back() -> None:
     dtypes = {"float": pb.TYPE_FP32, "half": pb.TYPE_FP16, "bf16": pb.TYPE_BF16, "int8": pb.TYPE_INT8,
               "int32": pb.TYPE_INT32, "int64": pb.TYPE_INT64, "bool": pb.TYPE_BOOL, "uint8": pb.TYPE_UINT8}
     inputs = {f'in "{name}"\\x': {"dtype": name, "shape": [2, -1]} for name in dtypes}
-    text = config_text("m", {"inputs": inputs, "outputs": {"out": {"dtype": "half", "shape": [3]}}},
-                       {"8.6": "a.plan", "12.1": "b.plan"})
+    text = config_text("m", inputs, {"out": {"dtype": "half", "shape": [3]}}, {"8.6": "a.plan", "12.1": "b.plan"})
     config = text_format.Parse(text, pb.ModelConfig())
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
         (f'in "{name}"\\x', dtype, [2, -1]) for name, dtype in dtypes.items()]
@@ -173,7 +172,7 @@ def test_every_supported_data_type_and_quoted_names_parse_back() -> None:
 
 def test_a_type_triton_lacks_is_a_one_line_error() -> None:
     with pytest.raises(StoreError) as error:
-        config_text("m", {"inputs": {"x": {"dtype": "fp8", "shape": [1]}}, "outputs": {}}, {"8.9": "model.plan"})
+        config_text("m", {"x": {"dtype": "fp8", "shape": [1]}}, {}, {"8.9": "model.plan"})
     assert str(error.value) == ("Triton has no data type for TensorRT fp8 (input 'x'); it takes float, half, bf16, "
                                 "int8, int32, int64, bool, uint8")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import recipe as recipes
+from pipeline.manifest import ValidationRecord
 from pipeline.nightly.pool import workers_for
 from pipeline.nightly.task import Task, output_errors, validation_record
 from tests.nightly.test_run import NO_GPU, TINY_PROFILE, recipe_text
@@ -31,12 +32,12 @@ def row(shape: str, **outputs: float | None) -> dict:
 def test_the_worst_shape_wins_per_output() -> None:
     block = {"status": "passed", "results": [row("min", y=1e-5, z=2e-4), row("opt", y=3e-5, z=None),
                                              row("max", y=2e-5, z=1e-4)]}
-    assert output_errors(block) == {"y": 3e-5, "z": 2e-4}
+    assert output_errors(block["results"]) == {"y": 3e-5, "z": 2e-4}
 
 
 def test_no_result_no_error() -> None:
-    assert output_errors({"status": "not-run", "reason": "no validation has run"}) == {}
-    assert output_errors({"status": "failed", "results": [row("opt", y=None)]}) == {}  # NaN or infinite: no number
+    assert output_errors(ValidationRecord("not-run", "no validation has run").results) == {}
+    assert output_errors([row("opt", y=None)]) == {}  # NaN or infinite: no number
 
 
 def test_tolerances_come_from_the_recipe(write_recipe) -> None:
@@ -44,11 +45,11 @@ def test_tolerances_come_from_the_recipe(write_recipe) -> None:
                               "stages: [{parse: {}}, {network-flag: {}}, {memory-pool: {}}, {serialize: {}}]\n"
                               "validate: {atol: 1.0e-3, outputs: {z: {atol: 1.0e-2}}}\n")
     recipe = recipes.load(path)
-    record = validation_record({"validation": {"status": "passed", "results": [row("opt", y=1e-4, z=1e-3)]}},
-                               recipe)
+    record = validation_record(ValidationRecord("passed", results=(row("opt", y=1e-4, z=1e-3),)), recipe)
     assert record == {"status": "passed", "reason": None, "max_errors": {"y": 1e-4, "z": 1e-3},
                       "tolerances": {"y": 1e-3, "z": 1e-2}}
-    assert validation_record({}, None) == {"status": "not-run", "reason": None, "max_errors": {}, "tolerances": {}}
+    assert validation_record(ValidationRecord(), None) == {"status": "not-run", "reason": None, "max_errors": {},
+                                                           "tolerances": {}}
 
 
 def test_parallel_builds_are_bounded_by_memory() -> None:

@@ -17,20 +17,24 @@ import pytest
 
 from pipeline import cli
 from pipeline.errors import CannotRunHere, PipelineError
+from pipeline.manifest import Manifest
 from pipeline.trt import backend as backends
 from pipeline.trt import gpu
 from pipeline.trt import runtime as engine
 from pipeline.trt.gpu import Gpu, Probe
 from tests.needs_gpu import needs_gpu
+from tests.test_manifest import sample
 
 RTX_4090 = Gpu("NVIDIA GeForce RTX 4090", "8.9")
 H100 = Gpu("NVIDIA H100 80GB HBM3", "9.0")
 
 
 def manifest(backend: str = "tensorrt-rtx", cc: str = "8.9", tag: str = "sm89.rtx-1.7.1",
-             version: str = "1.7.1.116") -> dict:
-    return {"recipe": {"name": "tiny", "version": "1.0.0"}, "build": {"number": 1},
-            "backend": {"name": backend, "version": version}, "target": {"tag": tag, "compute_capability": cc}}
+             version: str = "1.7.1.116") -> Manifest:
+    data = sample()
+    data["backend"] = {"name": backend, "version": version}
+    data["target"].update(tag=tag, compute_capability=cc)
+    return Manifest.from_dict(data, Path("manifest.json"))
 
 
 def with_gpu(*gpus: Gpu) -> Probe:
@@ -49,6 +53,7 @@ def test_probe_on_this_machine_says_no_cuda_driver() -> None:
         engine.runnable_gpu(manifest(), probe)
     assert str(caught.value) == f"cannot run tiny@1.0.0+1 [sm89.rtx-1.7.1] here: {probe.reason}"
     assert caught.value.exit_code == 2
+    assert caught.value.reason == probe.reason  # the why alone, as validation records it
 
 
 def test_no_driver_is_reported_first() -> None:
@@ -89,16 +94,18 @@ def test_runnable_gpu_returns_gpu_zero() -> None:
 
 def test_runtime_backend_must_be_the_version_that_built_the_engine(rtx: backends.Backend) -> None:
     assert engine.runtime_backend(manifest(version=rtx.version)).name == "tensorrt-rtx"
-    with pytest.raises(CannotRunHere, match=r"built with tensorrt-rtx 1\.6\.0\.1 and this machine has 1\.7"):
+    with pytest.raises(CannotRunHere, match=r"built with tensorrt-rtx 1\.6\.0\.1 and this machine has 1\.7") as caught:
         engine.runtime_backend(manifest(version="1.6.0.1"))
+    assert caught.value.reason.startswith("it was built with tensorrt-rtx 1.6.0.1 and this machine has 1.7")
 
 
 def test_runtime_backend_missing_is_cannot_run_here() -> None:
     def importer(name: str) -> Any:
         raise ImportError(f"No module named '{name}'")
 
-    with pytest.raises(CannotRunHere, match="backend 'tensorrt' cannot be imported"):
+    with pytest.raises(CannotRunHere, match="backend 'tensorrt' cannot be imported") as caught:
         engine.runtime_backend(manifest(backend="tensorrt"), load=lambda name: backends.load(name, importer))
+    assert caught.value.reason.startswith("backend 'tensorrt' cannot be imported")
 
 
 # ---------------------------------------------------------------- the real TensorRT-RTX runtime on this machine
@@ -401,12 +408,9 @@ def test_bench_on_the_gpu(local_plan: Path) -> None:
 def test_the_runtime_loads_the_engines_plugin_libraries(not_a_plugin: Path) -> None:
     """Runtime() works without a GPU: loading a plugin library the engine was built with is exercised for real."""
     rtx = backends.load("tensorrt-rtx")
-    manifest = {"network": {"plugins": [{"path": str(not_a_plugin), "sha256": "x"}]}}
-    assert engine.plugins(manifest) == [str(not_a_plugin)]
-    assert engine.plugins({"network": {}}) == []
     logger = backends.make_logger(rtx, logging.getLogger("x"))
     with pytest.raises(PipelineError) as caught:
-        engine.runtime_for(rtx, logger, engine.plugins(manifest))
+        engine.runtime_for(rtx, logger, [str(not_a_plugin)])
     assert str(caught.value) == (f"{rtx.label()} cannot load plugin library {not_a_plugin}, which the engine was "
                                  "built with")
     assert engine.runtime_for(rtx, logger) is not None

@@ -18,9 +18,10 @@ from pipeline import cli
 from pipeline import recipe as recipes
 from pipeline.build import runner
 from pipeline.errors import BackendError, BuildError, PipelineError
+from pipeline.manifest import Manifest
 from pipeline.recipe import Tolerance, ValidateSpec
 from pipeline.stages import REGISTRY, graph_cleanup
-from pipeline.store import Store
+from pipeline.store import MANIFEST, Store
 from pipeline.trt import backend as backends
 from pipeline.trt import gpu
 from pipeline.trt import polygraphy as adapter
@@ -240,21 +241,21 @@ def onnxruntime_as_engine(model: Callable[[Any], str]) -> Callable[..., list[dic
     """Stands in for TensorRT where a GPU verdict is needed: ONNX Runtime on `model(artifact)` plays the engine,
     with the same feeds, Comparator and tolerances as the real run."""
 
-    def run(artifact: Any, manifest: dict, spec: ValidateSpec, environ: Any, log: Any) -> list[dict]:
+    def run(artifact: Any, manifest: Manifest, spec: ValidateSpec, environ: Any, log: Any) -> list[dict]:
         from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
         sets, feeds = validate.engine_feeds(manifest, spec)
         runners = lambda profile: [OnnxrtRunner(SessionFromOnnx(model(artifact)), name="tensorrt"),  # noqa: E731
                                    OnnxrtRunner(SessionFromOnnx(str(validate.original_model(manifest))),
                                                 name="onnxruntime")]
-        return compare.compare(runners, sets, feeds, list(manifest["model"]["outputs"]), spec, "stand-in")
+        return compare.compare(runners, sets, feeds, list(manifest.model.outputs), spec, "stand-in")
 
     return run
 
 
-def unchanged_except_validation(before: dict, after: dict) -> bool:
-    return {k: v for k, v in before.items() if k != "validation"} == \
-        {k: v for k, v in after.items() if k != "validation"}
+def unchanged_except_validation(before: Manifest, after: Manifest) -> bool:
+    return {k: v for k, v in before.to_dict().items() if k != "validation"} == \
+        {k: v for k, v in after.to_dict().items() if k != "validation"}
 
 
 def test_validation_here_is_skipped_with_the_probes_reason(artifact: tuple[Store, Any]) -> None:
@@ -263,12 +264,12 @@ def test_validation_here_is_skipped_with_the_probes_reason(artifact: tuple[Store
     if probe.driver:
         pytest.skip("this machine has a CUDA driver")
     before, engine_bytes = published.manifest(), (published.path / "engine.plan").read_bytes()
-    spec = recipes.load(before["recipe"]["path"]).validate
+    spec = recipes.load(before.recipe.path).validate
     report = validate.validate_artifact(store, published, spec, probe, {}, LOG)
     after = published.manifest()
     assert report["status"] == "skipped" and report["reason"] == probe.reason and report["results"] == []
     assert "no CUDA driver" in report["reason"]
-    assert after["validation"] == report == json.loads((published.path / validate.REPORT).read_text())
+    assert after.to_dict()["validation"] == report == json.loads((published.path / validate.REPORT).read_text())
     assert unchanged_except_validation(before, after)
     assert (published.path / "engine.plan").read_bytes() == engine_bytes
 
@@ -283,7 +284,7 @@ def test_a_passing_gpu_run_is_recorded_per_output_and_shape(artifact: tuple[Stor
     assert [(r["shape"], r["inputs"], r["outputs"]["y"]["passed"]) for r in report["results"]] == [
         ("min", {"x": [1, 16]}, True), ("max", {"x": [64, 16]}, True)]
     assert unchanged_except_validation(before, published.manifest())
-    assert published.manifest()["validation"]["status"] == "passed"
+    assert published.manifest().validation.status == "passed"
 
 
 def test_a_failing_gpu_run_names_the_outputs(artifact: tuple[Store, Any], tmp_path: Path) -> None:
@@ -315,11 +316,11 @@ def test_a_run_that_cannot_complete_is_failed_never_passed(artifact: tuple[Store
 
 def test_after_build_only_validates_when_the_recipe_asks(artifact: tuple[Store, Any]) -> None:
     store, published = artifact
-    recipe = recipes.load(published.manifest()["recipe"]["path"])
+    recipe = recipes.load(published.manifest().recipe.path)
     no_block = dataclasses.replace(recipe, validate=None)
     lines: list[str] = []
     assert validate.after_build(no_block, [published], store, RTX_4090, {}, LOG, lines.append) is True
-    assert lines == [] and published.manifest()["validation"]["status"] == "skipped"  # from the build itself
+    assert lines == [] and published.manifest().validation.status == "skipped"  # from the build itself
 
 
 # ---------------------------------------------------------------- the real thing (GPU runners only)
@@ -332,28 +333,30 @@ def test_engine_validates_against_onnxruntime_on_the_gpu(write_recipe: Callable[
     store = Store(tmp_path / "store")
     assert cli.main(["-q", "--store", str(store.root), "build", str(recipe)], environ={}) == 0
     (published,) = store.artifacts()
-    report = published.manifest()["validation"]
-    assert report["status"] == "passed", report
-    assert len(report["results"]) == 3
+    report = published.manifest().validation
+    assert report.status == "passed", report
+    assert len(report.results) == 3
 
 
 def test_the_settings_travel_with_the_manifest(artifact: tuple[Store, Any]) -> None:
     """Validation on another machine needs neither the recipe file nor the build machine's paths."""
     store, published = artifact
     manifest = published.manifest()
-    recipe_file = Path(manifest["recipe"]["path"])
+    recipe_file = manifest.recipe.path
     expected = recipes.load(recipe_file).validate
     recipe_file.unlink()
     assert validate.settings(manifest, LOG) == expected == ValidateSpec(
         atol=1e-4, rtol=1e-4, shapes=("min", "opt", "max"), seed=3)
-    assert validate.settings({**manifest, "validate": None}, LOG) == ValidateSpec()
+    none = Manifest.from_dict({**manifest.to_dict(), "validate": None}, published.path / MANIFEST)
+    assert validate.settings(none, LOG) == ValidateSpec()
 
 
 def test_the_original_model_can_be_given_where_its_path_does_not_exist(artifact: tuple[Store, Any],
                                                                         tmp_path: Path, models_dir: Path) -> None:
     store, published = artifact
-    manifest = {**published.manifest()}
-    manifest["model"] = {**manifest["model"], "path": str(tmp_path / "gone.onnx")}
+    data = published.manifest().to_dict()
+    data["model"]["path"] = str(tmp_path / "gone.onnx")
+    manifest = Manifest.from_dict(data, published.path / MANIFEST)
     with pytest.raises(PipelineError, match=r"gone.onnx is missing or is not the one the engine was built from"):
         validate.original_model(manifest)
     assert validate.original_model(manifest, models_dir / "cleanup_needed.onnx") == models_dir / "cleanup_needed.onnx"
@@ -369,7 +372,7 @@ def test_a_run_that_compares_nothing_keeps_a_recorded_result(artifact: tuple[Sto
     no_gpu = Probe(False, (), "no CUDA driver on this machine (test)")
     again = validate.validate_artifact(store, published, ValidateSpec(), no_gpu, {}, LOG)
     assert (again["status"], again["recorded"], again["kept"]) == ("skipped", False, "passed")
-    assert published.manifest()["validation"] == passed
+    assert published.manifest().to_dict()["validation"] == passed
 
 
 def test_a_stopping_build_makes_no_more_onnx_runtime_sessions(models_dir: Path) -> None:
