@@ -87,7 +87,7 @@ class Recipe:
 
 def load(path: str | Path, schema_checked: bool = False) -> Recipe:
     """Read, validate (every problem at once) and freeze a recipe. Raises RecipeError. `schema_checked`: these
-    very bytes passed the JSON Schema check before (runner.remembered_plan knows), so it is not run again."""
+    very bytes passed the JSON Schema check before (plan.remembered_plan knows), so it is not run again."""
     path = Path(path)
     data, marks, raw = load_checked(path, None if schema_checked else schema())
     problems = _order_problems(path, data, marks)

@@ -14,6 +14,7 @@ from typing import Callable
 import tensorrt_rtx
 
 from pipeline import recipe as recipes
+from pipeline.build import plan as plans
 from pipeline.build import runner
 from pipeline.store import Artifact, Store
 from pipeline.trt import backend as backends
@@ -52,7 +53,7 @@ def write(path: Path, body: str, model: Path) -> Path:
 
 def build(recipe_path: Path, store: Store, targets: tuple[str, ...] = (), force: bool = False) -> list[Artifact]:
     """A real build with TensorRT-RTX (no GPU needed), through the runner like `trt-pipeline build`."""
-    plan = runner.plan(recipes.load(recipe_path), backends.load("tensorrt-rtx"), NO_GPU, targets)
+    plan = plans.make_plan(recipes.load(recipe_path), backends.load("tensorrt-rtx"), NO_GPU, targets)
     return [outcome.artifact for outcome in runner.build(plan, store, LOG, force=force)]
 
 

@@ -473,7 +473,7 @@ def test_load_checked_reads_any_yaml_against_a_schema_with_every_problem(tmp_pat
     assert caught.value.problems == [f"{tmp_path / 'missing.yaml'}: cannot read config: No such file or directory"]
 
 
-# ---------------------------------------------------------------- schema_checked (runner.remembered_plan)
+# ---------------------------------------------------------------- schema_checked (build.plan.remembered_plan)
 
 
 def test_schema_checked_skips_only_the_json_schema_check(write_recipe: WriteRecipe) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import hashlib
 import logging
 import os
 import shutil
@@ -15,160 +13,25 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, MutableMapping
 
 from pipeline import heap
-from pipeline import recipe as recipes
 from pipeline.background import Background
-from pipeline.build import capability, support
-from pipeline.build.record import build_key, manifest, source_key
-from pipeline.digest import canonical_json, json_sha256, plain
+from pipeline.build.cache import build_key, model_record, reusable, source_hit
+from pipeline.build.plan import Plan
+from pipeline.build.record import manifest
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.files import write_bytes
-from pipeline.manifest import Manifest
 from pipeline.progress import Progress, as_progress
 from pipeline.recipe import Recipe
 from pipeline.stages import REGISTRY
 from pipeline.stages.context import Context
 from pipeline.stages.graph_cleanup import CHECK, cleaned_files
-from pipeline.stages.parse import check_pin, digests, preflight
+from pipeline.stages.parse import preflight
 from pipeline.store import Artifact, Run, Store
-from pipeline.trt import backend as backends
 from pipeline.trt.backend import Backend, make_logger
-from pipeline.trt.gpu import Probe
 from pipeline.trt.polygraphy import use_polygraphy
 from pipeline.trt.target import Target
 from pipeline.validate.cleanup import cleanup_check
 
 BUILD_LOG = "build.log"
-
-
-@dataclass(frozen=True)
-class Plan:
-    recipe: Recipe
-    backend: Backend
-    targets: tuple[Target, ...]
-    stages: tuple[str, ...]
-    model_checked: bool  # the recipe has been checked against the model's declared inputs and outputs
-
-
-def load_recipe(path: Path) -> tuple[Recipe, Backend]:
-    """The recipe and its backend; a backend that does not import is a located recipe problem, with the
-    install hint on the same line (`check` and nightly print problems only)."""
-    recipe = recipes.load(path)
-    try:
-        return recipe, backends.load(recipe.backend)
-    except PipelineError as error:
-        hint = f"; {error.hint}" if error.hint else ""
-        raise RecipeError([recipe.problem(("backend",), f"{error}{hint}")]) from None
-
-
-PLANS = "plans"  # the store's memo of plans already checked
-
-
-def _plan_key(sha256: str, path: Path, probe: Probe, target_names: tuple[str, ...]) -> str:
-    """Everything a plan's checks depend on besides the backend: the recipe's bytes and place (model paths are
-    relative to it), this tool's code and schema (by content: an editable install changes without a new version),
-    the GPUs of this machine and the targets asked for."""
-    return json_sha256({"recipe": sha256, "path": str(path.resolve()), "tool": _tool_sha256(),
-                        "gpus": [[g.name, g.compute_capability] for g in probe.gpus], "targets": list(target_names)})
-
-
-@functools.lru_cache(maxsize=1)
-def _tool_sha256() -> str:
-    """sha256 over the pipeline package's sources and schema (~40 small files, about a millisecond)."""
-    package = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
-    for path in sorted([*package.rglob("*.py"), package / "recipe.schema.json"]):
-        digest.update(f"{path.relative_to(package)}\0".encode() + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def remember_plan(plan_: Plan, store: Store, probe: Probe, target_names: tuple[str, ...] = ()) -> None:
-    """Remember that this recipe, as it is now, planned without a problem with this backend on this machine.
-    Not when the backend's package metadata names another version than its module reports (a remembered plan
-    knows the version from the metadata only)."""
-    recipe, installed = plan_.recipe, _installed()
-    if installed[plan_.backend.name][0] != plan_.backend.version:
-        return
-    store.remember(PLANS, _plan_key(recipe.sha256, recipe.path, probe, target_names),
-                   {"backend": plan_.backend.name, "version": plan_.backend.version, "installed": installed,
-                    "targets": [dataclasses.astuple(t) for t in plan_.targets]})
-
-
-def _installed() -> dict[str, list[str | None]]:
-    """Every backend: its package's installed version and the file its module would be imported from (found, not
-    imported): another TensorRT on PYTHONPATH, or full TensorRT appearing for 'auto', changes it."""
-    return {name: [backends.installed_version(name), backends.module_file(name)] for name in sorted(backends.MODULES)}
-
-
-def remembered_plan(path: Path, store: Store, probe: Probe, target_names: tuple[str, ...] = ()) -> Plan | None:
-    """The plan of a recipe this store planned before, byte for byte, with this tool, schema and machine and the
-    same backend packages installed (package metadata): the recipe is loaded without the JSON Schema check and
-    TensorRT is not imported until something is built. An unchanged rebuild then takes ~0.3 s instead of ~0.6 s.
-    None when anything differs, or when the plan checked files besides the recipe (plugins, a timing cache)."""
-    try:
-        sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-        known = store.memo(PLANS).get(_plan_key(sha256, path, probe, target_names))
-        if not known or known["installed"] != _installed():  # 'auto' may pick another backend now
-            return None
-        recipe = recipes.load(path, schema_checked=True)
-        targets = tuple(Target(*target) for target in known["targets"])
-    except (OSError, PipelineError, KeyError, TypeError):  # changed meanwhile, or a damaged memo: plan afresh
-        return None
-    serialize = recipe.spec("serialize")
-    if recipe.sha256 != sha256 or serialize.plugins or serialize.timing_cache:  # edited between the two reads
-        return None
-    return Plan(recipe, backends.deferred(known["backend"], known["version"]), targets, tuple(recipe.stages), False)
-
-
-def plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tuple[str, ...] = (),
-         check_model: bool = True) -> Plan:
-    """Check everything that can be checked before building; raise every problem at once.
-    `check_model=False` leaves the model checks (which read the model) to `build`, which runs them only when
-    something is to be built: an unchanged rebuild then never parses the model."""
-    targets, problems = capability.targets(recipe, backend, probe, target_names)
-    problems += capability.problems(recipe, backend, probe) + (preflight(recipe) if check_model else [])
-    if check_model and not problems:  # the parser's support query needs a readable model and an importable backend
-        problems += support.problems(recipe, backend, logging.getLogger("pipeline"))
-    if problems:
-        raise RecipeError(problems)
-    return Plan(recipe, backend, tuple(targets), tuple(recipe.stages), check_model)
-
-
-def dry_run(plan_: Plan, store: Store, log: logging.Logger, force: bool = False) -> dict:
-    """What `build` would do, as data (`build --dry-run --json`): the recipe, backend, stages with their settings,
-    and per target the directory it would write, or the artifact it would reuse (unchanged source key)."""
-    recipe = plan_.recipe
-    model = model_record(plan_, store, log, remember=False)
-    targets = []
-    for target in plan_.targets:
-        hit = None if force else source_hit(plan_, store, model, target, log)
-        if hit:
-            targets.append({"name": target.name, "tag": target.tag, "action": "reuse", "reuse": hit.ref,
-                            "path": str(hit.path)})
-            continue
-        build = store.next_build(recipe.name, recipe.version)  # one number per run
-        targets.append({"name": target.name, "tag": target.tag, "action": "build",
-                        "path": str(store.artifact_dir(recipe.name, recipe.version, build, target.tag))})
-    return {"recipe": {"name": recipe.name, "version": recipe.version, "path": str(recipe.path),
-                       "sha256": recipe.sha256},
-            "backend": plan_.backend.label(), "model": str(recipe.model_path),
-            "stages": [{"name": stage, "settings": plain(recipe.spec(stage))} for stage in plan_.stages],
-            "targets": targets}
-
-
-def describe(plan_: Plan, store: Store, log: logging.Logger | None = None, force: bool = False) -> list[str]:
-    """The --dry-run text: what would run, with which settings, and where it would go (or what it would reuse)."""
-    recipe = plan_.recipe
-    plan = dry_run(plan_, store, log or logging.getLogger("pipeline"), force)
-    lines = [f"{recipe.name} {recipe.version} from {recipe.path} (sha256 {recipe.sha256[:12]})",
-             f"  backend  {plan['backend']}",
-             f"  model    {plan['model']}",
-             f"  stages   {' -> '.join(plan_.stages)}"]
-    for stage in plan["stages"]:
-        lines.append(f"    {stage['name']:<14} {canonical_json(stage['settings'])}")
-    for target in plan["targets"]:
-        action = f"reuse {target['reuse']} ({target['path']})" if target["action"] == "reuse" else target["path"]
-        lines.append(f"  target   {target['name']:<6} -> {action}")
-    return lines
 
 
 def _run_stage(name: str, ctx: Context, number: int, total: int, progress: Progress) -> dict:
@@ -198,61 +61,7 @@ class Outcome:
     reused: bool  # True when an artifact with the same key already existed
 
 
-def _newest_first(store: Store, recipe: Recipe, log: logging.Logger,
-                  pick: Callable[[Artifact, Manifest], object]) -> object:
-    """The first non-None `pick(artifact, manifest)` over this recipe's artifacts of its version, newest first.
-    An unreadable or damaged manifest is skipped with a warning: it must not block every later build."""
-    for artifact in reversed(store.artifacts(recipe.name)):
-        if artifact.version != recipe.version:
-            continue
-        try:
-            found = pick(artifact, artifact.manifest())
-        except PipelineError as error:
-            log.warning("ignoring %s for reuse: %s", artifact.path, error)
-            continue
-        if found is not None:
-            return found
-    return None
-
-
-def _reusable(store: Store, recipe: Recipe, field: str, key: str, log: logging.Logger) -> Artifact | None:
-    """The newest artifact of this recipe name and version whose manifest has build.<field> == key."""
-    return _newest_first(store, recipe, log, lambda artifact, m: artifact if getattr(m.build, field) == key else None)
-
-
-def _known_model(store: Store, recipe: Recipe, sha256: str, log: logging.Logger,
-                 hasher: Callable[[Path], str]) -> dict | None:
-    """The model record of an artifact of this version built from this very file (same path and sha256, and
-    external-data files that still hash the same): the skip decision then needs no parse of the model."""
-
-    def same_file(artifact: Artifact, manifest: Manifest) -> dict | None:
-        known = manifest.model
-        if (known.path, known.sha256) != (recipe.model_path, sha256) or not all(
-                data.path.is_file() and hasher(data.path) == data.sha256 for data in known.external_data):
-            return None
-        return known.digests()
-
-    return _newest_first(store, recipe, log, same_file)
-
-
-def model_record(plan_: Plan, store: Store, log: logging.Logger, remember: bool = True) -> dict:
-    """The model's hashes for the source key; from an earlier manifest when the file is unchanged (no parse).
-    A pin is checked here, before any reuse: it is never skipped. `remember=False` (a dry run) writes nothing."""
-    recipe = plan_.recipe
-    if not recipe.model_path.is_file():
-        raise RecipeError(preflight(recipe))
-    hasher = functools.partial(store.file_sha256, remember=remember)
-    sha = hasher(recipe.model_path)
-    check_pin(recipe, sha)
-    return _known_model(store, recipe, sha, log, hasher) or digests(recipe.model_path, sha, hasher)
-
-
-def source_hit(plan_: Plan, store: Store, model: dict, target: Target, log: logging.Logger) -> Artifact | None:
-    """The artifact `build` reuses for `target` before running any stage: same source key, same version."""
-    return _reusable(store, plan_.recipe, "source_key", source_key(plan_.recipe, model, plan_.backend, target), log)
-
-
-def build(plan_: Plan, store: Store, log: logging.Logger, progress: Callable[[str], object] | None = None,
+def build(plan: Plan, store: Store, log: logging.Logger, progress: Callable[[str], object] | None = None,
           force: bool = False, annotate: dict | None = None, run: Run | None = None) -> list[Outcome]:
     """Build every target of the plan, reusing artifacts whose key is unchanged unless `force`.
 
@@ -261,33 +70,33 @@ def build(plan_: Plan, store: Store, log: logging.Logger, progress: Callable[[st
     `annotate` is merged into each new manifest (e.g. where a promotion came from).
     Nothing half-written survives a failure: every target is staged and renamed into place whole.
     """
-    recipe, progress = plan_.recipe, as_progress(progress)
-    model = model_record(plan_, store, log)
+    recipe, progress = plan.recipe, as_progress(progress)
+    model = model_record(plan.recipe, store, log)
     done: dict[Target, Outcome] = {}
-    for target in plan_.targets:
-        hit = None if force else source_hit(plan_, store, model, target, log)
+    for target in plan.targets:
+        hit = None if force else source_hit(plan.recipe, plan.backend, store, model, target, log)
         if hit:
             progress(f"[skip] {target.name:<6} unchanged recipe and model (source key): reusing {hit.ref} {hit.tag}")
             done[target] = Outcome(target, hit, reused=True)
-    todo = [t for t in plan_.targets if t not in done]
-    if todo and not plan_.model_checked and (problems := preflight(recipe, model["sha256"])):
+    todo = [t for t in plan.targets if t not in done]
+    if todo and not plan.model_checked and (problems := preflight(recipe, model["sha256"])):
         raise RecipeError(problems)
     if todo:
-        _build_targets(plan_, todo, model, store, log, progress, force, annotate or {}, done, run or Run())
+        _build_targets(plan, todo, model, store, log, progress, force, annotate or {}, done, run or Run())
     reused = sum(o.reused for o in done.values())
     if reused:
-        progress(f"{reused} of {len(plan_.targets)} target(s) skipped (unchanged); use --force to rebuild")
-    return [done[t] for t in plan_.targets]
+        progress(f"{reused} of {len(plan.targets)} target(s) skipped (unchanged); use --force to rebuild")
+    return [done[t] for t in plan.targets]
 
 
-def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, log: logging.Logger,
+def _build_targets(plan: Plan, todo: list[Target], model: dict, store: Store, log: logging.Logger,
                    progress: Progress, force: bool, annotate: dict, done: dict, run: Run) -> None:
     """`run` numbers the build: every target published here gets its one build number (a caller that spreads
     one run over several processes allocates it first with Store.new_run)."""
-    recipe, backend = plan_.recipe, plan_.backend
-    shared = [s for s in plan_.stages if not REGISTRY[s].per_target]
-    per_target = [s for s in plan_.stages if REGISTRY[s].per_target]
-    total = len(plan_.stages)
+    recipe, backend = plan.recipe, plan.backend
+    shared = [s for s in plan.stages if not REGISTRY[s].per_target]
+    per_target = [s for s in plan.stages if REGISTRY[s].per_target]
+    total = len(plan.stages)
     with store.staging(recipe.name) as scratch, _build_log(log, scratch / BUILD_LOG, store, recipe.name) as handler, \
             Background() as background:
         ctx = context(recipe, backend, scratch, log, model_record=model, background=background, progress=progress)
@@ -295,7 +104,7 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
         shared_log = handler.stream.tell()
         for target in todo:
             key = build_key(recipe, ctx.cleaned_sha256, backend, target)
-            hit = None if force else _reusable(store, recipe, "key", key, log)
+            hit = None if force else reusable(store, recipe, "key", key, log)
             if hit:
                 progress(f"[skip] {target.name:<6} unchanged cleaned model and settings (build key): "
                          f"reusing {hit.ref} {hit.tag}")
@@ -315,7 +124,7 @@ def _build_targets(plan_: Plan, todo: list[Target], model: dict, store: Store, l
                 # Re-checked under the lock: a parallel run may have published this very build key meanwhile.
                 artifact, reused = store.publish_unless(
                     recipe.name, recipe.version, target.tag, staged, record, run,
-                    existing=lambda: None if force else _reusable(store, recipe, "key", key, log))
+                    existing=lambda: None if force else reusable(store, recipe, "key", key, log))
                 if reused:
                     progress(f"[skip] {target.name:<6} built meanwhile by another run (build key): "
                              f"reusing {artifact.ref} {artifact.tag}")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from pipeline.build import capability, runner
+from pipeline.build import plan as plans
 from pipeline.commands.output import Command, emit_json, paint, print_table, progress
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 from pipeline.lifecycle import channel
@@ -20,12 +21,12 @@ from pipeline.validate.artifact import after_build
 
 
 def _plan(path: Path, probe: gpu.Probe, target_names: tuple[str, ...] = (), check_model: bool = True,
-          building: bool = False) -> runner.Plan:
+          building: bool = False) -> plans.Plan:
     """Every problem at once as a RecipeError. When `building`, targets that only this machine's lack of a GPU
     stops (and nothing else) are CannotRunHere instead (exit 2); `check` reports them as problems."""
-    recipe, backend = runner.load_recipe(path)
+    recipe, backend = plans.load_recipe(path)
     try:
-        return runner.plan(recipe, backend, probe, target_names, check_model)
+        return plans.make_plan(recipe, backend, probe, target_names, check_model)
     except RecipeError as error:
         no_gpu = capability.not_buildable_here(recipe, backend, probe, target_names) if building else []
         if no_gpu and set(error.problems) <= set(no_gpu):
@@ -58,16 +59,16 @@ def build(args: argparse.Namespace, log: logging.Logger) -> int:
     # The model checks run in runner.build, and only when something is to be built (a dry run needs them now).
     probe = gpu.probe()  # once: planning and the validate step see the same machine
     store, names = Store(args.store), tuple(args.target)
-    plan = None if args.dry_run else runner.remembered_plan(args.recipe, store, probe, names)
+    plan = None if args.dry_run else plans.remembered_plan(args.recipe, store, probe, names)
     if plan is None:
         plan = _plan(args.recipe, probe, names, check_model=args.dry_run, building=True)
         if not args.dry_run:
-            runner.remember_plan(plan, store, probe, names)
+            plans.remember_plan(plan, store, probe, names)
     if args.dry_run:
         if args.json:
-            emit_json(runner.dry_run(plan, store, log, force=args.force))
+            emit_json(plans.dry_run(plan, store, log, force=args.force))
         else:
-            print(*runner.describe(plan, store, log, force=args.force), sep="\n")
+            print(*plans.dry_run_lines(plan, store, log, force=args.force), sep="\n")
         return 0
     started = time.perf_counter()
     outcomes = runner.build(plan, store, log, progress(args), force=args.force)

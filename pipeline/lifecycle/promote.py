@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from pipeline import recipe as recipes
+from pipeline.build import plan as plans
 from pipeline.build import runner
-from pipeline.build.record import build_key
+from pipeline.build.cache import build_key
 from pipeline.errors import BackendError, PromotionError
 from pipeline.lifecycle import channel as channels
 from pipeline.manifest import Manifest
@@ -266,7 +267,7 @@ def _rebuild(store: Store, source: Artifact, manifest: Manifest, to: Tag, probe:
     link = {"ref": source.ref, "tag": source.tag, "build_key": manifest.build.key,
             "engine_sha256": manifest.engine.sha256, "recipe_sha256": manifest.recipe.sha256,
             "cleaned_sha256": manifest.model.cleaned_sha256}
-    plan = runner.plan(recipe, backend, probe, (to.sm,))
+    plan = plans.make_plan(recipe, backend, probe, (to.sm,))
     outcome = runner.build(plan, store, log, progress, annotate={"promoted_from": link})[0]
     built = outcome.artifact.manifest()
     if outcome.artifact.tag != to.text:

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.build import runner
-from pipeline.build.record import source_key
+from pipeline.build import cache
+from pipeline.build import plan as plans
+from pipeline.build.cache import source_key
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.files import replace_json
 from pipeline.nightly import report as reports
@@ -69,7 +70,7 @@ def plan_pairs(files: list[Path], store: Store, night: Path, probe: Probe, targe
     names: dict[str, Path] = {}
     for path in files:
         try:
-            recipe, backend = runner.load_recipe(path)
+            recipe, backend = plans.load_recipe(path)
             _unique_name(recipe, path, names)
         except Exception as error:  # noqa: BLE001 - a broken recipe (or a bug) costs only its own pairs
             name, listed = _raw_identity(path)
@@ -92,7 +93,7 @@ def _plan_targets(recipe: Any, backend: Any, path: Path, targets: tuple[str, ...
     model = None
     for target in targets:
         try:
-            plan = runner.plan(recipe, backend, probe, (target,))
+            plan = plans.make_plan(recipe, backend, probe, (target,))
             model = model or (None if force else digests(recipe.model_path))
             hit = None if force else _unchanged(plan, store, model)
         except Exception as error:  # noqa: BLE001 - e.g. a --targets entry this backend cannot build
@@ -132,7 +133,7 @@ def _unchanged(plan: Any, store: Store, model: dict) -> Any | None:
 
     recipe, (target,) = plan.recipe, plan.targets
     key = source_key(recipe, model, plan.backend, target)
-    return runner._reusable(store, recipe, "source_key", key, logging.getLogger("pipeline.nightly"))
+    return cache.reusable(store, recipe, "source_key", key, logging.getLogger("pipeline.nightly"))
 
 
 def _raw_identity(path: Path) -> tuple[str, tuple[str, ...]]:

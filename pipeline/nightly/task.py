@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from pipeline.build import plan as plans
 from pipeline.build import runner
 from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
@@ -129,9 +130,9 @@ def identity(task: Task, target: str) -> dict:
 
 
 def load_plan(path: Path, probe: Probe, targets: tuple[str, ...] = ()) -> Any:
-    """Recipe -> backend -> runner.Plan (for `targets`, default the recipe's), every problem as a RecipeError."""
-    recipe, backend = runner.load_recipe(path)
-    return runner.plan(recipe, backend, probe, targets)
+    """Recipe -> backend -> plans.Plan (for `targets`, default the recipe's), every problem as a RecipeError."""
+    recipe, backend = plans.load_recipe(path)
+    return plans.make_plan(recipe, backend, probe, targets)
 
 
 def artifact_record(artifact: Any, recipe: Any, reason: str | None) -> dict:

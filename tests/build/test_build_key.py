@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline import recipe as recipes
-from pipeline.build.record import build_key, build_key_inputs
+from pipeline.build.cache import build_key, build_key_inputs
 from pipeline.digest import canonical_json, json_sha256
 from pipeline.store import Store
 from pipeline.trt.backend import Backend

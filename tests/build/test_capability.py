@@ -165,13 +165,14 @@ def test_the_refused_flags_really_fail_a_cpu_only_build(flag: str, write_recipe:
     TensorRT-RTX release builds one of them on CPU, this fails: drop it from RTX_FLAGS_NEEDING_A_GPU."""
     import logging
 
+    from pipeline.build import plan as plans
     from pipeline.build import runner
     from pipeline.errors import BuildError
     from pipeline.store import Store
 
     recipe = recipes.load(write_recipe(RECIPE.replace("flags: [tf32]", f"flags: [{flag}]")))
     targets, _ = capability.targets(recipe, rtx_backend, NO_GPU)
-    plan = runner.Plan(recipe, rtx_backend, tuple(targets), tuple(recipe.stages), True)  # skips the refusal
+    plan = plans.Plan(recipe, rtx_backend, tuple(targets), tuple(recipe.stages), True)  # skips the refusal
     with pytest.raises(BuildError, match="^serialize: "):
         runner.build(plan, Store(tmp_path / "store"), logging.getLogger("x.flags"))
 

@@ -15,7 +15,7 @@ import tensorrt_rtx
 
 from pipeline import digest
 from pipeline import recipe as recipes
-from pipeline.build.record import build_key, build_key_inputs, source_key
+from pipeline.build.cache import build_key, build_key_inputs, source_key
 from pipeline.stages import KEY_STAGES
 from pipeline.stages.parse import digests
 from pipeline.stages.serialize import SerializeSpec

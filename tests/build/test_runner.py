@@ -13,7 +13,8 @@ import pytest
 import tensorrt_rtx
 
 from pipeline import recipe as recipes
-from pipeline.build import runner
+from pipeline.build import cache, runner
+from pipeline.build import plan as plans
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError, RecipeError
 from pipeline.store import FAILED, MEMO, STAGING, Store
@@ -43,9 +44,9 @@ stages:
 Recipe = Callable[..., Path]
 
 
-def plan_for(path: Path, targets: tuple[str, ...] = ()) -> runner.Plan:
+def plan_for(path: Path, targets: tuple[str, ...] = ()) -> plans.Plan:
     recipe = recipes.load(path)
-    return runner.plan(recipe, backends.load(recipe.backend), gpu.probe(), targets)
+    return plans.make_plan(recipe, backends.load(recipe.backend), gpu.probe(), targets)
 
 
 def build_with(path: Path, store: Store, targets: tuple[str, ...] = (), force: bool = False,
@@ -178,7 +179,7 @@ def test_a_wrong_pin_fails_even_when_the_build_could_be_reused(write_recipe: Rec
         build_with(path, store, targets=("sm89",))
     assert planned.value.problems == [expected]
     recipe = recipes.load(path)  # `trt-pipeline build` leaves model checks to the runner: it checks the pin first
-    unchecked = runner.plan(recipe, backends.load(recipe.backend), gpu.probe(), ("sm89",), check_model=False)
+    unchecked = plans.make_plan(recipe, backends.load(recipe.backend), gpu.probe(), ("sm89",), check_model=False)
     with pytest.raises(BuildError) as caught:
         runner.build(unchecked, store, logging.getLogger("x.runner"))
     assert str(caught.value) == expected
@@ -197,7 +198,7 @@ def test_each_target_has_its_own_build_log(write_recipe: Recipe, store: Store) -
 def test_dry_run_describes_without_creating_anything(write_recipe: Recipe, store: Store) -> None:
     path = write_recipe(RECIPE)
     recipe = recipes.load(path)
-    lines = runner.describe(plan_for(path), store)
+    lines = plans.dry_run_lines(plan_for(path), store)
     assert lines[:4] == [f"tiny 1.0.0 from {path} (sha256 {recipe.sha256[:12]})",
                          f"  backend  tensorrt-rtx {tensorrt_rtx.__version__}",
                          f"  model    {recipe.model_path}",
@@ -212,18 +213,18 @@ def test_dry_run_describes_without_creating_anything(write_recipe: Recipe, store
 def test_dry_run_after_a_build_names_the_next_build_number(write_recipe: Recipe, store: Store) -> None:
     path = write_recipe(RECIPE)
     (built,) = build_with(path, store, targets=("sm89",))
-    assert runner.describe(plan_for(path), store, force=True)[-2:] == [  # one build number per run
+    assert plans.dry_run_lines(plan_for(path), store, force=True)[-2:] == [  # one build number per run
         f"  target   sm86   -> {store.root / 'tiny' / '1.0.0+2' / SM86}",
         f"  target   sm89   -> {store.root / 'tiny' / '1.0.0+2' / SM89}"]
     # without --force an unchanged source key is reused, as `build` would
-    assert runner.describe(plan_for(path), store)[-1] == \
+    assert plans.dry_run_lines(plan_for(path), store)[-1] == \
         f"  target   sm89   -> reuse {built.artifact.ref} ({built.artifact.path})"
 
 
 def test_dry_run_as_data(write_recipe: Recipe, store: Store) -> None:
     path = write_recipe(RECIPE)
     (built,) = build_with(path, store, targets=("sm89",))
-    plan = runner.dry_run(plan_for(path), store, logging.getLogger("x"))
+    plan = plans.dry_run(plan_for(path), store, logging.getLogger("x"))
     assert plan["recipe"] == {"name": "tiny", "version": "1.0.0", "path": str(path),
                               "sha256": recipes.load(path).sha256}
     assert plan["backend"] == f"tensorrt-rtx {tensorrt_rtx.__version__}"
@@ -326,7 +327,7 @@ def test_a_build_published_meanwhile_is_reused_not_duplicated(write_recipe: Reci
     path = write_recipe(RECIPE)
     (first,) = build_with(path, store, targets=("sm89",))
     inside: list[bool] = []
-    publish_unless, reusable = store.publish_unless, runner._reusable
+    publish_unless, reusable = store.publish_unless, cache.reusable
 
     def publishing(*args: object, **kwargs: object) -> object:
         inside.append(True)
@@ -336,7 +337,9 @@ def test_a_build_published_meanwhile_is_reused_not_duplicated(write_recipe: Reci
             inside.pop()
 
     monkeypatch.setattr(store, "publish_unless", publishing)
-    monkeypatch.setattr(runner, "_reusable", lambda *args: reusable(*args) if inside else None)  # as if not yet there
+    not_yet = lambda *args: reusable(*args) if inside else None  # noqa: E731 - as if not yet there
+    monkeypatch.setattr(runner, "reusable", not_yet)  # the build-key check
+    monkeypatch.setattr(cache, "reusable", not_yet)  # the source-key check
     lines: list[str] = []
     (second,) = build_with(path, store, targets=("sm89",), lines=lines)
     assert (second.reused, second.artifact) == (True, first.artifact)
@@ -364,17 +367,17 @@ NO_GPU = gpu.Probe(False, (), "no CUDA driver (test)")
 
 
 def planned_and_remembered(path: Path, store: Store, names: tuple[str, ...] = (),
-                           probe: gpu.Probe = NO_GPU) -> runner.Plan:
+                           probe: gpu.Probe = NO_GPU) -> plans.Plan:
     """Plan afresh, as `build` does the first time, and remember it."""
     recipe = recipes.load(path)
-    fresh = runner.plan(recipe, backends.load(recipe.backend), probe, names)
-    runner.remember_plan(fresh, store, probe, names)
+    fresh = plans.make_plan(recipe, backends.load(recipe.backend), probe, names)
+    plans.remember_plan(fresh, store, probe, names)
     return fresh
 
 
 def edit_plan_memo(store: Store, change: Callable[[dict], object]) -> Store:
     """Edit every remembered plan; returns the store as a later run sees it (the memo is read once per Store)."""
-    memo = store.root / MEMO / f"{runner.PLANS}.json"
+    memo = store.root / MEMO / f"{plans.PLANS}.json"
     entries = json.loads(memo.read_text())
     memo.write_text(json.dumps({key: change(entry) for key, entry in entries.items()}))
     return Store(store.root)
@@ -382,9 +385,9 @@ def edit_plan_memo(store: Store, change: Callable[[dict], object]) -> Store:
 
 def test_a_remembered_plan_is_the_plan_made_afresh(write_recipe: Recipe, store: Store) -> None:
     path = write_recipe(RECIPE)
-    assert runner.remembered_plan(path, store, NO_GPU) is None  # nothing remembered yet
+    assert plans.remembered_plan(path, store, NO_GPU) is None  # nothing remembered yet
     fresh = planned_and_remembered(path, store)
-    again = runner.remembered_plan(path, store, NO_GPU)
+    again = plans.remembered_plan(path, store, NO_GPU)
     assert again is not None
     assert again.recipe == fresh.recipe
     assert (again.recipe.sha256, again.targets, again.stages) == (fresh.recipe.sha256, fresh.targets, fresh.stages)
@@ -397,7 +400,7 @@ def test_a_remembered_plan_is_the_plan_made_afresh(write_recipe: Recipe, store: 
 def test_a_remembered_plan_reuses_and_builds_like_a_fresh_one(tiny_recipe: Path, store: Store) -> None:
     log = logging.getLogger("x.runner")
     (first,) = runner.build(planned_and_remembered(tiny_recipe, store), store, log)
-    remembered = runner.remembered_plan(tiny_recipe, store, NO_GPU)
+    remembered = plans.remembered_plan(tiny_recipe, store, NO_GPU)
     assert remembered is not None
     (again,) = runner.build(remembered, store, log)  # the same source key with the deferred backend
     assert (again.reused, again.artifact) == (True, first.artifact)
@@ -410,42 +413,42 @@ def test_a_changed_recipe_is_planned_afresh(write_recipe: Recipe, store: Store) 
     path = write_recipe(RECIPE)
     planned_and_remembered(path, store)
     path.write_text(path.read_text() + "# a comment\n")
-    assert runner.remembered_plan(path, store, NO_GPU) is None  # other bytes, even with the same meaning
+    assert plans.remembered_plan(path, store, NO_GPU) is None  # other bytes, even with the same meaning
     write_recipe(RECIPE)  # the very bytes again
-    assert runner.remembered_plan(path, store, NO_GPU) is not None
+    assert plans.remembered_plan(path, store, NO_GPU) is not None
 
 
 def test_other_targets_or_another_machine_or_place_are_planned_afresh(write_recipe: Recipe, store: Store,
                                                                       tmp_path: Path) -> None:
     path = write_recipe(RECIPE)
     planned_and_remembered(path, store)
-    assert runner.remembered_plan(path, store, NO_GPU, ("sm89",)) is None
+    assert plans.remembered_plan(path, store, NO_GPU, ("sm89",)) is None
     planned_and_remembered(path, store, ("sm89",))
-    only = runner.remembered_plan(path, store, NO_GPU, ("sm89",))
+    only = plans.remembered_plan(path, store, NO_GPU, ("sm89",))
     assert only is not None and [t.tag for t in only.targets] == [SM89]
-    every = runner.remembered_plan(path, store, NO_GPU)
+    every = plans.remembered_plan(path, store, NO_GPU)
     assert every is not None and [t.tag for t in every.targets] == [SM86, SM89]
     with_gpu = gpu.Probe(True, (gpu.Gpu("NVIDIA GeForce RTX 4090", "8.9"),), None)
-    assert runner.remembered_plan(path, store, with_gpu) is None
+    assert plans.remembered_plan(path, store, with_gpu) is None
     (tmp_path / "elsewhere").mkdir()
     copy = tmp_path / "elsewhere" / path.name
     copy.write_bytes(path.read_bytes())  # model paths are relative to the recipe: its place counts
-    assert runner.remembered_plan(copy, store, NO_GPU) is None
+    assert plans.remembered_plan(copy, store, NO_GPU) is None
 
 
 def test_another_installed_backend_version_is_planned_afresh(write_recipe: Recipe, store: Store) -> None:
     path = write_recipe(RECIPE)
     planned_and_remembered(path, store)
-    installed = json.loads((store.root / MEMO / f"{runner.PLANS}.json").read_text()).popitem()[1]["installed"]
+    installed = json.loads((store.root / MEMO / f"{plans.PLANS}.json").read_text()).popitem()[1]["installed"]
     assert installed == {"tensorrt": [None, None], "tensorrt-rtx": [tensorrt_rtx.__version__, tensorrt_rtx.__file__]}
     rtx = installed["tensorrt-rtx"]
     for changed, why in [({"tensorrt-rtx": ["1.0.0.1", rtx[1]]}, "planned with another TensorRT-RTX"),
                          ({"tensorrt-rtx": [rtx[0], "/elsewhere/tensorrt_rtx/__init__.py"]}, "another on PYTHONPATH"),
                          ({"tensorrt": ["10.9.0.34", "/x/tensorrt/__init__.py"]}, "full TensorRT was there: 'auto'")]:
         store = edit_plan_memo(store, lambda entry: {**entry, "installed": {**installed, **changed}})
-        assert runner.remembered_plan(path, store, NO_GPU) is None, why
+        assert plans.remembered_plan(path, store, NO_GPU) is None, why
     store = edit_plan_memo(store, lambda entry: {**entry, "installed": installed})
-    assert runner.remembered_plan(path, store, NO_GPU) is not None
+    assert plans.remembered_plan(path, store, NO_GPU) is not None
 
 
 def test_a_backend_whose_metadata_disagrees_with_its_module_is_not_remembered(write_recipe: Recipe,
@@ -455,10 +458,10 @@ def test_a_backend_whose_metadata_disagrees_with_its_module_is_not_remembered(wr
     recipe = recipes.load(path)
     real = backends.load(recipe.backend)
     odd = backends.Backend(real.name, types.SimpleNamespace(**{**vars(real.trt), "__version__": "1.7.1.999"}))
-    runner.remember_plan(runner.plan(recipe, odd, NO_GPU), store, NO_GPU)
-    assert store.memo(runner.PLANS) == {} and runner.remembered_plan(path, store, NO_GPU) is None
-    runner.remember_plan(runner.plan(recipe, real, NO_GPU), store, NO_GPU)
-    assert runner.remembered_plan(path, Store(store.root), NO_GPU) is not None
+    plans.remember_plan(plans.make_plan(recipe, odd, NO_GPU), store, NO_GPU)
+    assert store.memo(plans.PLANS) == {} and plans.remembered_plan(path, store, NO_GPU) is None
+    plans.remember_plan(plans.make_plan(recipe, real, NO_GPU), store, NO_GPU)
+    assert plans.remembered_plan(path, Store(store.root), NO_GPU) is not None
 
 
 @pytest.mark.parametrize("damage", [lambda entry: "garbage", lambda entry: {},
@@ -469,9 +472,9 @@ def test_a_damaged_plan_memo_is_planned_afresh(write_recipe: Recipe, store: Stor
                                                damage: Callable[[dict], object]) -> None:
     path = write_recipe(RECIPE)
     planned_and_remembered(path, store)
-    assert runner.remembered_plan(path, edit_plan_memo(store, damage), NO_GPU) is None
-    (store.root / MEMO / f"{runner.PLANS}.json").write_text("{not json")
-    assert runner.remembered_plan(path, Store(store.root), NO_GPU) is None
+    assert plans.remembered_plan(path, edit_plan_memo(store, damage), NO_GPU) is None
+    (store.root / MEMO / f"{plans.PLANS}.json").write_text("{not json")
+    assert plans.remembered_plan(path, Store(store.root), NO_GPU) is None
 
 
 @pytest.mark.parametrize("serialize", ["      plugins: [libone.so]\n", "      timing_cache: {path: t.cache}\n"],
@@ -483,7 +486,7 @@ def test_a_plan_that_checked_other_files_is_never_taken_from_the_memo(write_reci
     targets = planned_and_remembered(write_recipe(RECIPE), store).targets
     path = write_recipe(RECIPE.replace("  - serialize:\n", "  - serialize:\n" + serialize), "with-files.yaml")
     recipe = recipes.load(path)
-    runner.remember_plan(runner.Plan(recipe, rtx_backend, targets, tuple(recipe.stages), True), store, NO_GPU)
-    assert len(store.memo(runner.PLANS)) == 2  # remembered, as on a machine where it planned without a problem
-    assert runner.remembered_plan(path, store, NO_GPU) is None
-    assert runner.remembered_plan(write_recipe(RECIPE), store, NO_GPU) is not None
+    plans.remember_plan(plans.Plan(recipe, rtx_backend, targets, tuple(recipe.stages), True), store, NO_GPU)
+    assert len(store.memo(plans.PLANS)) == 2  # remembered, as on a machine where it planned without a problem
+    assert plans.remembered_plan(path, store, NO_GPU) is None
+    assert plans.remembered_plan(write_recipe(RECIPE), store, NO_GPU) is not None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from models.make_models import MODELS, write_model
-from pipeline.build.record import build_key
+from pipeline.build.cache import build_key
 from pipeline.errors import PromotionError, TagError
 from pipeline.lifecycle import channel
 from pipeline.lifecycle.promote import (

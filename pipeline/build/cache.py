@@ -1,0 +1,123 @@
+"""What decides whether a build can be skipped: the build and source keys, and the reuse of published
+artifacts whose key matches (newest first), with the model's hashes remembered from earlier manifests."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Callable
+
+from pipeline import __version__
+from pipeline.digest import file_sha256, json_sha256, plain
+from pipeline.errors import PipelineError, RecipeError
+from pipeline.manifest import Manifest
+from pipeline.recipe import Recipe
+from pipeline.stages import KEY_STAGES, ORDER
+from pipeline.stages.parse import check_pin, digests, preflight
+from pipeline.store import Artifact, Store
+from pipeline.trt.backend import Backend, installed_version
+from pipeline.trt.target import Target
+
+TOOLS = ("onnx", "onnx-graphsurgeon", "onnxruntime", "numpy")
+
+
+def _settings(recipe: Recipe, stages: tuple[str, ...]) -> dict:
+    """Stage settings as written (an absent stage is None), with files named by content: the timing cache and
+    plugin libraries by sha256, not path. A recipe without plugins keeps the keys it had before they existed."""
+    settings = {stage: plain(recipe.stages.get(stage)) for stage in stages}
+    serialize, written = recipe.spec("serialize"), settings.get("serialize")
+    if written:
+        cache = serialize.timing_cache
+        if cache:
+            written["timing_cache"] = file_sha256(cache.path) if cache.path.is_file() else None
+        written["plugins"] = [file_sha256(p) if p.is_file() else None for p in serialize.plugins]
+        if not written["plugins"]:
+            del written["plugins"]
+    return settings
+
+
+def _target_key(target: Target) -> str:
+    """'sm89' for TensorRT-RTX; full TensorRT builds for one GPU model, so 'sm80 NVIDIA A100-SXM4-80GB'."""
+    return target.sm if target.gpu is None else f"{target.sm} {target.gpu}"
+
+
+def build_key_inputs(recipe: Recipe, cleaned_sha256: str, backend: Backend, target: Target) -> dict:
+    """Everything that determines the engine bytes, and nothing cosmetic (names, paths, comments)."""
+    return {
+        "settings": _settings(recipe, KEY_STAGES),
+        "cleaned_sha256": cleaned_sha256,
+        "backend": {"name": backend.name, "version": backend.version},
+        "target": _target_key(target),
+    }
+
+
+def build_key(recipe: Recipe, cleaned_sha256: str, backend: Backend, target: Target) -> str:
+    return json_sha256(build_key_inputs(recipe, cleaned_sha256, backend, target))
+
+
+def source_key(recipe: Recipe, model: dict, backend: Backend, target: Target) -> str:
+    """Like the build key, but from the inputs before any stage runs: the original model's hashes, every
+    stage's settings and the versions of the tools that transform the graph. Cheap to compute, so an
+    unchanged rebuild can be recognised without parsing or cleaning the model."""
+    return json_sha256({
+        "settings": _settings(recipe, ORDER),
+        "model": {"sha256": model["sha256"], "external_data": [d["sha256"] for d in model["external_data"]]},
+        "backend": {"name": backend.name, "version": backend.version},
+        "target": _target_key(target),
+        "tools": {name: installed_version(name) for name in TOOLS} | {"trt-pipeline": __version__},
+    })
+
+
+def _newest_first(store: Store, recipe: Recipe, log: logging.Logger,
+                  pick: Callable[[Artifact, Manifest], object]) -> object:
+    """The first non-None `pick(artifact, manifest)` over this recipe's artifacts of its version, newest first.
+    An unreadable or damaged manifest is skipped with a warning: it must not block every later build."""
+    for artifact in reversed(store.artifacts(recipe.name)):
+        if artifact.version != recipe.version:
+            continue
+        try:
+            found = pick(artifact, artifact.manifest())
+        except PipelineError as error:
+            log.warning("ignoring %s for reuse: %s", artifact.path, error)
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+def reusable(store: Store, recipe: Recipe, field: str, key: str, log: logging.Logger) -> Artifact | None:
+    """The newest artifact of this recipe name and version whose manifest has build.<field> == key."""
+    return _newest_first(store, recipe, log, lambda artifact, m: artifact if getattr(m.build, field) == key else None)
+
+
+def _known_model(store: Store, recipe: Recipe, sha256: str, log: logging.Logger,
+                 hasher: Callable[[Path], str]) -> dict | None:
+    """The model record of an artifact of this version built from this very file (same path and sha256, and
+    external-data files that still hash the same): the skip decision then needs no parse of the model."""
+
+    def same_file(artifact: Artifact, manifest: Manifest) -> dict | None:
+        known = manifest.model
+        if (known.path, known.sha256) != (recipe.model_path, sha256) or not all(
+                data.path.is_file() and hasher(data.path) == data.sha256 for data in known.external_data):
+            return None
+        return known.digests()
+
+    return _newest_first(store, recipe, log, same_file)
+
+
+def model_record(recipe: Recipe, store: Store, log: logging.Logger, remember: bool = True) -> dict:
+    """The model's hashes for the source key; from an earlier manifest when the file is unchanged (no parse).
+    A pin is checked here, before any reuse: it is never skipped. `remember=False` (a dry run) writes nothing."""
+    if not recipe.model_path.is_file():
+        raise RecipeError(preflight(recipe))
+    hasher = functools.partial(store.file_sha256, remember=remember)
+    sha = hasher(recipe.model_path)
+    check_pin(recipe, sha)
+    return _known_model(store, recipe, sha, log, hasher) or digests(recipe.model_path, sha, hasher)
+
+
+def source_hit(recipe: Recipe, backend: Backend, store: Store, model: dict, target: Target,
+               log: logging.Logger) -> Artifact | None:
+    """The artifact `build` reuses for `target` before running any stage: same source key, same version."""
+    return reusable(store, recipe, "source_key", source_key(recipe, model, backend, target), log)
