@@ -10,7 +10,7 @@ from typing import Any
 from pipeline import __version__
 from pipeline.digest import file_sha256, json_sha256, plain
 from pipeline.recipe import Recipe
-from pipeline.stages import KEY_STAGES, ORDER
+from pipeline.stages import KEY_STAGES, ORDER, REGISTRY
 from pipeline.stages.context import Context
 from pipeline.trt.backend import Backend, installed_version
 from pipeline.trt.target import Target
@@ -21,8 +21,11 @@ TOOLS = ("onnx", "onnx-graphsurgeon", "onnxruntime", "numpy")
 
 def _settings(recipe: Recipe, stages: tuple[str, ...]) -> dict:
     """Stage settings as written (an absent stage is None), with files named by content: the timing cache and
-    plugin libraries by sha256, not path. A recipe without plugins keeps the keys it had before they existed."""
-    settings = {stage: plain(recipe.stages.get(stage)) for stage in stages}
+    plugin libraries by sha256, not path. A recipe without plugins keeps the keys it had before they existed; a
+    stage with its own `key` (precision: calibration data by sha256) gives its settings, and is left out when
+    absent, so recipes without it keep their keys too."""
+    settings = {stage: plain(recipe.stages.get(stage)) if REGISTRY[stage].key is None else REGISTRY[stage].key(
+        recipe.stages[stage]) for stage in stages if stage in recipe.stages or REGISTRY[stage].key is None}
     serialize, written = recipe.spec("serialize"), settings.get("serialize")
     if written:
         cache = serialize.timing_cache
@@ -67,9 +70,10 @@ def source_key(recipe: Recipe, model: dict, backend: Backend, target: Target) ->
 
 
 def manifest(ctx: Context, stages: list[dict[str, Any]], started: float, waited: float = 0.0,
-             check: dict | None = None) -> dict:
+             check: dict | None = None, precision_check: dict | None = None) -> dict:
     """`waited`: seconds the build waited after its stages for the checks running beside it; `check`: the
-    cleanup check's record (None without graph-cleanup)."""
+    cleanup check's record (None without graph-cleanup); `precision_check`: the precision check's (its accuracy
+    delta), kept in the `precision` block (None without a precision stage)."""
     recipe, target = ctx.recipe, ctx.target
     engine = ctx.engine_path
     model = dict(ctx.model_record)
@@ -82,6 +86,7 @@ def manifest(ctx: Context, stages: list[dict[str, Any]], started: float, waited:
         "model": model,
         "cleanup": ctx.cleanup_record or None,
         "cleanup_check": check,
+        "precision": {**ctx.precision_record, "check": precision_check} if ctx.precision_record else None,
         "backend": {"name": ctx.backend.name, "version": ctx.backend.version},
         "target": {"name": target.name, "tag": target.tag, "compute_capability": target.compute_capability,
                    "gpu": target.gpu},
