@@ -144,13 +144,20 @@ def artifact_record(artifact: Any, recipe: Any, reason: str | None) -> dict:
 
 
 def validation_record(manifest: dict, recipe: Any) -> dict:
-    """{status, reason, max_errors {output: float}, tolerances {output: atol}} from a manifest's validation block."""
+    """{status, reason, max_errors {output: float}, tolerances {output: atol}} from a manifest's validation block,
+    and for a reduced-precision engine its accuracy delta: the precision check's max abs error per output against
+    the FP32 original, with the check's max_abs limits (accuracy_delta, accuracy_limits)."""
     block = manifest.get("validation") or {}
     errors = output_errors(block)
     spec = getattr(recipe, "validate", None)
     tolerances = {name: spec.tolerance(name).atol for name in errors} if spec else {}
+    check = (manifest.get("precision") or {}).get("check") or {}
+    outputs = check.get("outputs") or {}
+    delta = {name: row["max_abs"] for name, row in outputs.items() if isinstance(row.get("max_abs"), (int, float))}
     return {"status": block.get("status") or "not-run", "reason": block.get("reason"),
-            "max_errors": errors, "tolerances": tolerances}
+            "max_errors": errors, "tolerances": tolerances,
+            **({"accuracy_delta": delta, "accuracy_limits": {name: (outputs[name].get("limits") or {}).get("max_abs")
+                                                             for name in delta}} if check else {})}
 
 
 def output_errors(block: dict) -> dict[str, float]:

@@ -51,6 +51,15 @@ def test_tolerances_come_from_the_recipe(write_recipe) -> None:
     assert validation_record({}, None) == {"status": "not-run", "reason": None, "max_errors": {}, "tolerances": {}}
 
 
+def test_a_reduced_precision_engine_records_its_accuracy_delta() -> None:
+    """The precision check's max abs error against the FP32 original, per output, with its max_abs limit."""
+    check = {"status": "passed", "outputs": {"output": {"max_abs": 0.12, "cosine": 0.9997, "limits": {"max_abs": 0.5}},
+                                             "y": {"max_abs": 1e-3, "limits": {"min_cosine": 0.99}}}}
+    record = validation_record({"precision": {"mode": "int8", "check": check}}, None)
+    assert record["accuracy_delta"] == {"output": 0.12, "y": 1e-3}
+    assert record["accuracy_limits"] == {"output": 0.5, "y": None}
+
+
 def test_parallel_builds_are_bounded_by_memory() -> None:
     tasks = [Task("r.yaml", "r", (t,), "/s", False, NO_GPU, "/l", estimate_bytes=1 << 30)
              for t in ("sm86", "sm89", "sm120")]
