@@ -215,6 +215,13 @@ def test_fp16_builds_for_turing_which_refuses_fp32_gemm(write_recipe: Recipe, st
     assert (artifact.path / "model.fp16.onnx").is_file()
 
 
+def test_fp16_inputs_and_outputs_when_asked(write_recipe: Recipe, store: Store) -> None:
+    [artifact] = build(tiny(write_recipe, "      mode: fp16\n      io_types: convert"), store)
+    network = artifact.manifest()["network"]
+    assert network["inputs"]["x"]["dtype"] == network["outputs"]["y"]["dtype"] == "half"
+    assert artifact.manifest()["precision"]["check"]["status"] == "passed"
+
+
 def overflow_model(path: Path) -> Path:
     """h = x @ W (|h| ~ 50 for x in [0, 1)), y = h * 1e4 (past FP16's 65504: inf in FP16), z = Relu(h): only y
     overflows."""
