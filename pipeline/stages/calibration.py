@@ -40,7 +40,8 @@ def headers(path: Path) -> dict[str, Header]:
         raise DataError(f"expected an .npz file or a directory of .npy files, got {path}")
     try:
         with zipfile.ZipFile(path) as archive:
-            return {name[:-4]: _header(archive.open(name), path) for name in archive.namelist() if name.endswith(".npy")}
+            return {name[:-4]: _header(archive.open(name), path) for name in archive.namelist()
+                    if name.endswith(".npy")}
     except (zipfile.BadZipFile, OSError) as error:
         raise DataError(f"cannot read {path}: {error}") from None
 
@@ -179,8 +180,12 @@ def recipe_problems(recipe: Any, declared: Inputs) -> list[str]:
     except DataError as error:
         return [recipe.problem(at, str(error))]
     inputs = model_inputs(declared, cleanup.freeze_inputs, cleanup.override_shapes)
-    return [recipe.problem(at, f"calibration data {path.name}{'' if problem.startswith('has') else ':'} {problem}")
-            for problem in problems(found, inputs, profile_ranges(recipe))]
+    return [recipe.problem(at, described(path, problem)) for problem in problems(found, inputs, profile_ranges(recipe))]
+
+
+def described(path: Path, problem: str) -> str:
+    """'calibration data x.npz has arrays ...' / 'calibration data x.npz: array ...'."""
+    return f"calibration data {path.name}{'' if problem.startswith('has ') else ':'} {problem}"
 
 
 def profile_ranges(recipe: Any) -> dict[str, tuple[tuple[int, ...], ...]]:

@@ -116,11 +116,11 @@ def _freeze(body: Mapping[str, Any], base: Path) -> PrecisionSpec:
                                   percentile=calibration.get("percentile", 99.999))
     checks = body.get("check") or {}
     limits = _limits(checks, DEFAULT_LIMITS[mode])
+    outputs = {name: _limits(limit, limits) for name, limit in (checks.get("outputs") or {}).items()}
     exclude = body.get("exclude") or {}
-    return PrecisionSpec(
-        mode=mode, io_types=body.get("io_types", "keep"), calibration=calibration,
-        exclude=Exclude(tuple(exclude.get("nodes", ())), tuple(exclude.get("op_types", ()))),
-        check=Check(limits, MappingProxyType({name: _limits(o, limits) for name, o in (checks.get("outputs") or {}).items()})))
+    return PrecisionSpec(mode=mode, io_types=body.get("io_types", "keep"), calibration=calibration,
+                         exclude=Exclude(tuple(exclude.get("nodes", ())), tuple(exclude.get("op_types", ()))),
+                         check=Check(limits, MappingProxyType(outputs)))
 
 
 def recipe_problems(recipe: Any) -> list[str]:
@@ -213,9 +213,9 @@ def file_name(mode: str) -> str:
 
 
 def reduced_model_from_model(ctx: Context) -> None:
-    spec: PrecisionSpec = ctx.recipe.spec("precision")
     import onnx
 
+    spec: PrecisionSpec = ctx.recipe.spec("precision")
     started = time.perf_counter()
     source = ctx.onnx_path
     model = onnx.load(str(source), load_external_data=spec.mode in FLOATS)  # the quantizer reads the file itself
@@ -240,11 +240,11 @@ def reduced_model_from_model(ctx: Context) -> None:
     }
     ctx.log.info("precision: %s graph in %.2fs (%s of weights, was %s)", spec.mode, seconds,
                  _mb(ctx.precision_record["bytes"]), _mb(ctx.precision_record["source_bytes"]))
-    limit = {name: array[:CHECK_SAMPLES * max(1, _static_batch(inputs[name]))] if getattr(array, "ndim", 0) else array
+    limit = {name: array[:CHECK_SAMPLES * _static_batch(inputs[name])] if getattr(array, "ndim", 0) else array
              for name, array in arrays.items()}
-    ctx.background.start(CHECK, ctx.precision_checker(ctx.recipe, {"source": source, "original": ctx.recipe.model_path,
-                                                                   "converted": path},
-                                                      ctx.model_record, inputs, limit, ctx.log, ctx.background.stopping))
+    models = {"source": source, "original": ctx.recipe.model_path, "converted": path}
+    ctx.background.start(CHECK, ctx.precision_checker(ctx.recipe, models, ctx.model_record, inputs, limit, ctx.log,
+                                                      ctx.background.stopping))
     ctx.background.start("precision_model_synced", sync, cleaned_files(path))  # to disk now, beside the build
     ctx.precision_path = path
     ctx.onnx_path = path
@@ -298,9 +298,9 @@ def _data(ctx: Context, spec: PrecisionSpec, inputs: Mapping[str, dict]) -> tupl
             problems = calibration.problems(calibration.headers(cal.data), inputs, ranges)
         except calibration.DataError as error:
             problems = [str(error)]
-        if problems:
+        if problems:  # preflight said so already, unless the data changed since
             raise BuildError(ctx.recipe.problem(ctx.recipe.stage_path("precision", "calibration", "data"),
-                                                f"calibration data {cal.data.name}: {'; '.join(problems)}"))
+                                                "; ".join(calibration.described(cal.data, p) for p in problems)))
         arrays = calibration.load(cal.data)
         record = {"source": "file", "path": str(cal.data), "sha256": calibration.data_sha256(cal.data)}
     else:

@@ -103,7 +103,8 @@ def test_calibration_data_is_checked_against_the_model_before_any_work(write_rec
     np.save(tmp_path / "dir" / "x.npy", np.zeros((3, 4, 1), np.float32))
     found = {}
     for data in ("names.npz", "shapes.npz", "dir", "missing.npz"):
-        path = tiny(write_recipe, f"      mode: int8\n      calibration: {{data: {tmp_path / data}}}", name=f"{data}.yaml")
+        path = tiny(write_recipe, f"      mode: int8\n      calibration: {{data: {tmp_path / data}}}",
+                    name=f"{data}.yaml")
         with pytest.raises(RecipeError) as caught:
             runner.plan(recipes.load(path), backends.load("tensorrt-rtx"), NO_GPU)
         found[data] = [problem.split(": ", 2)[2] for problem in caught.value.problems]
@@ -257,6 +258,21 @@ def test_fp16_overflow_fails_naming_the_output_and_builds_once_the_op_is_kept(wr
     assert artifact.manifest()["precision"]["exclude"] == {"nodes": ["amplify"], "op_types": []}
 
 
+def test_int8_failure_names_the_quantized_nodes_nearest_the_output(write_recipe: Recipe, store: Store,
+                                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    """Limits no int8 graph meets; onnxruntime's entropy calibrator prints its progress, which goes to the log."""
+    path = tiny(write_recipe, "      mode: int8\n      calibration: {random: {samples: 4}, method: entropy}\n"
+                              "      check: {max_abs: 0}")
+    with pytest.raises(BuildError) as caught:
+        build(path, store)
+    assert str(caught.value).startswith("precision: the int8 graph differs from the FP32 original beyond the limits "
+                                        "on output(s) y: y: cosine ")
+    assert "max abs error" in str(caught.value) and "(max 0)" in str(caught.value)
+    assert caught.value.hint.startswith("keep matmul_out in FP32 (they are the converted nodes nearest to the failing "
+                                        "output(s)): add them to precision.exclude.nodes")
+    assert "entropy" not in capfd.readouterr().out
+
+
 def test_an_excluded_node_must_exist(write_recipe: Recipe, store: Store) -> None:
     path = tiny(write_recipe, "      mode: fp16\n      exclude: {nodes: [add_ou]}")
     with pytest.raises(BuildError) as caught:
@@ -295,7 +311,8 @@ def test_resnet50_fp16_and_int8_are_smaller_by_the_expected_factor(write_recipe:
     data = tmp_path / "calibration.npz"
     write_arrays(resnet50_calibration(samples=2), data)
     shipped = Path(__file__).resolve().parents[2] / "recipes"
-    bodies = {name: (shipped / f"resnet50-{name}.yaml").read_text().replace("../models/resnet50.onnx", str(resnet50_path))
+    bodies = {name: (shipped / f"resnet50-{name}.yaml").read_text().replace("../models/resnet50.onnx",
+                                                                            str(resnet50_path))
               .replace("../models/resnet50_calibration.npz", str(data)) for name in ("fp16", "int8")}
     model_bytes = resnet50_path.stat().st_size
     ratios = {}
