@@ -167,11 +167,21 @@ def model_inputs(declared: Inputs, frozen: Mapping[str, Any], overridden: Mappin
             for name, info in declared.items() if name not in frozen}
 
 
-def recipe_problems(recipe: Any, declared: Inputs) -> list[str]:
-    """The recipe's precision calibration data against the model's declared inputs (names, ranks, shapes, dtypes,
-    sample counts), every problem at once, located at calibration.data. Reads the .npy headers only."""
+def recipe_problems(recipe: Any, declared: Inputs, outputs: Sequence[str] = ()) -> list[str]:
+    """What the recipe's precision stage says about the model that the model contradicts: the calibration data
+    against the declared inputs (names, ranks, shapes, dtypes, sample counts; located at calibration.data; from the
+    .npy headers only) and check limits for outputs the model does not have. Every problem at once."""
     spec = recipe.spec("precision") if "precision" in recipe.stages else None
-    if spec is None or spec.calibration is None or spec.calibration.data is None:
+    if spec is None:
+        return []
+    found = [recipe.problem(recipe.stage_path("precision", "check", "outputs", name),
+                            f"model has no output '{name}'; its outputs are {', '.join(outputs)}")
+             for name in spec.check.outputs if outputs and name not in outputs]
+    return found + _data_problems(recipe, spec, declared)
+
+
+def _data_problems(recipe: Any, spec: Any, declared: Inputs) -> list[str]:
+    if spec.calibration is None or spec.calibration.data is None:
         return []
     at, path = recipe.stage_path("precision", "calibration", "data"), spec.calibration.data
     cleanup = recipe.spec("graph-cleanup")

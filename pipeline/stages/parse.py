@@ -228,7 +228,7 @@ def preflight(recipe: Any, sha256: str | None = None) -> list[str]:
         return [str(error) if error.__class__ is BuildError else recipe.problem(("model", "path"), str(error))]
     shapes = lambda io: {name: v["shape"] for name, v in io.items()}  # noqa: E731
     return recipe.io_problems(shapes(info["inputs"]), shapes(info["outputs"])) + \
-        calibration.recipe_problems(recipe, info["inputs"])
+        calibration.recipe_problems(recipe, info["inputs"], list(info["outputs"]))
 
 
 def _freeze(body: Mapping[str, Any], base: Path) -> ParseSpec:

@@ -122,6 +122,14 @@ def test_calibration_data_is_checked_against_the_model_before_any_work(write_rec
     }
 
 
+def test_check_limits_name_outputs_the_model_has(write_recipe: Recipe) -> None:
+    from pipeline.stages.parse import preflight
+
+    path = tiny(write_recipe, "      mode: fp16\n      check: {outputs: {logits: {min_top1: 0.9}}}")
+    assert preflight(recipes.load(path)) == [
+        f"{path}:10:33: stages[1].precision.check.outputs.logits: model has no output 'logits'; its outputs are y"]
+
+
 def test_build_key_changes_with_calibration_data_not_with_check_limits(write_recipe: Recipe, tmp_path: Path) -> None:
     data = tmp_path / "calibration.npz"
     write_arrays({"x": np.ones((8, 4), np.float32)}, data)
