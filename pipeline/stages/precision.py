@@ -28,7 +28,7 @@ from pipeline.files import sync
 from pipeline.stages import calibration
 from pipeline.stages.context import Context
 from pipeline.stages.graph_cleanup import cleaned_files
-from pipeline.stages.parse import describe
+from pipeline.stages.parse import PROTO_LIMIT, describe
 from pipeline.stages.stage import Stage
 from pipeline.trt.backend import Backend, installed_version
 from pipeline.trt.target import Target
@@ -218,6 +218,10 @@ def reduced_model_from_model(ctx: Context) -> None:
     spec: PrecisionSpec = ctx.recipe.spec("precision")
     started = time.perf_counter()
     source = ctx.onnx_path
+    if spec.mode in FLOATS and _bytes(source) >= PROTO_LIMIT:
+        raise BuildError(f"precision: {spec.mode} conversion of a model with more than 2 GiB of weights is not "
+                         "supported: onnxruntime's float16 converter holds the model in one protobuf message",
+                         hint="convert the model before the pipeline (e.g. export it in FP16)")
     model = onnx.load(str(source), load_external_data=spec.mode in FLOATS)  # the quantizer reads the file itself
     inputs = describe(model)["inputs"]
     _check_names(ctx, spec, model)
@@ -443,7 +447,7 @@ def _quantized(source: Path, path: Path, spec: PrecisionSpec, inputs: Mapping[st
     cal = spec.calibration
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    large = _bytes(source) >= (1 << 31) - 1
+    large = _bytes(source) >= PROTO_LIMIT
     quantize_static(
         str(source), str(path), _Reader(calibration.batches(arrays, inputs)), quant_format=QuantFormat.QDQ,
         op_types_to_quantize=[op for op in QUANTIZED_OPS if op not in spec.exclude.op_types],
@@ -505,7 +509,7 @@ def _to_fp8(model: Any, original: Any) -> Any:
 def _save(model: Any, path: Path) -> None:
     import onnx
 
-    if model.ByteSize() >= (1 << 31) - 1:
+    if model.ByteSize() >= PROTO_LIMIT:
         onnx.save(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
     else:
         onnx.save(model, str(path))
