@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 from pipeline.errors import BuildError
 from pipeline.recipe import Recipe
 from pipeline.stages import calibration
-from pipeline.stages.precision import FLOATS, QUANTIZED_OPS, Limits, PrecisionSpec
+from pipeline.stages.conversion import QUANTIZED_OPS
+from pipeline.stages.precision import FLOATS, Limits, PrecisionSpec
 from pipeline.validate.cleanup import _beside_build
 from pipeline.validate.compare import frozen_feed
 
