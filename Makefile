@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RECIPE ?= recipes/resnet50.yaml
 STAMP  := $(VENV)/.installed
-MODELS := models/resnet50.onnx models/cleanup_needed.onnx models/two_input.onnx
+MODELS := models/resnet50.onnx models/cleanup_needed.onnx models/two_input.onnx models/resnet50_calibration.npz
 
 .PHONY: engine test lint check models clean-venv
 
@@ -24,11 +24,14 @@ lint: $(STAMP)
 check: $(STAMP) $(MODELS)
 	$(BIN)/trt-pipeline check recipes/*.yaml
 
-## models: generate the example models that are missing (seeded random weights)
+## models: generate the example models (and int8 calibration data) that are missing (seeded random weights)
 models: $(MODELS)
 
 # Generated only when missing: a model you put there yourself is never overwritten.
 models/%.onnx: | $(STAMP)
+	$(BIN)/python models/make_models.py $* $@
+
+models/%.npz: | $(STAMP)
 	$(BIN)/python models/make_models.py $* $@
 
 # The virtualenv, created and filled on first use and again whenever pyproject.toml or constraints.txt change.

@@ -64,9 +64,18 @@ Models
     ``y = Relu(x @ W + b)``: input ``x`` float32 [batch, 4], output ``y``
     float32 [batch, 8]. For fast tests.
 
+Calibration data
+----------------
+``resnet50_calibration``
+    An ``.npz`` with one array, ``input`` float32 [8, 3, 224, 224]: eight
+    seeded standard-normal "images" (what ImageNet-normalized inputs look
+    like), for ``recipes/resnet50-int8.yaml``. Random data calibrates a
+    random model; for a real model, calibrate on a few hundred real inputs.
+
 Usage
 -----
     python models/make_models.py resnet50 resnet50.onnx [--seed 0]
+    python models/make_models.py resnet50_calibration resnet50_calibration.npz
 
 From Python::
 
@@ -415,6 +424,27 @@ MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
 }
 
 
+# --------------------------------------------------------------------------
+# calibration data
+# --------------------------------------------------------------------------
+
+
+def resnet50_calibration(seed: int = DEFAULT_SEED, samples: int = 8) -> dict[str, np.ndarray]:
+    """``input`` [8,3,224,224]: seeded N(0, 1) images for int8 calibration."""
+    rng = np.random.default_rng(seed)
+    return {"input": rng.standard_normal((samples, 3, 224, 224), dtype=np.float32)}
+
+
+DATA: dict[str, Callable[..., dict[str, np.ndarray]]] = {
+    "resnet50_calibration": resnet50_calibration,
+}
+
+
+def write_arrays(arrays: dict[str, np.ndarray], path: str | os.PathLike[str]) -> None:
+    """Writes ``arrays`` to the ``.npz`` file ``path`` atomically, like write_model."""
+    _write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
 def write_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     """Writes ``model`` to ``path`` atomically: to a temp file, then rename.
 
@@ -422,13 +452,17 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     never see a half-written file, and two processes writing the same path
     do not share a temp file.
     """
+    _write_atomically(path, lambda f: f.write(model.SerializeToString()))
+
+
+def _write_atomically(path: str | os.PathLike[str], write: Callable[[Any], Any]) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
-            f.write(model.SerializeToString())
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -445,8 +479,8 @@ def _first_line(doc: str | None) -> str:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     summaries = "\n".join(
-        f"  {name:<15} {_first_line(fn.__doc__).replace('``', '')}"
-        for name, fn in MODELS.items()
+        f"  {name:<21} {_first_line(fn.__doc__).replace('``', '')}"
+        for name, fn in {**MODELS, **DATA}.items()
     )
     parser = argparse.ArgumentParser(
         prog="make_models.py",
@@ -466,8 +500,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", choices=sorted(MODELS), help="which model to write")
-    parser.add_argument("output", help="path of the .onnx file to write")
+    parser.add_argument(
+        "model", choices=sorted({**MODELS, **DATA}), help="which model (or data) to write"
+    )
+    parser.add_argument("output", help="path of the .onnx (or .npz) file to write")
     parser.add_argument(
         "--seed",
         type=int,
@@ -479,8 +515,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    model = MODELS[args.model](seed=args.seed)
-    write_model(model, args.output)
+    if args.model in DATA:
+        write_arrays(DATA[args.model](seed=args.seed), args.output)
+    else:
+        write_model(MODELS[args.model](seed=args.seed), args.output)
     print(f"wrote {args.model} (seed {args.seed}) to {args.output}")
     return 0
 

@@ -291,6 +291,24 @@ def _validate_spec(top: _Object) -> ValidateSpec | None:
                         seed=block.get("seed", "integer", default.seed))
 
 
+@dataclass(frozen=True)
+class PrecisionRecord:
+    mode: str  # fp16 | bf16 | int8 | fp8
+    accuracy_delta: Mapping[str, float]  # output -> the precision check's max abs error against the FP32 original
+    accuracy_limits: Mapping[str, float | None]  # output -> the check's max_abs limit, if any
+
+    @classmethod
+    def _read(cls, block: _Object | None) -> PrecisionRecord | None:
+        if block is None:
+            return None
+        check = block.optional("check")
+        outputs = (check.get("outputs", "object", {}) if check else {}) or {}
+        delta = {name: row["max_abs"] for name, row in outputs.items()
+                 if isinstance(row, dict) and isinstance(row.get("max_abs"), (int, float))}
+        limits = {name: ((outputs[name].get("limits") or {}).get("max_abs")) for name in delta}
+        return cls(block.get("mode", "string"), MappingProxyType(delta), MappingProxyType(limits))
+
+
 # ---------------------------------------------------------------- the manifest
 
 
@@ -308,6 +326,7 @@ class Manifest:
     validate: ValidateSpec | None  # None: written before the validate: block was recorded (read the recipe file)
     cleanup_check: CleanupCheckRecord | None  # None without graph-cleanup
     promoted_from: PromotedFrom | None  # None unless a promotion rebuilt it
+    precision: PrecisionRecord | None  # None for an FP32 engine (no precision stage)
     data: dict = field(repr=False, compare=False)  # the JSON object as read
 
     @classmethod
@@ -332,7 +351,8 @@ class Manifest:
                    EngineRecord._read(top.object("engine")), BuildRecord._read(top.object("build")),
                    ValidationRecord._read(top.optional("validation")), _validate_spec(top),
                    CleanupCheckRecord._read(top.optional("cleanup_check")),
-                   PromotedFrom._read(top.optional("promoted_from")), data)
+                   PromotedFrom._read(top.optional("promoted_from")),
+                   PrecisionRecord._read(top.optional("precision")), data)
 
     def to_dict(self) -> dict:
         """The manifest as read, every field included (a copy: changing it changes nothing here)."""

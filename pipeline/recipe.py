@@ -94,7 +94,8 @@ def load(path: str | Path, schema_checked: bool = False) -> Recipe:
     if problems:
         raise RecipeError(problems)
     recipe = _freeze(path, raw, data, marks)
-    problems = _profile_problems(recipe)
+    problems = _profile_problems(recipe) + [problem for name in recipe.stages if REGISTRY[name].check
+                                            for problem in REGISTRY[name].check(recipe)]
     if problems:
         raise RecipeError(problems)
     return recipe

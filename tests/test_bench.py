@@ -47,3 +47,16 @@ def test_quick_floor_times_every_mandatory_step(tmp_path: Path) -> None:
         "imports", "read + sha256 model", "parse + checker", "graphsurgeon passes + export",
         "serialize + write + sha256 cleaned", "TensorRT parse + build", "write + sha256 engine"]
     assert list(tmp_path.iterdir()) == []  # the child's cleaned model and engine lived in a temporary directory
+
+
+def test_quick_precision_bench_reports_time_size_and_accuracy_per_precision() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "precision.py"), "--quick"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)["precisions"]
+    assert list(results) == ["fp32", "fp16", "int8"]
+    for mode, row in results.items():
+        assert row["build_s"] > 0 and row["engine_bytes"] > 0
+        assert (row["convert_s"] > 0) == (mode != "fp32")
+        assert set(row["accuracy_delta"]) == (set() if mode == "fp32" else {"y"})
+    assert results["int8"]["calibration"]["source"] == "random"

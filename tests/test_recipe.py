@@ -21,7 +21,7 @@ from pipeline.stages.serialize import SerializeSpec
 from pipeline.units import size_bytes
 
 REPO = Path(__file__).resolve().parent.parent
-ORDER = "parse -> graph-cleanup (optional) -> network-flag -> memory-pool -> serialize"
+ORDER = "parse -> graph-cleanup (optional) -> precision (optional) -> network-flag -> memory-pool -> serialize"
 
 WriteRecipe = Callable[..., Path]
 
@@ -168,7 +168,7 @@ def test_missing_stage(write_recipe: WriteRecipe) -> None:
 def test_unknown_stage(write_recipe: WriteRecipe) -> None:
     path = write_recipe(edited("  - parse: {check: true}\n", "  - parse: {check: true}\n  - optimize: {}\n"))
     assert problems_of(path) == [f"{path}:8:5: stages[1].optimize: unknown key; expected one of graph-cleanup, "
-                                 "memory-pool, network-flag, parse, serialize"]
+                                 "memory-pool, network-flag, parse, precision, serialize"]
 
 
 def test_profile_min_greater_than_opt(write_recipe: WriteRecipe) -> None:

@@ -13,7 +13,7 @@ from pipeline.digest import file_sha256, json_sha256, plain
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.manifest import Manifest
 from pipeline.recipe import Recipe
-from pipeline.stages import KEY_STAGES, ORDER
+from pipeline.stages import KEY_STAGES, ORDER, REGISTRY
 from pipeline.stages.parse import check_pin, digests, preflight
 from pipeline.store import Artifact, Store
 from pipeline.trt.backend import Backend, installed_version
@@ -24,8 +24,11 @@ TOOLS = ("onnx", "onnx-graphsurgeon", "onnxruntime", "numpy")
 
 def _settings(recipe: Recipe, stages: tuple[str, ...]) -> dict:
     """Stage settings as written (an absent stage is None), with files named by content: the timing cache and
-    plugin libraries by sha256, not path. A recipe without plugins keeps the keys it had before they existed."""
-    settings = {stage: plain(recipe.stages.get(stage)) for stage in stages}
+    plugin libraries by sha256, not path. A recipe without plugins keeps the keys it had before they existed; a
+    stage with its own `key` (precision: calibration data by sha256) gives its settings, and is left out when
+    absent, so recipes without it keep their keys too."""
+    settings = {stage: plain(recipe.stages.get(stage)) if REGISTRY[stage].key is None else REGISTRY[stage].key(
+        recipe.stages[stage]) for stage in stages if stage in recipe.stages or REGISTRY[stage].key is None}
     serialize, written = recipe.spec("serialize"), settings.get("serialize")
     if written:
         cache = serialize.timing_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pipeline.errors import BackendError
 from pipeline.recipe import Recipe
+from pipeline.stages.precision import flag_problem
 from pipeline.trt.backend import Backend
 from pipeline.trt.gpu import Probe
 from pipeline.trt.target import Target, resolve
@@ -80,7 +81,7 @@ def problems(recipe: Recipe, backend: Backend, probe: Probe) -> list[str]:
     serialize = recipe.spec("serialize")
     for index, flag in enumerate(serialize.flags):
         if backend.member("BuilderFlag", flag.upper()) is None:
-            out.append(recipe.problem(recipe.stage_path("serialize", "flags", index),
+            out.append(recipe.problem(recipe.stage_path("serialize", "flags", index), flag_problem(backend, flag) or
                                       f"{label} has no builder flag {flag.upper()}; it has "
                                       f"{', '.join(m.lower() for m in backend.member_names('BuilderFlag'))}"))
     if backend.is_rtx and backend.major == 1 and probe.gpu is None:

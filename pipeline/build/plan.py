@@ -17,6 +17,7 @@ from pipeline.digest import canonical_json, json_sha256, plain
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.recipe import Recipe
 from pipeline.stages.parse import preflight
+from pipeline.stages.precision import target_problems
 from pipeline.store import Store
 from pipeline.trt import backend as backends
 from pipeline.trt.backend import Backend
@@ -50,7 +51,8 @@ def make_plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tupl
     `check_model=False` leaves the model checks (which read the model) to `build`, which runs them only when
     something is to be built: an unchanged rebuild then never parses the model."""
     targets, problems = capability.targets(recipe, backend, probe, target_names)
-    problems += capability.problems(recipe, backend, probe) + (preflight(recipe) if check_model else [])
+    problems += capability.problems(recipe, backend, probe) + target_problems(recipe, backend, targets) + \
+        (preflight(recipe) if check_model else [])
     if check_model and not problems:  # the parser's support query needs a readable model and an importable backend
         problems += support.problems(recipe, backend, logging.getLogger("pipeline"))
     if problems:

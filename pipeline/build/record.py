@@ -13,9 +13,10 @@ from pipeline.stages.context import Context
 
 SCHEMA = 1
 def manifest(ctx: Context, stages: list[dict[str, Any]], started: float, waited: float = 0.0,
-             check: dict | None = None) -> dict:
+             check: dict | None = None, precision_check: dict | None = None) -> dict:
     """`waited`: seconds the build waited after its stages for the checks running beside it; `check`: the
-    cleanup check's record (None without graph-cleanup)."""
+    cleanup check's record (None without graph-cleanup); `precision_check`: the precision check's (its accuracy
+    delta), kept in the `precision` block (None without a precision stage)."""
     recipe, target = ctx.recipe, ctx.target
     engine = ctx.engine_path
     model = dict(ctx.model_record)
@@ -28,6 +29,7 @@ def manifest(ctx: Context, stages: list[dict[str, Any]], started: float, waited:
         "model": model,
         "cleanup": ctx.cleanup_record or None,
         "cleanup_check": check,
+        "precision": {**ctx.precision_record, "check": precision_check} if ctx.precision_record else None,
         "backend": {"name": ctx.backend.name, "version": ctx.backend.version},
         "target": {"name": target.name, "tag": target.tag, "compute_capability": target.compute_capability,
                    "gpu": target.gpu},

@@ -25,11 +25,13 @@ from pipeline.stages import REGISTRY
 from pipeline.stages.context import Context
 from pipeline.stages.graph_cleanup import CHECK, cleaned_files
 from pipeline.stages.parse import preflight
+from pipeline.stages.precision import CHECK as PRECISION_CHECK
 from pipeline.store import Artifact, Run, Store
 from pipeline.trt.backend import Backend, make_logger
 from pipeline.trt.polygraphy import use_polygraphy
 from pipeline.trt.target import Target
 from pipeline.validate.cleanup import cleanup_check
+from pipeline.validate.precision import precision_check
 
 BUILD_LOG = "build.log"
 
@@ -119,7 +121,8 @@ def _build_targets(plan: Plan, todo: list[Target], model: dict, store: Store, lo
                 waited, checks = _settle(tctx, progress)
                 handler.flush()
                 _copy_log(scratch / BUILD_LOG, staged / BUILD_LOG, shared_log, target_log)
-                record = manifest(tctx, stage_times, started=time.time(), waited=waited, check=checks.get(CHECK))
+                record = manifest(tctx, stage_times, started=time.time(), waited=waited, check=checks.get(CHECK),
+                                  precision_check=checks.get(PRECISION_CHECK))
                 record.update(annotate)
                 # Re-checked under the lock: a parallel run may have published this very build key meanwhile.
                 artifact, reused = store.publish_unless(
@@ -137,7 +140,8 @@ def context(recipe: Recipe, backend: Backend, scratch: Path, log: logging.Logger
             environ: MutableMapping[str, str] = os.environ, **fields: Any) -> Context:
     """A build's context: TensorRT's log routed into `log`, graph-cleanup's check wired to pipeline.validate."""
     return Context(recipe, backend, scratch, log, make_logger(backend, log.getChild("trt")),
-                   checker=functools.partial(_cleanup_check, backend, environ), environ=environ, **fields)
+                   checker=functools.partial(_cleanup_check, backend, environ), precision_checker=precision_check,
+                   environ=environ, **fields)
 
 
 def _cleanup_check(backend: Backend, environ: MutableMapping[str, str], *args: Any) -> Callable[[], dict]:
@@ -149,7 +153,7 @@ def _cleanup_check(backend: Backend, environ: MutableMapping[str, str], *args: A
 def _settle(ctx: Context, progress: Progress) -> tuple[float, dict[str, Any]]:
     """Wait for the checks running beside the build (a failure is raised here) and say so in this target's log,
     from this thread; returns the seconds spent waiting (part of the build's duration) and each check's result."""
-    start, label = time.perf_counter(), "waiting for the cleanup check"
+    start, label = time.perf_counter(), "waiting for the checks"
     if not ctx.background.done():
         progress.started(f"      {label} ...")
     results = ctx.background.wait()
@@ -160,6 +164,10 @@ def _settle(ctx: Context, progress: Progress) -> tuple[float, dict[str, Any]]:
     if check:
         ctx.log.info("graph-cleanup: cleaned graph matches the original on %d shape set(s) (%.2fs beside the build)",
                      len(check["results"]), check["seconds"])
+    reduced = results.get(PRECISION_CHECK)
+    if reduced:
+        ctx.log.info("precision: %s graph within its limits on %d sample(s) (%.2fs beside the build)",
+                     reduced["mode"], reduced["samples"], reduced["seconds"])
     return waited, results
 
 
@@ -199,10 +207,10 @@ def _copy_log(source: Path, dest: Path, shared_end: int, target_start: int) -> N
 
 
 def _link_shared_files(ctx: Context, staged: Path) -> None:
-    """The cleaned model (and its external data) next to the engine: hard links when possible."""
-    if ctx.cleaned_path is None:
-        return
-    for source in cleaned_files(ctx.cleaned_path):
+    """The cleaned model, and the reduced-precision one TensorRT built from (with their external data), next to the
+    engine: hard links when possible."""
+    models = [path for path in (ctx.cleaned_path, ctx.precision_path) if path is not None]
+    for source in [file for path in models for file in cleaned_files(path)]:
         try:
             os.link(source, staged / source.name)
         except OSError:

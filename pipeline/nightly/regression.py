@@ -108,6 +108,7 @@ def _metrics(old: dict, new: dict, config: Config, changes: list[dict]) -> list[
         worse = VALIDATION_RANK.get(status_new, 1) < VALIDATION_RANK.get(status_old, 1)
         (found if worse else changes).append(_item(new, "validation", status_old, status_new))
     found += _max_error_growth(old, new, config)
+    found += _max_error_growth(old, new, config, "accuracy_delta", "accuracy_limits")
     found += _engine_size(old, new, config)
     found += _build_time(old, new, config)
     return found
@@ -117,11 +118,15 @@ def _validation_status(record: dict) -> str:
     return (record.get("validation") or {}).get("status") or "not-run"
 
 
-def _max_error_growth(old: dict, new: dict, config: Config) -> list[dict]:
+def _max_error_growth(old: dict, new: dict, config: Config, key: str = "max_errors",
+                      limits: str = "tolerances") -> list[dict]:
+    """Per output, growth of the max error beyond the budget (a fraction of the output's atol, else of the previous
+    night's value). Also for the precision check's accuracy delta (key 'accuracy_delta', limits its max_abs)."""
     found = []
-    errors_old = (old.get("validation") or {}).get("max_errors") or {}
-    errors_new = (new.get("validation") or {}).get("max_errors") or {}
-    tolerances = (new.get("validation") or {}).get("tolerances") or {}
+    errors_old = (old.get("validation") or {}).get(key) or {}
+    errors_new = (new.get("validation") or {}).get(key) or {}
+    tolerances = (new.get("validation") or {}).get(limits) or {}
+    metric = "max_error" if key == "max_errors" else key
     for output, after in errors_new.items():
         before = errors_old.get(output)
         if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
@@ -129,8 +134,9 @@ def _max_error_growth(old: dict, new: dict, config: Config) -> list[dict]:
         atol = tolerances.get(output)
         allowed = config.max_error_budget * atol if atol else config.max_error_budget * abs(before)
         if after - before > allowed:
-            basis = f"atol {atol:g}" if atol else "previous max error"
-            found.append(_item(new, f"max_error[{output}]", before, after,
+            basis = (f"atol {atol:g}" if key == "max_errors" else f"max_abs {atol:g}") if atol else \
+                f"previous {metric.replace('_', ' ')}"
+            found.append(_item(new, f"{metric}[{output}]", before, after,
                                f"grew {after - before:.3g}, budget {config.max_error_budget:g} x {basis} "
                                f"= {allowed:.3g}"))
     return found

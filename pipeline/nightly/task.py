@@ -18,7 +18,7 @@ from pipeline.build import plan as plans
 from pipeline.build import runner
 from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
-from pipeline.manifest import ValidationRecord
+from pipeline.manifest import PrecisionRecord, ValidationRecord
 from pipeline.store import Run, Store
 from pipeline.trt.gpu import Probe
 from pipeline.validate import artifact as validate
@@ -141,15 +141,19 @@ def artifact_record(artifact: Any, recipe: Any, reason: str | None) -> dict:
     return {"status": "skipped" if reason else "built", "reason": reason, "artifact": artifact.ref,
             "tag": artifact.tag, "path": str(artifact.path), "build_key": manifest.build.key,
             "engine_sha256": manifest.engine.sha256, "engine_bytes": manifest.engine.bytes,
-            "build_s": manifest.build.duration_s, "validation": validation_record(manifest.validation, recipe)}
+            "build_s": manifest.build.duration_s, "validation": validation_record(manifest.validation, recipe, manifest.precision)}
 
 
-def validation_record(validation: ValidationRecord, recipe: Any) -> dict:
-    """{status, reason, max_errors {output: float}, tolerances {output: atol}} from a manifest's validation block."""
+def validation_record(validation: ValidationRecord, recipe: Any, precision: PrecisionRecord | None = None) -> dict:
+    """{status, reason, max_errors {output: float}, tolerances {output: atol}} from a manifest's validation block,
+    and for a reduced-precision engine its accuracy delta: the precision check's max abs error per output against
+    the FP32 original, with the check's max_abs limits (accuracy_delta, accuracy_limits)."""
     errors = output_errors(validation.results)
     spec = getattr(recipe, "validate", None)
     tolerances = {name: spec.tolerance(name).atol for name in errors} if spec else {}
-    return {"status": validation.status, "reason": validation.reason, "max_errors": errors, "tolerances": tolerances}
+    return {"status": validation.status, "reason": validation.reason, "max_errors": errors, "tolerances": tolerances,
+            **({"accuracy_delta": dict(precision.accuracy_delta), "accuracy_limits": dict(precision.accuracy_limits)}
+               if precision else {})}
 
 
 def output_errors(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:

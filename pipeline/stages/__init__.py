@@ -6,12 +6,20 @@ entry in recipe.schema.json. A stage is a plain function from the build context 
 
 from __future__ import annotations
 
-from pipeline.stages import graph_cleanup, memory_pool, network_flag, parse, serialize
+from pipeline.stages import (
+    graph_cleanup,
+    memory_pool,
+    network_flag,
+    parse,
+    precision,
+    serialize,
+)
 from pipeline.stages.stage import Stage
 
 REGISTRY: dict[str, Stage] = {stage.name: stage for stage in (
     parse.STAGE,
     graph_cleanup.STAGE,
+    precision.STAGE,
     network_flag.STAGE,
     memory_pool.STAGE,
     serialize.STAGE,

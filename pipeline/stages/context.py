@@ -21,6 +21,11 @@ if TYPE_CHECKING:  # the recipe module sits above the stages (it freezes their s
 # path, parse's model record, the cleaned graph's inputs, log, stop event) -> a job to run beside the build.
 Checker = Callable[["Recipe", Path, Mapping[str, Any], Mapping[str, dict], logging.Logger, threading.Event],
                    Callable[[], dict]]
+# precision's check of the reduced-precision graph against the FP32 original, given by the runner: (recipe, model
+# paths {source, original, converted}, parse's model record, the source graph's inputs, the check's input
+# arrays, log, stop event) -> a job to run beside the build.
+PrecisionChecker = Callable[["Recipe", Mapping[str, Path], Mapping[str, Any], Mapping[str, dict], Mapping[str, Any],
+                             logging.Logger, threading.Event], Callable[[], dict]]
 
 
 @dataclass
@@ -32,6 +37,7 @@ class Context:
     trt_logger: Any
     checker: Checker | None = None
     progress: Progress = field(default_factory=Lines)  # a stage reports what it is doing now with progress.detail
+    precision_checker: PrecisionChecker | None = None
     # parse
     model: Any = None  # onnx.ModelProto, weights loaded only when graph-cleanup needs them (None after it: on disk)
     model_record: dict = field(default_factory=dict)
@@ -40,6 +46,9 @@ class Context:
     cleaned_path: Path | None = None
     cleaned_sha256: str | None = None
     cleanup_record: dict = field(default_factory=dict)
+    # precision (the converted graph is then onnx_path)
+    precision_path: Path | None = None
+    precision_record: dict = field(default_factory=dict)
     # per target: network-flag, memory-pool, serialize
     target: Target | None = None
     staged: Path | None = None  # the artifact directory being written for this target

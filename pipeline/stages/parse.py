@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 
 from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError, PipelineError
+from pipeline.stages import calibration
 from pipeline.stages.context import Context
 from pipeline.stages.stage import Stage
 
@@ -226,7 +227,8 @@ def preflight(recipe: Any, sha256: str | None = None) -> list[str]:
     except PipelineError as error:
         return [str(error) if error.__class__ is BuildError else recipe.problem(("model", "path"), str(error))]
     shapes = lambda io: {name: v["shape"] for name, v in io.items()}  # noqa: E731
-    return recipe.io_problems(shapes(info["inputs"]), shapes(info["outputs"]))
+    return recipe.io_problems(shapes(info["inputs"]), shapes(info["outputs"])) + \
+        calibration.recipe_problems(recipe, info["inputs"], list(info["outputs"]))
 
 
 def _freeze(body: Mapping[str, Any], base: Path) -> ParseSpec:

@@ -19,6 +19,10 @@ class Stage:
     per_target: bool = False  # runs once per build target (else once per build)
     in_key: bool = False  # its settings are part of the build key: they change the engine's bytes
     optional: bool = False  # a recipe may leave it out
+    # Its settings as the keys see them (files by content). A stage that has one is left out of the keys when a
+    # recipe leaves it out, so the keys of recipes written before it existed stay the same.
+    key: Callable[[Any], dict] | None = None
+    check: Callable[[Any], list[str]] | None = None  # the frozen recipe -> its located problems (after the schema)
 
 
 def frozen(value: Any) -> Any:

@@ -53,9 +53,12 @@ def test_explicit_batch_false_is_refused_on_rtx(write_recipe: Callable[..., Path
 
 
 def test_unknown_builder_flag(write_recipe: Callable[..., Path], rtx_backend: Backend) -> None:
-    path, found = problems(write_recipe, RECIPE.replace("flags: [tf32]", "flags: [tf32, fp16]"), rtx_backend)
+    """Precision flags (fp16, int8, ...) get their own version-aware message: tests/stages/test_precision.py."""
+    path, found = problems(write_recipe, RECIPE.replace("flags: [tf32]", "flags: [tf32, obey_precision_constraints]"),
+                           rtx_backend)
     has = ", ".join(name.lower() for name in sorted(tensorrt_rtx.BuilderFlag.__members__))
-    assert found == [f"{path}:11:21: stages[3].serialize.flags[1]: {LABEL} has no builder flag FP16; it has {has}"]
+    assert found == [f"{path}:11:21: stages[3].serialize.flags[1]: {LABEL} has no builder flag "
+                     f"OBEY_PRECISION_CONSTRAINTS; it has {has}"]
 
 
 def test_unknown_memory_pool(write_recipe: Callable[..., Path], rtx_backend: Backend) -> None:

@@ -144,7 +144,8 @@ def test_build_key_inputs_structure(write_recipe: Recipe, rtx_backend: Backend) 
     target = resolve("sm89", rtx_backend, Probe(False, (), "no GPU"))
     inputs = build_key_inputs(recipe, "c" * 64, pinned_backend(), target)
     assert set(inputs) == {"settings", "cleaned_sha256", "backend", "target"}
-    assert tuple(inputs["settings"]) == KEY_STAGES == ("network-flag", "memory-pool", "serialize")
+    assert KEY_STAGES == ("precision", "network-flag", "memory-pool", "serialize")
+    assert tuple(inputs["settings"]) == ("network-flag", "memory-pool", "serialize")  # an absent precision stage: none
     assert inputs["settings"]["network-flag"] == {"explicit_batch": True, "strongly_typed": True}
     assert inputs["settings"]["memory-pool"] == {"limits": {"workspace": 67108864}}
     # Every serialize setting is in the key; `plugins` only when the recipe has some, so that recipes written

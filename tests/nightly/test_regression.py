@@ -52,6 +52,22 @@ def test_max_error_growth_beyond_the_tolerance_budget() -> None:
     assert regression["detail"] == "grew 0.00026, budget 0.25 x atol 0.001 = 0.00025"
 
 
+def test_accuracy_delta_tracked_across_nights_like_max_error() -> None:
+    """A reduced-precision engine's accuracy delta (precision check: max abs error against FP32) may grow by the
+    budget times its max_abs limit, or without one, times the previous night's delta."""
+    def delta(value: float, limit: float | None = None) -> dict:
+        return {"status": "skipped", "max_errors": {}, "accuracy_delta": {"output": value},
+                "accuracy_limits": {"output": limit}}
+
+    config = Config(max_error_budget=0.25)
+    assert compare([record(validation=delta(0.12))], [record(validation=delta(0.149))], config)[0] == []
+    (regression,) = compare([record(validation=delta(0.12))], [record(validation=delta(0.16))], config)[0]
+    assert metrics([regression]) == [("accuracy_delta[output]", 0.12, 0.16)]
+    assert regression["detail"] == "grew 0.04, budget 0.25 x previous accuracy delta = 0.03"
+    (limited,) = compare([record(validation=delta(0.1, 0.1))], [record(validation=delta(0.13, 0.1))], config)[0]
+    assert limited["detail"] == "grew 0.03, budget 0.25 x max_abs 0.1 = 0.025"
+
+
 def test_validation_getting_worse_is_a_regression_and_better_a_change() -> None:
     passed, failed = ({"status": s, "max_errors": {}} for s in ("passed", "failed"))
     regressions, changes = compare([record(validation=passed)], [record(validation=failed)], Config())

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from pipeline import recipe as recipes
-from pipeline.manifest import ValidationRecord
+from pipeline.manifest import Manifest, ValidationRecord
 from pipeline.nightly.pool import workers_for
 from pipeline.nightly.task import Task, output_errors, validation_record
 from tests.nightly.test_run import NO_GPU, TINY_PROFILE, recipe_text
+from tests.test_manifest import sample
 
 
 @pytest.fixture
@@ -50,6 +51,16 @@ def test_tolerances_come_from_the_recipe(write_recipe) -> None:
                       "tolerances": {"y": 1e-3, "z": 1e-2}}
     assert validation_record(ValidationRecord(), None) == {"status": "not-run", "reason": None, "max_errors": {},
                                                            "tolerances": {}}
+
+
+def test_a_reduced_precision_engine_records_its_accuracy_delta() -> None:
+    """The precision check's max abs error against the FP32 original, per output, with its max_abs limit."""
+    check = {"status": "passed", "outputs": {"output": {"max_abs": 0.12, "cosine": 0.9997, "limits": {"max_abs": 0.5}},
+                                             "y": {"max_abs": 1e-3, "limits": {"min_cosine": 0.99}}}}
+    manifest = Manifest.from_dict({**sample(), "precision": {"mode": "int8", "check": check}}, Path("manifest.json"))
+    record = validation_record(manifest.validation, None, manifest.precision)
+    assert record["accuracy_delta"] == {"output": 0.12, "y": 1e-3}
+    assert record["accuracy_limits"] == {"output": 0.5, "y": None}
 
 
 def test_parallel_builds_are_bounded_by_memory() -> None:
