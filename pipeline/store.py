@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pipeline import clock
 from pipeline import ref as refs
 from pipeline.digest import file_sha256
 from pipeline.errors import StoreError
@@ -242,7 +243,7 @@ class Store:
 
     def keep_failure_log(self, name: str, log: Path) -> Path:
         """Copy a failed build's log to ROOT/_failed/<name>-<time>.log (failed builds publish nothing else)."""
-        stamp = f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        stamp = f"{name}-{clock.compact()}-{os.getpid()}"
         (self.root / FAILED).mkdir(parents=True, exist_ok=True)
         for number in range(1, 10_000):  # two failures in one second and process (threads) keep both logs
             kept = self.root / FAILED / (f"{stamp}.log" if number == 1 else f"{stamp}.{number}.log")

@@ -17,10 +17,10 @@ import getpass
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from pipeline import clock
 from pipeline import recipe as recipes
 from pipeline.build import plan as plans
 from pipeline.build import runner
@@ -205,7 +205,7 @@ def promote(store: Store, ref: str, from_tag: str, to_tag: str, channel: str, *,
     artifact, built = source, False
     if decision.action == "rebuild":
         artifact, built = _rebuild(store, source, manifest, to, probe_(), log, progress, load_backend)
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = clock.utc()
     waiver = reason if gate else None
     event = {"at": now, "by": by, "decision": decision.action, "reason": decision.reason,
              "from": {"ref": source.ref, "tag": source.tag}, "built": built, "why": reason,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from pipeline import interrupt
-from pipeline.nightly.task import Task, build_task, identity
+from pipeline.nightly.task import Task, bug, build_task, failed, identity
 
 
 class Observer(Protocol):
@@ -194,9 +194,7 @@ def _next(pending: list[Task], solo: list[Task], running: dict, crashed: set[Tas
 
 def _lost(task: Task, error: BaseException) -> list[dict]:
     """A task whose results never came back (they could not be sent to, or returned from, its process)."""
-    return [{**identity(task, target), "status": "failed", "wall_s": None, "hint": None,
-             "error": f"internal error (this is a bug): the result was lost: {type(error).__name__}: {error}"}
-            for target in task.targets]
+    return [failed(identity(task, target), f"the result was lost: {bug(error)}", None) for target in task.targets]
 
 
 def _crashed(task: Task, crashed: set[Task], solo: list[Task], observer: Observer, alone: bool) -> list[dict]:
@@ -208,8 +206,7 @@ def _crashed(task: Task, crashed: set[Task], solo: list[Task], observer: Observe
             solo.append(one)
         return []
     (target,) = task.targets
-    record = {**identity(task, target), "status": "failed", "wall_s": None,
-              "error": "the build process died (a crash inside TensorRT, or killed for memory)",
-              "hint": f"see {task.log}; reproduce with `trt-pipeline build {task.recipe_file} --target {target}`"}
+    record = failed(identity(task, target), "the build process died (a crash inside TensorRT, or killed for memory)",
+                    f"see {task.log}; reproduce with `trt-pipeline build {task.recipe_file} --target {target}`")
     observer.finished(record)
     return [record]

@@ -10,11 +10,13 @@ whose build key is unchanged.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline import clock
 from pipeline.build import cache
 from pipeline.build import plan as plans
 from pipeline.build.cache import source_key
@@ -31,7 +33,7 @@ from pipeline.nightly.pool import (
     workers_for,
 )
 from pipeline.nightly.regression import Config, compare
-from pipeline.nightly.task import Task, artifact_record, build_task
+from pipeline.nightly.task import Task, artifact_record, bug, build_task, failed
 from pipeline.stages.parse import digests
 from pipeline.store import Store
 from pipeline.trt import gpu
@@ -155,12 +157,9 @@ def _failed(name: str, target: str, path: Path, error: Exception) -> dict:
     if isinstance(error, PipelineError):
         message, hint = str(error), error.hint
     else:
-        import logging
-
         logging.getLogger("pipeline.nightly").error("planning %s failed (this is a bug)", path, exc_info=error)
-        message, hint = f"internal error (this is a bug): {type(error).__name__}: {error}", None
-    return {"recipe": name, "target": target, "recipe_file": str(path), "log": None, "status": "failed",
-            "error": message, "hint": hint, "wall_s": 0.0}
+        message, hint = bug(error), None
+    return failed({"recipe": name, "target": target, "recipe_file": str(path), "log": None}, message, hint, 0.0)
 
 
 # ---------------------------------------------------------------- the night
@@ -184,7 +183,7 @@ def run(recipes_dir: Path, store: Store, config: Config = Config(), targets: tup
         records = _ordered(known + (schedule(tasks, workers, observer, build) if tasks else []), order)
         previous = previous_night(store, night.name)
         regressions, changes = compare(previous["pairs"], records, config) if previous else ([], [])
-        report = {"schema": SCHEMA, "run": night.name, "started_at": _iso(started), "finished_at": _iso(time.time()),
+        report = {"schema": SCHEMA, "run": night.name, "started_at": clock.utc(started), "finished_at": clock.utc(time.time()),
                   "duration_s": round(time.time() - started, 3), "recipes_dir": str(recipes_dir),
                   "store": str(store.root), "targets": list(targets) or None, "force": force, "jobs": jobs,
                   "workers": workers,
@@ -207,10 +206,6 @@ def _recorded_only_when_finished(night: Path) -> Iterator[None]:
         raise
 
 
-def _iso(when: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
-
-
 def _ordered(records: list[dict], order: list[tuple[str, str]]) -> list[dict]:
     """Planning order (recipe file, then target), whatever order the pairs finished in."""
     rank = {pair: i for i, pair in enumerate(order)}
@@ -228,7 +223,7 @@ def _summary(records: list[dict], regressions: list[dict]) -> dict:
 
 def claim_night(store: Store, when: float) -> Path:
     """A fresh ROOT/_nightly/<UTC time>[-N]/ (with logs/), claimed by the store so two nightlies never share one."""
-    path = store.new_night(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when)))
+    path = store.new_night(clock.compact(when))
     (path / "logs").mkdir()
     return path
 

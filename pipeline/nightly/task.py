@@ -101,14 +101,22 @@ def _build_alone(task: Task, store: Store, log: logging.Logger, before: set[Path
         return _failure(task, task.targets[0], error, log)
 
 
+def failed(who: dict, error: str, hint: str | None, wall_s: float | None = None) -> dict:
+    """The one shape of a failed pair's record: `who` is its identity (recipe, target, recipe_file, log)."""
+    return {**who, "status": "failed", "error": error, "hint": hint, "wall_s": wall_s}
+
+
+def bug(error: BaseException) -> str:
+    return f"internal error (this is a bug): {type(error).__name__}: {error}"
+
+
 def _failure(task: Task, target: str, error: Exception, log: logging.Logger) -> dict:
     if isinstance(error, PipelineError):
         log.error("%s %s: %s%s", task.recipe, target, error, f"\nhint: {error.hint}" if error.hint else "")
-        return {**identity(task, target), "status": "failed", "error": str(error), "hint": error.hint}
+        return failed(identity(task, target), str(error), error.hint)
     log.error("%s %s: internal error (this is a bug):\n%s", task.recipe, target,
               "".join(traceback.format_exception(error)))
-    return {**identity(task, target), "status": "failed", "hint": f"traceback in {task.log}",
-            "error": f"internal error (this is a bug): {type(error).__name__}: {error}"}
+    return failed(identity(task, target), bug(error), f"traceback in {task.log}")
 
 
 def _task_logger(path: Path) -> logging.Logger:

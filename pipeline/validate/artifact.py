@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import functools
 import socket
-import time
 from pathlib import Path
 from typing import Any, Callable, MutableMapping, Sequence
 
+from pipeline import clock
 from pipeline import recipe as recipes
 from pipeline.digest import file_sha256
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
@@ -116,7 +116,7 @@ def validate_artifact(store: Store, artifact: Artifact, spec: ValidateSpec, prob
         bad = failures(rows)
         reason = f"output(s) {', '.join(failed_outputs(rows))} differ from ONNX Runtime: {bad[0]}" if bad else None
         report = record_of("failed" if bad else "passed", spec, reason, rows)
-    report.update(validated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), host=socket.gethostname(),
+    report.update(validated_at=clock.utc(), host=socket.gethostname(),
                   gpu=gpu.name if gpu else None, file=REPORT)
     kept = manifest.validation
     if not report["results"] and kept.status in ("passed", "failed") and kept.results:
