@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pipeline.digest import file_sha256, model_sha256
-from pipeline.errors import BuildError, PipelineError
+from pipeline.errors import BuildError, PipelineError, RecipeError
 from pipeline.stages import calibration
 from pipeline.stages.context import Context
 from pipeline.stages.stage import Stage
@@ -126,9 +126,9 @@ def digests(path: Path, sha256: str | None = None, hasher: Callable[[Path], str]
 def check_pin(recipe: Any, sha256: str) -> None:
     """model.sha256, when the recipe pins it, must be the model file's."""
     if recipe.model_sha256 and recipe.model_sha256 != sha256:
-        raise BuildError(f"{recipe.where(('model', 'sha256'))}: model.sha256: pinned {recipe.model_sha256}, "
-                         f"but {recipe.model_path} has sha256 {sha256}",
-                         hint="update the pin if the model change is intended")
+        raise RecipeError([recipe.problem(("model", "sha256"), f"pinned {recipe.model_sha256}, but "
+                                                               f"{recipe.model_path} has sha256 {sha256}")],
+                          hint="update the pin if the model change is intended")
 
 
 def _read_bytes(path: Path) -> bytes | None:
@@ -224,8 +224,10 @@ def preflight(recipe: Any, sha256: str | None = None) -> list[str]:
     try:
         info = header(path)
         check_pin(recipe, sha256 or file_sha256(path))
+    except RecipeError as error:  # the pin: already located at model.sha256
+        return error.problems
     except PipelineError as error:
-        return [str(error) if error.__class__ is BuildError else recipe.problem(("model", "path"), str(error))]
+        return [recipe.problem(("model", "path"), str(error))]
     shapes = lambda io: {name: v["shape"] for name, v in io.items()}  # noqa: E731
     return recipe.io_problems(shapes(info["inputs"]), shapes(info["outputs"])) + \
         calibration.recipe_problems(recipe, info["inputs"], list(info["outputs"]))

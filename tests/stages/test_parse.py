@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from models.make_models import MODELS, write_model
-from pipeline.errors import BuildError, PipelineError
+from pipeline.errors import BuildError, PipelineError, RecipeError
 from pipeline.stages.context import Context
 from pipeline.stages.parse import digests, header, preflight
 from tests.conftest import TINY_STAGES, run_stages
@@ -116,7 +116,7 @@ def test_sha256_pin_mismatch(write_recipe: Recipe, models_dir: Path, build_conte
     model, pin = models_dir / "tiny.onnx", "ab" * 32
     path = recipe_for(write_recipe, model, extra=f", sha256: {pin}")
     ctx = build_context(path)
-    with pytest.raises(BuildError) as caught:
+    with pytest.raises(RecipeError) as caught:
         run_stages(ctx, "parse")
     column = len(f"model: {{path: {model}, sha256: ") + 1
     assert str(caught.value) == f"{path}:3:{column}: model.sha256: pinned {pin}, but {model} has sha256 {sha256(model)}"
