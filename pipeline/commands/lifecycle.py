@@ -19,7 +19,8 @@ from pipeline.store import Store
 def promote(args: argparse.Namespace, log: logging.Logger) -> int:
     done = promotion.promote(Store(args.store), args.artifact, args.from_tag, args.to_tag or args.from_tag,
                              args.channel, by=promotion.who(args.environ), log=log,
-                             allow_unvalidated=args.allow_unvalidated, reason=args.reason, progress=progress(args))
+                             allow_unvalidated=args.allow_unvalidated, reason=args.reason, progress=progress(args),
+                             environ=args.environ)
     if args.json:
         emit_json(done.to_json())
         return 0

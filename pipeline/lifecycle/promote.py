@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, MutableMapping
 
 from pipeline import clock
 from pipeline import recipe as recipes
@@ -186,7 +186,9 @@ def _gate(manifest: Manifest, decision: Decision, tag: str, channel: str) -> str
 def promote(store: Store, ref: str, from_tag: str, to_tag: str, channel: str, *, by: str,
             log: logging.Logger, allow_unvalidated: bool = False, reason: str | None = None,
             probe: Probe | None = None, progress: Progress = lambda line: None,
-            load_backend: Callable[[str], Any] | None = None) -> Promotion:
+            load_backend: Callable[[str], Any] | None = None,
+            environ: MutableMapping[str, str] | None = None) -> Promotion:
+    """`environ`: where Polygraphy is told which TensorRT to use for a rebuild's validate step (the CLI's)."""
     channels.check_name(channel)
     if allow_unvalidated and not (reason or "").strip():
         raise PromotionError("--allow-unvalidated needs --reason \"...\": the waiver is recorded in the history")
@@ -204,7 +206,8 @@ def promote(store: Store, ref: str, from_tag: str, to_tag: str, channel: str, *,
                              hint=_gate_hint(source, to, decision, channel))
     artifact, built = source, False
     if decision.action == "rebuild":
-        artifact, built = _rebuild(store, source, manifest, to, probe_(), log, progress, load_backend)
+        artifact, built = _rebuild(store, source, manifest, to, probe_(), log, progress, load_backend,
+                                  os.environ if environ is None else environ)
     now = clock.utc()
     waiver = reason if gate else None
     event = {"at": now, "by": by, "decision": decision.action, "reason": decision.reason,
@@ -241,7 +244,8 @@ def _source_target(manifest: Manifest) -> Target:
 
 
 def _rebuild(store: Store, source: Artifact, manifest: Manifest, to: Tag, probe: Probe, log: logging.Logger,
-             progress: Progress, load_backend: Callable[[str], Any] | None) -> tuple[Artifact, bool]:
+             progress: Progress, load_backend: Callable[[str], Any] | None,
+             environ: MutableMapping[str, str]) -> tuple[Artifact, bool]:
     """Build for `to` from exactly the inputs of `source`; refuse when any of them changed."""
     line = f"cannot rebuild {source.ref} {source.tag} for {to.text}"
     path = manifest.recipe.path
@@ -278,5 +282,5 @@ def _rebuild(store: Store, source: Artifact, manifest: Manifest, to: Tag, probe:
                              f"channel unchanged, new build left at {outcome.artifact.path}")
     if not outcome.reused:  # the build's validate step, as `trt-pipeline build` runs it (skipped without a GPU)
 
-        after_build(recipe, [outcome.artifact], store, probe, os.environ, log, progress)
+        after_build(recipe, [outcome.artifact], store, probe, environ, log, progress)
     return outcome.artifact, not outcome.reused
