@@ -26,9 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = Path(__file__).resolve().parent / "recipes"
@@ -245,7 +246,7 @@ def _run_case(bench: Bench, case: Case, runs: int) -> dict[str, Any]:
     theirs: list[Run] = []
     for index in range(runs):
         def ours() -> None:
-            store = warm if case.rebuild else bench.workdir / f"{case.name}.store.{index}"
+            store = warm if case.rebuild else bench.workdir / f"{case.name}.store.{index}"  # noqa: B023 - used at once, in this iteration
             try:
                 mine.append(bench.pipeline(recipe, store))
             finally:

@@ -9,9 +9,10 @@ the build exactly as if it had run in line.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 from pipeline import heap
 
@@ -46,7 +47,7 @@ class Background:
         """Wait for every job, in the order started; the first failure is raised. Returns each job's result."""
         return {name: self.result(name) for name in self._jobs}
 
-    def __enter__(self) -> "Background":
+    def __enter__(self) -> Background:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline.errors import StoreError
 from pipeline.recipe import Tolerance, ValidateSpec

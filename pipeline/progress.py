@@ -3,7 +3,8 @@ collect it. Finished lines are calls; a status line for work in progress, and wh
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 
 @runtime_checkable

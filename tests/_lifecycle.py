@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import tensorrt_rtx
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -82,7 +82,7 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(scope="session")
-def rtx_backend() -> "Backend":
+def rtx_backend() -> Backend:
     """The real TensorRT-RTX backend (it builds engines on this CPU-only machine)."""
     from pipeline.trt.backend import load
 
@@ -90,7 +90,7 @@ def rtx_backend() -> "Backend":
 
 
 @pytest.fixture
-def build_context(tmp_path: Path, rtx_backend: "Backend") -> Callable[..., "Context"]:
+def build_context(tmp_path: Path, rtx_backend: Backend) -> Callable[..., Context]:
     """build_context(recipe_path, target='sm89') -> a real build Context for running stages one by one:
     TensorRT-RTX, the project's TensorRT logger on logger 'x.trt', scratch and staged dirs under tmp_path."""
     import logging
@@ -112,7 +112,7 @@ def build_context(tmp_path: Path, rtx_backend: "Backend") -> Callable[..., "Cont
     return make
 
 
-def run_stages(ctx: "Context", *names: str) -> None:
+def run_stages(ctx: Context, *names: str) -> None:
     """Run the named stages, in the order given, on one context."""
     from pipeline.stages import REGISTRY
 

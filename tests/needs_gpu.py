@@ -5,7 +5,8 @@ failure, so a runner that lost its GPU cannot pass by skipping (see README, "GPU
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

@@ -12,8 +12,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import tensorrt_rtx
@@ -150,7 +150,7 @@ def test_build_dry_run_json(capsys: Capture, store_dir: Path, recipe: Path) -> N
     assert plan["recipe"]["name"] == "tiny" and plan["backend"] == LABEL
     assert [s["name"] for s in plan["stages"]] == ["parse", "graph-cleanup", "network-flag", "memory-pool", "serialize"]
     assert plan["stages"][0]["settings"] == {"check": True, "infer_shapes": True}
-    (built,) = [line for line in run(capsys, "--store", str(store_dir), "list")[1].splitlines()[1:]]
+    (built,) = run(capsys, "--store", str(store_dir), "list")[1].splitlines()[1:]
     ref = built.split()[0]
     sm86, sm89 = plan["targets"]
     assert sm89 == {"name": "sm89", "tag": SM89, "action": "reuse", "reuse": ref,

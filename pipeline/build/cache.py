@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pipeline import __version__
 from pipeline.digest import file_sha256, json_sha256, plain

@@ -8,9 +8,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, MutableMapping
+from typing import Any
 
 from pipeline import heap
 from pipeline.background import Background
@@ -127,7 +128,7 @@ def _build_targets(plan: Plan, todo: list[Target], model: dict, store: Store, lo
                 # Re-checked under the lock: a parallel run may have published this very build key meanwhile.
                 artifact, reused = store.publish_unless(
                     recipe.name, recipe.version, target.tag, staged, record, run,
-                    existing=lambda: None if force else reusable(store, recipe, "key", key, log))
+                    existing=lambda: None if force else reusable(store, recipe, "key", key, log))  # noqa: B023 - called under the lock, now
                 if reused:
                     progress(f"[skip] {target.name:<6} built meanwhile by another run (build key): "
                              f"reusing {artifact.ref} {artifact.tag}")

@@ -9,7 +9,8 @@ import shutil
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from pipeline.progress import Lines
 
@@ -39,7 +40,7 @@ class Progress:
     that the next line overwrites (\r), redrawn each second with the time it has taken so far and `detail` (e.g.
     TensorRT's build phase), so long work is visible while it runs; elsewhere only finished lines are written."""
 
-    pending: "Progress | None" = None  # the instance whose status line is on screen, unfinished
+    pending: Progress | None = None  # the instance whose status line is on screen, unfinished
     _lock = threading.RLock()  # the ticker thread and the main thread draw on the same line
 
     def __init__(self, stream: Any, tty: bool | None = None, clock: bool = True) -> None:

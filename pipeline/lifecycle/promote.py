@@ -17,8 +17,9 @@ import getpass
 import logging
 import os
 import socket
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, MutableMapping
+from typing import Any
 
 from pipeline import clock
 from pipeline import recipe as recipes

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 import math
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 from xml.etree import ElementTree
 
 from pipeline.nightly.text import night_text, night_time, value

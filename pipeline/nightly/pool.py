@@ -11,11 +11,12 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from pipeline import interrupt
 from pipeline.nightly.task import Task, bug, build_task, failed, identity

@@ -57,7 +57,7 @@ def config_schema() -> dict:
         "additionalProperties": False,
         "properties": {
             "thresholds": {"type": "object", "additionalProperties": False,
-                           "properties": {key: number for key in THRESHOLDS}},
+                           "properties": dict.fromkeys(THRESHOLDS, number)},
             "memory_per_job": {**schema()["$defs"]["size"], "minimum": 1},
             "history": {"type": "integer", "minimum": 1},
         },

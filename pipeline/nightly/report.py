@@ -4,9 +4,9 @@ recipe) span the recorded nights."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 from pathlib import Path
-from typing import Callable
 
 from pipeline.files import write_bytes
 from pipeline.nightly import charts

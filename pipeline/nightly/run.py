@@ -13,8 +13,9 @@ import contextlib
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipeline import clock
 from pipeline.build import cache

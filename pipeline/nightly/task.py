@@ -10,9 +10,10 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from pipeline.build import plan as plans
 from pipeline.build import runner
@@ -44,7 +45,7 @@ class Task:
     def log(self) -> str:
         return str(Path(self.logs) / f"{self.recipe}.{'+'.join(self.targets)}.log")
 
-    def split(self) -> list["Task"]:
+    def split(self) -> list[Task]:
         return [replace(self, targets=(target,)) for target in self.targets]
 
 

@@ -10,8 +10,9 @@ to a static dimension, within the optimization profile's min..max for a dynamic 
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, Sequence
+from typing import IO, Any
 
 from pipeline.digest import file_sha256, json_sha256
 

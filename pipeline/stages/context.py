@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from pipeline.background import Background
 from pipeline.progress import Lines, Progress
@@ -64,7 +65,7 @@ class Context:
     environ: MutableMapping[str, str] = field(default_factory=lambda: os.environ)  # Polygraphy reads it at import
     background: Background = field(default_factory=Background)  # checks running beside the build; shared by targets
 
-    def for_target(self, target: Target, staged: Path) -> "Context":
+    def for_target(self, target: Target, staged: Path) -> Context:
         """A copy for one target: shared results carried over, per-target state fresh."""
         return replace(self, target=target, staged=staged, builder=None, network=None, parser=None,
                        network_record={}, config=None, config_record={}, timing_cache=None, monitor=None,

@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from pipeline.stages import calibration
 from pipeline.stages.parse import PROTO_LIMIT
@@ -20,7 +21,7 @@ FP8_MAX = 448.0  # the largest FP8 E4M3 value
 INT8_MAX = 127.0
 
 
-def floats(model: Any, spec: "PrecisionSpec") -> Any:
+def floats(model: Any, spec: PrecisionSpec) -> Any:
     """The model (consumed) in fp16 or bf16."""
     from onnxruntime.transformers.float16 import (
         DEFAULT_OP_BLOCK_LIST,
@@ -122,7 +123,7 @@ class _Reader:
         return next(self.feeds, None)
 
 
-def quantized(source: Path, path: Path, spec: "PrecisionSpec", inputs: Mapping[str, dict],
+def quantized(source: Path, path: Path, spec: PrecisionSpec, inputs: Mapping[str, dict],
                arrays: Mapping[str, Any]) -> Any:
     """quantize_static into explicit Q/DQ, INT8 symmetric (activations per tensor, weights per channel), biases
     in FP32; for fp8 the result is then retyped (_to_fp8)."""

@@ -12,10 +12,11 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError
@@ -139,7 +140,7 @@ def cleaned_model_from_model(ctx: Context) -> None:
     weights_dir = str(ctx.scratch) if on_disk else None
     graph = _readable(gs.import_onnx(ctx.model), weights_dir)  # a new graph: ctx.model is not changed
     ordered = False
-    for name, graph in _passes(graph, spec):
+    for name, graph in _passes(graph, spec):  # noqa: B020 - each pass takes the graph the last one made
         ordered = ordered or name == "toposort"
         check_graph(graph, name, ordered)
         ctx.log.debug("graph-cleanup: %s -> %d nodes", name, len(graph.nodes))
@@ -191,7 +192,7 @@ def _broken_pass(ctx: Context, spec: CleanupSpec, weights_dir: str | None) -> st
     import onnx_graphsurgeon as gs
 
     graph = _readable(gs.import_onnx(ctx.model), weights_dir)
-    for name, graph in _passes(graph, spec):
+    for name, graph in _passes(graph, spec):  # noqa: B020 - each pass takes the graph the last one made
         try:
             data = gs.export_onnx(graph).SerializeToString()
         except Exception:  # protobuf's EncodeError: more than 2 GiB, which the checker cannot read either

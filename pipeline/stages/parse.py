@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError, PipelineError, RecipeError

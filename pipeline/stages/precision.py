@@ -15,10 +15,11 @@ injected as `ctx.precision_checker`).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from pipeline.digest import file_sha256, model_sha256, plain
 from pipeline.errors import BuildError

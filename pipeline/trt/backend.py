@@ -8,8 +8,9 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.errors import BackendError
 from pipeline.trt.target import short_version
@@ -86,7 +87,7 @@ def load(name: str = "auto", importer: Callable[[str], Any] = importlib.import_m
         raise BackendError(f"unknown backend '{name}'", hint=f"use one of auto, {', '.join(MODULES)}")
     try:
         module = importer(MODULES[name])
-        module.__version__  # a half-installed wheel imports but has no libraries behind it
+        module.__version__  # noqa: B018 - a half-installed wheel imports but has no libraries behind it
     except (ImportError, OSError, AttributeError) as error:
         raise BackendError(f"backend '{name}' cannot be imported: {error}",
                            hint=f"install it: {INSTALL_HINT[name]}") from None

@@ -6,8 +6,8 @@ import ctypes
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pipeline.trt.target import sm
 

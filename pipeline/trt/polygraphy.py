@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 from pipeline.errors import BackendError, PipelineError
 from pipeline.trt.backend import Backend

@@ -10,17 +10,13 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
     Any,
-    Callable,
-    Iterator,
-    Mapping,
-    MutableMapping,
     Protocol,
-    Sequence,
 )
 
 from pipeline.errors import BackendError, CannotRunHere, PipelineError

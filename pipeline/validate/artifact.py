@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import functools
 import socket
+from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, MutableMapping, Sequence
+from typing import Any
 
 from pipeline import clock
 from pipeline import recipe as recipes

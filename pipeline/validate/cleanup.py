@@ -7,8 +7,9 @@ import functools
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from pipeline.digest import plain
 from pipeline.errors import BuildError

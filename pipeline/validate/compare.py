@@ -6,8 +6,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from pipeline.recipe import Recipe, ValidateSpec
 from pipeline.stages.graph_cleanup import frozen_value

@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from pipeline.errors import BuildError
 from pipeline.recipe import Recipe

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import tensorrt_rtx

@@ -7,8 +7,8 @@ import hashlib
 import re
 import socket
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import tensorrt_rtx

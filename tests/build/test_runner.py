@@ -6,8 +6,8 @@ import json
 import logging
 import re
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import tensorrt_rtx
@@ -445,7 +445,7 @@ def test_another_installed_backend_version_is_planned_afresh(write_recipe: Recip
     for changed, why in [({"tensorrt-rtx": ["1.0.0.1", rtx[1]]}, "planned with another TensorRT-RTX"),
                          ({"tensorrt-rtx": [rtx[0], "/elsewhere/tensorrt_rtx/__init__.py"]}, "another on PYTHONPATH"),
                          ({"tensorrt": ["10.9.0.34", "/x/tensorrt/__init__.py"]}, "full TensorRT was there: 'auto'")]:
-        store = edit_plan_memo(store, lambda entry: {**entry, "installed": {**installed, **changed}})
+        store = edit_plan_memo(store, lambda entry: {**entry, "installed": {**installed, **changed}})  # noqa: B023
         assert plans.remembered_plan(path, store, NO_GPU) is None, why
     store = edit_plan_memo(store, lambda entry: {**entry, "installed": installed})
     assert plans.remembered_plan(path, store, NO_GPU) is not None

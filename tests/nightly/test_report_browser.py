@@ -7,8 +7,9 @@ Without Chromium the test skips, except under CI (CI=true), where .ci/run instal
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 

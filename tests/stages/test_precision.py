@@ -4,9 +4,9 @@ CPU; the numerics check against the FP32 original; calibration data checked befo
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 import numpy as np
 import onnx

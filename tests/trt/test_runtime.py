@@ -9,8 +9,9 @@ with the probe's reason.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -151,11 +152,11 @@ class FakeArray:
     def __init__(self, ptr: int, shape: tuple[int, ...], dtype: Any) -> None:
         self.ptr, self.dtype, self.data, self.freed = ptr, np.dtype(dtype), np.zeros(shape, dtype), False
 
-    def resize(self, shape: tuple[int, ...]) -> "FakeArray":
+    def resize(self, shape: tuple[int, ...]) -> FakeArray:
         self.data = np.zeros(shape, self.dtype)
         return self
 
-    def copy_from(self, host: np.ndarray, stream: Any = None) -> "FakeArray":
+    def copy_from(self, host: np.ndarray, stream: Any = None) -> FakeArray:
         self.data = host.copy()
         return self
 
