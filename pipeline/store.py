@@ -345,17 +345,30 @@ class Store:
 
     def resolve(self, ref: str, tag: str | None = None) -> Artifact:
         """NAME, NAME@VERSION (newest build), NAME@VERSION+BUILD, or an artifact directory; --tag narrows
-        (a unique short form such as 'sm89' for 'sm89.rtx-1.7.1' is accepted)."""
+        (a unique short form such as 'sm89' for 'sm89.rtx-1.7.1' is accepted). One artifact: a build with several
+        GPU tags needs --tag."""
+        found = self.resolve_build(ref, tag)
+        if len(found) > 1:
+            tags = ", ".join(a.tag for a in found)
+            if Path(ref).is_dir():
+                raise StoreError(f"{Path(ref)} is a version directory with {len(found)} GPU tag(s) ({tags}); "
+                                 f"pick one with --tag TAG or name the tag directory, e.g. {found[0].path}")
+            raise StoreError(f"{found[0].ref} has {len(found)} GPU tags ({tags}); pick one with --tag TAG")
+        return found[0]
+
+    def resolve_build(self, ref: str, tag: str | None = None) -> list[Artifact]:
+        """Like `resolve`, but every GPU tag of the build it names (one when --tag narrows), in tag order."""
         path = Path(ref)
         if (path / MANIFEST).is_file():
-            return self._from_directory(path)
+            return [self._from_directory(path)]
         if path.is_dir() and (tags := sorted(p.name for p in self._dirs(path) if (p / MANIFEST).is_file())):
             if tag is not None:
                 chosen = [t for t in tags if t == tag] or [t for t in tags if _abbreviates(tag, t)]
                 if len(chosen) == 1:
-                    return self._from_directory(path / chosen[0])
-            raise StoreError(f"{path} is a version directory with {len(tags)} GPU tag(s) ({', '.join(tags)}); "
-                             f"pick one with --tag TAG or name the tag directory, e.g. {path / tags[0]}")
+                    return [self._from_directory(path / chosen[0])]
+                raise StoreError(f"{path} is a version directory with {len(tags)} GPU tag(s) ({', '.join(tags)}); "
+                                 f"pick one with --tag TAG or name the tag directory, e.g. {path / tags[0]}")
+            return [self._from_directory(path / name) for name in tags]
         wanted = refs.parse(ref)
         candidates = [a for a in self.artifacts(wanted.name) if wanted.version in (None, a.version)
                       and wanted.build in (None, a.build)]
@@ -367,11 +380,8 @@ class Store:
             raise StoreError(f"no artifact {what} in store {self.root}; built artifacts: {known}",
                              hint="see `trt-pipeline list`")
         newest = candidates[-1]
-        same = [a for a in candidates if (a.version, a.build) == (newest.version, newest.build)]
-        if len({a.tag for a in same}) > 1:
-            raise StoreError(f"{newest.ref} has {len(same)} GPU tags ({', '.join(a.tag for a in same)}); "
-                             "pick one with --tag TAG")
-        return newest
+        return sorted((a for a in candidates if (a.version, a.build) == (newest.version, newest.build)),
+                      key=lambda a: a.tag)
 
     def _with_tag(self, candidates: list[Artifact], ref: str, tag: str) -> list[Artifact]:
         """The candidates with this tag, or with the one tag it abbreviates; else say which tags there are."""

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.build import capability, runner
@@ -13,6 +14,7 @@ from pipeline.build import plan as plans
 from pipeline.commands.output import Command, emit_json, paint, print_table, progress
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 from pipeline.lifecycle import channel
+from pipeline.lifecycle import diff as differences
 from pipeline.manifest import Manifest
 from pipeline.store import Artifact, Store
 from pipeline.trt import gpu
@@ -121,13 +123,18 @@ def list_(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def show(args: argparse.Namespace, log: logging.Logger) -> int:
-    artifact = Store(args.store).resolve(args.artifact, args.tag)
-    manifest = artifact.manifest()
+    """Every GPU tag of the build (one with --tag): readable blocks, or with --json one object per tag (an object
+    when there is one, else a list)."""
+    found = [(artifact, artifact.manifest()) for artifact in Store(args.store).resolve_build(args.artifact, args.tag)]
     if args.json:
-        emit_json({"path": str(artifact.path), **manifest.to_dict()})
+        documents = [{"path": str(artifact.path), **manifest.to_dict()} for artifact, manifest in found]
+        emit_json(documents[0] if len(documents) == 1 else documents)
         return 0
-    for key, value in _show_lines(artifact, manifest):
-        print(f"{key:<11} {value}")
+    for index, (artifact, manifest) in enumerate(found):
+        if index:
+            print()
+        for key, value in _show_lines(artifact, manifest):
+            print(f"{key:<11} {value}")
     return 0
 
 
@@ -145,10 +152,42 @@ def _show_lines(artifact: Artifact, m: Manifest) -> list[tuple[str, str]]:
         ("network", ", ".join(m.network.flags) or "(no creation flags)"),
         ("pools", ", ".join(f"{k}={size(v)}" for k, v in m.config.memory_pools.items()) or "(defaults)"),
         ("opt level", str(m.config.builder_optimization_level)),
+        *[("profile" if index == 0 else "", _profile_text(index, profile))
+          for index, profile in enumerate(m.config.profiles)],
+        ("cleanup", _cleanup_text(m)),
         ("engine", f"{m.engine.file} {size(m.engine.bytes)} (sha256 {m.engine.sha256})"),
         ("built", f"{m.build.created_at} on {m.build.host} in {m.build.duration_s}s (build key {m.build.key[:16]})"),
         ("validation", f"{m.validation.status}: {m.validation.reason or ''}".rstrip(": ")),
     ]
+
+
+def diff(args: argparse.Namespace, log: logging.Logger) -> int:
+    store = Store(args.store)
+    a, b = store.resolve(args.a, args.tag), store.resolve(args.b, args.tag_b or args.tag)
+    found = differences.changes(a.manifest(), b.manifest(), everything=args.all)
+    if args.json:
+        emit_json({"a": f"{a.ref} [{a.tag}]", "b": f"{b.ref} [{b.tag}]",
+                   "changes": [{"path": c.path, "old": c.old, "new": c.new} for c in found]})
+    else:
+        print(f"{a.ref} [{a.tag}] -> {b.ref} [{b.tag}]: " + (f"{len(found)} change(s)" if found else "no change"))
+        for change in found:
+            print(f"  {change.line()}")
+    return 1 if found else 0
+
+
+def _profile_text(index: int, profile: Mapping[str, Mapping[str, list]]) -> str:
+    return f"{index}: " + "; ".join(f"{name} min {p['min']} opt {p['opt']} max {p['max']}"
+                                    for name, p in profile.items())
+
+
+def _cleanup_text(m: Manifest) -> str:
+    """The cleanup check's verdict, as recorded (the raw record: statuses and shape sets)."""
+    check = m.to_dict().get("cleanup_check")
+    if not check:
+        return "(no graph-cleanup)"
+    frozen = ", ".join(f"{k}={v}" for k, v in (check.get("frozen_inputs") or {}).items())
+    return (f"check {check.get('status')} on {len(check.get('results') or [])} shape set(s)"
+            + (f", frozen inputs {frozen}" if frozen else ""))
 
 
 def register(command: Command) -> None:
@@ -198,6 +237,23 @@ per artifact). An empty store says so on stderr.
 exit codes: 0 ok, 1 unreadable store."""
     p.add_argument("name", nargs="?", help="only this recipe name")
 
+    p = command("diff", diff, "what differs between two artifacts",
+                "Compare two artifacts' manifests field by field: recipe settings, model and cleaned-model hashes, "
+                "backend and tool versions, target, builder settings, engine. Times, hosts, durations and build "
+                "numbers are left out unless --all.")
+    p.epilog = """\
+examples:
+  trt-pipeline diff resnet50@1.0.0+1 resnet50@1.0.0+2 --tag sm89
+  trt-pipeline diff resnet50@1.0.0 --tag sm89.rtx-1.7.1 resnet50@1.0.0 --tag-b sm120.rtx-1.7.1
+
+stdout: 'A -> B: N change(s)', then 'path: old -> new' per field (--json: {a, b, changes: [{path, old, new}]}).
+exit codes: 0 no change, 1 they differ (as diff(1)) or no such artifact."""
+    p.add_argument("a", metavar="A", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
+    p.add_argument("b", metavar="B", help="the other artifact")
+    p.add_argument("--tag", help="GPU tag (of both, unless --tag-b)")
+    p.add_argument("--tag-b", help="GPU tag of B")
+    p.add_argument("--all", action="store_true", help="also times, hosts, durations and build numbers")
+
     p = command("show", show, "show one artifact's manifest",
                 "Show what produced an artifact: recipe, model hashes, backend, target, builder settings, validation.")
     p.epilog = """\
@@ -205,7 +261,8 @@ examples:
   trt-pipeline show resnet50@1.0.0 --tag sm89.rtx-1.7.1
   trt-pipeline --json show artifacts/resnet50/1.0.0+2/sm89.rtx-1.7.1
 
-stdout: one 'key  value' line per manifest field (--json: the whole manifest with its path).
-exit codes: 0 ok, 1 no such artifact, or several GPU tags and no --tag."""
+stdout: one 'key  value' line per manifest field, a block per GPU tag of the build (--json: the whole manifest
+with its path; a list of them when the build has several tags and no --tag narrows it).
+exit codes: 0 ok, 1 no such artifact."""
     p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
-    p.add_argument("--tag", help="GPU tag, when the version was built for several")
+    p.add_argument("--tag", help="only this GPU tag (default: every tag of the build)")
