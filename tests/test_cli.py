@@ -348,15 +348,17 @@ def test_show_json_by_directory(capsys: Capture, store_dir: Path, built: list[Pa
     assert {k: v for k, v in shown.items() if k != "path"} == json.loads((built[0] / "manifest.json").read_text())
 
 
-def test_show_ambiguous_and_unknown(capsys: Capture, store_dir: Path, built: list[Path]) -> None:
-    assert run(capsys, "--store", str(store_dir), "show", "tiny@1.0.0") == (
-        1, "", f"error: tiny@1.0.0+1 has 2 GPU tags ({SM86}, {SM89}); pick one with --tag TAG\n")
+def test_show_every_tag_and_unknown(capsys: Capture, store_dir: Path, built: list[Path]) -> None:
+    code, out, err = run(capsys, "--store", str(store_dir), "show", "tiny@1.0.0")  # several tags: all shown
+    assert (code, err) == (0, "")
+    assert [line for line in out.splitlines() if line.startswith("artifact ")] == [
+        f"artifact    tiny@1.0.0+1 [{SM86}]", f"artifact    tiny@1.0.0+1 [{SM89}]"]
     assert run(capsys, "--store", str(store_dir), "show", "nope@1.0.0") == (
         1, "", f"error: no artifact nope@1.0.0 in store {store_dir}; built artifacts: tiny@1.0.0\n"
                "hint: see `trt-pipeline list`\n")
 
 
-def test_show_takes_a_short_tag_and_asks_for_one_at_a_version_directory(capsys: Capture, store_dir: Path,
+def test_show_takes_a_short_tag_and_shows_every_tag_of_a_version_directory(capsys: Capture, store_dir: Path,
                                                                          built: list[Path]) -> None:
     code, out, err = run(capsys, "--store", str(store_dir), "show", "tiny@1.0.0+1", "--tag", "sm89")
     assert (code, out.splitlines()[0], err) == (0, f"artifact    tiny@1.0.0+1 [{SM89}]", "")
@@ -364,9 +366,8 @@ def test_show_takes_a_short_tag_and_asks_for_one_at_a_version_directory(capsys: 
         f"error: no artifact tiny@1.0.0+1 with tag sm8 in store {store_dir}; tiny@1.0.0+1 has tag(s) {SM86}, {SM89}\n"
         "hint: pick one with --tag TAG\n")
     folder = store_dir / "tiny" / "1.0.0"
-    assert run(capsys, "--store", str(store_dir), "show", str(folder)) == (
-        1, "", f"error: {folder} is a version directory with 2 GPU tag(s) ({SM86}, {SM89}); pick one with --tag TAG "
-               f"or name the tag directory, e.g. {folder / SM86}\n")
+    code, out, _ = run(capsys, "--store", str(store_dir), "show", str(folder))  # a version directory: every tag
+    assert code == 0 and out.count("artifact    tiny@1.0.0+1 [") == 2
     assert run(capsys, "--store", str(store_dir), "show", "tiny@")[:2] == (1, "")
 
 
