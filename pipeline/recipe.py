@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -442,9 +443,9 @@ def _serialize_spec(body: dict, base: Path) -> SerializeSpec:
     )
     cache = body.pop("timing_cache", None)
     if cache:
-        cache = TimingCache(path=(base / cache["path"]).resolve(), sha256=cache.get("sha256"),
+        cache = TimingCache(path=_absolute(base, cache["path"]), sha256=cache.get("sha256"),
                             error_on_miss=cache.get("error_on_miss", False))
-    plugins = tuple((base / plugin).resolve() for plugin in body.pop("plugins", ()))
+    plugins = tuple(_absolute(base, plugin) for plugin in body.pop("plugins", ()))
     return SerializeSpec(profiles=profiles, timing_cache=cache, flags=tuple(body.pop("flags", ())), plugins=plugins,
                          **body)
 
@@ -453,6 +454,15 @@ _FREEZERS = {"parse": _parse_spec, "graph-cleanup": _cleanup_spec, "network-flag
              "memory-pool": _pool_spec, "serialize": _serialize_spec}
 _SPEC_TYPES = {"parse": ParseSpec, "graph-cleanup": CleanupSpec, "network-flag": FlagSpec,
                "memory-pool": PoolSpec, "serialize": SerializeSpec}
+
+
+def _absolute(base: Path, relative: str) -> Path:
+    """`relative` (or absolute) against the recipe's folder, symlinks resolved; a symlink loop is kept as written
+    (made absolute) for the stage that reads the file to report it."""
+    try:
+        return (base / relative).resolve()
+    except (OSError, RuntimeError):  # "Symlink loop from ..." (RuntimeError before Python 3.13)
+        return Path(os.path.abspath(base / relative))
 
 
 def _freeze(path: Path, raw: bytes, data: dict, marks: dict) -> Recipe:
@@ -476,7 +486,7 @@ def _freeze(path: Path, raw: bytes, data: dict, marks: dict) -> Recipe:
         sha256=hashlib.sha256(raw).hexdigest(),
         name=data["name"],
         version=data["version"],
-        model_path=(base / model["path"]).resolve(),
+        model_path=_absolute(base, model["path"]),
         model_sha256=model.get("sha256"),
         backend=data.get("backend", "auto"),
         targets=tuple(data["targets"]),

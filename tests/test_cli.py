@@ -302,6 +302,36 @@ def test_verbose_shows_tensorrt_messages(capsys: Capture, store_dir: Path, tiny_
     assert "INFO: [tensorrt-rtx] " in verbose  # TensorRT's log, through the project's ILogger, on the terminal
 
 
+# ---------------------------------------------------------------- hostile input, odd files, what the build refuses
+
+
+def test_a_model_path_that_is_a_fifo_is_one_line_not_a_hang(capsys: Capture, store_dir: Path, tmp_path: Path,
+                                                            write_recipe: Recipe) -> None:
+    model = tmp_path / "pipe.onnx"
+    os.mkfifo(model)
+    bad = write_recipe(RECIPE.replace("{models}/tiny.onnx", str(model)))
+    line = f"{bad}:3:15: model.path: expected the model to be a regular file, got a named pipe (FIFO): {model}\n"
+    assert run(capsys, "check", str(bad)) == (1, "", line)
+    assert run(capsys, "--store", str(store_dir), "build", str(bad)) == (1, "", line)
+
+
+def test_missing_external_data_is_caught_by_check_and_is_no_crash_in_build(
+        capsys: Capture, store_dir: Path, tmp_path: Path, write_recipe: Recipe) -> None:
+    import onnx
+
+    from models.make_models import MODELS
+
+    model = tmp_path / "weights" / "tiny.onnx"
+    model.parent.mkdir()
+    onnx.save(MODELS["tiny"](), str(model), save_as_external_data=True, location="tiny.onnx.data", size_threshold=0)
+    (model.parent / "tiny.onnx.data").unlink()
+    bad = write_recipe(RECIPE.replace("{models}/tiny.onnx", str(model)))
+    problem = (f"external data 'tiny.onnx.data' of {model}: expected a regular file inside {model.parent}, got no "
+               "such file; copy it next to the model, or export the model again")
+    assert run(capsys, "check", str(bad)) == (1, "", f"{bad}:3:15: model.path: {problem}\n")
+    assert run(capsys, "--store", str(store_dir), "build", str(bad)) == (1, "", f"error: parse: {problem}\n")
+
+
 # ---------------------------------------------------------------- list and show
 
 

@@ -26,7 +26,7 @@ from pipeline.build.record import build_key, manifest, source_key
 from pipeline.recipe import Recipe
 from pipeline.stages import PER_TARGET, STAGES
 from pipeline.stages.graph_cleanup import cleaned_files
-from pipeline.stages.parse import check_pin, digests, preflight
+from pipeline.stages.parse import check_pin, digests, model_problem, preflight
 from pipeline.store import Artifact, Run, Store, version_dir, write_bytes
 from pipeline.trt.target import Target
 
@@ -243,7 +243,7 @@ def model_record(plan_: Plan, store: Store, log: logging.Logger, remember: bool 
     """The model's hashes for the source key; from an earlier manifest when the file is unchanged (no parse).
     A pin is checked here, before any reuse: it is never skipped. `remember=False` (a dry run) writes nothing."""
     recipe = plan_.recipe
-    if not recipe.model_path.is_file():
+    if model_problem(recipe.model_path):  # missing, empty, a FIFO, a directory, ...: said as `check` says it
         raise RecipeError(preflight(recipe))
     hasher = functools.partial(store.file_sha256, remember=remember)
     sha = hasher(recipe.model_path)
