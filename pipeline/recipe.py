@@ -6,6 +6,7 @@ Nothing past `load()` sees a raw dict: stages get typed, immutable specs.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
+from pipeline import files
 from pipeline.errors import RecipeError
 
 KeyPath = tuple[str | int, ...]
@@ -30,6 +32,9 @@ _UNITS = {
     "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
     "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
 }
+MAX_FILE_BYTES = 1 << 20  # 1 MiB: a recipe is a few KiB; anything this big is the wrong file, or hostile
+MAX_DEPTH = 64  # lists and mappings nested in each other; a recipe needs about 8
+MAX_NODES = 10_000  # values (scalars, lists, mappings); a recipe has about 50. Bounds the parse to ~0.1 s
 _SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)$")
 
 
@@ -168,20 +173,7 @@ def load_checked(path: Path, schema_: dict | None, what: str = "recipe") -> tupl
     """Read a YAML file keeping line marks and check it against a JSON Schema: (data, marks, raw bytes), or a
     RecipeError with every problem as 'FILE:LINE:COL: key.path: message'. `what` names the file when it cannot
     be read; an empty file is an empty mapping when the schema requires no key. No schema: no check."""
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise RecipeError([f"{path}: cannot read {what}: {error.strerror}"]) from None
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise RecipeError([f"{where}: invalid YAML: {error.problem or error.context}"]) from None
-    except yaml.YAMLError as error:  # e.g. ReaderError: a character YAML does not allow
-        raise RecipeError([f"{path}: invalid YAML: {error}"]) from None
+    node, data, raw = parse_yaml(path, what)
     marks: dict[KeyPath, tuple[int, int]] = {}
     problems = [f"{path}:{line}:{col}: {dotted(p)}: duplicate key" for p, (line, col) in _walk(node, (), marks)]
     schema_ = schema_ or {}
@@ -193,6 +185,96 @@ def load_checked(path: Path, schema_: dict | None, what: str = "recipe") -> tupl
     if problems:
         raise RecipeError(problems)
     return data, marks, raw
+
+
+def parse_yaml(path: Path, what: str = "recipe") -> tuple[yaml.Node | None, Any, bytes]:
+    """(node, data, raw bytes) of a YAML file, or a RecipeError with the one problem. Hostile input is refused in
+    bounded time and memory: a file that is not regular or over MAX_FILE_BYTES is not parsed; an anchor, an alias,
+    nesting deeper than MAX_DEPTH or more than MAX_NODES values stop the parse where they appear."""
+    raw = _read(path, what)
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        node, data = _compose(text)
+    except _Refused as error:
+        mark = error.mark
+        raise RecipeError([f"{path}:{mark.line + 1}:{mark.column + 1}: {dotted(error.key_path)}: {error}"]) from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise RecipeError([f"{where}: invalid YAML: {error.problem or error.context}"]) from None
+    except yaml.YAMLError as error:  # e.g. ReaderError: a character YAML does not allow
+        raise RecipeError([f"{path}: invalid YAML: {error}"]) from None
+    return node, data, raw
+
+
+def _read(path: Path, what: str) -> bytes:
+    """The file's bytes: a regular file of at most MAX_FILE_BYTES (a FIFO or /dev/zero is never read on)."""
+    try:
+        raw = files.read_regular(path, MAX_FILE_BYTES)
+    except OSError as error:
+        raise RecipeError([f"{path}: cannot read {what}: {error.strerror}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        size = path.stat().st_size
+        raise RecipeError([f"{path}: expected a {what} of at most 1 MiB ({MAX_FILE_BYTES} bytes), got {size} bytes; "
+                           f"a {what} is a few KiB: is this the right file?"])
+    return raw
+
+
+class _Refused(Exception):
+    """A construct recipes never need, found while composing: where, at which key path, and why."""
+
+    def __init__(self, mark: yaml.Mark, key_path: KeyPath, message: str) -> None:
+        super().__init__(message)
+        self.mark, self.key_path = mark, key_path
+
+
+class _GuardedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that stops at the first anchor, alias, collection nested deeper than MAX_DEPTH, or value past
+    MAX_NODES, before composing it: an alias bomb is never expanded, deep nesting never reaches the recursive
+    composer, and the pure-Python parser stops within a fraction of a second."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.key_path: list[str | int | None] = []  # None: composing a mapping's key (or the top)
+        self.nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        part = index  # an item's index; None for a mapping's key (or the top)
+        if isinstance(index, yaml.Node):  # a mapping's value: `index` is its key
+            part = index.value if isinstance(index, yaml.ScalarNode) else "?"
+        self.key_path.append(part)
+        try:
+            self._check(self.peek_event())
+            return super().compose_node(parent, index)
+        finally:
+            self.key_path.pop()
+
+    def _check(self, event: yaml.Event) -> None:
+        where = tuple(part for part in self.key_path if part is not None)
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(event.start_mark, where, f"expected a value, got an alias '*{event.anchor}'; {_NO_ANCHORS}")
+        if event.anchor is not None:
+            raise _Refused(event.start_mark, where, f"expected a value, got an anchor '&{event.anchor}'; {_NO_ANCHORS}")
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _Refused(event.start_mark, where, f"expected at most {MAX_NODES} values in a file, got more; "
+                                                    "a recipe has about 50")
+        if isinstance(event, yaml.CollectionStartEvent) and len(self.key_path) > MAX_DEPTH:
+            raise _Refused(event.start_mark, where, f"expected lists and mappings nested at most {MAX_DEPTH} deep, "
+                                                    "got deeper; a recipe needs fewer than 10 levels")
+
+
+_NO_ANCHORS = "recipes do not use YAML anchors and aliases: write the value out"
+
+
+def _compose(text: str) -> tuple[yaml.Node | None, Any]:
+    """yaml.compose and yaml.safe_load in one parse, guarded (_GuardedLoader): (node, data)."""
+    loader = _GuardedLoader(text)
+    try:
+        node = loader.get_single_node()
+        return node, None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _walk(node: yaml.Node | None, path: KeyPath, marks: dict) -> Iterator[tuple[KeyPath, tuple[int, int]]]:
@@ -243,9 +325,7 @@ def schema() -> dict:
 
 
 def _schema_problems(path: Path, data: dict, marks: Mapping, schema_: dict) -> list[str]:
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(schema_)
+    validator = _validator_class()(schema_)
     found: list[tuple[tuple[int, int], str]] = []
     for error in validator.iter_errors(data):
         for key_path, message, at_key in _explain(error):
@@ -253,6 +333,37 @@ def _schema_problems(path: Path, data: dict, marks: Mapping, schema_: dict) -> l
             line, col = (int(x) for x in where.rsplit(":", 2)[1:])
             found.append(((line, col), f"{where}: {dotted(key_path)}: {message}"))
     return [text for _, text in sorted(set(found))]
+
+
+@functools.lru_cache(maxsize=1)
+def _validator_class() -> Any:
+    """Draft 2020-12 with a uniqueItems that takes linear time: the stock one compares every pair when items do
+    not sort (mixed types), minutes for a few thousand items."""
+    import jsonschema
+
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {"uniqueItems": _unique_items})
+
+
+def _unique_items(validator: Any, unique: bool, instance: Any, schema_: dict) -> Iterator[Any]:
+    from jsonschema import ValidationError
+
+    if unique and isinstance(instance, list) and len({_hashable(item) for item in instance}) < len(instance):
+        yield ValidationError(f"{_show(instance)} has non-unique elements")
+
+
+def _hashable(value: Any) -> Any:
+    """A hashable stand-in equal for values JSON Schema calls equal (1 == 1.0, but true != 1)."""
+    if isinstance(value, dict):
+        return ("object", frozenset((key, _hashable(item)) for key, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return ("array", tuple(_hashable(item) for item in value))
+    if isinstance(value, bool) or value is None:
+        return ("literal", value)
+    try:
+        hash(value)
+    except TypeError:  # e.g. a set from YAML's !!set: compared by identity, which never hides a problem
+        return ("other", id(value))
+    return ("number" if isinstance(value, (int, float)) else type(value).__name__, value)
 
 
 def _explain(error: Any) -> list[tuple[KeyPath, str, bool]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -507,3 +508,105 @@ def test_schema_checked_does_not_import_jsonschema(write_recipe: WriteRecipe) ->
             "print('jsonschema' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "False\n", "")
+
+
+# ---------------------------------------------------------------- hostile input: refused whole, quickly, one line
+
+
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
+
+
+def one_problem_quickly(path: Path, seconds: float = 2.0) -> str:
+    """The one problem loading `path` gives, within `seconds`."""
+    import time
+
+    started = time.perf_counter()
+    problems = problems_of(path)
+    assert time.perf_counter() - started < seconds
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+def test_an_alias_bomb_is_refused_at_its_first_anchor(tmp_path: Path) -> None:
+    path = tmp_path / "laughs.yaml"
+    path.write_text(BILLION_LAUGHS)
+    assert one_problem_quickly(path) == (f"{path}:1:4: a: expected a value, got an anchor '&a'; recipes do not use "
+                                         "YAML anchors and aliases: write the value out")
+
+
+@pytest.mark.parametrize(("old", "new", "where", "problem"), [
+    ("targets: [sm89]", "targets: &t [sm89]", "5:10: targets", "an anchor '&t'"),
+    ("{workspace: 64MiB}", "{workspace: *size}", "9:30: stages[2].memory-pool.workspace", "an alias '*size'"),
+    ("name: tiny", "name: &n tiny", "1:7: name", "an anchor '&n'"),
+])
+def test_anchors_and_aliases_are_refused(write_recipe: WriteRecipe, old: str, new: str, where: str,
+                                         problem: str) -> None:
+    path = write_recipe(edited(old, new))
+    assert one_problem_quickly(path) == (f"{path}:{where}: expected a value, got {problem}; recipes do not use YAML "
+                                         "anchors and aliases: write the value out")
+
+
+DEPTH_PROBLEM = "expected lists and mappings nested at most 64 deep, got deeper; a recipe needs fewer than 10 levels"
+
+
+def test_deep_nesting_is_refused_where_it_gets_too_deep(tmp_path: Path) -> None:
+    lists, maps = tmp_path / "lists.yaml", tmp_path / "maps.yaml"
+    lists.write_text("[" * 10_000 + "]" * 10_000 + "\n")  # was a RecursionError: a crash, exit 3
+    maps.write_text("{k: " * 3_000 + "1" + "}" * 3_000 + "\n")
+    assert one_problem_quickly(lists) == f"{lists}:1:65: {'[0]' * 64}: {DEPTH_PROBLEM}"
+    assert one_problem_quickly(maps) == f"{maps}:1:257: {'.'.join(['k'] * 64)}: {DEPTH_PROBLEM}"
+
+
+def test_nesting_up_to_the_bound_is_fine(write_recipe: WriteRecipe) -> None:
+    tensor = "[" * 59 + "1" + "]" * 59  # a frozen input's value: 64 levels with the 5 collections around it
+    cleanup = f"  - parse: {{check: true}}\n  - graph-cleanup: {{freeze_inputs: {{x: {tensor}}}}}\n"
+    recipe = recipes.load(write_recipe(edited("  - parse: {check: true}\n", cleanup)))
+    value = recipe.spec("graph-cleanup").freeze_inputs["x"]
+    for _ in range(59):
+        (value,) = value
+    assert value == 1
+
+
+@pytest.mark.parametrize("filler", ["flow list", "comment"])
+def test_a_file_over_1_mib_is_not_parsed(tmp_path: Path, filler: str) -> None:
+    path = tmp_path / "huge.yaml"
+    with path.open("w") as handle:
+        handle.write("x: [" + "1," * 25_000_000 + "1]\n" if filler == "flow list" else "#" + "c" * 50_000_000 + "\n")
+    size = path.stat().st_size
+    assert one_problem_quickly(path) == (f"{path}: expected a recipe of at most 1 MiB (1048576 bytes), got {size} "
+                                         "bytes; a recipe is a few KiB: is this the right file?")
+
+
+def test_a_file_of_10000_values_stops_there(tmp_path: Path) -> None:
+    path = tmp_path / "many.yaml"
+    path.write_text("stages:\n" + "- 1\n" * 100_000)
+    assert one_problem_quickly(path) == (f"{path}:9999:3: stages[9997]: expected at most 10000 values in a file, "
+                                         "got more; a recipe has about 50")
+
+
+@pytest.mark.parametrize(("make", "kind"), [
+    (lambda path: os.mkfifo(path), "a named pipe (FIFO)"),
+    (lambda path: path.mkdir(), "a directory"),
+    (lambda path: path.symlink_to("/dev/zero"), "a character device"),
+])
+def test_a_recipe_that_is_not_a_regular_file_is_not_read(tmp_path: Path, make: Callable[[Path], None],
+                                                         kind: str) -> None:
+    path = tmp_path / "odd.yaml"
+    make(path)
+    assert one_problem_quickly(path) == f"{path}: cannot read recipe: expected a regular file, got {kind}"
+
+
+def test_many_mixed_list_items_are_checked_in_linear_time(write_recipe: WriteRecipe) -> None:
+    """jsonschema's own uniqueItems compares every pair when items do not sort: ~10 s for these 6000."""
+    items = ", ".join(f"{i}, '{i}'" for i in range(3000))
+    path = write_recipe(edited("targets: [sm89]", f"targets: [{items}]"))
+    import time
+
+    started = time.perf_counter()
+    problems = problems_of(path)
+    assert time.perf_counter() - started < 2.0
+    assert problems[0] == f"{path}:5:11: targets[0]: expected a compute capability like 'sm89', or 'local', got 0"
+    duplicates = write_recipe(edited("targets: [sm89]", "targets: [sm89, {a: 1}, sm89]"), "dup.yaml")
+    assert problems_of(duplicates)[0] == f"{duplicates}:5:10: targets: expected unique items, got ['sm89', {{'a': 1}}, 'sm89']"
+

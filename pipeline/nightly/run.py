@@ -130,12 +130,13 @@ def _unchanged(plan: Any, store: Store, model: dict) -> Any | None:
 
 
 def _raw_identity(path: Path) -> tuple[str, tuple[str, ...]]:
-    """Name and targets of a recipe that does not load, as far as they can be read; the file name otherwise."""
-    import yaml
+    """Name and targets of a recipe that does not load, as far as they can be read; the file name otherwise.
+    Read with the recipe loader's guarded parser: a hostile file (an alias bomb, deep nesting) costs nothing."""
+    from pipeline.recipe import parse_yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        _, data, _ = parse_yaml(path)
+    except PipelineError:
         data = None
     data = data if isinstance(data, dict) else {}
     name = data.get("name") if isinstance(data.get("name"), str) else path.stem
