@@ -337,11 +337,51 @@ def _schema_problems(path: Path, data: dict, marks: Mapping, schema_: dict) -> l
 
 @functools.lru_cache(maxsize=1)
 def _validator_class() -> Any:
-    """Draft 2020-12 with a uniqueItems that takes linear time: the stock one compares every pair when items do
-    not sort (mixed types), minutes for a few thousand items."""
+    """Draft 2020-12 with `maxBytes` (a size's bound, in bytes), `pattern` with JSON Schema's (ECMA-262's) `$`,
+    and a uniqueItems that takes linear time (the stock one compares every pair when items do not sort, minutes
+    for a few thousand)."""
     import jsonschema
 
-    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {"uniqueItems": _unique_items})
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {
+        "maxBytes": _max_bytes, "pattern": _pattern, "uniqueItems": _unique_items})
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema_: dict) -> Iterator[Any]:
+    from jsonschema import ValidationError
+
+    if isinstance(instance, str) and not _python_regex(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _python_regex(pattern: str) -> re.Pattern:
+    """A JSON Schema pattern compiled for Python: its `$` is the end of the string, as in ECMA-262 (Python's `$`
+    also matches before a final newline, so '^[a-z]+$' would accept 'evil\\n'). Escapes and classes kept."""
+    out, index, in_class = [], 0, False
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            out.append(pattern[index:index + 2])
+            index += 2
+            continue
+        in_class = (in_class or char == "[") and not (in_class and char == "]")
+        out.append(r"\Z" if char == "$" and not in_class else char)
+        index += 1
+    return re.compile("".join(out))
+
+
+def _max_bytes(validator: Any, bound: int, instance: Any, schema_: dict) -> Iterator[Any]:
+    from jsonschema import ValidationError
+
+    match = _SIZE.match(instance.strip()) if isinstance(instance, str) else None
+    if type(instance) is int:
+        nbytes: float = instance
+    elif match and match.group(2) in _UNITS:
+        nbytes = float(match.group(1)) * _UNITS[match.group(2)]  # inf for 400 digits: refused too
+    else:
+        return  # not a size: `type` and `pattern` say so
+    if nbytes > bound:
+        yield ValidationError(f"{instance!r} is more than {bound} bytes")
 
 
 def _unique_items(validator: Any, unique: bool, instance: Any, schema_: dict) -> Iterator[Any]:
@@ -378,13 +418,15 @@ def _explain(error: Any) -> list[tuple[KeyPath, str, bool]]:
     if kind == "required":
         missing = [k for k in error.validator_value if k not in value]
         return [((*key_path, k), "required key is missing", False) for k in missing]
-    if "x-expected" in schema_ and kind in {"pattern", "type", "minimum", "minProperties", "maxProperties"}:
+    if "x-expected" in schema_ and kind in {"pattern", "type", "minimum", "maximum", "minProperties", "maxProperties"}:
         return [(key_path, f"expected {schema_['x-expected']}, got {_show(value)}", False)]
     messages = {
         "type": lambda: f"expected {_types(error.validator_value)}, got {_show(value)}",
         "enum": lambda: f"expected one of {', '.join(map(repr, error.validator_value))}, got {_show(value)}",
         "minimum": lambda: f"expected a number >= {error.validator_value}, got {_show(value)}",
         "maximum": lambda: f"expected a number <= {error.validator_value}, got {_show(value)}",
+        "maxBytes": lambda: f"expected a size of at most {error.validator_value // 1024**4}TiB ({error.validator_value} "
+                            f"bytes), got {_show(value)}",
         "minItems": lambda: f"expected at least {error.validator_value} item(s), got {len(value)}",
         "uniqueItems": lambda: f"expected unique items, got {_show(value)}",
         "minLength": lambda: "expected a non-empty string",

@@ -367,6 +367,17 @@ def test_missing_external_data_is_caught_by_check_and_is_no_crash_in_build(
     assert run(capsys, "--store", str(store_dir), "build", str(bad)) == (1, "", f"error: parse: {problem}\n")
 
 
+def test_check_refuses_what_the_build_would(capsys: Capture, write_recipe: Recipe) -> None:
+    """A max of 2**31 passed `check`, then the build said 'Shape provided for max is inconsistent' (exit 3)."""
+    bad = write_recipe(RECIPE.replace("max: [64, 4]", "max: [2147483648, 4]")
+                       .replace("workspace: 64MiB", "workspace: 1000000TiB"))
+    assert run(capsys, "check", str(bad)) == (1, "", (
+        f"{bad}:10:30: stages[3].memory-pool.workspace: expected a size of at most 1024TiB (1125899906842624 bytes), "
+        "got '1000000TiB'\n"
+        f"{bad}:13:47: stages[4].serialize.profiles[0].x.max[0]: expected a dimension from 0 to 2147483647 "
+        "(TensorRT's limit), got 2147483648\n"))
+
+
 # ---------------------------------------------------------------- list and show
 
 

@@ -610,3 +610,50 @@ def test_many_mixed_list_items_are_checked_in_linear_time(write_recipe: WriteRec
     duplicates = write_recipe(edited("targets: [sm89]", "targets: [sm89, {a: 1}, sm89]"), "dup.yaml")
     assert problems_of(duplicates)[0] == f"{duplicates}:5:10: targets: expected unique items, got ['sm89', {{'a': 1}}, 'sm89']"
 
+
+# ---------------------------------------------------------------- patterns match the whole string
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ("name: tiny", 'name: "tiny\\n"', "1:7: name: expected a lower-case name like 'resnet50' (letters, digits, '.', "
+                                      "'_', '-'), got 'tiny\\n'"),
+    ("version: 1.0.0", 'version: "1.0.0\\n"', "2:10: version: expected a version like '1.0.0', got '1.0.0\\n'"),
+    ("targets: [sm89]", 'targets: ["sm89\\n"]', "5:11: targets[0]: expected a compute capability like 'sm89', or "
+                                                "'local', got 'sm89\\n'"),
+    ("{workspace: 64MiB}", '{workspace: "64MiB\\n"}', "9:30: stages[2].memory-pool.workspace: expected a size like "
+                                                      "'1GiB', '512MiB' or a number of bytes, got '64MiB\\n'"),
+])
+def test_a_trailing_newline_does_not_pass_a_pattern(write_recipe: WriteRecipe, old: str, new: str,
+                                                    problem: str) -> None:
+    path = write_recipe(edited(old, new))
+    assert problems_of(path) == [f"{path}:{problem}"]
+
+
+# ---------------------------------------------------------------- what the build would refuse
+
+
+@pytest.mark.parametrize("written", ["1000000TiB", "1025TiB", str(2**50 + 1), "9" * 400])
+def test_an_absurd_size_is_refused(write_recipe: WriteRecipe, written: str) -> None:
+    path = write_recipe(edited("{workspace: 64MiB}", f"{{workspace: {written}}}"))
+    shown = repr(int(written) if written.isdigit() else written)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    assert problems_of(path) == [f"{path}:9:30: stages[2].memory-pool.workspace: expected a size of at most 1024TiB "
+                                 f"(1125899906842624 bytes), got {shown}"]
+
+
+def test_the_largest_size_is_1024_tib(write_recipe: WriteRecipe) -> None:
+    recipe = recipes.load(write_recipe(edited("{workspace: 64MiB}", "{workspace: 1024TiB}")))
+    assert recipe.spec("memory-pool").limits == {"workspace": 2**50}
+
+
+@pytest.mark.parametrize("dim", [10**12, 2**31])
+def test_a_profile_dimension_beyond_int32_is_refused(write_recipe: WriteRecipe, dim: int) -> None:
+    path = write_recipe(edited("max: [64, 4]", f"max: [{dim}, 4]"))
+    assert problems_of(path) == [f"{path}:12:47: stages[3].serialize.profiles[0].x.max[0]: expected a dimension "
+                                 f"from 0 to 2147483647 (TensorRT's limit), got {dim}"]
+
+
+def test_the_largest_profile_dimension_is_int32_max(write_recipe: WriteRecipe) -> None:
+    recipe = recipes.load(write_recipe(edited("max: [64, 4]", "max: [2147483647, 4]")))
+    assert recipe.spec("serialize").profiles[0][0].max == (2**31 - 1, 4)
+
