@@ -202,8 +202,12 @@ def parse_yaml(path: Path, what: str = "recipe") -> tuple[yaml.Node | None, Any,
         mark = error.problem_mark or error.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise RecipeError([f"{where}: invalid YAML: {error.problem or error.context}"]) from None
-    except yaml.YAMLError as error:  # e.g. ReaderError: a character YAML does not allow
-        raise RecipeError([f"{path}: invalid YAML: {error}"]) from None
+    except yaml.reader.ReaderError as error:  # a character YAML does not allow
+        line, col = text.count("\n", 0, error.position) + 1, error.position - text.rfind("\n", 0, error.position)
+        raise RecipeError([f"{path}:{line}:{col}: invalid YAML: unacceptable character #x{error.character:04x}: "
+                           f"{error.reason}"]) from None
+    except yaml.YAMLError as error:
+        raise RecipeError([f"{path}: invalid YAML: {' '.join(str(error).split())}"]) from None
     return node, data, raw
 
 
@@ -301,6 +305,7 @@ def dotted(path: KeyPath) -> str:
     """('stages', 2, 'memory-pool', 'workspace') -> 'stages[2].memory-pool.workspace'."""
     text = ""
     for part in path:
+        part = part if isinstance(part, int) or str(part).isprintable() else repr(part)  # a key with a newline ...
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(top)"
 
@@ -338,12 +343,14 @@ def _schema_problems(path: Path, data: dict, marks: Mapping, schema_: dict) -> l
 @functools.lru_cache(maxsize=1)
 def _validator_class() -> Any:
     """Draft 2020-12 with `maxBytes` (a size's bound, in bytes), `pattern` with JSON Schema's (ECMA-262's) `$`,
-    and a uniqueItems that takes linear time (the stock one compares every pair when items do not sort, minutes
-    for a few thousand)."""
+    a uniqueItems that takes linear time (the stock one compares every pair when items do not sort, minutes for a
+    few thousand), and integers that are ints: JSON Schema counts 1.0 as one, but a float reaches the freezers."""
     import jsonschema
 
-    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {
-        "maxBytes": _max_bytes, "pattern": _pattern, "uniqueItems": _unique_items})
+    base = jsonschema.Draft202012Validator
+    ints = base.TYPE_CHECKER.redefine("integer", lambda checker, value: type(value) is int)
+    return jsonschema.validators.extend(base, {"maxBytes": _max_bytes, "pattern": _pattern,
+                                               "uniqueItems": _unique_items}, type_checker=ints)
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema_: dict) -> Iterator[Any]:
@@ -414,7 +421,7 @@ def _explain(error: Any) -> list[tuple[KeyPath, str, bool]]:
     if kind == "additionalProperties":
         known = sorted(schema_.get("properties", {}))
         extra = [k for k in value if k not in schema_.get("properties", {})]
-        return [((*key_path, k), _unknown_key(k, known), True) for k in extra]
+        return [((*key_path, str(k)), _unknown_key(str(k), known), True) for k in extra]  # `1:` is a key too
     if kind == "required":
         missing = [k for k in error.validator_value if k not in value]
         return [((*key_path, k), "required key is missing", False) for k in missing]

@@ -441,8 +441,8 @@ def test_a_character_yaml_does_not_allow_is_one_clear_error(tmp_path: Path) -> N
     path.write_bytes(b"name: tiny\x07\n")
     with pytest.raises(RecipeError) as caught:
         recipes.load(path)
-    (problem,) = caught.value.problems
-    assert problem.startswith(f"{path}: invalid YAML: unacceptable character #x0007")
+    assert caught.value.problems == [f"{path}:1:11: invalid YAML: unacceptable character #x0007: special characters "
+                                     "are not allowed"]  # was two lines: '... in "<unicode string>", position 10'
 
 
 def test_load_checked_reads_any_yaml_against_a_schema_with_every_problem(tmp_path: Path) -> None:
@@ -653,7 +653,119 @@ def test_a_profile_dimension_beyond_int32_is_refused(write_recipe: WriteRecipe, 
                                  f"from 0 to 2147483647 (TensorRT's limit), got {dim}"]
 
 
+def test_a_float_is_not_an_integer(write_recipe: WriteRecipe) -> None:
+    """JSON Schema counts 2.0 as an integer; the freezers do not (size_bytes(0.0) was an AttributeError)."""
+    path = write_recipe(edited("{workspace: 64MiB}", "{workspace: 0.0}").replace("max: [64, 4]", "max: [64.0, 4]"))
+    assert problems_of(path) == [
+        f"{path}:9:30: stages[2].memory-pool.workspace: expected a size like '1GiB', '512MiB' or a number of bytes, "
+        "got 0.0",
+        f"{path}:12:47: stages[3].serialize.profiles[0].x.max[0]: expected a dimension from 0 to 2147483647 "
+        "(TensorRT's limit), got 64.0"]
+
+
+def test_odd_keys_are_named_on_one_line(write_recipe: WriteRecipe) -> None:
+    """A key with a newline made a problem of two lines; a number as an unknown key crashed difflib."""
+    path = write_recipe(GOOD + '"a\\nb": 1\n7: 1\n')
+    known = "backend, description, model, name, stages, targets, validate, version"
+    assert problems_of(path) == [f"{path}:13:1: 'a\\nb': unknown key; expected one of {known}",
+                                 f"{path}:14:1: 7: unknown key; expected one of {known}"]
+
+
+def test_a_path_with_a_nul_byte_is_refused(write_recipe: WriteRecipe) -> None:
+    """It made Path.resolve raise ValueError (exit 3)."""
+    path = write_recipe(edited("model: {path: {models}/tiny.onnx}", 'model: {path: "tiny\\0.onnx"}'))
+    assert problems_of(path) == [f"{path}:3:15: model.path: expected a file path (relative to the recipe's folder, "
+                                 "or absolute), got 'tiny\\x00.onnx'"]
+
+
 def test_the_largest_profile_dimension_is_int32_max(write_recipe: WriteRecipe) -> None:
     recipe = recipes.load(write_recipe(edited("max: [64, 4]", "max: [2147483647, 4]")))
     assert recipe.spec("serialize").profiles[0][0].max == (2**31 - 1, 4)
 
+
+# ---------------------------------------------------------------- property: any input is a Recipe or one PipelineError
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from pipeline.errors import PipelineError  # noqa: E402
+
+PROPERTY = settings(max_examples=150, deadline=2000, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+KEYS = ["name", "version", "model", "path", "sha256", "backend", "targets", "stages", "parse", "graph-cleanup",
+        "network-flag", "memory-pool", "serialize", "workspace", "profiles", "min", "opt", "max", "validate",
+        "freeze_inputs", "override_shapes", "timing_cache", "plugins", "check", "outputs", "atol"]
+SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+           | st.sampled_from(["1.0.0", "tiny", "sm89", "64MiB", "1024TiB", "1025TiB", "tiny.onnx", "tiny\n"]))
+NESTED = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), inner, max_size=4),
+                      max_leaves=25)
+# Text YAML gives meaning to, for edits to a good recipe.
+PIECES = st.sampled_from(["[", "]", "{", "}", ":", ": ", ",", "- ", "&a ", "*a", "!!binary ", "!!set ", "? ", "<<: ",
+                          "|", ">", "'", '"', "#", "\t", "\n", "  ", "---\n", "...\n", "%YAML 1.1\n", "\\", "\x00",
+                          "\ufeff", "1e400", ".nan", "-1", "2147483648", "~", "null", "yes"]) | st.text(max_size=6)
+
+
+def loads_or_refuses(path: Path) -> None:
+    """The property: a Recipe, or a PipelineError with one line per problem; never another exception."""
+    try:
+        recipe = recipes.load(path)
+    except PipelineError as error:
+        problems = getattr(error, "problems", [str(error)])
+        assert problems and all(problem and "\n" not in problem for problem in problems), problems
+        return
+    assert isinstance(recipe, recipes.Recipe)
+
+
+def written(folder: Path, content: str | bytes) -> Path:
+    path = folder / "recipe.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass"))
+    return path
+
+
+@PROPERTY
+@given(document=st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), NESTED, max_size=8) | NESTED)
+def test_property_any_yaml_document_loads_or_is_refused(tmp_path_factory: pytest.TempPathFactory,
+                                                        document: Any) -> None:
+    import yaml
+
+    loads_or_refuses(written(tmp_path_factory.getbasetemp(), yaml.safe_dump(document)))
+
+
+@PROPERTY
+@given(edits=st.lists(st.tuples(st.integers(0, len(GOOD)), st.integers(0, 8), PIECES), min_size=1, max_size=4))
+def test_property_an_edited_good_recipe_loads_or_is_refused(tmp_path_factory: pytest.TempPathFactory,
+                                                            models_dir: Path, edits: list) -> None:
+    text = GOOD.replace("{models}", str(models_dir))
+    for at, cut, piece in edits:  # replace `cut` characters at `at` with `piece`
+        text = text[:at] + piece + text[at + cut:]
+    loads_or_refuses(written(tmp_path_factory.getbasetemp(), text))
+
+
+def replaced(document: Any, path: list[int], value: Any) -> Any:
+    """`document` with the value `path` leads to (indices taken modulo each level's size) replaced by `value`."""
+    if not path or not isinstance(document, (dict, list)) or not document:
+        return value
+    keys = list(document) if isinstance(document, dict) else list(range(len(document)))
+    key = keys[path[0] % len(keys)]
+    copy = dict(document) if isinstance(document, dict) else list(document)
+    copy[key] = replaced(document[key], path[1:], value)
+    return copy
+
+
+@PROPERTY
+@given(changes=st.lists(st.tuples(st.lists(st.integers(0, 20), max_size=6), NESTED), min_size=1, max_size=3))
+def test_property_a_good_recipe_with_values_replaced_loads_or_is_refused(
+        tmp_path_factory: pytest.TempPathFactory, models_dir: Path, changes: list) -> None:
+    """Mostly well-formed recipes: the checks after the schema (stage order, profiles, freezing) see these."""
+    import yaml
+
+    document = yaml.safe_load(GOOD.replace("{models}", str(models_dir)))
+    for path, value in changes:
+        document = replaced(document, path, value)
+    loads_or_refuses(written(tmp_path_factory.getbasetemp(), yaml.safe_dump(document)))
+
+
+@PROPERTY
+@given(data=st.binary(max_size=2000))
+def test_property_any_bytes_load_or_are_refused(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    loads_or_refuses(written(tmp_path_factory.getbasetemp(), data))
