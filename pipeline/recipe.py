@@ -6,8 +6,10 @@ Nothing past `load()` sees a raw dict: stages get typed, immutable specs.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,12 +19,18 @@ from typing import Any
 
 import yaml
 
+from pipeline import userfiles
 from pipeline.errors import RecipeError
 from pipeline.stages import ORDER, REGISTRY
 from pipeline.stages.serialize import InputProfile
 from pipeline.stages.stage import frozen
+from pipeline.units import size_value
 
 KeyPath = tuple[str | int, ...]
+
+MAX_FILE_BYTES = 1 << 20  # 1 MiB: a recipe is a few KiB; anything this big is the wrong file, or hostile
+MAX_DEPTH = 64  # lists and mappings nested in each other; a recipe needs about 8
+MAX_NODES = 10_000  # values (scalars, lists, mappings); a recipe has about 50. Bounds the parse to ~0.1 s
 
 
 # ---------------------------------------------------------------- frozen types
@@ -107,20 +115,7 @@ def load_checked(path: Path, schema_: dict | None, what: str = "recipe") -> tupl
     """Read a YAML file keeping line marks and check it against a JSON Schema: (data, marks, raw bytes), or a
     RecipeError with every problem as 'FILE:LINE:COL: key.path: message'. `what` names the file when it cannot
     be read; an empty file is an empty mapping when the schema requires no key. No schema: no check."""
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise RecipeError([f"{path}: cannot read {what}: {error.strerror}"]) from None
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise RecipeError([f"{where}: invalid YAML: {error.problem or error.context}"]) from None
-    except yaml.YAMLError as error:  # e.g. ReaderError: a character YAML does not allow
-        raise RecipeError([f"{path}: invalid YAML: {error}"]) from None
+    node, data, raw = parse_yaml(path, what)
     marks: dict[KeyPath, tuple[int, int]] = {}
     problems = [f"{path}:{line}:{col}: {dotted(p)}: duplicate key" for p, (line, col) in _walk(node, (), marks)]
     schema_ = schema_ or {}
@@ -132,6 +127,100 @@ def load_checked(path: Path, schema_: dict | None, what: str = "recipe") -> tupl
     if problems:
         raise RecipeError(problems)
     return data, marks, raw
+
+
+def parse_yaml(path: Path, what: str = "recipe") -> tuple[yaml.Node | None, Any, bytes]:
+    """(node, data, raw bytes) of a YAML file, or a RecipeError with the one problem. Hostile input is refused in
+    bounded time and memory: a file that is not regular or over MAX_FILE_BYTES is not parsed; an anchor, an alias,
+    nesting deeper than MAX_DEPTH or more than MAX_NODES values stop the parse where they appear."""
+    raw = _read(path, what)
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        node, data = _compose(text)
+    except _Refused as error:
+        mark = error.mark
+        raise RecipeError([f"{path}:{mark.line + 1}:{mark.column + 1}: {dotted(error.key_path)}: {error}"]) from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise RecipeError([f"{where}: invalid YAML: {error.problem or error.context}"]) from None
+    except yaml.reader.ReaderError as error:  # a character YAML does not allow
+        line, col = text.count("\n", 0, error.position) + 1, error.position - text.rfind("\n", 0, error.position)
+        raise RecipeError([f"{path}:{line}:{col}: invalid YAML: unacceptable character #x{error.character:04x}: "
+                           f"{error.reason}"]) from None
+    except yaml.YAMLError as error:
+        raise RecipeError([f"{path}: invalid YAML: {' '.join(str(error).split())}"]) from None
+    return node, data, raw
+
+
+def _read(path: Path, what: str) -> bytes:
+    """The file's bytes: a regular file of at most MAX_FILE_BYTES (a FIFO or /dev/zero is never read on)."""
+    try:
+        raw = userfiles.read_regular(path, MAX_FILE_BYTES)
+    except OSError as error:
+        raise RecipeError([f"{path}: cannot read {what}: {error.strerror}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        size = path.stat().st_size
+        raise RecipeError([f"{path}: expected a {what} of at most 1 MiB ({MAX_FILE_BYTES} bytes), got {size} bytes; "
+                           f"a {what} is a few KiB: is this the right file?"])
+    return raw
+
+
+class _Refused(Exception):
+    """A construct recipes never need, found while composing: where, at which key path, and why."""
+
+    def __init__(self, mark: yaml.Mark, key_path: KeyPath, message: str) -> None:
+        super().__init__(message)
+        self.mark, self.key_path = mark, key_path
+
+
+class _GuardedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that stops at the first anchor, alias, collection nested deeper than MAX_DEPTH, or value past
+    MAX_NODES, before composing it: an alias bomb is never expanded, deep nesting never reaches the recursive
+    composer, and the pure-Python parser stops within a fraction of a second."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.key_path: list[str | int | None] = []  # None: composing a mapping's key (or the top)
+        self.nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        part = index  # an item's index; None for a mapping's key (or the top)
+        if isinstance(index, yaml.Node):  # a mapping's value: `index` is its key
+            part = index.value if isinstance(index, yaml.ScalarNode) else "?"
+        self.key_path.append(part)
+        try:
+            self._check(self.peek_event())
+            return super().compose_node(parent, index)
+        finally:
+            self.key_path.pop()
+
+    def _check(self, event: yaml.Event) -> None:
+        where = tuple(part for part in self.key_path if part is not None)
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(event.start_mark, where, f"expected a value, got an alias '*{event.anchor}'; {_NO_ANCHORS}")
+        if event.anchor is not None:
+            raise _Refused(event.start_mark, where, f"expected a value, got an anchor '&{event.anchor}'; {_NO_ANCHORS}")
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _Refused(event.start_mark, where, f"expected at most {MAX_NODES} values in a file, got more; "
+                                                    "a recipe has about 50")
+        if isinstance(event, yaml.CollectionStartEvent) and len(self.key_path) > MAX_DEPTH:
+            raise _Refused(event.start_mark, where, f"expected lists and mappings nested at most {MAX_DEPTH} deep, "
+                                                    "got deeper; a recipe needs fewer than 10 levels")
+
+
+_NO_ANCHORS = "recipes do not use YAML anchors and aliases: write the value out"
+
+
+def _compose(text: str) -> tuple[yaml.Node | None, Any]:
+    """yaml.compose and yaml.safe_load in one parse, guarded (_GuardedLoader): (node, data)."""
+    loader = _GuardedLoader(text)
+    try:
+        node = loader.get_single_node()
+        return node, None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _walk(node: yaml.Node | None, path: KeyPath, marks: dict) -> Iterator[tuple[KeyPath, tuple[int, int]]]:
@@ -158,6 +247,7 @@ def dotted(path: KeyPath) -> str:
     """('stages', 2, 'memory-pool', 'workspace') -> 'stages[2].memory-pool.workspace'."""
     text = ""
     for part in path:
+        part = part if isinstance(part, int) or str(part).isprintable() else repr(part)  # a key with a newline ...
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(top)"
 
@@ -182,9 +272,7 @@ def schema() -> dict:
 
 
 def _schema_problems(path: Path, data: dict, marks: Mapping, schema_: dict) -> list[str]:
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(schema_)
+    validator = _validator_class()(schema_)
     found: list[tuple[tuple[int, int], str]] = []
     for error in validator.iter_errors(data):
         for key_path, message, at_key in _explain(error):
@@ -192,6 +280,75 @@ def _schema_problems(path: Path, data: dict, marks: Mapping, schema_: dict) -> l
             line, col = (int(x) for x in where.rsplit(":", 2)[1:])
             found.append(((line, col), f"{where}: {dotted(key_path)}: {message}"))
     return [text for _, text in sorted(set(found))]
+
+
+@functools.lru_cache(maxsize=1)
+def _validator_class() -> Any:
+    """Draft 2020-12 with `maxBytes` (a size's bound, in bytes), `pattern` with JSON Schema's (ECMA-262's) `$`,
+    a uniqueItems that takes linear time (the stock one compares every pair when items do not sort, minutes for a
+    few thousand), and integers that are ints: JSON Schema counts 1.0 as one, but a float reaches the freezers."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    ints = base.TYPE_CHECKER.redefine("integer", lambda checker, value: type(value) is int)
+    return jsonschema.validators.extend(base, {"maxBytes": _max_bytes, "pattern": _pattern,
+                                               "uniqueItems": _unique_items}, type_checker=ints)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema_: dict) -> Iterator[Any]:
+    from jsonschema import ValidationError
+
+    if isinstance(instance, str) and not _python_regex(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@functools.cache
+def _python_regex(pattern: str) -> re.Pattern:
+    """A JSON Schema pattern compiled for Python: its `$` is the end of the string, as in ECMA-262 (Python's `$`
+    also matches before a final newline, so '^[a-z]+$' would accept 'evil\\n'). Escapes and classes kept."""
+    out, index, in_class = [], 0, False
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            out.append(pattern[index:index + 2])
+            index += 2
+            continue
+        in_class = (in_class or char == "[") and not (in_class and char == "]")
+        out.append(r"\Z" if char == "$" and not in_class else char)
+        index += 1
+    return re.compile("".join(out))
+
+
+def _max_bytes(validator: Any, bound: int, instance: Any, schema_: dict) -> Iterator[Any]:
+    from jsonschema import ValidationError
+
+    nbytes = instance if type(instance) is int else size_value(instance) if isinstance(instance, str) else None
+    if nbytes is None:
+        return  # not a size: `type` and `pattern` say so (inf, for 400 digits, is refused here too)
+    if nbytes > bound:
+        yield ValidationError(f"{instance!r} is more than {bound} bytes")
+
+
+def _unique_items(validator: Any, unique: bool, instance: Any, schema_: dict) -> Iterator[Any]:
+    from jsonschema import ValidationError
+
+    if unique and isinstance(instance, list) and len({_hashable(item) for item in instance}) < len(instance):
+        yield ValidationError(f"{_show(instance)} has non-unique elements")
+
+
+def _hashable(value: Any) -> Any:
+    """A hashable stand-in equal for values JSON Schema calls equal (1 == 1.0, but true != 1)."""
+    if isinstance(value, dict):
+        return ("object", frozenset((key, _hashable(item)) for key, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return ("array", tuple(_hashable(item) for item in value))
+    if isinstance(value, bool) or value is None:
+        return ("literal", value)
+    try:
+        hash(value)
+    except TypeError:  # e.g. a set from YAML's !!set: compared by identity, which never hides a problem
+        return ("other", id(value))
+    return ("number" if isinstance(value, (int, float)) else type(value).__name__, value)
 
 
 def _explain(error: Any) -> list[tuple[KeyPath, str, bool]]:
@@ -202,17 +359,19 @@ def _explain(error: Any) -> list[tuple[KeyPath, str, bool]]:
     if kind == "additionalProperties":
         known = sorted(schema_.get("properties", {}))
         extra = [k for k in value if k not in schema_.get("properties", {})]
-        return [((*key_path, k), _unknown_key(k, known), True) for k in extra]
+        return [((*key_path, str(k)), _unknown_key(str(k), known), True) for k in extra]  # `1:` is a key too
     if kind == "required":
         missing = [k for k in error.validator_value if k not in value]
         return [((*key_path, k), "required key is missing", False) for k in missing]
-    if "x-expected" in schema_ and kind in {"pattern", "type", "minimum", "minProperties", "maxProperties"}:
+    if "x-expected" in schema_ and kind in {"pattern", "type", "minimum", "maximum", "minProperties", "maxProperties"}:
         return [(key_path, f"expected {schema_['x-expected']}, got {_show(value)}", False)]
     messages = {
         "type": lambda: f"expected {_types(error.validator_value)}, got {_show(value)}",
         "enum": lambda: f"expected one of {', '.join(map(repr, error.validator_value))}, got {_show(value)}",
         "minimum": lambda: f"expected a number >= {error.validator_value}, got {_show(value)}",
         "maximum": lambda: f"expected a number <= {error.validator_value}, got {_show(value)}",
+        "maxBytes": lambda: f"expected a size of at most {error.validator_value // 1024**4}TiB ({error.validator_value} "
+                            f"bytes), got {_show(value)}",
         "minItems": lambda: f"expected at least {error.validator_value} item(s), got {len(value)}",
         "uniqueItems": lambda: f"expected unique items, got {_show(value)}",
         "minLength": lambda: "expected a non-empty string",
@@ -371,7 +530,7 @@ def _freeze(path: Path, raw: bytes, data: dict, marks: dict) -> Recipe:
         sha256=hashlib.sha256(raw).hexdigest(),
         name=data["name"],
         version=data["version"],
-        model_path=(base / model["path"]).resolve(),
+        model_path=userfiles.absolute(base, model["path"]),
         model_sha256=model.get("sha256"),
         backend=data.get("backend", "auto"),
         targets=tuple(data["targets"]),

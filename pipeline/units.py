@@ -16,8 +16,15 @@ def size_bytes(value: int | str) -> int:
     """'2GiB' -> 2147483648; ints are bytes. The schema has already checked the form."""
     if isinstance(value, int):
         return value
-    number, unit = _SIZE.match(value.strip()).groups()  # type: ignore[union-attr]
-    return int(float(number) * _UNITS[unit])
+    return int(size_value(value))  # type: ignore[arg-type]
+
+
+def size_value(text: str) -> float | None:
+    """'2GiB' -> 2147483648.0 (inf for absurdly many digits); None when `text` is not a size."""
+    match = _SIZE.match(text.strip())
+    if not match or match.group(2) not in _UNITS:
+        return None
+    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def size(nbytes: float | None) -> str:

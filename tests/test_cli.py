@@ -303,6 +303,82 @@ def test_verbose_shows_tensorrt_messages(capsys: Capture, store_dir: Path, tiny_
     assert "INFO: [tensorrt-rtx] " in verbose  # TensorRT's log, through the project's ILogger, on the terminal
 
 
+# ---------------------------------------------------------------- hostile input, odd files, what the build refuses
+
+
+def test_hostile_recipes_are_one_line_each_in_bounded_time_and_memory(tmp_path: Path) -> None:
+    """The real CLI in a process limited to 1 GiB of address space: an alias bomb (was 4 GiB and minutes), 10,000
+    nested lists and a 3,000-level map (were RecursionError: exit 3), 50 MB of flow list and of comment."""
+    import resource
+    import time
+
+    from tests.test_recipe import BILLION_LAUGHS
+
+    hostile = {"laughs.yaml": BILLION_LAUGHS, "lists.yaml": "[" * 10_000 + "]" * 10_000 + "\n",
+               "maps.yaml": "{k: " * 3_000 + "1" + "}" * 3_000 + "\n", "list.yaml": "x: [" + "1," * 25_000_000 + "1]\n",
+               "comment.yaml": "#" + "c" * 50_000_000 + "\n"}
+    for name, text in hostile.items():
+        (tmp_path / name).write_text(text)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pipeline", "check", *(str(tmp_path / n) for n in hostile)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, preexec_fn=limit,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert time.perf_counter() - started < 15  # ~2 s of it is the interpreter and imports
+    lines = done.stderr.splitlines()
+    assert (done.returncode, done.stdout, len(lines)) == (1, "", 5), done.stderr
+    for name, line in zip(hostile, lines):
+        assert line.startswith(f"{tmp_path / name}:"), line
+    assert lines[0].endswith("expected a value, got an anchor '&a'; recipes do not use YAML anchors and aliases: "
+                             "write the value out")
+    assert lines[1].endswith("expected lists and mappings nested at most 64 deep, got deeper; a recipe needs fewer "
+                             "than 10 levels")
+    assert lines[3] == (f"{tmp_path / 'list.yaml'}: expected a recipe of at most 1 MiB (1048576 bytes), got "
+                        f"{(tmp_path / 'list.yaml').stat().st_size} bytes; a recipe is a few KiB: is this the right "
+                        "file?")
+
+
+def test_a_model_path_that_is_a_fifo_is_one_line_not_a_hang(capsys: Capture, store_dir: Path, tmp_path: Path,
+                                                            write_recipe: Recipe) -> None:
+    model = tmp_path / "pipe.onnx"
+    os.mkfifo(model)
+    bad = write_recipe(RECIPE.replace("{models}/tiny.onnx", str(model)))
+    line = f"{bad}:3:15: model.path: expected the model to be a regular file, got a named pipe (FIFO): {model}\n"
+    assert run(capsys, "check", str(bad)) == (1, "", line)
+    assert run(capsys, "--store", str(store_dir), "build", str(bad)) == (1, "", line)
+
+
+def test_missing_external_data_is_caught_by_check_and_is_no_crash_in_build(
+        capsys: Capture, store_dir: Path, tmp_path: Path, write_recipe: Recipe) -> None:
+    import onnx
+
+    from models.make_models import MODELS
+
+    model = tmp_path / "weights" / "tiny.onnx"
+    model.parent.mkdir()
+    onnx.save(MODELS["tiny"](), str(model), save_as_external_data=True, location="tiny.onnx.data", size_threshold=0)
+    (model.parent / "tiny.onnx.data").unlink()
+    bad = write_recipe(RECIPE.replace("{models}/tiny.onnx", str(model)))
+    problem = (f"external data 'tiny.onnx.data' of {model}: expected a regular file inside {model.parent}, got no "
+               "such file; copy it next to the model, or export the model again")
+    assert run(capsys, "check", str(bad)) == (1, "", f"{bad}:3:15: model.path: {problem}\n")
+    assert run(capsys, "--store", str(store_dir), "build", str(bad)) == (1, "", f"error: parse: {problem}\n")
+
+
+def test_check_refuses_what_the_build_would(capsys: Capture, write_recipe: Recipe) -> None:
+    """A max of 2**31 passed `check`, then the build said 'Shape provided for max is inconsistent' (exit 3)."""
+    bad = write_recipe(RECIPE.replace("max: [64, 4]", "max: [2147483648, 4]")
+                       .replace("workspace: 64MiB", "workspace: 1000000TiB"))
+    assert run(capsys, "check", str(bad)) == (1, "", (
+        f"{bad}:10:30: stages[3].memory-pool.workspace: expected a size of at most 1024TiB (1125899906842624 bytes), "
+        "got '1000000TiB'\n"
+        f"{bad}:13:47: stages[4].serialize.profiles[0].x.max[0]: expected a dimension from 0 to 2147483647 "
+        "(TensorRT's limit), got 2147483648\n"))
+
+
 # ---------------------------------------------------------------- list and show
 
 

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 # Bottom first. A module belongs to the first entry that is its name or a package containing it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("pipeline", "pipeline.errors", "pipeline.digest", "pipeline.units", "pipeline.files", "pipeline.clock",
-     "pipeline.ref", "pipeline.progress",
+     "pipeline.ref", "pipeline.progress", "pipeline.userfiles",
      "pipeline.interrupt", "pipeline.heap", "pipeline.background"),  # leaves: the tool's vocabulary
     ("pipeline.trt",),  # TensorRT and the GPU
     ("pipeline.stages",),  # the stage registry and one module per stage

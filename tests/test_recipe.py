@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -445,8 +446,8 @@ def test_a_character_yaml_does_not_allow_is_one_clear_error(tmp_path: Path) -> N
     path.write_bytes(b"name: tiny\x07\n")
     with pytest.raises(RecipeError) as caught:
         recipes.load(path)
-    (problem,) = caught.value.problems
-    assert problem.startswith(f"{path}: invalid YAML: unacceptable character #x0007")
+    assert caught.value.problems == [f"{path}:1:11: invalid YAML: unacceptable character #x0007: special characters "
+                                     "are not allowed"]  # was two lines: '... in "<unicode string>", position 10'
 
 
 def test_load_checked_reads_any_yaml_against_a_schema_with_every_problem(tmp_path: Path) -> None:
@@ -512,3 +513,265 @@ def test_schema_checked_does_not_import_jsonschema(write_recipe: WriteRecipe) ->
             "print('jsonschema' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "False\n", "")
+
+
+# ---------------------------------------------------------------- hostile input: refused whole, quickly, one line
+
+
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
+
+
+def one_problem_quickly(path: Path, seconds: float = 2.0) -> str:
+    """The one problem loading `path` gives, within `seconds`."""
+    import time
+
+    started = time.perf_counter()
+    problems = problems_of(path)
+    assert time.perf_counter() - started < seconds
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+def test_an_alias_bomb_is_refused_at_its_first_anchor(tmp_path: Path) -> None:
+    path = tmp_path / "laughs.yaml"
+    path.write_text(BILLION_LAUGHS)
+    assert one_problem_quickly(path) == (f"{path}:1:4: a: expected a value, got an anchor '&a'; recipes do not use "
+                                         "YAML anchors and aliases: write the value out")
+
+
+@pytest.mark.parametrize(("old", "new", "where", "problem"), [
+    ("targets: [sm89]", "targets: &t [sm89]", "5:10: targets", "an anchor '&t'"),
+    ("{workspace: 64MiB}", "{workspace: *size}", "9:30: stages[2].memory-pool.workspace", "an alias '*size'"),
+    ("name: tiny", "name: &n tiny", "1:7: name", "an anchor '&n'"),
+])
+def test_anchors_and_aliases_are_refused(write_recipe: WriteRecipe, old: str, new: str, where: str,
+                                         problem: str) -> None:
+    path = write_recipe(edited(old, new))
+    assert one_problem_quickly(path) == (f"{path}:{where}: expected a value, got {problem}; recipes do not use YAML "
+                                         "anchors and aliases: write the value out")
+
+
+DEPTH_PROBLEM = "expected lists and mappings nested at most 64 deep, got deeper; a recipe needs fewer than 10 levels"
+
+
+def test_deep_nesting_is_refused_where_it_gets_too_deep(tmp_path: Path) -> None:
+    lists, maps = tmp_path / "lists.yaml", tmp_path / "maps.yaml"
+    lists.write_text("[" * 10_000 + "]" * 10_000 + "\n")  # was a RecursionError: a crash, exit 3
+    maps.write_text("{k: " * 3_000 + "1" + "}" * 3_000 + "\n")
+    assert one_problem_quickly(lists) == f"{lists}:1:65: {'[0]' * 64}: {DEPTH_PROBLEM}"
+    assert one_problem_quickly(maps) == f"{maps}:1:257: {'.'.join(['k'] * 64)}: {DEPTH_PROBLEM}"
+
+
+def test_nesting_up_to_the_bound_is_fine(write_recipe: WriteRecipe) -> None:
+    tensor = "[" * 59 + "1" + "]" * 59  # a frozen input's value: 64 levels with the 5 collections around it
+    cleanup = f"  - parse: {{check: true}}\n  - graph-cleanup: {{freeze_inputs: {{x: {tensor}}}}}\n"
+    recipe = recipes.load(write_recipe(edited("  - parse: {check: true}\n", cleanup)))
+    value = recipe.spec("graph-cleanup").freeze_inputs["x"]
+    for _ in range(59):
+        (value,) = value
+    assert value == 1
+
+
+@pytest.mark.parametrize("filler", ["flow list", "comment"])
+def test_a_file_over_1_mib_is_not_parsed(tmp_path: Path, filler: str) -> None:
+    path = tmp_path / "huge.yaml"
+    with path.open("w") as handle:
+        handle.write("x: [" + "1," * 25_000_000 + "1]\n" if filler == "flow list" else "#" + "c" * 50_000_000 + "\n")
+    size = path.stat().st_size
+    assert one_problem_quickly(path) == (f"{path}: expected a recipe of at most 1 MiB (1048576 bytes), got {size} "
+                                         "bytes; a recipe is a few KiB: is this the right file?")
+
+
+def test_a_file_of_10000_values_stops_there(tmp_path: Path) -> None:
+    path = tmp_path / "many.yaml"
+    path.write_text("stages:\n" + "- 1\n" * 100_000)
+    assert one_problem_quickly(path) == (f"{path}:9999:3: stages[9997]: expected at most 10000 values in a file, "
+                                         "got more; a recipe has about 50")
+
+
+@pytest.mark.parametrize(("make", "kind"), [
+    (lambda path: os.mkfifo(path), "a named pipe (FIFO)"),
+    (lambda path: path.mkdir(), "a directory"),
+    (lambda path: path.symlink_to("/dev/zero"), "a character device"),
+])
+def test_a_recipe_that_is_not_a_regular_file_is_not_read(tmp_path: Path, make: Callable[[Path], None],
+                                                         kind: str) -> None:
+    path = tmp_path / "odd.yaml"
+    make(path)
+    assert one_problem_quickly(path) == f"{path}: cannot read recipe: expected a regular file, got {kind}"
+
+
+def test_many_mixed_list_items_are_checked_in_linear_time(write_recipe: WriteRecipe) -> None:
+    """jsonschema's own uniqueItems compares every pair when items do not sort: ~10 s for these 6000."""
+    items = ", ".join(f"{i}, '{i}'" for i in range(3000))
+    path = write_recipe(edited("targets: [sm89]", f"targets: [{items}]"))
+    import time
+
+    started = time.perf_counter()
+    problems = problems_of(path)
+    assert time.perf_counter() - started < 2.0
+    assert problems[0] == f"{path}:5:11: targets[0]: expected a compute capability like 'sm89', or 'local', got 0"
+    duplicates = write_recipe(edited("targets: [sm89]", "targets: [sm89, {a: 1}, sm89]"), "dup.yaml")
+    assert problems_of(duplicates)[0] == f"{duplicates}:5:10: targets: expected unique items, got ['sm89', {{'a': 1}}, 'sm89']"
+
+
+# ---------------------------------------------------------------- patterns match the whole string
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ("name: tiny", 'name: "tiny\\n"', "1:7: name: expected a lower-case name like 'resnet50' (letters, digits, '.', "
+                                      "'_', '-'), got 'tiny\\n'"),
+    ("version: 1.0.0", 'version: "1.0.0\\n"', "2:10: version: expected a version like '1.0.0', got '1.0.0\\n'"),
+    ("targets: [sm89]", 'targets: ["sm89\\n"]', "5:11: targets[0]: expected a compute capability like 'sm89', or "
+                                                "'local', got 'sm89\\n'"),
+    ("{workspace: 64MiB}", '{workspace: "64MiB\\n"}', "9:30: stages[2].memory-pool.workspace: expected a size like "
+                                                      "'1GiB', '512MiB' or a number of bytes, got '64MiB\\n'"),
+])
+def test_a_trailing_newline_does_not_pass_a_pattern(write_recipe: WriteRecipe, old: str, new: str,
+                                                    problem: str) -> None:
+    path = write_recipe(edited(old, new))
+    assert problems_of(path) == [f"{path}:{problem}"]
+
+
+# ---------------------------------------------------------------- what the build would refuse
+
+
+@pytest.mark.parametrize("written", ["1000000TiB", "1025TiB", str(2**50 + 1), "9" * 400])
+def test_an_absurd_size_is_refused(write_recipe: WriteRecipe, written: str) -> None:
+    path = write_recipe(edited("{workspace: 64MiB}", f"{{workspace: {written}}}"))
+    shown = repr(int(written) if written.isdigit() else written)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    assert problems_of(path) == [f"{path}:9:30: stages[2].memory-pool.workspace: expected a size of at most 1024TiB "
+                                 f"(1125899906842624 bytes), got {shown}"]
+
+
+def test_the_largest_size_is_1024_tib(write_recipe: WriteRecipe) -> None:
+    recipe = recipes.load(write_recipe(edited("{workspace: 64MiB}", "{workspace: 1024TiB}")))
+    assert recipe.spec("memory-pool").limits == {"workspace": 2**50}
+
+
+@pytest.mark.parametrize("dim", [10**12, 2**31])
+def test_a_profile_dimension_beyond_int32_is_refused(write_recipe: WriteRecipe, dim: int) -> None:
+    path = write_recipe(edited("max: [64, 4]", f"max: [{dim}, 4]"))
+    assert problems_of(path) == [f"{path}:12:47: stages[3].serialize.profiles[0].x.max[0]: expected a dimension "
+                                 f"from 0 to 2147483647 (TensorRT's limit), got {dim}"]
+
+
+def test_a_float_is_not_an_integer(write_recipe: WriteRecipe) -> None:
+    """JSON Schema counts 2.0 as an integer; the freezers do not (size_bytes(0.0) was an AttributeError)."""
+    path = write_recipe(edited("{workspace: 64MiB}", "{workspace: 0.0}").replace("max: [64, 4]", "max: [64.0, 4]"))
+    assert problems_of(path) == [
+        f"{path}:9:30: stages[2].memory-pool.workspace: expected a size like '1GiB', '512MiB' or a number of bytes, "
+        "got 0.0",
+        f"{path}:12:47: stages[3].serialize.profiles[0].x.max[0]: expected a dimension from 0 to 2147483647 "
+        "(TensorRT's limit), got 64.0"]
+
+
+def test_odd_keys_are_named_on_one_line(write_recipe: WriteRecipe) -> None:
+    """A key with a newline made a problem of two lines; a number as an unknown key crashed difflib."""
+    path = write_recipe(GOOD + '"a\\nb": 1\n7: 1\n')
+    known = "backend, description, model, name, stages, targets, validate, version"
+    assert problems_of(path) == [f"{path}:13:1: 'a\\nb': unknown key; expected one of {known}",
+                                 f"{path}:14:1: 7: unknown key; expected one of {known}"]
+
+
+def test_a_path_with_a_nul_byte_is_refused(write_recipe: WriteRecipe) -> None:
+    """It made Path.resolve raise ValueError (exit 3)."""
+    path = write_recipe(edited("model: {path: {models}/tiny.onnx}", 'model: {path: "tiny\\0.onnx"}'))
+    assert problems_of(path) == [f"{path}:3:15: model.path: expected a file path (relative to the recipe's folder, "
+                                 "or absolute), got 'tiny\\x00.onnx'"]
+
+
+def test_the_largest_profile_dimension_is_int32_max(write_recipe: WriteRecipe) -> None:
+    recipe = recipes.load(write_recipe(edited("max: [64, 4]", "max: [2147483647, 4]")))
+    assert recipe.spec("serialize").profiles[0][0].max == (2**31 - 1, 4)
+
+
+# ---------------------------------------------------------------- property: any input is a Recipe or one PipelineError
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pipeline.errors import PipelineError  # noqa: E402
+
+PROPERTY = settings(max_examples=150, deadline=2000, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+KEYS = ["name", "version", "model", "path", "sha256", "backend", "targets", "stages", "parse", "graph-cleanup",
+        "network-flag", "memory-pool", "serialize", "workspace", "profiles", "min", "opt", "max", "validate",
+        "freeze_inputs", "override_shapes", "timing_cache", "plugins", "check", "outputs", "atol"]
+SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+           | st.sampled_from(["1.0.0", "tiny", "sm89", "64MiB", "1024TiB", "1025TiB", "tiny.onnx", "tiny\n"]))
+NESTED = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), inner, max_size=4),
+                      max_leaves=25)
+# Text YAML gives meaning to, for edits to a good recipe.
+PIECES = st.sampled_from(["[", "]", "{", "}", ":", ": ", ",", "- ", "&a ", "*a", "!!binary ", "!!set ", "? ", "<<: ",
+                          "|", ">", "'", '"', "#", "\t", "\n", "  ", "---\n", "...\n", "%YAML 1.1\n", "\\", "\x00",
+                          "\ufeff", "1e400", ".nan", "-1", "2147483648", "~", "null", "yes"]) | st.text(max_size=6)
+
+
+def loads_or_refuses(path: Path) -> None:
+    """The property: a Recipe, or a PipelineError with one line per problem; never another exception."""
+    try:
+        recipe = recipes.load(path)
+    except PipelineError as error:
+        problems = getattr(error, "problems", [str(error)])
+        assert problems and all(problem and "\n" not in problem for problem in problems), problems
+        return
+    assert isinstance(recipe, recipes.Recipe)
+
+
+def written(folder: Path, content: str | bytes) -> Path:
+    path = folder / "recipe.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass"))
+    return path
+
+
+@PROPERTY
+@given(document=st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), NESTED, max_size=8) | NESTED)
+def test_property_any_yaml_document_loads_or_is_refused(tmp_path_factory: pytest.TempPathFactory,
+                                                        document: Any) -> None:
+    import yaml
+
+    loads_or_refuses(written(tmp_path_factory.getbasetemp(), yaml.safe_dump(document)))
+
+
+@PROPERTY
+@given(edits=st.lists(st.tuples(st.integers(0, len(GOOD)), st.integers(0, 8), PIECES), min_size=1, max_size=4))
+def test_property_an_edited_good_recipe_loads_or_is_refused(tmp_path_factory: pytest.TempPathFactory,
+                                                            models_dir: Path, edits: list) -> None:
+    text = GOOD.replace("{models}", str(models_dir))
+    for at, cut, piece in edits:  # replace `cut` characters at `at` with `piece`
+        text = text[:at] + piece + text[at + cut:]
+    loads_or_refuses(written(tmp_path_factory.getbasetemp(), text))
+
+
+def replaced(document: Any, path: list[int], value: Any) -> Any:
+    """`document` with the value `path` leads to (indices taken modulo each level's size) replaced by `value`."""
+    if not path or not isinstance(document, (dict, list)) or not document:
+        return value
+    keys = list(document) if isinstance(document, dict) else list(range(len(document)))
+    key = keys[path[0] % len(keys)]
+    copy = dict(document) if isinstance(document, dict) else list(document)
+    copy[key] = replaced(document[key], path[1:], value)
+    return copy
+
+
+@PROPERTY
+@given(changes=st.lists(st.tuples(st.lists(st.integers(0, 20), max_size=6), NESTED), min_size=1, max_size=3))
+def test_property_a_good_recipe_with_values_replaced_loads_or_is_refused(
+        tmp_path_factory: pytest.TempPathFactory, models_dir: Path, changes: list) -> None:
+    """Mostly well-formed recipes: the checks after the schema (stage order, profiles, freezing) see these."""
+    import yaml
+
+    document = yaml.safe_load(GOOD.replace("{models}", str(models_dir)))
+    for path, value in changes:
+        document = replaced(document, path, value)
+    loads_or_refuses(written(tmp_path_factory.getbasetemp(), yaml.safe_dump(document)))
+
+
+@PROPERTY
+@given(data=st.binary(max_size=2000))
+def test_property_any_bytes_load_or_are_refused(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    loads_or_refuses(written(tmp_path_factory.getbasetemp(), data))

@@ -14,7 +14,7 @@ from pipeline.errors import PipelineError, RecipeError
 from pipeline.manifest import Manifest
 from pipeline.recipe import Recipe
 from pipeline.stages import KEY_STAGES, ORDER, REGISTRY
-from pipeline.stages.parse import check_pin, digests, preflight
+from pipeline.stages.parse import check_pin, digests, model_problem, preflight
 from pipeline.store import Artifact, Store
 from pipeline.trt.backend import Backend, installed_version
 from pipeline.trt.target import Target
@@ -112,7 +112,7 @@ def _known_model(store: Store, recipe: Recipe, sha256: str, log: logging.Logger,
 def model_record(recipe: Recipe, store: Store, log: logging.Logger, remember: bool = True) -> dict:
     """The model's hashes for the source key; from an earlier manifest when the file is unchanged (no parse).
     A pin is checked here, before any reuse: it is never skipped. `remember=False` (a dry run) writes nothing."""
-    if not recipe.model_path.is_file():
+    if model_problem(recipe.model_path):  # missing, empty, a FIFO, a directory, ...: said as `check` says it
         raise RecipeError(preflight(recipe))
     hasher = functools.partial(store.file_sha256, remember=remember)
     sha = hasher(recipe.model_path)

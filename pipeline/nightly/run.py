@@ -35,6 +35,7 @@ from pipeline.nightly.pool import (
 )
 from pipeline.nightly.regression import Config, compare
 from pipeline.nightly.task import Task, artifact_record, bug, build_task, failed
+from pipeline.recipe import parse_yaml
 from pipeline.stages.parse import digests
 from pipeline.store import Store
 from pipeline.trt import gpu
@@ -140,12 +141,11 @@ def _unchanged(plan: Any, store: Store, model: dict) -> Any | None:
 
 
 def _raw_identity(path: Path) -> tuple[str, tuple[str, ...]]:
-    """Name and targets of a recipe that does not load, as far as they can be read; the file name otherwise."""
-    import yaml
-
+    """Name and targets of a recipe that does not load, as far as they can be read; the file name otherwise.
+    Read with the recipe loader's guarded parser: a hostile file (an alias bomb, deep nesting) costs nothing."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        _, data, _ = parse_yaml(path)
+    except PipelineError:
         data = None
     data = data if isinstance(data, dict) else {}
     name = data.get("name") if isinstance(data.get("name"), str) else path.stem

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import userfiles
 from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError, PipelineError, RecipeError
 from pipeline.stages import calibration
@@ -77,28 +78,80 @@ def describe(model: Any) -> dict:
 
 
 def external_names(model: Any) -> list[str]:
-    """The external-data locations a model's initializers name, in first-use order."""
+    """The external-data locations a model's tensors (initializers, attributes, subgraphs) name, in first-use
+    order."""
+    from onnx.external_data_helper import _get_all_tensors
+
     found: dict[str, None] = {}
-    for init in model.graph.initializer:
-        for entry in init.external_data:
+    for tensor in _get_all_tensors(model):
+        for entry in tensor.external_data:
             if entry.key == "location":
                 found.setdefault(entry.value)
     return list(found)
 
 
+def model_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a model: missing, not a regular file (a FIFO blocks the reader, /dev/zero
+    never ends, a directory or a symlink loop is no model), or empty; None when it can."""
+    kind = userfiles.problem(path)
+    if kind == "missing":
+        return f"model file not found: {path}"
+    if kind:
+        return f"expected the model to be a regular file, got {kind}: {path}"
+    if path.stat().st_size == 0:
+        return f"model file is empty: {path}; export the model again"
+    return None
+
+
+def require_model(path: Path) -> None:
+    """model_problem as a PipelineError with what to do."""
+    problem = model_problem(path)
+    if problem:
+        raise PipelineError(problem, hint="fix model.path (it is relative to the recipe file) or generate the "
+                                          "model first")
+
+
+def external_data_problems(path: Path, names: list[str]) -> list[str]:
+    """The external-data locations of the model at `path` that do not name a regular file inside its folder
+    (after symlinks): '/dev/zero', '../../x', a FIFO, a missing file. Checked before anything reads them."""
+    folder = path.parent.resolve()
+    problems = []
+    for name in names:
+        what = _external_problem(folder, name)
+        if what:
+            problems.append(f"external data '{name}' of {path}: expected a regular file inside {folder}, got {what}")
+    return problems
+
+
+def _external_problem(folder: Path, name: str) -> str | None:
+    try:
+        real = (folder / name).resolve()  # an absolute name replaces the folder
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        return "a symlink loop"
+    if not real.is_relative_to(folder):
+        return f"a path outside it ({real}); external data must sit in the model's folder"
+    kind = userfiles.problem(real)
+    return "no such file; copy it next to the model, or export the model again" if kind == "missing" else kind
+
+
+def require_external_data(path: Path, names: list[str]) -> None:
+    """external_data_problems as one BuildError (the first problem, and how many more)."""
+    problems = external_data_problems(path, names)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BuildError(f"parse: {problems[0]}{more}")
+
+
 def read_model(path: Path, weights: bool, data: bytes | None = None) -> Any:
-    """onnx.load with a clear error for missing, unreadable or malformed files. `data`: the file's bytes, already
-    read (binary protobuf only), parsed as onnx.load would parse them."""
+    """onnx.load with a clear error for missing, unreadable, malformed or non-regular files. `data`: the file's
+    bytes, already read (binary protobuf only), parsed as onnx.load would parse them."""
     import onnx
 
-    if not path.is_file():
-        raise PipelineError(f"model file not found: {path}",
-                            hint="fix model.path (it is relative to the recipe file) or generate the model first")
+    require_model(path)
     try:
-        if data is None:
-            return onnx.load(str(path), load_external_data=weights)
-        model = onnx.load_from_string(data)
-    except Exception as error:  # protobuf's DecodeError, missing external data, ...
+        data = _read_bytes(path) if data is None else data
+        model = onnx.load(str(path), load_external_data=False) if data is None else onnx.load_from_string(data)
+    except Exception as error:  # protobuf's DecodeError, an unreadable file, ...
         raise BuildError(f"parse: cannot read ONNX model {path}: {error}") from None
     if weights:
         load_weights(path, model)
@@ -106,9 +159,11 @@ def read_model(path: Path, weights: bool, data: bytes | None = None) -> Any:
 
 
 def load_weights(path: Path, model: Any) -> None:
-    """The external data of `model` (read from `path`) into memory, as onnx.load does."""
+    """The external data of `model` (read from `path`) into memory, as onnx.load does; only regular files inside
+    the model's folder are read."""
     import onnx
 
+    require_external_data(path, external_names(model))
     try:
         onnx.load_external_data_for_model(model, os.path.dirname(str(path)))
     except Exception as error:  # missing or short external-data files
@@ -118,8 +173,9 @@ def load_weights(path: Path, model: Any) -> None:
 def digests(path: Path, sha256: str | None = None, hasher: Callable[[Path], str] = file_sha256) -> dict:
     """sha256 of the model file (pass it when already known) and of every external-data file it names, and the
     total size. `hasher`: e.g. Store.file_sha256, which remembers the hashes of unchanged files."""
-    data = [{"path": str(path.parent / name), "sha256": hasher(path.parent / name)}
-            for name in header(path)["external_data"]]
+    names = header(path)["external_data"]
+    require_external_data(path, names)
+    data = [{"path": str(path.parent / name), "sha256": hasher(path.parent / name)} for name in names]
     size = path.stat().st_size + sum(Path(d["path"]).stat().st_size for d in data)
     return {"path": str(path), "sha256": sha256 or hasher(path), "external_data": data, "bytes": size}
 
@@ -133,13 +189,9 @@ def check_pin(recipe: Any, sha256: str) -> None:
 
 
 def _read_bytes(path: Path) -> bytes | None:
-    """The file's bytes when onnx.load would parse it as binary protobuf; None when it exists but is not."""
-    if not path.is_file() or path.suffix not in PROTOBUF_SUFFIXES:
-        return None
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None  # onnx.load reports it
+    """The file's bytes when onnx.load would parse it as binary protobuf (a regular file only: a FIFO swapped in
+    cannot block the read); None for its text formats. Raises OSError."""
+    return userfiles.read_regular(path) if path.suffix in PROTOBUF_SUFFIXES else None
 
 
 def _embedded(model: Any) -> bool:
@@ -194,18 +246,18 @@ def model_from_onnx(ctx: Context) -> None:
     # The file is read once. Weights in external data are loaded for graph-cleanup, unless there are more than
     # protobuf can hold: graph-cleanup then keeps them on disk (path-based), and so does TensorRT's parser.
     weights = "graph-cleanup" in recipe.stages and size < PROTO_LIMIT
-    data = _read_bytes(path)
-    if data is None:  # text formats: onnx.load reads the file itself
-        if spec.check:
-            _check(path, None, None)
-        model = read_model(path, weights)
-    else:
-        model = read_model(path, weights=False, data=data)
-        if spec.check:
-            _check(path, model, data)
-        del data
-        if weights:
-            load_weights(path, model)
+    require_model(path)
+    try:
+        data = _read_bytes(path)
+    except OSError as error:
+        raise BuildError(f"parse: cannot read ONNX model {path}: {error.strerror}") from None
+    model = read_model(path, weights=False, data=data)  # text formats (data None): onnx.load reads the file
+    require_external_data(path, external_names(model))  # before the checker or anything else reads them
+    if spec.check:
+        _check(path, model, data)
+    del data
+    if weights:
+        load_weights(path, model)
     if spec.infer_shapes and size < PROTO_LIMIT:
         model = infer_shapes(model)
     ctx.model = model
@@ -220,10 +272,15 @@ def preflight(recipe: Any, sha256: str | None = None) -> list[str]:
     """Cheap checks against the model's declared I/O (no weights read): used by `check` and before a build.
     `sha256`: the model file's, when the caller has hashed it already (the pin is checked against it)."""
     path = recipe.model_path
-    if not path.is_file():
-        return [recipe.problem(("model", "path"), f"model file not found: {path} (paths are relative to the recipe)")]
+    problem = model_problem(path)
+    if problem:
+        relative = " (paths are relative to the recipe)" if problem.startswith("model file not found") else ""
+        return [recipe.problem(("model", "path"), problem + relative)]
     try:
         info = header(path)
+        missing = external_data_problems(path, info["external_data"])
+        if missing:
+            return [recipe.problem(("model", "path"), line) for line in missing]
         check_pin(recipe, sha256 or file_sha256(path))
     except RecipeError as error:  # the pin: already located at model.sha256
         return error.problems

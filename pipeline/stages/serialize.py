@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import interrupt
+from pipeline import interrupt, userfiles
 from pipeline.errors import BuildError
 from pipeline.files import replace_bytes, write_bytes
 from pipeline.stages.context import Context
@@ -78,9 +78,9 @@ def _freeze(body: Mapping[str, Any], base: Path) -> SerializeSpec:
     )
     cache = body.pop("timing_cache", None)
     if cache:
-        cache = TimingCache(path=(base / cache["path"]).resolve(), sha256=cache.get("sha256"),
+        cache = TimingCache(path=userfiles.absolute(base, cache["path"]), sha256=cache.get("sha256"),
                             error_on_miss=cache.get("error_on_miss", False))
-    plugins = tuple((base / plugin).resolve() for plugin in body.pop("plugins", ()))
+    plugins = tuple(userfiles.absolute(base, plugin) for plugin in body.pop("plugins", ()))
     return SerializeSpec(profiles=profiles, timing_cache=cache, flags=tuple(body.pop("flags", ())), plugins=plugins,
                          **body)
 

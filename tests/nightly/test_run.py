@@ -261,6 +261,22 @@ def test_cli_errors_are_one_line(recipes: Path, tmp_path: Path, capsys: pytest.C
         "expected one of build_time_min_s, build_time_pct, engine_bytes_pct, max_error_budget")
 
 
+def test_a_hostile_recipe_is_one_failed_pair_not_a_crashed_night(recipes: Path, store: Store, tmp_path: Path) -> None:
+    """An alias bomb and deep nesting among good recipes: each is one failed record, read with the same guarded
+    parser when the night looks for its name and targets (a plain yaml.safe_load raised RecursionError there)."""
+    (recipes / "laughs.yaml").write_text("name: laughs\ntargets: [sm89]\n" + "a: &a [x, x]\nb: [*a, *a]\n")
+    (recipes / "deep.yaml").write_text("[" * 10_000 + "]" * 10_000 + "\n")
+    files = [recipes / "deep.yaml", recipes / "laughs.yaml", recipes / "tiny.yaml"]
+    tasks, known, order = nightly.plan_pairs(files, store, tmp_path / "night", NO_GPU, (), False, 1 << 30)
+    assert [task.recipe for task in tasks] == ["tiny"]
+    assert [(record["recipe"], record["target"], record["status"]) for record in known] == [
+        ("deep", "*", "failed"), ("laughs", "*", "failed")]
+    assert known[0]["error"] == (f"{recipes / 'deep.yaml'}:1:65: {'[0]' * 64}: expected lists and mappings nested "
+                                 "at most 64 deep, got deeper; a recipe needs fewer than 10 levels")
+    assert known[1]["error"] == (f"{recipes / 'laughs.yaml'}:3:4: a: expected a value, got an anchor '&a'; recipes "
+                                 "do not use YAML anchors and aliases: write the value out")
+
+
 def test_progress_is_plain_lines_off_a_terminal_and_one_redrawn_line_on_it() -> None:
     task = Task("r.yaml", "tiny", ("sm89",), "/s", False, NO_GPU, "/s/logs")
     record = {"recipe": "tiny", "target": "sm89", "status": "built", "artifact": "tiny@1.0.0", "wall_s": 1.5}

@@ -183,3 +183,103 @@ def test_header_is_read_again_when_the_file_changes(models_dir: Path, tmp_path: 
     assert header(path) is header(path)  # remembered while the file is unchanged
     write_model(MODELS["two_input"](), path)
     assert list(header(path)["inputs"]) == ["image", "scale"]
+
+
+# ---------------------------------------------------------------- only regular files are read
+
+
+def fifo(path: Path) -> None:
+    import os
+
+    os.mkfifo(path)
+
+
+def symlink_loop(path: Path) -> None:
+    path.with_name("other.onnx").symlink_to(path.name)
+    path.symlink_to("other.onnx")
+
+
+@pytest.mark.parametrize(("make", "kind"), [
+    (fifo, "a named pipe (FIFO)"),
+    (lambda path: path.mkdir(), "a directory"),
+    (symlink_loop, "a symlink loop"),  # was a crash: RuntimeError from Path.resolve
+    (lambda path: path.symlink_to("/dev/zero"), "a character device"),  # the model path is resolved: /dev/zero
+])
+def test_a_model_path_that_is_not_a_regular_file(write_recipe: Recipe, tmp_path: Path, build_context: ContextFor,
+                                                 make: Callable[[Path], None], kind: str) -> None:
+    from pipeline import recipe as recipes
+
+    model = tmp_path / "model.onnx"
+    make(model)
+    path = recipe_for(write_recipe, model)
+    shown = Path("/dev/zero") if kind == "a character device" else model
+    problem = f"expected the model to be a regular file, got {kind}: {shown}"
+    assert preflight(recipes.load(path)) == [f"{path}:3:15: model.path: {problem}"]
+    with pytest.raises(PipelineError) as caught:
+        run_stages(build_context(path), "parse")
+    assert str(caught.value) == problem
+
+
+def test_an_empty_model_file(write_recipe: Recipe, tmp_path: Path, build_context: ContextFor) -> None:
+    from pipeline import recipe as recipes
+
+    model = tmp_path / "empty.onnx"
+    model.write_bytes(b"")
+    path = recipe_for(write_recipe, model)
+    problem = f"model file is empty: {model}; export the model again"
+    assert preflight(recipes.load(path)) == [f"{path}:3:15: model.path: {problem}"]
+    with pytest.raises(PipelineError) as caught:
+        run_stages(build_context(path), "parse")
+    assert str(caught.value) == problem
+
+
+def relocated(model: Path, location: str) -> Path:
+    """The external-data model with its tensors pointing at `location` instead."""
+    proto = onnx.load(str(model), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(proto, str(model))
+    return model
+
+
+def outside_file(model: Path) -> str:
+    outside = model.parent.parent / "elsewhere.data"
+    outside.write_bytes(model.with_name("tiny.onnx.data").read_bytes())
+    model.with_name("link.data").symlink_to(outside)
+    return "link.data"
+
+
+OUTSIDE = "a path outside it ({}); external data must sit in the model's folder"
+
+
+@pytest.mark.parametrize(("setup", "got"), [
+    (lambda model: "/dev/zero", OUTSIDE.format("/dev/zero")),
+    (lambda model: "../../../../../../../../../../dev/zero", OUTSIDE.format("/dev/zero")),
+    (lambda model: fifo(model.with_name("pipe.data")) or "pipe.data", "a named pipe (FIFO)"),
+    (lambda model: outside_file(model), OUTSIDE.format("{outside}")),
+    (lambda model: "gone.data", "no such file; copy it next to the model, or export the model again"),
+])
+def test_external_data_must_be_regular_files_in_the_models_folder(
+        write_recipe: Recipe, external_model: Path, build_context: ContextFor,
+        setup: Callable[[Path], str], got: str) -> None:
+    """Refused before anything reads them: /dev/zero never ends and a FIFO blocks (both hung the build)."""
+    from pipeline import recipe as recipes
+
+    location = setup(external_model)
+    relocated(external_model, location)
+    folder = external_model.parent
+    problem = (f"external data '{location}' of {external_model}: expected a regular file inside {folder}, "
+               f"got {got.format(outside=folder.parent / 'elsewhere.data')}")
+    path = recipe_for(write_recipe, external_model)
+    assert preflight(recipes.load(path)) == [f"{path}:3:15: model.path: {problem}"]
+    with pytest.raises(BuildError) as caught:
+        digests(external_model)
+    assert str(caught.value) == f"parse: {problem}"
+    ctx = build_context(path)
+    ctx.model_record = {"path": str(external_model), "sha256": sha256(external_model), "bytes": 1,
+                        "external_data": []}  # as if remembered: the stage checks again
+    with pytest.raises(BuildError) as caught:
+        run_stages(ctx, "parse")
+    assert str(caught.value) == f"parse: {problem}"
