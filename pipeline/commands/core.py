@@ -88,12 +88,15 @@ def build(args: argparse.Namespace, log: logging.Logger) -> int:
     return 0 if valid else 1
 
 
-def _row(artifact: Artifact) -> dict:
-    """One `list` row; a damaged manifest gives validation 'damaged' and the problem, not a failed listing."""
+def _row(artifact: Artifact, store: Store | None = None) -> dict:
+    """One `list` row; a damaged manifest, or (with `store`) an engine that does not match it, gives validation
+    'damaged' and the problem, not a failed listing."""
     row = {"ref": artifact.ref, "name": artifact.name, "version": artifact.version, "build": artifact.build,
            "tag": artifact.tag, "path": str(artifact.path)}
     try:
         manifest = artifact.manifest()
+        if store is not None:
+            store.verified(artifact)
     except PipelineError as error:
         return {**row, "engine_bytes": None, "created_at": None, "validation": "damaged", "problem": str(error)}
     return {**row, "engine_bytes": manifest.engine.bytes, "created_at": manifest.build.created_at,
@@ -103,7 +106,7 @@ def _row(artifact: Artifact) -> dict:
 def list_(args: argparse.Namespace, log: logging.Logger) -> int:
     store = Store(args.store)
     store.recipes()  # a regular file given as the store is an error; a missing store holds nothing
-    rows = [_row(a) for a in store.artifacts(args.name)]
+    rows = [_row(a, store) for a in store.artifacts(args.name)]
     channel.annotate(store, rows)
     for row in rows:
         if row["validation"] == "damaged":
@@ -121,13 +124,17 @@ def list_(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def show(args: argparse.Namespace, log: logging.Logger) -> int:
-    artifact = Store(args.store).resolve(args.artifact, args.tag)
+    store = Store(args.store)
+    artifact = store.resolve(args.artifact, args.tag)
     manifest = artifact.manifest()
+    problem = store.engine_problem(artifact)
     if args.json:
-        emit_json({"path": str(artifact.path), **manifest.to_dict()})
-        return 0
-    for key, value in _show_lines(artifact, manifest):
-        print(f"{key:<11} {value}")
+        emit_json({"path": str(artifact.path), **manifest.to_dict(), **({"damaged": problem} if problem else {})})
+    else:
+        for key, value in _show_lines(artifact, manifest) + ([("damaged", problem)] if problem else []):
+            print(f"{key:<11} {value}")
+    if problem:
+        raise artifact.damaged(problem)
     return 0
 
 
@@ -194,7 +201,8 @@ examples:
   trt-pipeline --json list resnet50
 
 stdout: a table, one artifact per line: ARTIFACT, TAG, ENGINE, VALIDATION, CREATED, CHANNELS (--json: one object
-per artifact). An empty store says so on stderr.
+per artifact). An empty store says so on stderr. An artifact whose manifest or engine (size, sha256) is damaged
+shows validation 'damaged', with a warning on stderr.
 exit codes: 0 ok, 1 unreadable store."""
     p.add_argument("name", nargs="?", help="only this recipe name")
 
@@ -205,7 +213,8 @@ examples:
   trt-pipeline show resnet50@1.0.0 --tag sm89.rtx-1.7.1
   trt-pipeline --json show artifacts/resnet50/1.0.0+2/sm89.rtx-1.7.1
 
-stdout: one 'key  value' line per manifest field (--json: the whole manifest with its path).
-exit codes: 0 ok, 1 no such artifact, or several GPU tags and no --tag."""
+stdout: one 'key  value' line per manifest field (--json: the whole manifest with its path), and a 'damaged'
+line (--json: key) when the engine does not match the manifest's size or sha256.
+exit codes: 0 ok, 1 no such artifact, several GPU tags and no --tag, or a damaged engine."""
     p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
     p.add_argument("--tag", help="GPU tag, when the version was built for several")
