@@ -44,6 +44,9 @@ BUILDS = ".builds.json"  # version -> highest build number ever given (numbers a
 CHANNELS = "_channels"  # ROOT/<name>/_channels/: channel files and their history
 NIGHTLY = "_nightly"  # ROOT/_nightly/<run>/: one directory per nightly run
 TRASH = "_trash"  # ROOT/.staging/_trash-<pid>-<name>-XXXXXXXX/: what process <pid> is removing
+HASHES = "hashes"  # the memo of file hashes (file_sha256)
+_OWNER = re.compile(r"^(?:_trash-(\d+)-.*|.*-(\d+)-[^-]{8})$")  # the pid in a staging or trash directory's name
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # pipeline.files.replace_bytes's .<name>.<pid>.tmp
 _VERSION_DIR = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:\+(\d+))?$")
 
 
@@ -77,6 +80,11 @@ class Artifact:
     def manifest(self) -> Manifest:
         """Its manifest, read and checked (a damaged one is a StoreError naming the file and the field)."""
         return Manifest.load(self.path / MANIFEST)
+
+    def damaged(self, problem: str) -> StoreError:
+        return StoreError(f"damaged artifact {self.ref} [{self.tag}]: {problem}",
+                          hint="a build of its recipe replaces it (a damaged artifact is never reused); "
+                               "`trt-pipeline fsck` checks the whole store")
 
 
 class Store:
@@ -127,25 +135,126 @@ class Store:
             return file_sha256(path)
         stamp = _stamp(stat)
         key = str(path.resolve())
-        known = self.memo("hashes").get(key)
+        known = self.memo(HASHES).get(key)
         if isinstance(known, dict) and known.get("stamp") == stamp:
             return known["sha256"]
         sha256 = file_sha256(path)
         # Remembered only if the file did not change while it was read, and not within RACY_S of its last change:
         # a same-size rewrite inside one timestamp tick (coarse on some filesystems) would keep its stamp (as git).
         if remember and _stamp(path.stat()) == stamp and time.time_ns() - stat.st_ctime_ns > RACY_S * 10**9:
-            self.remember("hashes", key, {"stamp": stamp, "sha256": sha256})
+            self.remember(HASHES, key, {"stamp": stamp, "sha256": sha256})
         return sha256
+
+    # ------------------------------------------------------------ checking
+
+    def verified(self, artifact: Artifact) -> Artifact:
+        """`artifact`, once its engine is checked against its manifest (size, then sha256); else a StoreError
+        'damaged artifact REF [TAG]: ...'. An unchanged engine costs a stat (the hash memo, see file_sha256)."""
+        problem = self.engine_problem(artifact)
+        if problem:
+            raise artifact.damaged(problem)
+        return artifact
+
+    def engine_problem(self, artifact: Artifact) -> str | None:
+        """What is wrong with an artifact's engine file (missing, another size, another sha256), or None. A damaged
+        manifest is a StoreError."""
+        engine = artifact.manifest().engine
+        path = artifact.path / engine.file
+        try:
+            size = path.stat().st_size
+            if size != engine.bytes:
+                return f"{engine.file} is {size} bytes, the manifest says {engine.bytes}"
+            sha256 = self.file_sha256(path)
+        except FileNotFoundError:
+            return f"{engine.file} is missing"
+        except OSError as error:
+            return f"cannot read {engine.file}: {error.strerror}"
+        if sha256 != engine.sha256:
+            return f"{engine.file} has sha256 {sha256[:12]}, the manifest says {engine.sha256[:12]}"
+        return None
+
+    # ------------------------------------------------------------ what fsck looks at
+
+    def staged(self) -> list[tuple[Path, int | None]]:
+        """Every entry of ROOT/.staging (staging and trash directories) with the pid of the process that owns it
+        (None when its name carries none)."""
+        try:
+            entries = sorted((self.root / STAGING).iterdir())
+        except OSError:
+            return []
+        found = []
+        for path in entries:
+            match = _OWNER.match(path.name)
+            found.append((path, int(next(g for g in match.groups() if g)) if match else None))
+        return found
+
+    def temp_files(self) -> list[tuple[Path, int]]:
+        """Every `.<name>.<pid>.tmp` file (pipeline.files.replace_bytes) in the places the store replaces files:
+        the root, ROOT/.memo, each recipe, its channels, version and artifact directories; with the writer's pid."""
+        places = [self.root, self.root / MEMO]
+        for name in self.recipes():
+            places += [self.root / name, self.channels_dir(name)]
+            for version in self.version_dirs(name):
+                places += [version, *self._dirs(version)]
+        found = []
+        for place in places:
+            with contextlib.suppress(OSError):
+                for path in sorted(place.iterdir()):
+                    match = _TEMP.match(path.name)
+                    if match and path.is_file():
+                        found.append((path, int(match.group(1))))
+        return found
+
+    def version_dirs(self, name: str) -> list[Path]:
+        """ROOT/<name>/<version>[+<build>]/ directories of a recipe, whatever they hold."""
+        return sorted(p for p in self._dirs(self.root / name) if _VERSION_DIR.match(p.name))
+
+    def unpublished(self, name: str) -> list[Path]:
+        """Directories inside a recipe's version directories that are not published artifacts (no manifest)."""
+        return [tag for version in self.version_dirs(name) for tag in sorted(self._dirs(version))
+                if not (tag / MANIFEST).is_file()]
+
+    def remove_empty_version(self, path: Path) -> bool:
+        """Remove an empty version directory of a recipe, under its lock (rmdir: never one that holds anything)."""
+        if path.parent.parent != self.root or not _VERSION_DIR.match(path.name):
+            raise StoreError(f"{path} is not a version directory of store {self.root}")
+        with self.lock(path.parent.name), contextlib.suppress(OSError):
+            path.rmdir()
+            return True
+        return False
+
+    def dead_hashes(self) -> list[str]:
+        """Entries of the hash memo that can never be used again: the file is gone or changed since."""
+        dead = []
+        for key, known in self.memo(HASHES).items():
+            try:
+                alive = isinstance(known, dict) and known.get("stamp") == _stamp(Path(key).stat())
+            except OSError:
+                alive = False
+            if not alive:
+                dead.append(key)
+        return dead
+
+    def forget(self, kind: str, keys: list[str]) -> None:
+        """Drop entries from a memo (best effort, as `remember`)."""
+        memo = self.memo(kind)
+        for key in keys:
+            memo.pop(key, None)
+        with contextlib.suppress(StoreError, OSError):
+            (self.root / MEMO).mkdir(parents=True, exist_ok=True)
+            replace_json(self.root / MEMO / f"{kind}.json", memo, durable=False)
 
     # ------------------------------------------------------------ writing
 
     @contextlib.contextmanager
     def staging(self, label: str) -> Iterator[Path]:
-        """A private directory inside the store, removed on exit whatever happens (Ctrl-C included)."""
+        """A private directory inside the store, removed on exit whatever happens (Ctrl-C included). Its name
+        carries the owner's pid (ROOT/.staging/<label>-<pid>-XXXXXXXX), so fsck can tell a killed process's
+        leftovers from a live build's work."""
         base = self.root / STAGING
         try:
             base.mkdir(parents=True, exist_ok=True)
-            path = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=base))
+            path = Path(tempfile.mkdtemp(prefix=f"{label}-{os.getpid()}-", dir=base))
             path.chmod(0o755)  # mkdtemp makes 0700; published artifacts are for everyone to read
         except OSError as error:
             raise StoreError(f"cannot create a staging directory in store {self.root}: {error.strerror}",

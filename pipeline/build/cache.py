@@ -90,8 +90,10 @@ def _newest_first(store: Store, recipe: Recipe, log: logging.Logger,
 
 
 def reusable(store: Store, recipe: Recipe, field: str, key: str, log: logging.Logger) -> Artifact | None:
-    """The newest artifact of this recipe name and version whose manifest has build.<field> == key."""
-    return _newest_first(store, recipe, log, lambda artifact, m: artifact if getattr(m.build, field) == key else None)
+    """The newest artifact of this recipe name and version whose manifest has build.<field> == key and whose engine
+    is intact (Store.verified): a damaged one is skipped with a warning, so the build makes a new one."""
+    return _newest_first(store, recipe, log,
+                         lambda artifact, m: store.verified(artifact) if getattr(m.build, field) == key else None)
 
 
 def _known_model(store: Store, recipe: Recipe, sha256: str, log: logging.Logger,

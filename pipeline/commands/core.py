@@ -90,12 +90,15 @@ def build(args: argparse.Namespace, log: logging.Logger) -> int:
     return 0 if valid else 1
 
 
-def _row(artifact: Artifact) -> dict:
-    """One `list` row; a damaged manifest gives validation 'damaged' and the problem, not a failed listing."""
+def _row(artifact: Artifact, store: Store | None = None) -> dict:
+    """One `list` row; a damaged manifest, or (with `store`) an engine that does not match it, gives validation
+    'damaged' and the problem, not a failed listing."""
     row = {"ref": artifact.ref, "name": artifact.name, "version": artifact.version, "build": artifact.build,
            "tag": artifact.tag, "path": str(artifact.path)}
     try:
         manifest = artifact.manifest()
+        if store is not None:
+            store.verified(artifact)
     except PipelineError as error:
         return {**row, "engine_bytes": None, "created_at": None, "validation": "damaged", "problem": str(error)}
     return {**row, "engine_bytes": manifest.engine.bytes, "created_at": manifest.build.created_at,
@@ -105,7 +108,7 @@ def _row(artifact: Artifact) -> dict:
 def list_(args: argparse.Namespace, log: logging.Logger) -> int:
     store = Store(args.store)
     store.recipes()  # a regular file given as the store is an error; a missing store holds nothing
-    rows = [_row(a) for a in store.artifacts(args.name)]
+    rows = [_row(a, store) for a in store.artifacts(args.name)]
     channel.annotate(store, rows)
     for row in rows:
         if row["validation"] == "damaged":
@@ -124,17 +127,23 @@ def list_(args: argparse.Namespace, log: logging.Logger) -> int:
 
 def show(args: argparse.Namespace, log: logging.Logger) -> int:
     """Every GPU tag of the build (one with --tag): readable blocks, or with --json one object per tag (an object
-    when there is one, else a list)."""
-    found = [(artifact, artifact.manifest()) for artifact in Store(args.store).resolve_build(args.artifact, args.tag)]
+    when there is one, else a list); a damaged engine is shown, then is the error."""
+    store = Store(args.store)
+    found = [(artifact, artifact.manifest(), store.engine_problem(artifact))
+             for artifact in store.resolve_build(args.artifact, args.tag)]
     if args.json:
-        documents = [{"path": str(artifact.path), **manifest.to_dict()} for artifact, manifest in found]
+        documents = [{"path": str(artifact.path), **manifest.to_dict(), **({"damaged": problem} if problem else {})}
+                     for artifact, manifest, problem in found]
         emit_json(documents[0] if len(documents) == 1 else documents)
-        return 0
-    for index, (artifact, manifest) in enumerate(found):
-        if index:
-            print()
-        for key, value in _show_lines(artifact, manifest):
-            print(f"{key:<11} {value}")
+    else:
+        for index, (artifact, manifest, problem) in enumerate(found):
+            if index:
+                print()
+            for key, value in _show_lines(artifact, manifest) + ([("damaged", problem)] if problem else []):
+                print(f"{key:<11} {value}")
+    damaged = [(artifact, problem) for artifact, _, problem in found if problem]
+    if damaged:
+        raise damaged[0][0].damaged(damaged[0][1])
     return 0
 
 
@@ -233,7 +242,8 @@ examples:
   trt-pipeline --json list resnet50
 
 stdout: a table, one artifact per line: ARTIFACT, TAG, ENGINE, VALIDATION, CREATED, CHANNELS (--json: one object
-per artifact). An empty store says so on stderr.
+per artifact). An empty store says so on stderr. An artifact whose manifest or engine (size, sha256) is damaged
+shows validation 'damaged', with a warning on stderr.
 exit codes: 0 ok, 1 unreadable store."""
     p.add_argument("name", nargs="?", help="only this recipe name")
 
@@ -262,7 +272,8 @@ examples:
   trt-pipeline --json show artifacts/resnet50/1.0.0+2/sm89.rtx-1.7.1
 
 stdout: one 'key  value' line per manifest field, a block per GPU tag of the build (--json: the whole manifest
-with its path; a list of them when the build has several tags and no --tag narrows it).
-exit codes: 0 ok, 1 no such artifact."""
+with its path; a list of them when the build has several tags and no --tag narrows it), and a 'damaged' line
+(--json: key) when the engine does not match the manifest's size or sha256.
+exit codes: 0 ok, 1 no such artifact or a damaged engine."""
     p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
     p.add_argument("--tag", help="only this GPU tag (default: every tag of the build)")

@@ -1,4 +1,4 @@
-"""Lifecycle commands: promote, channel, history, export triton, gc."""
+"""Lifecycle commands: promote, channel, history, export triton, gc, fsck."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.commands.output import Command, emit_json, print_table, progress
 from pipeline.lifecycle import channel as channels
+from pipeline.lifecycle import fsck as checker
 from pipeline.lifecycle import gc as collector
 from pipeline.lifecycle import promote as promotion
 from pipeline.lifecycle import triton
@@ -101,6 +102,27 @@ def gc(args: argparse.Namespace, log: logging.Logger) -> int:
     return 0
 
 
+def fsck(args: argparse.Namespace, log: logging.Logger) -> int:
+    store = Store(args.store)
+    problems = checker.check(store)
+    removed = checker.repair(store, problems) if args.repair else []
+    left = [p for p in problems if p not in removed]
+    if args.json:
+        emit_json({"store": str(store.root), "clean": not left, "problems": [p.to_json() for p in left],
+                   "removed": [p.to_json() for p in removed]})
+        return 1 if left else 0
+    for problem in removed:
+        print(f"removed {problem}")
+    for problem in left:
+        print(problem)
+    summary = (f"{len(left)} problem(s)" + (f", {len(removed)} removed" if removed else "") if left else
+               "clean" + (f" ({len(removed)} removed)" if removed else ""))
+    garbage = sum(p.garbage for p in left)
+    hint = f"; `trt-pipeline fsck --repair` removes {garbage} of them" if garbage and not args.repair else ""
+    print(f"store {store.root}: {summary}{hint}", file=sys.stderr)
+    return 1 if left else 0
+
+
 def register(command: Command) -> None:
     p = command("promote", promote, "put a build on a channel of a GPU tag (reuse, rebuild or refuse)",
                 "Decide from the build's manifest whether its engine is valid on the target GPU tag as it is (reuse), "
@@ -139,3 +161,22 @@ def register(command: Command) -> None:
     p.add_argument("name", nargs="?", metavar="NAME", help="only this recipe")
     p.add_argument("--keep", type=int, required=True, metavar="N", help="newest builds to keep per recipe and GPU tag")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+
+    p = command("fsck", fsck, "check the whole store (and remove leftovers with --repair)",
+                "Check every artifact (manifest readable, engine size and sha256 as recorded), every channel (it "
+                "points at a build in the store with the engine it recorded, and agrees with the history), and look "
+                "for leftovers: staging and trash directories and .*.tmp files of processes that are gone, empty "
+                "version directories, dead hash-memo entries. --repair removes those leftovers only; an artifact or "
+                "a channel is never removed.")
+    p.epilog = """\
+examples:
+  trt-pipeline fsck
+  trt-pipeline fsck --repair
+  trt-pipeline --json fsck
+
+stdout: one 'WHERE: PROBLEM' line per problem ('removed WHERE: PROBLEM' for what --repair removed); a summary on
+stderr (--json: {store, clean, problems, removed}, each problem with kind, where, message, garbage).
+exit codes: 0 clean (after --repair: nothing left), 1 any problem left."""
+    p.add_argument("--repair", action="store_true",
+                   help="remove what is provably garbage (leftovers of dead processes, temp files, empty directories, "
+                        "dead memo entries)")

@@ -16,7 +16,8 @@ from pipeline.validate import artifact as validation
 
 
 def _artifact(args: argparse.Namespace) -> tuple[Artifact, Manifest]:
-    artifact = Store(args.store).resolve(args.artifact, args.tag)
+    store = Store(args.store)
+    artifact = store.verified(store.resolve(args.artifact, args.tag))
     return artifact, artifact.manifest()
 
 

@@ -193,7 +193,7 @@ def promote(store: Store, ref: str, from_tag: str, to_tag: str, channel: str, *,
     channels.check_name(channel)
     if allow_unvalidated and not (reason or "").strip():
         raise PromotionError("--allow-unvalidated needs --reason \"...\": the waiver is recorded in the history")
-    source = store.resolve(ref, from_tag)
+    source = store.verified(store.resolve(ref, from_tag))
     manifest = source.manifest()
     to = parse_tag(to_tag)
     probe_ = _lazy(probe)  # the GPU is asked about only when a rebuild is considered

@@ -92,7 +92,7 @@ def _engines(store: Store, name: str, channel: str) -> list[dict]:
     found = []
     for tag, ch, entry in channels.everything(store, name):
         if ch == channel:
-            artifact = channels.resolve(store, name, entry)
+            artifact = store.verified(channels.resolve(store, name, entry))
             parsed = parse_tag(tag)
             found.append({"tag": tag, "artifact": artifact, "manifest": artifact.manifest(),
                           "sm": parsed.sm, "cc": parsed.compute_capability, "backend": parsed.backend})

@@ -103,8 +103,8 @@ def validate_artifact(store: Store, artifact: Artifact, spec: ValidateSpec, prob
     """Validate one artifact and record the result (validation.json + the manifest's `validation` block).
     `skipped` when this machine cannot run the engine, with the probe's reason; `passed` only after a real run.
     A run that compared nothing (skipped, or could not complete) never replaces a recorded passed/failed result:
-    the report then says `recorded: false`."""
-    manifest = artifact.manifest()
+    the report then says `recorded: false`. A damaged engine (Store.verified) is a StoreError: nothing is recorded."""
+    manifest = store.verified(artifact).manifest()
     gpu = None
     try:
         gpu = engines.runnable_gpu(manifest, probe)
