@@ -46,14 +46,16 @@ def load_recipe(path: Path) -> tuple[Recipe, Backend]:
 
 
 def make_plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tuple[str, ...] = (),
-         check_model: bool = True) -> Plan:
+              check_model: bool = True, parser_support: bool = False) -> Plan:
     """Check everything that can be checked before building; raise every problem at once.
     `check_model=False` leaves the model checks (which read the model) to `build`, which runs them only when
-    something is to be built: an unchanged rebuild then never parses the model."""
+    something is to be built: an unchanged rebuild then never parses the model. `parser_support`: also ask
+    TensorRT's parser which nodes it cannot take (`check`; a build's parse reports the same, without the cost of
+    a second parser holding the weights)."""
     targets, problems = capability.targets(recipe, backend, probe, target_names)
     problems += capability.problems(recipe, backend, probe) + target_problems(recipe, backend, targets) + \
         (preflight(recipe) if check_model else [])
-    if check_model and not problems:  # the parser's support query needs a readable model and an importable backend
+    if parser_support and check_model and not problems:  # the parser's support query needs a readable model and an importable backend
         problems += support.problems(recipe, backend, logging.getLogger("pipeline"))
     if problems:
         raise RecipeError(problems)

@@ -23,12 +23,12 @@ from pipeline.validate.artifact import after_build
 
 
 def _plan(path: Path, probe: gpu.Probe, target_names: tuple[str, ...] = (), check_model: bool = True,
-          building: bool = False) -> plans.Plan:
+          building: bool = False, parser_support: bool = False) -> plans.Plan:
     """Every problem at once as a RecipeError. When `building`, targets that only this machine's lack of a GPU
     stops (and nothing else) are CannotRunHere instead (exit 2); `check` reports them as problems."""
     recipe, backend = plans.load_recipe(path)
     try:
-        return plans.make_plan(recipe, backend, probe, target_names, check_model)
+        return plans.make_plan(recipe, backend, probe, target_names, check_model, parser_support)
     except RecipeError as error:
         no_gpu = capability.not_buildable_here(recipe, backend, probe, target_names) if building else []
         if no_gpu and set(error.problems) <= set(no_gpu):
@@ -40,7 +40,7 @@ def check(args: argparse.Namespace, log: logging.Logger) -> int:
     results, probe = [], gpu.probe()  # nvidia-smi can take seconds: ask once
     for path in args.recipes:
         try:
-            plan = _plan(path, probe)
+            plan = _plan(path, probe, parser_support=True)
             results.append({"recipe": str(path), "ok": True, "problems": [],
                             "targets": [t.tag for t in plan.targets], "backend": plan.backend.label()})
         except RecipeError as error:
