@@ -55,7 +55,7 @@ def make_plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tupl
     targets, problems = capability.targets(recipe, backend, probe, target_names)
     problems += capability.problems(recipe, backend, probe) + target_problems(recipe, backend, targets) + \
         (preflight(recipe) if check_model else [])
-    if parser_support and check_model and not problems:  # the parser's support query needs a readable model and an importable backend
+    if parser_support and check_model and not problems:  # needs a readable model and an importable backend
         problems += support.problems(recipe, backend, logging.getLogger("pipeline"))
     if problems:
         raise RecipeError(problems)
