@@ -160,6 +160,10 @@ def _print_summary(report: dict) -> None:
         if p["status"] == "failed":
             print(f"failed: {p['recipe']} {p['target']}: {first_line(p.get('error'))}"
                   + (f" (log: {p['log']})" if p.get("log") else ""))
+    for p in report["pairs"]:  # a cluster's pair (or validation) that no node could run
+        stuck = p if p["status"] == "unschedulable" else p.get("validation") or {}
+        if stuck.get("status") == "unschedulable":
+            print(f"unschedulable: {p['recipe']} {p['target']}: {stuck.get('error') or stuck.get('reason')}")
     for c in report["changes"]:
         print(f"change: {change_line(c)}")
     print(f"report: {report['files']['report.html']}")

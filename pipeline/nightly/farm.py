@@ -303,7 +303,7 @@ class Farm:
                 return
             result = {"error": f"validation could not run: {_first(error)}", "node": None, "log": ""}
         node = self._name(result["node"]) if result.get("node") else None
-        with open(check.task.log, "a") as handle:
+        with open(record["log"], "a") as handle:  # the build task's log
             handle.write(result.get("log", "") + f"driver: {record['target']} validated on {node}\n")
         report = result.get("report")
         if report is not None and report.get("recorded", True):
