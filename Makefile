@@ -30,7 +30,7 @@ models/%.onnx: | $(STAMP)
 # The virtualenv, created and filled on first use and again whenever pyproject.toml or constraints.txt change.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,cluster]'
 	touch $@
 
 clean-venv:
