@@ -68,9 +68,7 @@ def build(job: BuildJob) -> tuple:
     with _workspace() as work:
         log = _logger(work / "task.log")
         try:
-            model, fetched = materialize(job.model, scratch() / "models", ray.get)
-            log.info("model %s (%d bytes) %s on this node", job.model.name, job.model.size,
-                     "fetched" if fetched else "found in the cache")
+            model, fetched = _model(job.model, log)
             shipped, results = _build(job, model, work, log)
         except Exception as error:  # noqa: BLE001 - e.g. a model that arrived damaged: every pair fails
             results = [_failed(job, target, error, log) for target in task.targets]
@@ -81,6 +79,17 @@ def build(job: BuildJob) -> tuple:
             "wall_s": round(time.perf_counter() - started, 3), "results": results}
     shared = next((files for _, _, files in shipped.values() if files), {})
     return (meta, shared, *[shipped[target][1] if target in shipped else {} for target in task.targets])
+
+
+def _model(parcel: Parcel, log: logging.Logger) -> tuple[Path, bool]:
+    """The model on this node: from its cache, or fetched from the object store into it."""
+    import ray
+
+    started = time.perf_counter()
+    model, fetched = materialize(parcel, scratch() / "models", ray.get)
+    log.info("model %s (%d bytes) %s on this node", parcel.name, parcel.size,
+             f"fetched in {time.perf_counter() - started:.2f}s" if fetched else "found in the cache")
+    return model, fetched
 
 
 def _build(job: BuildJob, model: Path, work: Path, log: logging.Logger) -> tuple[dict, list[dict]]:
@@ -150,7 +159,7 @@ def validate(job: ValidationJob, files: dict[str, Any]) -> dict:
     with _workspace() as work:
         log = _logger(work / "validate.log")
         try:
-            model, _ = materialize(job.model, scratch() / "models", ray.get)
+            model, _ = _model(job.model, log)
             store, artifact = _artifact_copy(job.manifest, files, work / "store")
             spec = validation.settings(job.manifest, log)
             result["report"] = validation.validate_artifact(store, artifact, spec, gpu.probe(), os.environ, log,

@@ -90,7 +90,9 @@ def test_builds_spread_validations_follow_the_gpu_resource_and_results_equal_the
     assert list((tmp_path / "farm" / ".staging").iterdir()) == []
     assert jobs_left(cluster) == []  # every node removed its scratch directories
     log = Path(found["two", "sm89"]["log"]).read_text()
-    assert "model two_input.onnx" in log and "validated on w89" in log
+    assert "validated on w89" in log and "validated on w120" in log
+    # the model travelled once to each node: the build's node found it in its cache when it validated
+    assert log.count("model two_input.onnx") == 3 and log.count("found in the cache") == 1
 
 
 def test_a_target_no_node_can_run_is_reported_unschedulable_after_a_bounded_wait(
