@@ -127,7 +127,9 @@ class Farm:
         queue, flying, checking = [], {}, {}
         for task in tasks:
             queue += self._flights(task, results, observer)
-        capacity = self.workers(tasks)
+        # One task more than the cluster's CPUs in flight: Ray starts it the moment a CPU frees, while this
+        # process is still receiving and publishing the task that freed it.
+        capacity = self.workers(tasks) + 1
         try:
             while queue or flying or checking:
                 alive = self._alive()
@@ -187,7 +189,12 @@ class Farm:
     def _parcel(self, model: dict) -> Parcel:
         """The model in the object store, put once per night however many tasks and nodes use it."""
         ray = _ray()
-        parcel, users = self._parcels.get(model["sha256"]) or (put_model(model, ray.put), 0)
+        if model["sha256"] not in self._parcels:
+            started = time.perf_counter()
+            self._parcels[model["sha256"]] = (put_model(model, ray.put), 0)
+            log.info("put %s (%d bytes) into the object store in %.2fs", model["path"], model["bytes"],
+                     time.perf_counter() - started)
+        parcel, users = self._parcels[model["sha256"]]
         self._parcels[model["sha256"]] = (parcel, users + 1)
         return parcel
 
@@ -210,7 +217,7 @@ class Farm:
                     try:
                         if shared_dir is None:
                             shared_dir = stack.enter_context(Store(Path(task.store)).staging(task.recipe))
-                            write_files(ray.get(flight.refs[1]), shared_dir)
+                            logs.append(self._receive_shared(flight, shared_dir))
                         record, outcome, line = self._publish(flight, result, record, shared_dir, index)
                     except Exception as error:  # noqa: BLE001 - e.g. the store is full: this pair fails
                         record = {**failure(task, result["target"], error, log), "wall_s": None, "built_on": node}
@@ -224,6 +231,14 @@ class Farm:
         self._release(flight)
         return []
 
+    def _receive_shared(self, flight: Flight, folder: Path) -> str:
+        """The files every target of the task shares (the cleaned model), received once."""
+        started = time.perf_counter()
+        files = _ray().get(flight.refs[1])
+        write_files(files, folder)
+        return (f"driver: received the shared files ({sum(d.nbytes for d in files.values())} bytes) in "
+                f"{time.perf_counter() - started:.2f}s")
+
     def _publish(self, flight: Flight, result: dict, record: dict, shared: Path,
                  index: int) -> tuple[dict, Any, str]:
         """The driver's half of a build: the node's staged files into the store's staging, then published."""
@@ -233,8 +248,12 @@ class Farm:
         manifest["build"]["node"] = record["built_on"]
         store = Store(Path(task.store))
         target = _target(manifest)
+        started = time.perf_counter()
         with store.staging(f"{recipe.name}-{target.sm}") as staged:
-            write_files(ray.get(flight.refs[2 + index]), staged)
+            files = ray.get(flight.refs[2 + index])
+            write_files(files, staged)
+            received = sum(data.nbytes for data in files.values())
+            del files
             link_files(result["shared"], shared, staged)
             finish = runner.publisher(store, recipe, Run(task.run), task.force, log, log.info)
             outcome = finish(target, staged, manifest, manifest["build"]["key"])
@@ -243,7 +262,8 @@ class Farm:
                   "wall_s": record["wall_s"], "built_on": record["built_on"]}
         what = f"reused {outcome.artifact.ref} (same build key)" if outcome.reused else \
             f"published {outcome.artifact.path}"
-        return record, outcome, f"driver: {result['target']} built on {record['built_on']}; {what}"
+        return record, outcome, (f"driver: {result['target']} built on {record['built_on']}; received {received} "
+                                 f"bytes and {what} in {time.perf_counter() - started:.2f}s")
 
     def _lost(self, flight: Flight, error: Exception, results: list[dict], observer: Observer) -> list[Flight]:
         """No result: retry on the nodes that are left when the node or its process died, else fail."""
@@ -285,7 +305,7 @@ class Farm:
         job = nodes.ValidationJob(check.artifact.manifest(), self._parcel(check.model))
         custom = {k: v for k, v in check.needs.items() if k != "CPU"}
         check.refs = [remote.options(num_cpus=check.needs["CPU"], resources=custom, max_retries=0).remote(
-            job, check.files)]
+            job, [check.files])]  # nested: fetched by the node only if it can run the engine
         checking[check.refs[0]] = check
 
     def _validated(self, check: Flight, results: list[dict], observer: Observer, checking: dict,

@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.build import runner
-from pipeline.errors import PipelineError
+from pipeline.errors import CannotRunHere, PipelineError
 from pipeline.files import write_json
 from pipeline.nightly.parcel import Parcel, files_of, materialize, sweep, write_files
 from pipeline.nightly.task import Task, failure
 from pipeline.ref import version_dir
 from pipeline.stages.graph_cleanup import cleaned_files
 from pipeline.store import MANIFEST, Artifact, Store
-from pipeline.trt import gpu
+from pipeline.trt import gpu, runtime
 from pipeline.validate import artifact as validation
 
 SCRATCH_ENV = "TRT_PIPELINE_SCRATCH"
@@ -150,19 +150,24 @@ def _failed(job: BuildJob, target: str, error: Exception, log: logging.Logger) -
     return record
 
 
-def validate(job: ValidationJob, files: dict[str, Any]) -> dict:
-    """Validate one engine (its files as the build shipped them) on this node: {node, log, report} or
-    {node, log, error}. The report is the one pipeline.validate.artifact would record in a store."""
+def validate(job: ValidationJob, engine: list) -> dict:
+    """Validate one engine on this node: {node, log, report} or {node, log, error}; the report is the one
+    pipeline.validate.artifact would record in a store. `engine`: [the build's return holding the engine's files],
+    nested so that Ray fetches nothing before this node knows it can run the engine: where it cannot (no GPU, or
+    not this one), the `skipped` report costs neither the engine's nor the model's transfer."""
     import ray
 
     result: dict[str, Any] = {}
     with _workspace() as work:
         log = _logger(work / "validate.log")
         try:
-            model, _ = _model(job.model, log)
+            probe = gpu.probe()
+            runnable = _runnable(job.manifest, probe)
+            files = ray.get(engine[0]) if runnable else {}
+            model = _model(job.model, log)[0] if runnable else None
             store, artifact = _artifact_copy(job.manifest, files, work / "store")
             spec = validation.settings(job.manifest, log)
-            result["report"] = validation.validate_artifact(store, artifact, spec, gpu.probe(), os.environ, log,
+            result["report"] = validation.validate_artifact(store, artifact, spec, probe, os.environ, log,
                                                             model=model)
         except PipelineError as error:
             log.error("validation could not run: %s", error)
@@ -174,6 +179,14 @@ def validate(job: ValidationJob, files: dict[str, Any]) -> dict:
             _close(log)
         result["log"] = (work / "validate.log").read_text(errors="replace")
     return {**result, "node": ray.get_runtime_context().get_node_id()}
+
+
+def _runnable(manifest: dict, probe: gpu.Probe) -> bool:
+    try:
+        runtime.runnable_gpu(manifest, probe)
+    except CannotRunHere:
+        return False  # validate_artifact says why, in the skipped report
+    return True
 
 
 def _artifact_copy(manifest: dict, files: dict[str, Any], root: Path) -> tuple[Store, Artifact]:
