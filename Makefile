@@ -38,7 +38,7 @@ models/%.npz: | $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@echo "setting up $(VENV): installing trt-pipeline, TensorRT-RTX, ONNX Runtime, Polygraphy and the test tools (first use: ~1 minute)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,cluster]'
 	touch $@
 
 clean-venv:

@@ -64,17 +64,24 @@ class Outcome:
     reused: bool  # True when an artifact with the same key already existed
 
 
+# A staged target's end: (target, its staged directory, its manifest, its build key) -> the outcome.
+Finish = Callable[[Target, Path, dict, str], Outcome]
+
+
 def build(plan: Plan, store: Store, log: logging.Logger, progress: Callable[[str], object] | None = None,
-          force: bool = False, annotate: dict | None = None, run: Run | None = None) -> list[Outcome]:
+          force: bool = False, annotate: dict | None = None, run: Run | None = None, model: dict | None = None,
+          finish: Finish | None = None) -> list[Outcome]:
     """Build every target of the plan, reusing artifacts whose key is unchanged unless `force`.
 
     Skip predicates, cheapest first: the source key (hashes of the recipe settings and original model,
     before any stage runs), then the build key (after graph-cleanup, from the cleaned model's hash).
     `annotate` is merged into each new manifest (e.g. where a promotion came from).
     Nothing half-written survives a failure: every target is staged and renamed into place whole.
+    `model`: the model record when the caller has it (a build farm's node: hashed where the model lives);
+    `finish`: what becomes of each staged target (default: `publisher`, into `store`).
     """
     recipe, progress = plan.recipe, as_progress(progress)
-    model = model_record(plan.recipe, store, log)
+    model = model or model_record(plan.recipe, store, log)
     done: dict[Target, Outcome] = {}
     for target in plan.targets:
         hit = None if force else source_hit(plan.recipe, plan.backend, store, model, target, log)
@@ -85,7 +92,8 @@ def build(plan: Plan, store: Store, log: logging.Logger, progress: Callable[[str
     if todo and not plan.model_checked and (problems := preflight(recipe, model["sha256"])):
         raise RecipeError(problems)
     if todo:
-        _build_targets(plan, todo, model, store, log, progress, force, annotate or {}, done, run or Run())
+        finish = finish or publisher(store, recipe, run or Run(), force, log, progress)
+        _build_targets(plan, todo, model, store, log, progress, force, annotate or {}, done, finish)
     reused = sum(o.reused for o in done.values())
     if reused:
         progress(f"{reused} of {len(plan.targets)} target(s) skipped (unchanged); use --force to rebuild")
@@ -93,9 +101,9 @@ def build(plan: Plan, store: Store, log: logging.Logger, progress: Callable[[str
 
 
 def _build_targets(plan: Plan, todo: list[Target], model: dict, store: Store, log: logging.Logger,
-                   progress: Progress, force: bool, annotate: dict, done: dict, run: Run) -> None:
-    """`run` numbers the build: every target published here gets its one build number (a caller that spreads
-    one run over several processes allocates it first with Store.new_run)."""
+                   progress: Progress, force: bool, annotate: dict, done: dict, finish: Finish) -> None:
+    """Run the shared stages once, then each target's stages into its own staged directory, and hand each
+    finished directory with its manifest to `finish` (which publishes it, or ships it to whoever does)."""
     recipe, backend = plan.recipe, plan.backend
     shared = [s for s in plan.stages if not REGISTRY[s].per_target]
     per_target = [s for s in plan.stages if REGISTRY[s].per_target]
@@ -125,16 +133,26 @@ def _build_targets(plan: Plan, todo: list[Target], model: dict, store: Store, lo
                 record = manifest(tctx, stage_times, started=time.time(), waited=waited, check=checks.get(CHECK),
                                   precision_check=checks.get(PRECISION_CHECK))
                 record.update(annotate)
-                # Re-checked under the lock: a parallel run may have published this very build key meanwhile.
-                artifact, reused = store.publish_unless(
-                    recipe.name, recipe.version, target.tag, staged, record, run,
-                    existing=lambda: None if force else reusable(store, recipe, "key", key, log))  # noqa: B023 - called under the lock, now
-                if reused:
-                    progress(f"[skip] {target.name:<6} built meanwhile by another run (build key): "
-                             f"reusing {artifact.ref} {artifact.tag}")
-                else:
-                    log.info("published %s", artifact.path)
-                done[target] = Outcome(target, artifact, reused=reused)
+                done[target] = finish(target, staged, record, key)
+
+
+def publisher(store: Store, recipe: Recipe, run: Run, force: bool, log: logging.Logger,
+              progress: Progress) -> Finish:
+    """Publish each staged target into `store` under `run`'s build number, unless an artifact with the same
+    build key appeared meanwhile (re-checked under the lock: a parallel run may have published it)."""
+
+    def finish(target: Target, staged: Path, record: dict, key: str) -> Outcome:
+        artifact, reused = store.publish_unless(
+            recipe.name, recipe.version, target.tag, staged, record, run,
+            existing=lambda: None if force else reusable(store, recipe, "key", key, log))  # noqa: B023
+        if reused:
+            progress(f"[skip] {target.name:<6} built meanwhile by another run (build key): "
+                     f"reusing {artifact.ref} {artifact.tag}")
+        else:
+            log.info("published %s", artifact.path)
+        return Outcome(target, artifact, reused=reused)
+
+    return finish
 
 
 def context(recipe: Recipe, backend: Backend, scratch: Path, log: logging.Logger,

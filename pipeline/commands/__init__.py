@@ -5,10 +5,10 @@ A command function takes the parsed arguments and the project logger and returns
 
 from __future__ import annotations
 
-from pipeline.commands import core, lifecycle, model, nightly, validation
+from pipeline.commands import core, farm, lifecycle, model, nightly, validation
 from pipeline.commands.output import Command
 
 
 def register_all(command: Command) -> None:
-    for module in (core, model, lifecycle, nightly, validation):
+    for module in (core, model, lifecycle, nightly, validation, farm):
         module.register(command)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import sys
 import time
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import TextIO
 
@@ -14,6 +16,7 @@ from pipeline.commands.output import Command, Progress, emit_json, print_table
 from pipeline.errors import PipelineError
 from pipeline.nightly import regression
 from pipeline.nightly import run as nights
+from pipeline.nightly.farm import Farm
 from pipeline.nightly.report import (
     change_line,
     first_line,
@@ -59,7 +62,7 @@ class Display:
         detail = record.get("artifact") or _first_line(record.get("error"))
         wall = f" {record['wall_s']:.1f}s" if record.get("wall_s") else ""
         self._line(f"[{self.done:>{len(str(self.total))}}/{self.total}] {what:<8} {record['recipe']} "
-                   f"{record['target']}{wall}  {detail}  ({self._clock()})")
+                   f"{record['target']}{wall}  {detail}{_nodes(record)}  ({self._clock()})")
 
     def tick(self) -> None:
         if not self.tty or not self.running:
@@ -103,6 +106,13 @@ def _hms(seconds: float) -> str:
         f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def _nodes(record: dict) -> str:
+    """'  on w1, validated on gpu-3' for a pair built on a cluster; '' otherwise."""
+    built, checked = record.get("built_on"), record.get("validated_on")
+    retried = f" after {len(record['attempts'])} lost attempt(s)" if record.get("attempts") else ""
+    return (f"  on {built}" if built else "") + (f", validated on {checked}" if checked else "") + retried
+
+
 def _first_line(text: str | None) -> str:
     return first_line(text)
 
@@ -113,8 +123,9 @@ def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
     config = regression.load_config(config_file)
     observer = nights.Quiet() if args.quiet else Display(sys.stderr, sys.stderr.isatty())
     try:
-        report = nights.run(args.recipes_dir, Store(args.store), config, _target_names(args.targets), args.jobs,
-                            args.force, observer=observer, config_file=config_file)
+        with _executor(args) as executor:
+            report = nights.run(args.recipes_dir, Store(args.store), config, _target_names(args.targets), args.jobs,
+                                args.force, observer=observer, config_file=config_file, executor=executor)
     except KeyboardInterrupt:
         if isinstance(observer, Display):
             observer.clear()  # the CLI's one "interrupted" line goes on a line of its own
@@ -133,6 +144,13 @@ def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
     return 0 if report["summary"]["ok"] else 1
 
 
+def _executor(args: argparse.Namespace) -> ContextManager[Farm | None]:
+    """--cluster ADDRESS: the night's pairs are built and validated on a Ray cluster."""
+    if not args.cluster:
+        return contextlib.nullcontext()
+    return Farm.connect(args.cluster, retries=args.retries, unschedulable_after=args.unschedulable_after)
+
+
 def _print_summary(report: dict) -> None:
     print_table(("RECIPE", "TARGET", "STATUS", "ENGINE", "BUILD", "MAX ERROR", "VALIDATION", "ARTIFACT"),
                 [pair_row(p) for p in report["pairs"]])
@@ -143,6 +161,10 @@ def _print_summary(report: dict) -> None:
         if p["status"] == "failed":
             print(f"failed: {p['recipe']} {p['target']}: {first_line(p.get('error'))}"
                   + (f" (log: {p['log']})" if p.get("log") else ""))
+    for p in report["pairs"]:  # a cluster's pair (or validation) that no node could run
+        stuck = p if p["status"] == "unschedulable" else p.get("validation") or {}
+        if stuck.get("status") == "unschedulable":
+            print(f"unschedulable: {p['recipe']} {p['target']}: {stuck.get('error') or stuck.get('reason')}")
     for c in report["changes"]:
         print(f"change: {change_line(c)}")
     print(f"report: {report['files']['report.html']}")
@@ -180,3 +202,12 @@ def register(command: Command) -> None:
                    help="build up to N pairs at once in separate processes (fewer if memory is short); default 1")
     p.add_argument("--force", action="store_true", help="rebuild every pair even when its key is unchanged")
     p.add_argument("--config", type=Path, metavar="FILE", help="thresholds file (default RECIPES_DIR/nightly.yaml)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="build and validate on the Ray cluster whose head is ADDRESS (HOST:PORT; run this on a node "
+                        "of it): builds go to free CPUs, validations to nodes offering the engine's GPU (see "
+                        "`trt-pipeline worker`); --jobs is then the cluster's CPUs")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="with --cluster: retry a pair whose node died up to N times (default 2)")
+    p.add_argument("--unschedulable-after", type=float, default=60.0, metavar="S",
+                   help="with --cluster: record a pair (or validation) no node can run as unschedulable after "
+                        "waiting S seconds for one to join (default 60)")

@@ -23,7 +23,7 @@ def _artifact(args: argparse.Namespace) -> tuple[Artifact, Manifest]:
 
 def validate(args: argparse.Namespace, log: logging.Logger) -> int:
     store = Store(args.store)
-    artifact = store.resolve(args.artifact, args.tag)
+    artifact = store.verified(store.resolve(args.artifact, args.tag))  # the whole store is here: check the engine
     spec = validation.settings(artifact.manifest(), log)
     report = validation.validate_artifact(store, artifact, spec, gpu.probe(), args.environ, log, model=args.model)
     if args.json:

@@ -42,7 +42,8 @@ def headline(report: dict) -> str:
     verdict = "all good" if s["ok"] else ", ".join(
         part for part in (f"{s['regressions']} regression(s)" if s["regressions"] else "",
                           f"{s['failed']} failure(s)" if s["failed"] else "",
-                          f"{s['validation_failed']} failed validation" if s.get("validation_failed") else "")
+                          f"{s['validation_failed']} failed validation" if s.get("validation_failed") else "",
+                          f"{s['unschedulable']} unschedulable" if s.get("unschedulable") else "")
         if part)
     return (f"{s['pairs']} pairs: {s['built']} built, {s['skipped']} skipped (unchanged), {s['failed']} failed; "
             f"{verdict}")

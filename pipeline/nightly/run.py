@@ -13,9 +13,9 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline import clock
 from pipeline.build import cache
@@ -64,10 +64,15 @@ def recipe_files(directory: Path, exclude: tuple[Path, ...] = ()) -> list[Path]:
     return files
 
 
+Defer = Callable[[Any, str], bool]  # (backend, target) -> planned where it is built, not here
+
+
 def plan_pairs(files: list[Path], store: Store, night: Path, probe: Probe, targets: tuple[str, ...],
-               force: bool, memory_per_job: int) -> tuple[list[Task], list[dict], list[tuple[str, str]]]:
+               force: bool, memory_per_job: int, defer: Defer = lambda backend, target: False,
+               ) -> tuple[list[Task], list[dict], list[tuple[str, str]]]:
     """Every pair: one task per recipe with the targets to build, the records already known (failed to plan,
-    or unchanged), and the order of all pairs as (recipe file, target)."""
+    or unchanged), and the order of all pairs as (recipe file, target). `defer`: targets this machine cannot
+    resolve but a build farm's node can (a GPU's): they are planned by the node that builds them."""
     tasks: list[Task] = []
     known: list[dict] = []
     order: list[tuple[str, str]] = []
@@ -83,7 +88,7 @@ def plan_pairs(files: list[Path], store: Store, night: Path, probe: Probe, targe
             order += [(str(path), target) for target in targets or listed]
             continue
         order += [(str(path), target) for target in targets or recipe.targets]
-        todo, done = _plan_targets(recipe, backend, path, targets or recipe.targets, store, probe, force)
+        todo, done = _plan_targets(recipe, backend, path, targets or recipe.targets, store, probe, force, defer)
         known += done
         if todo:
             tasks.append(_task(recipe, path, todo, store, night, probe, force, memory_per_job))
@@ -91,11 +96,14 @@ def plan_pairs(files: list[Path], store: Store, night: Path, probe: Probe, targe
 
 
 def _plan_targets(recipe: Any, backend: Any, path: Path, targets: tuple[str, ...], store: Store, probe: Probe,
-                  force: bool) -> tuple[tuple[str, ...], list[dict]]:
+                  force: bool, defer: Defer) -> tuple[tuple[str, ...], list[dict]]:
     """(targets to build, records of the others: not buildable here, or unchanged by source key)."""
     todo, known = [], []
     model = None
     for target in targets:
+        if defer(backend, target):
+            todo.append(target)
+            continue
         try:
             plan = plans.make_plan(recipe, backend, probe, (target,))
             model = model or (None if force else digests(recipe.model_path))
@@ -166,28 +174,41 @@ def _failed(name: str, target: str, path: Path, error: Exception) -> dict:
 # ---------------------------------------------------------------- the night
 
 
+class Executor(Protocol):
+    """Where the pairs are built instead of local worker processes (pipeline.nightly.farm.Farm: a Ray cluster)."""
+
+    def defer(self, backend: Any, target: str) -> bool: ...
+    def workers(self, tasks: list[Task]) -> int: ...
+    def run(self, tasks: list[Task], observer: Observer) -> list[dict]: ...
+    def describe(self) -> dict: ...
+
+
 def run(recipes_dir: Path, store: Store, config: Config = Config(), targets: tuple[str, ...] = (), jobs: int = 1,
         force: bool = False, probe: Probe | None = None, observer: Observer = Quiet(),
-        config_file: Path | None = None, build: BuildFn = build_task) -> dict:
-    """Plan, build, record and compare one night; returns the report (also in ROOT/_nightly/<run>/report.json)."""
+        config_file: Path | None = None, build: BuildFn = build_task, executor: Executor | None = None) -> dict:
+    """Plan, build, record and compare one night; returns the report (also in ROOT/_nightly/<run>/report.json).
+    `executor`: build elsewhere (a cluster) instead of in `jobs` local worker processes."""
     started = time.time()
     files = recipe_files(recipes_dir, (config_file,) if config_file else ())
     night = claim_night(store, started)
     with _recorded_only_when_finished(night):
         tasks, known, order = plan_pairs(files, store, night, probe or gpu.probe(), targets, force,
-                                         config.memory_per_job)
-        workers = workers_for(tasks, jobs, available_memory()) if tasks else 0
+                                         config.memory_per_job, *([executor.defer] if executor else []))
+        workers = (executor.workers(tasks) if executor else workers_for(tasks, jobs, available_memory())) \
+            if tasks else 0
         tasks = spread(tasks, workers)
         observer.planned(len(order), len(order) - len(known), workers)
         for record in known:
             observer.finished(record)
-        records = _ordered(known + (schedule(tasks, workers, observer, build) if tasks else []), order)
+        built = (executor.run(tasks, observer) if executor else schedule(tasks, workers, observer, build)) \
+            if tasks else []
+        records = _ordered(known + built, order)
         previous = previous_night(store, night.name)
         regressions, changes = compare(previous["pairs"], records, config) if previous else ([], [])
         report = {"schema": SCHEMA, "run": night.name, "started_at": clock.utc(started), "finished_at": clock.utc(time.time()),
                   "duration_s": round(time.time() - started, 3), "recipes_dir": str(recipes_dir),
                   "store": str(store.root), "targets": list(targets) or None, "force": force, "jobs": jobs,
-                  "workers": workers,
+                  "workers": workers, "cluster": executor.describe() if executor else None,
                   "config": {**config.thresholds(), "file": str(config_file) if config_file else None},
                   "previous": previous["run"] if previous else None, "summary": _summary(records, regressions),
                   "pairs": records, "regressions": regressions, "changes": changes,
@@ -217,9 +238,13 @@ def _summary(records: list[dict], regressions: list[dict]) -> dict:
     count = lambda status: sum(r["status"] == status for r in records)  # noqa: E731
     failed = count("failed")
     invalid = sum((r.get("validation") or {}).get("status") == "failed" for r in records)
+    # a pair (or its validation) that no node of a cluster could run
+    stuck = count("unschedulable") + sum((r.get("validation") or {}).get("status") == "unschedulable"
+                                         for r in records)
     return {"pairs": len(records), "built": count("built"), "skipped": count("skipped"), "failed": failed,
             "validation_failed": invalid, "regressions": len(regressions),
-            "ok": not failed and not invalid and not regressions}
+            **({"unschedulable": stuck} if stuck else {}),
+            "ok": not failed and not invalid and not regressions and not stuck}
 
 
 def claim_night(store: Store, when: float) -> Path:

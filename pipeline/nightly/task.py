@@ -64,7 +64,7 @@ def build_task(task: Task) -> list[dict]:
             records = _build(task, store, log, before)
         except Exception as error:  # noqa: BLE001 - pinned on its target below
             if len(task.targets) == 1:
-                records = [_failure(task, task.targets[0], error, log)]
+                records = [failure(task, task.targets[0], error, log)]
             else:
                 log.info("building %s together failed; building each target alone", ", ".join(task.targets))
                 records = [_build_alone(one, store, log, before) for one in task.split()]
@@ -99,7 +99,7 @@ def _build_alone(task: Task, store: Store, log: logging.Logger, before: set[Path
         (record,) = _build(task, store, log, before)
         return record
     except Exception as error:  # noqa: BLE001 - a failure or a bug in one pair must not stop the night
-        return _failure(task, task.targets[0], error, log)
+        return failure(task, task.targets[0], error, log)
 
 
 def failed(who: dict, error: str, hint: str | None, wall_s: float | None = None) -> dict:
@@ -111,7 +111,7 @@ def bug(error: BaseException) -> str:
     return f"internal error (this is a bug): {type(error).__name__}: {error}"
 
 
-def _failure(task: Task, target: str, error: Exception, log: logging.Logger) -> dict:
+def failure(task: Task, target: str, error: Exception, log: logging.Logger) -> dict:
     if isinstance(error, PipelineError):
         log.error("%s %s: %s%s", task.recipe, target, error, f"\nhint: {error.hint}" if error.hint else "")
         return failed(identity(task, target), str(error), error.hint)

@@ -5,6 +5,7 @@ An engine's validation is `passed` only when it really ran on a GPU and every ou
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 from collections.abc import Callable, MutableMapping, Sequence
@@ -103,8 +104,12 @@ def validate_artifact(store: Store, artifact: Artifact, spec: ValidateSpec, prob
     """Validate one artifact and record the result (validation.json + the manifest's `validation` block).
     `skipped` when this machine cannot run the engine, with the probe's reason; `passed` only after a real run.
     A run that compared nothing (skipped, or could not complete) never replaces a recorded passed/failed result:
-    the report then says `recorded: false`. A damaged engine (Store.verified) is a StoreError: nothing is recorded."""
-    manifest = store.verified(artifact).manifest()
+    the report then says `recorded: false`. A damaged engine (Store.verified) that this machine would run is a
+    StoreError: nothing is recorded. (A machine that cannot run it may hold only the manifest: a farm node.)"""
+    manifest = artifact.manifest()
+    with contextlib.suppress(CannotRunHere):
+        engines.runnable_gpu(manifest, probe)
+        store.verified(artifact)
     gpu = None
     try:
         gpu = engines.runnable_gpu(manifest, probe)

@@ -1,0 +1,357 @@
+"""Benchmark the build farm (`nightly --cluster`) on this machine. Three parts, each in its own process:
+
+  nightly     6 recipes x 3 targets: the local executor (--jobs 2) against a local Ray cluster of a head (no CPUs)
+              and two 1-CPU worker nodes, alternating which goes first, cold stores; the overhead is
+              cluster / local - 1 (goal <= 15%). The cluster is started before and stopped after (not timed).
+  large       the 2.25 GiB model of bench/run.py through a one-worker cluster: how the model travels to the
+              node, how the cleaned model and engine come back, the peak RSS of the driver and the node's worker.
+  simulation  100 recipes x 4 GPU types (sm75, sm86, sm89, sm120) on 1, 4 and 16 nodes: sleeping Ray tasks
+              with the nodes' resources (per pair a build asking for a CPU, then its validation asking for the
+              GPU type), durations from the nightly part's measured builds, time compressed by --scale.
+
+    python bench/cluster.py                    # all three (~10 minutes, ~12 GB of RAM at the large part's peak)
+    python bench/cluster.py --part nightly --runs 3
+    python bench/cluster.py --quick            # tiny recipes, 1 run, simulation on 1 node (for the test suite)
+
+Results go to bench/cluster.json (--output DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TARGETS = ("sm86", "sm89", "sm120")
+GPU_TYPES = ("sm75", "sm86", "sm89", "sm120")
+RECIPE = """\
+name: {name}
+version: 1.0.0
+model: {{path: {model}}}
+backend: tensorrt-rtx
+targets: [{targets}]
+stages:
+  - parse: {{}}
+{cleanup}  - network-flag: {{strongly_typed: true}}
+  - memory-pool: {{workspace: 1GiB}}
+  - serialize:
+      profiles:
+{profiles}validate: {{atol: 1.0e-2, rtol: 1.0e-2}}
+"""
+# name -> (model, profiles, graph-cleanup?)
+NIGHTLY = {
+    "resnet-a": ("resnet50", "        - input: {min: [1, 3, 224, 224], opt: [8, 3, 224, 224], max: [32, 3, 224, 224]}\n",
+                 True),
+    "resnet-b": ("resnet50", "        - input: {min: [1, 3, 224, 224], opt: [1, 3, 224, 224], max: [4, 3, 224, 224]}\n",
+                 False),
+    "two-a": ("two_input", "        - image: {min: [1, 3, 16, 16], opt: [2, 3, 32, 32], max: [4, 3, 64, 64]}\n"
+                           "          scale: {min: [1, 1], opt: [2, 1], max: [4, 1]}\n", False),
+    "two-b": ("two_input", "        - image: {min: [1, 3, 32, 32], opt: [4, 3, 64, 64], max: [8, 3, 128, 128]}\n"
+                           "          scale: {min: [1, 1], opt: [4, 1], max: [8, 1]}\n", True),
+    "tiny-a": ("tiny", "        - x: {min: [1, 4], opt: [8, 4], max: [64, 4]}\n", False),
+    "tiny-b": ("tiny", "        - x: {min: [1, 4], opt: [2, 4], max: [4, 4]}\n", True),
+}
+QUICK = ("tiny-a", "tiny-b")
+
+
+def write_recipes(folder: Path, models: Path, names: Sequence[str]) -> None:
+    from models.make_models import MODELS, write_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        model, profiles, cleanup = NIGHTLY[name]
+        path = models / f"{model}.onnx"
+        if not path.is_file():
+            models.mkdir(parents=True, exist_ok=True)
+            write_model(MODELS[model](), path)
+        (folder / f"{name}.yaml").write_text(RECIPE.format(
+            name=name, model=path, targets=", ".join(TARGETS), profiles=profiles,
+            cleanup="  - graph-cleanup: {fold_constants: true}\n" if cleanup else ""))
+
+
+def cluster(nodes: list[tuple[str, dict, int]], object_store: int = 256 << 20) -> Any:
+    from tests.nightly.cluster import LocalCluster
+
+    farm = LocalCluster(object_store_bytes=object_store)
+    farm.start_head(cpus=0)
+    for name, resources, cpus in nodes:
+        farm.add_ray_node(name, resources, cpus)
+    farm.wait_for(len(nodes) + 1, timeout=300)
+    return farm
+
+
+# ---------------------------------------------------------------- part 1: nightly, cluster vs local
+
+
+def part_nightly(work: Path, runs: int, quick: bool) -> dict:
+    from pipeline.nightly import run as nightly
+    from pipeline.nightly.farm import Farm
+    from pipeline.store import Store
+
+    names = QUICK if quick else tuple(NIGHTLY)
+    recipes = work / "recipes"
+    write_recipes(recipes, work / "models", names)
+    started = time.perf_counter()
+    farm = cluster([("w1", {"sm86": 1, "sm89": 1}, 1), ("w2", {"sm120": 1}, 1)])
+    startup = time.perf_counter() - started
+    walls: dict[str, list[float]] = {"local": [], "cluster": []}
+    reports: dict[str, dict] = {}
+    try:
+        for run in range(runs):
+            for kind in (("local", "cluster") if run % 2 == 0 else ("cluster", "local")):
+                store = Store(work / f"{kind}-{run}")
+                begin = time.perf_counter()
+                if kind == "local":
+                    reports[kind] = nightly.run(recipes, store, jobs=2)
+                else:
+                    with Farm.connect(farm.address) as executor:
+                        reports[kind] = nightly.run(recipes, store, executor=executor)
+                walls[kind].append(round(time.perf_counter() - begin, 3))
+                assert reports[kind]["summary"]["built"] == len(names) * len(TARGETS), reports[kind]["summary"]
+                print(f"  run {run + 1} {kind:<7} {walls[kind][-1]:6.2f}s", file=sys.stderr, flush=True)
+    finally:
+        farm.stop()
+    local, remote = statistics.median(walls["local"]), statistics.median(walls["cluster"])
+    same = [(p["recipe"], p["target"], p["build_key"]) for p in reports["local"]["pairs"]] == \
+        [(p["recipe"], p["target"], p["build_key"]) for p in reports["cluster"]["pairs"]]
+    return {"recipes": len(names), "targets": list(TARGETS), "runs": runs, "cluster_startup_s": round(startup, 2),
+            "walls": walls, "median_local_s": local, "median_cluster_s": remote,
+            "overhead_pct": round((remote / local - 1) * 100, 1), "goal_pct": 15,
+            "same_build_keys": same, "pairs": _measured(reports["cluster"])}
+
+
+def _measured(report: dict) -> list[dict]:
+    """Per pair: its build time (the manifest's stages plus the wait for the cleanup check) and the cleanup
+    check's ONNX Runtime time (the validation proxy of the simulation)."""
+    from pipeline.store import Store
+
+    found = []
+    for pair in report["pairs"]:
+        manifest = Store(Path(report["store"])).resolve(pair["path"]).manifest()
+        check = (manifest.get("cleanup_check") or {}).get("seconds")
+        found.append({"recipe": pair["recipe"], "target": pair["target"], "build_s": pair["build_s"],
+                      "check_s": check, "engine_bytes": pair["engine_bytes"], "built_on": pair.get("built_on")})
+    return found
+
+
+# ---------------------------------------------------------------- part 2: the >2 GiB model
+
+
+def part_large(work: Path, object_store: int) -> dict:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from run import LARGE_LAYERS, LARGE_WIDTH
+
+    from pipeline.nightly import run as nightly
+    from pipeline.nightly.farm import Farm
+    from pipeline.store import Store
+
+    recipes = work / "large"
+    recipes.mkdir(parents=True)
+    shutil.copyfile(ROOT / "bench" / "recipes" / "large.yaml", recipes / "large.yaml")
+    print(f"  generating the model ({LARGE_LAYERS * LARGE_WIDTH ** 2 * 4 / 2 ** 30:.2f} GiB of weights) ...",
+          file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--write-large-model",
+                    str(recipes / "large.onnx")], check=True)
+    farm = cluster([("w1", {"sm89": 1}, 1)], object_store=object_store)
+    peak = _PeakRss(farm)
+    driver_lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: driver_lines.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("pipeline.nightly.farm").addHandler(handler)
+    logging.getLogger("pipeline.nightly.farm").setLevel(logging.INFO)
+    try:
+        peak.start()
+        begin = time.perf_counter()
+        with Farm.connect(farm.address) as executor:
+            report = nightly.run(recipes, Store(work / "store"), executor=executor)
+        wall = time.perf_counter() - begin
+    finally:
+        peak.stop()
+        farm.stop()
+    (pair,) = report["pairs"]
+    log = Path(pair["log"]).read_text()
+    lines = [f"driver: {line}" for line in driver_lines if "object store" in line] + [
+        line.split(": ", 1)[-1] for line in log.splitlines() if "fetched in" in line or line.startswith("driver:")]
+    weights = sum(p.stat().st_size for p in recipes.glob("large.onnx*"))
+    return {"status": pair["status"], **({"failure": pair["error"]} if pair.get("error") else {}),
+            "model_bytes": weights, "wall_s": round(wall, 2),
+            "build_s": pair.get("build_s"), "engine_bytes": pair.get("engine_bytes"), "transfer": lines,
+            "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "node_worker_peak_rss_mib": peak.worker, "object_store_bytes_per_node": object_store}
+
+
+class _PeakRss(threading.Thread):
+    """The largest RSS of the cluster's task processes (`ray::` workers started by its nodes), every 0.2 s."""
+
+    def __init__(self, farm: Any) -> None:
+        super().__init__(daemon=True)
+        self.farm, self.worker, self.done = farm, 0, threading.Event()
+
+    def run(self) -> None:
+        raylets = {str(n.process.pid) for n in self.farm.nodes.values()}
+        while not self.done.wait(0.2):
+            out = subprocess.run(["ps", "-eo", "pid,ppid,sid,rss,args"], capture_output=True, text=True).stdout
+            sessions = {line.split()[2] for line in out.splitlines()[1:] if line.split()[0] in raylets}
+            for line in out.splitlines()[1:]:
+                pid, ppid, sid, rss, args = line.split(None, 4)
+                if args.startswith("ray::") and "Agent" not in args and (sid in sessions or ppid in raylets):
+                    self.worker = max(self.worker, int(rss) // 1024)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
+# ---------------------------------------------------------------- part 3: simulation
+
+
+def part_simulation(measured: list[dict], scale: float, node_counts: Sequence[int], recipes: int) -> dict:
+    """Each node: 2 build slots (CPUs); GPUs so that every type exists: 1 node holds one of each type, 4 nodes one
+    type each, 16 nodes one GPU each (4 of each type)."""
+    import ray
+
+    builds = [p["build_s"] for p in measured if p["build_s"]]
+    checks = [(p["check_s"] or 0.0) + 0.5 for p in measured]  # + loading the engine: not measurable here
+    durations = [(builds[i % len(builds)], checks[i % len(checks)]) for i in range(recipes * len(GPU_TYPES))]
+    results = []
+    for count in node_counts:
+        nodes = [(f"n{i}", dict.fromkeys(GPU_TYPES, 1) if count == 1 else {GPU_TYPES[i % len(GPU_TYPES)]: 1}, 2)
+                 for i in range(count)]
+        started = time.perf_counter()
+        farm = cluster(nodes, object_store=80 << 20)
+        startup = time.perf_counter() - started
+        try:
+            ray.init(address=farm.address, logging_level="ERROR", log_to_driver=False)
+            build = ray.remote(num_cpus=1, max_retries=0)(_sleep)
+            validate = ray.remote(num_cpus=1, max_retries=0)(_after)
+            ray.get([build.remote(0), validate.remote(None, 0)])  # worker processes warm on some node
+            begin = time.perf_counter()
+            refs = []
+            for i, (built, checked) in enumerate(durations):
+                gpu = GPU_TYPES[i % len(GPU_TYPES)]
+                done = build.options(scheduling_strategy="SPREAD").remote(built / scale)
+                refs.append(validate.options(resources={gpu: 1}).remote(done, checked / scale))
+            ray.get(refs)
+            wall = (time.perf_counter() - begin) * scale
+        finally:
+            ray.shutdown()
+            farm.stop()
+        slots = 2 * count
+        per_gpu = {t: sum(c for i, (_, c) in enumerate(durations) if GPU_TYPES[i % 4] == t) / max(
+            1, sum(t in n[1] for n in nodes)) for t in GPU_TYPES}
+        bound = max(sum(b + c for b, c in durations) / slots, max(per_gpu.values()))
+        results.append({"nodes": count, "build_slots": slots, "gpus": sum(len(n[1]) for n in nodes),
+                        "cluster_startup_s": round(startup, 1), "simulated_wall_s": round(wall, 1),
+                        "pairs_per_hour": round(len(durations) / wall * 3600),
+                        "lower_bound_s": round(bound, 1), "efficiency": round(bound / wall, 2)})
+        print(f"  {count:>2} node(s): {wall:7.1f}s simulated, bound {bound:6.1f}s", file=sys.stderr, flush=True)
+    return {"recipes": recipes, "gpu_types": list(GPU_TYPES), "scale": scale, "pairs": len(durations),
+            "build_s": {"mean": round(statistics.mean(builds), 3), "max": max(builds)},
+            "validation_s": {"mean": round(statistics.mean(checks), 3), "assumed": "cleanup check + 0.5 s"},
+            "results": results}
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _after(_: Any, seconds: float) -> None:
+    time.sleep(seconds)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("nightly", "large", "simulation"), action="append")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=10.0, help="simulation: time compression")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--object-store-gib", type=float, default=1.0, help="large: each node's object store")
+    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # run one part, write its JSON here
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(args)
+    parts = args.part or (["nightly", "simulation"] if args.quick else ["nightly", "large", "simulation"])
+    results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "memory_bytes": os.sysconf("SC_PAGE_SIZE") *
+                                           os.sysconf("SC_PHYS_PAGES"), "python": sys.version.split()[0]},
+                               "quick": args.quick}
+    previous = args.output / "cluster.json"
+    if previous.is_file() and not args.quick:  # a part run alone keeps the others' last results
+        results = {**json.loads(previous.read_text()), **results}
+    for part in ("nightly", "large", "simulation"):
+        if part not in parts:
+            continue
+        print(f"{part} ...", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+            out = Path(tmp) / "result.json"
+            argv_ = [sys.executable, __file__, "--child", str(out), "--part", part, "--runs", str(args.runs),
+                     "--scale", str(args.scale), "--output", str(args.output),
+                     "--object-store-gib", str(args.object_store_gib)] + (["--quick"] if args.quick else [])
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            done = subprocess.run(argv_, env=env, cwd=tmp)
+            if done.returncode != 0:
+                results[part] = {"error": f"exit {done.returncode}"}
+                continue
+            results[part] = json.loads(out.read_text())
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "cluster.json").write_text(json.dumps(results, indent=2) + "\n")
+    _print(results)
+    return 1 if any("error" in results.get(p, {}) for p in parts) else 0
+
+
+def _child(args: argparse.Namespace) -> int:
+    (part,) = args.part
+    work = args.child.parent
+    if part == "nightly":
+        result = part_nightly(work, 1 if args.quick else args.runs, args.quick)
+    elif part == "large":
+        result = part_large(work, int(args.object_store_gib * (1 << 30)))
+    else:
+        measured = json.loads((args.output / "cluster.json").read_text())["nightly"]["pairs"] \
+            if (args.output / "cluster.json").is_file() and not args.quick else None
+        if measured is None:
+            measured = part_nightly(work, 1, True)["pairs"] if args.quick else None
+        result = part_simulation(measured, args.scale, (1,) if args.quick else (1, 4, 16), 10 if args.quick else 100)
+    args.child.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _print(results: dict) -> None:
+    night = results.get("nightly") or {}
+    if "median_local_s" in night:
+        print(f"nightly {night['recipes']} recipes x {len(night['targets'])} targets: local --jobs 2 "
+              f"{night['median_local_s']:.2f}s, cluster (2 x 1-CPU nodes) {night['median_cluster_s']:.2f}s: "
+              f"overhead {night['overhead_pct']:+.1f}% (goal <= {night['goal_pct']}%)")
+    large = results.get("large") or {}
+    if "wall_s" in large:
+        print(f"large ({large['model_bytes'] / 2 ** 30:.2f} GiB): {large['status']} in {large['wall_s']:.1f}s; "
+              f"driver peak RSS {large['driver_peak_rss_mib']} MiB, node worker {large['node_worker_peak_rss_mib']} MiB")
+        for line in large["transfer"]:
+            print(f"  {line}")
+    sim = results.get("simulation") or {}
+    for row in sim.get("results", []):
+        print(f"simulation {sim['pairs']} pairs on {row['nodes']:>2} node(s): {row['simulated_wall_s']:8.1f}s "
+              f"({row['pairs_per_hour']} pairs/h; lower bound {row['lower_bound_s']}s, efficiency "
+              f"{row['efficiency']:.2f})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
