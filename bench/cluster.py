@@ -7,7 +7,8 @@
               node, how the cleaned model and engine come back, the peak RSS of the driver and the node's worker.
   simulation  100 recipes x 4 GPU types (sm75, sm86, sm89, sm120) on 1, 4 and 16 nodes: sleeping Ray tasks
               with the nodes' resources (per pair a build asking for a CPU, then its validation asking for the
-              GPU type), durations from the nightly part's measured builds, time compressed by --scale.
+              GPU type), durations from the nightly part's measured builds, time compressed so that
+              each run takes about --real-s seconds.
 
     python bench/cluster.py                    # all three (~10 minutes, ~12 GB of RAM at the large part's peak)
     python bench/cluster.py --part nightly --runs 3
@@ -22,7 +23,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -191,38 +191,52 @@ def part_large(work: Path, object_store: int) -> dict:
     return {"status": pair["status"], **({"failure": pair["error"]} if pair.get("error") else {}),
             "model_bytes": weights, "wall_s": round(wall, 2),
             "build_s": pair.get("build_s"), "engine_bytes": pair.get("engine_bytes"), "transfer": lines,
-            "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "node_worker_peak_rss_mib": peak.worker, "object_store_bytes_per_node": object_store}
+            "driver_peak": peak.driver, "node_worker_peak": peak.worker, "object_store_bytes_per_node": object_store}
 
 
 class _PeakRss(threading.Thread):
-    """The largest RSS of the cluster's task processes (`ray::` workers started by its nodes), every 0.2 s."""
+    """Every 0.2 s: the largest RSS and anonymous (private, not file-backed) memory of the cluster's task
+    processes (`ray::` workers of its nodes) and of this process. RSS also counts pages of mapped files (the
+    files a node sends back are mapped), which the kernel can drop; anonymous memory is what the process holds."""
 
     def __init__(self, farm: Any) -> None:
         super().__init__(daemon=True)
-        self.farm, self.worker, self.done = farm, 0, threading.Event()
+        self.farm, self.done = farm, threading.Event()
+        self.worker = {"rss_mib": 0, "anonymous_mib": 0}
+        self.driver = {"rss_mib": 0, "anonymous_mib": 0}
 
     def run(self) -> None:
         raylets = {str(n.process.pid) for n in self.farm.nodes.values()}
         while not self.done.wait(0.2):
-            out = subprocess.run(["ps", "-eo", "pid,ppid,sid,rss,args"], capture_output=True, text=True).stdout
-            sessions = {line.split()[2] for line in out.splitlines()[1:] if line.split()[0] in raylets}
-            for line in out.splitlines()[1:]:
-                pid, ppid, sid, rss, args = line.split(None, 4)
+            out = subprocess.run(["ps", "-eo", "pid,ppid,sid,args"], capture_output=True, text=True).stdout
+            rows = [line.split(None, 3) for line in out.splitlines()[1:]]
+            sessions = {sid for pid, _, sid, _ in rows if pid in raylets}
+            for pid, ppid, sid, args in rows:
                 if args.startswith("ray::") and "Agent" not in args and (sid in sessions or ppid in raylets):
-                    self.worker = max(self.worker, int(rss) // 1024)
+                    _peak(self.worker, pid)
+            _peak(self.driver, str(os.getpid()))
 
     def stop(self) -> None:
         self.done.set()
         self.join()
 
 
+def _peak(peak: dict, pid: str) -> None:
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    except (OSError, ValueError):
+        return
+    peak["rss_mib"] = max(peak["rss_mib"], int(fields["Rss"].split()[0]) // 1024)
+    peak["anonymous_mib"] = max(peak["anonymous_mib"], int(fields["Anonymous"].split()[0]) // 1024)
+
+
 # ---------------------------------------------------------------- part 3: simulation
 
 
-def part_simulation(measured: list[dict], scale: float, node_counts: Sequence[int], recipes: int) -> dict:
+def part_simulation(measured: list[dict], real_s: float, node_counts: Sequence[int], recipes: int) -> dict:
     """Each node: 2 build slots (CPUs); GPUs so that every type exists: 1 node holds one of each type, 4 nodes one
-    type each, 16 nodes one GPU each (4 of each type)."""
+    type each, 16 nodes one GPU each (4 of each type). Time is compressed so that each run takes about `real_s`
+    seconds (never stretched): the shortest sleeps stay well above Ray's per-task cost."""
     import ray
 
     builds = [p["build_s"] for p in measured if p["build_s"]]
@@ -232,6 +246,11 @@ def part_simulation(measured: list[dict], scale: float, node_counts: Sequence[in
     for count in node_counts:
         nodes = [(f"n{i}", dict.fromkeys(GPU_TYPES, 1) if count == 1 else {GPU_TYPES[i % len(GPU_TYPES)]: 1}, 2)
                  for i in range(count)]
+        slots = 2 * count
+        per_gpu = {t: sum(c for i, (_, c) in enumerate(durations) if GPU_TYPES[i % 4] == t) / max(
+            1, sum(t in n[1] for n in nodes)) for t in GPU_TYPES}
+        bound = max(sum(b + c for b, c in durations) / slots, max(per_gpu.values()))
+        scale = max(1.0, bound / real_s)
         started = time.perf_counter()
         farm = cluster(nodes, object_store=80 << 20)
         startup = time.perf_counter() - started
@@ -251,16 +270,13 @@ def part_simulation(measured: list[dict], scale: float, node_counts: Sequence[in
         finally:
             ray.shutdown()
             farm.stop()
-        slots = 2 * count
-        per_gpu = {t: sum(c for i, (_, c) in enumerate(durations) if GPU_TYPES[i % 4] == t) / max(
-            1, sum(t in n[1] for n in nodes)) for t in GPU_TYPES}
-        bound = max(sum(b + c for b, c in durations) / slots, max(per_gpu.values()))
         results.append({"nodes": count, "build_slots": slots, "gpus": sum(len(n[1]) for n in nodes),
+                        "time_compression": round(scale, 1),
                         "cluster_startup_s": round(startup, 1), "simulated_wall_s": round(wall, 1),
                         "pairs_per_hour": round(len(durations) / wall * 3600),
                         "lower_bound_s": round(bound, 1), "efficiency": round(bound / wall, 2)})
         print(f"  {count:>2} node(s): {wall:7.1f}s simulated, bound {bound:6.1f}s", file=sys.stderr, flush=True)
-    return {"recipes": recipes, "gpu_types": list(GPU_TYPES), "scale": scale, "pairs": len(durations),
+    return {"recipes": recipes, "gpu_types": list(GPU_TYPES), "real_s_per_run": real_s, "pairs": len(durations),
             "build_s": {"mean": round(statistics.mean(builds), 3), "max": max(builds)},
             "validation_s": {"mean": round(statistics.mean(checks), 3), "assumed": "cleanup check + 0.5 s"},
             "results": results}
@@ -281,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("nightly", "large", "simulation"), action="append")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--scale", type=float, default=10.0, help="simulation: time compression")
+    parser.add_argument("--real-s", type=float, default=30.0,
+                        help="simulation: compress time so that each run takes about this long")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--object-store-gib", type=float, default=1.0, help="large: each node's object store")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent)
@@ -303,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
             out = Path(tmp) / "result.json"
             argv_ = [sys.executable, __file__, "--child", str(out), "--part", part, "--runs", str(args.runs),
-                     "--scale", str(args.scale), "--output", str(args.output),
+                     "--real-s", str(args.real_s), "--output", str(args.output),
                      "--object-store-gib", str(args.object_store_gib)] + (["--quick"] if args.quick else [])
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             done = subprocess.run(argv_, env=env, cwd=tmp)
@@ -329,7 +346,7 @@ def _child(args: argparse.Namespace) -> int:
             if (args.output / "cluster.json").is_file() and not args.quick else None
         if measured is None:
             measured = part_nightly(work, 1, True)["pairs"] if args.quick else None
-        result = part_simulation(measured, args.scale, (1,) if args.quick else (1, 4, 16), 10 if args.quick else 100)
+        result = part_simulation(measured, args.real_s, (1,) if args.quick else (1, 4, 16), 10 if args.quick else 100)
     args.child.write_text(json.dumps(result, indent=2))
     return 0
 
@@ -342,8 +359,9 @@ def _print(results: dict) -> None:
               f"overhead {night['overhead_pct']:+.1f}% (goal <= {night['goal_pct']}%)")
     large = results.get("large") or {}
     if "wall_s" in large:
-        print(f"large ({large['model_bytes'] / 2 ** 30:.2f} GiB): {large['status']} in {large['wall_s']:.1f}s; "
-              f"driver peak RSS {large['driver_peak_rss_mib']} MiB, node worker {large['node_worker_peak_rss_mib']} MiB")
+        print(f"large ({large['model_bytes'] / 2 ** 30:.2f} GiB): {large['status']} in {large['wall_s']:.1f}s "
+              f"(build {large['build_s']}s); peak MiB driver {large['driver_peak']}, node worker "
+              f"{large['node_worker_peak']}")
         for line in large["transfer"]:
             print(f"  {line}")
     sim = results.get("simulation") or {}

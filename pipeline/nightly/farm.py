@@ -296,8 +296,10 @@ class Farm:
     def _validate(self, flight: Flight, record: dict, outcome: Any, index: int, checking: dict,
                   remote: Any) -> None:
         manifest = outcome.artifact.manifest().to_dict()
+        # No CPU asked: the GPU resource (one per GPU) bounds how many run at once, and a validation never
+        # waits for a build's CPU on its node.
         check = Flight(replace(flight.task, targets=(record["target"],)), flight.recipe,
-                       {"CPU": 1, **validation_needs(manifest)}, flight.model, pair=record,
+                       {"CPU": 0, **validation_needs(manifest)}, flight.model, pair=record,
                        artifact=outcome.artifact, files=flight.refs[2 + index])
         self._send_validation(check, remote, checking)
 

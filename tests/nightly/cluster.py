@@ -57,7 +57,8 @@ class LocalCluster:
     def start_head(self, cpus: int = 0) -> None:
         port = free_port()
         self.address = f"127.0.0.1:{port}"
-        self._start("head", ["--head", f"--port={port}", "--include-dashboard=false"], cpus, {})
+        self._start("head", ["--head", f"--port={port}", "--include-dashboard=false", f"--dashboard-port={free_port()}"],
+                    cpus, {})
 
     def add_ray_node(self, name: str, resources: dict | None = None, cpus: int = 1) -> Node:
         """A worker node started with plain `ray start --resources ...`."""
@@ -139,6 +140,31 @@ class LocalCluster:
                 _signal_group(node.process, signal.SIGKILL)
                 node.process.wait()
         self.nodes.clear()
+        self._reap(deadline + 5)
+
+    def _reap(self, deadline: float) -> None:
+        """Ray's worker processes run in process groups of their own and leave when their node has gone; those
+        still here at `deadline` are killed. They are found by this cluster's own directory in their command
+        line, never by name."""
+        while (left := self._processes()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _processes(self) -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if str(self.root).encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
