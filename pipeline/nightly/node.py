@@ -29,7 +29,7 @@ from pipeline.errors import CannotRunHere, PipelineError
 from pipeline.files import write_json
 from pipeline.manifest import Manifest
 from pipeline.nightly.parcel import Parcel, files_of, materialize, sweep, write_files
-from pipeline.nightly.task import Task, failure
+from pipeline.nightly.task import Task, failure, file_logger
 from pipeline.stages.graph_cleanup import cleaned_files
 from pipeline.store import MANIFEST, Artifact, Store
 from pipeline.trt import gpu, runtime
@@ -68,7 +68,7 @@ def build(job: BuildJob) -> tuple:
     shipped: dict[str, tuple] = {}
     fetched = False
     with _workspace() as work:
-        log = _logger(work / "task.log")
+        log = file_logger(f"pipeline.nightly.node.{os.getpid()}", work / "task.log")
         try:
             model, fetched = _model(job.model, log)
             shipped, results = _build(job, model, work, log)
@@ -161,7 +161,7 @@ def validate(job: ValidationJob, engine: list) -> dict:
 
     result: dict[str, Any] = {}
     with _workspace() as work:
-        log = _logger(work / "validate.log")
+        log = file_logger(f"pipeline.nightly.node.{os.getpid()}", work / "validate.log")
         try:
             probe = gpu.probe()
             manifest = Manifest.from_dict(job.manifest, Path(MANIFEST))
@@ -233,16 +233,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _logger(path: Path) -> logging.Logger:
-    log = logging.getLogger(f"pipeline.nightly.node.{os.getpid()}")
-    log.propagate = False
-    log.setLevel(logging.INFO)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log.handlers[:] = [handler]
-    return log
 
 
 def _close(log: logging.Logger) -> None:

@@ -54,7 +54,7 @@ def build_task(task: Task) -> list[dict]:
 
     The targets are built together; if that fails, each target is built alone so that the failure is pinned
     on its target and the others still publish (what the joint attempt published is kept, not rebuilt)."""
-    log = _task_logger(Path(task.log))
+    log = file_logger("pipeline.nightly.task", Path(task.log))
     started = time.perf_counter()
     cache_before = _sha_or_none(task.timing_cache)
     store = Store(Path(task.store))
@@ -120,8 +120,9 @@ def failure(task: Task, target: str, error: Exception, log: logging.Logger) -> d
     return failed(identity(task, target), bug(error), f"traceback in {task.log}")
 
 
-def _task_logger(path: Path) -> logging.Logger:
-    log = logging.getLogger("pipeline.nightly.task")
+def file_logger(name: str, path: Path) -> logging.Logger:
+    """The logger `name`, writing INFO and above to `path` only (a worker's log: nothing reaches the terminal)."""
+    log = logging.getLogger(name)
     log.propagate = False
     log.setLevel(logging.INFO)
     handler = logging.FileHandler(path)

@@ -15,8 +15,8 @@ from pipeline.digest import file_sha256
 from pipeline.errors import StoreError
 from pipeline.store import Artifact, Store
 from tests._lifecycle import SM89, TINY, build, copy_store, write
+from tests.commands.test_lifecycle import USER, cli
 
-USER = {"TRT_PIPELINE_USER": "ana@ci"}
 HINT = ("hint: a build of its recipe replaces it (a damaged artifact is never reused); `trt-pipeline fsck` checks "
         "the whole store\n")
 ZERO = "0" * 64
@@ -36,10 +36,6 @@ def built(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Store:
 @pytest.fixture
 def store(built: Store, tmp_path: Path) -> Store:
     return copy_store(built, tmp_path / "store")
-
-
-def cli(store: Store, *argv: str) -> int:
-    return main([*argv, "--store", str(store.root)], environ=USER)
 
 
 def truncate(artifact: Artifact) -> str:
