@@ -42,13 +42,13 @@ class Progress:
 
     pending: Progress | None = None  # the instance whose status line is on screen, unfinished
     _lock = threading.RLock()  # the ticker thread and the main thread draw on the same line
+    _ticker: threading.Thread | None = None  # one per process: redraws whichever status line is pending
 
     def __init__(self, stream: Any, tty: bool | None = None, clock: bool = True) -> None:
         self.stream = stream
         self.tty = bool(getattr(stream, "isatty", lambda: False)()) if tty is None else tty
         self.clock = clock  # redraw with the elapsed time (a caller that draws its own clock says False)
         self._line, self._detail, self._since = "", "", 0.0
-        self._ticker: threading.Thread | None = None
 
     def __call__(self, line: str) -> None:
         with Progress._lock:
@@ -62,9 +62,9 @@ class Progress:
         with Progress._lock:
             self._line, self._detail, self._since = line, "", time.monotonic()
             self._draw()
-        if self.clock and self._ticker is None:
-            self._ticker = threading.Thread(target=self._tick, name="pipeline-progress", daemon=True)
-            self._ticker.start()
+        if self.clock and Progress._ticker is None:
+            Progress._ticker = threading.Thread(target=Progress._tick, name="pipeline-progress", daemon=True)
+            Progress._ticker.start()
 
     def detail(self, text: str) -> None:
         with Progress._lock:
@@ -82,12 +82,13 @@ class Progress:
         self.stream.flush()
         Progress.pending = self
 
-    def _tick(self) -> None:
+    @staticmethod
+    def _tick() -> None:
         while True:
             time.sleep(1.0)
             with Progress._lock:
-                if Progress.pending is self:
-                    self._draw()
+                if Progress.pending is not None and Progress.pending.clock:
+                    Progress.pending._draw()
 
     @staticmethod
     def end_status() -> None:
