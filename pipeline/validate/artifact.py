@@ -5,7 +5,6 @@ An engine's validation is `passed` only when it really ran on a GPU and every ou
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import socket
 from collections.abc import Callable, MutableMapping, Sequence
@@ -107,21 +106,14 @@ def validate_artifact(store: Store, artifact: Artifact, spec: ValidateSpec, prob
     the report then says `recorded: false`. A damaged engine (Store.verified) that this machine would run is a
     StoreError: nothing is recorded. (A machine that cannot run it may hold only the manifest: a farm node.)"""
     manifest = artifact.manifest()
-    with contextlib.suppress(CannotRunHere):
-        engines.runnable_gpu(manifest, probe)
-        store.verified(artifact)
     gpu = None
     try:
         gpu = engines.runnable_gpu(manifest, probe)
-        rows = (run or functools.partial(_engine_rows, model=model))(artifact, manifest, spec, environ, log)
     except CannotRunHere as error:
         report = record_of("skipped", spec, error.reason)
-    except PipelineError as error:
-        report = record_of("failed", spec, f"validation could not complete: {error}")
     else:
-        bad = failures(rows)
-        reason = f"output(s) {', '.join(failed_outputs(rows))} differ from ONNX Runtime: {bad[0]}" if bad else None
-        report = record_of("failed" if bad else "passed", spec, reason, rows)
+        store.verified(artifact)  # a damaged engine: the StoreError goes up, nothing is recorded
+        report = _compared(artifact, manifest, spec, environ, log, run or functools.partial(_engine_rows, model=model))
     report.update(validated_at=clock.utc(), host=socket.gethostname(),
                   gpu=gpu.name if gpu else None, file=REPORT)
     kept = manifest.validation
@@ -133,6 +125,20 @@ def validate_artifact(store: Store, artifact: Artifact, spec: ValidateSpec, prob
     log.info("validation of %s [%s]: %s%s", artifact.ref, artifact.tag, report["status"],
              f" ({report['reason']})" if report["reason"] else "")
     return report
+
+
+def _compared(artifact: Artifact, manifest: Manifest, spec: ValidateSpec, environ: MutableMapping[str, str],
+              log: Any, run: Callable[..., list[dict]]) -> dict:
+    """The engine run against ONNX Runtime: `passed`, or `failed` naming the outputs (or why it could not run)."""
+    try:
+        rows = run(artifact, manifest, spec, environ, log)
+    except CannotRunHere as error:  # found only once it tried (a driver that refuses the engine)
+        return record_of("skipped", spec, error.reason)
+    except PipelineError as error:
+        return record_of("failed", spec, f"validation could not complete: {error}")
+    bad = failures(rows)
+    reason = f"output(s) {', '.join(failed_outputs(rows))} differ from ONNX Runtime: {bad[0]}" if bad else None
+    return record_of("failed" if bad else "passed", spec, reason, rows)
 
 
 def record(store: Store, artifact: Artifact, report: dict) -> Manifest:
