@@ -294,10 +294,10 @@ class Farm:
     def _validate(self, flight: Flight, record: dict, outcome: Any, index: int, checking: dict,
                   remote: Any) -> None:
         manifest = outcome.artifact.manifest()
-        # No CPU asked: the GPU resource (one per GPU) bounds how many run at once, and a validation never
-        # waits for a build's CPU on its node.
+        # A CPU as well as the GPU: ONNX Runtime's reference run is CPU work (and a validation then reuses a
+        # build's worker process: measured, asking for no CPU started a process per validation and was slower).
         check = Flight(replace(flight.task, targets=(record["target"],)), flight.recipe,
-                       {"CPU": 0, **validation_needs(manifest)}, flight.model, pair=record,
+                       {"CPU": 1, **validation_needs(manifest)}, flight.model, pair=record,
                        artifact=outcome.artifact, files=flight.refs[2 + index])
         self._send_validation(check, remote, checking)
 
