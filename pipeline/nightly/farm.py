@@ -16,6 +16,7 @@ its tasks (they unwind and remove their scratch directories) and publishes nothi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import socket
@@ -71,6 +72,7 @@ class Flight:
     recipe: Recipe
     needs: dict[str, float]
     model: dict  # the model record (parse.digests)
+    text: bytes = b""  # the recipe's bytes, as loaded for this night (what the node builds from)
     attempts: list[dict] = field(default_factory=list)
     since: float | None = None  # when it was first found that no node can run it
     refs: list = field(default_factory=list)  # the running attempt's returns
@@ -163,7 +165,11 @@ class Farm:
         """The task's targets that run anywhere stay together (shared stages once); each that needs a GPU
         resource travels alone. A recipe that cannot travel fails here."""
         try:
+            text = Path(task.recipe_file).read_bytes()
             recipe, backend = runner.load_recipe(Path(task.recipe_file))
+            if recipe.sha256 != hashlib.sha256(text).hexdigest():
+                raise PipelineError(f"{task.recipe_file} changed while the night was being planned",
+                                    hint="run the night again")
             _travels(recipe)
             model = digests(recipe.model_path, hasher=Store(Path(task.store)).file_sha256)
         except Exception as error:  # noqa: BLE001 - changed since planning, or cannot travel: its pairs fail
@@ -172,14 +178,14 @@ class Farm:
             return []
         base = {"CPU": 1, "memory": task.estimate_bytes}
         anywhere = tuple(t for t in task.targets if not build_needs(backend, t))
-        flights = [Flight(replace(task, targets=anywhere), recipe, base, model)] if anywhere else []
-        return flights + [Flight(replace(task, targets=(t,)), recipe, {**base, **build_needs(backend, t)}, model)
-                          for t in task.targets if t not in anywhere]
+        flights = [Flight(replace(task, targets=anywhere), recipe, base, model, text=text)] if anywhere else []
+        return flights + [Flight(replace(task, targets=(t,)), recipe, {**base, **build_needs(backend, t)}, model,
+                                 text=text) for t in task.targets if t not in anywhere]
 
     def _submit(self, remote: Any, flight: Flight) -> Any:
         task = flight.task
-        job = nodes.BuildJob(task, str(Path(task.recipe_file).resolve()), Path(task.recipe_file).read_bytes(),
-                             self._parcel(flight.model), flight.model)
+        job = nodes.BuildJob(task, str(Path(task.recipe_file).resolve()), flight.text, self._parcel(flight.model),
+                             flight.model)
         custom = {k: v for k, v in flight.needs.items() if k not in ("CPU", "memory")}
         flight.refs = remote.options(num_cpus=flight.needs["CPU"], memory=int(flight.needs["memory"]),
                                      resources=custom, num_returns=2 + len(task.targets), max_retries=0,
