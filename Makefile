@@ -61,3 +61,9 @@ bench: $(STAMP) $(MODELS)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/floor.py
+
+## bench-cluster: the build farm on a local Ray cluster against the local executor, the >2 GiB model through it, and
+##                a simulation of 100 recipes x 4 GPU types on 1, 4, 16 nodes (~10 minutes); writes bench/cluster.json
+.PHONY: bench-cluster
+bench-cluster: $(STAMP) $(MODELS)
+	$(BIN)/python bench/cluster.py $(BENCH_ARGS)

@@ -1,8 +1,10 @@
 """Benchmark the build farm (`nightly --cluster`) on this machine. Three parts, each in its own process:
 
-  nightly     6 recipes x 3 targets: the local executor (--jobs 2) against a local Ray cluster of a head (no CPUs)
-              and two 1-CPU worker nodes, alternating which goes first, cold stores; the overhead is
-              cluster / local - 1 (goal <= 15%). The cluster is started before and stopped after (not timed).
+  nightly     6 recipes x 3 targets (ResNet-50, two-input and tiny models): the local executor (--jobs 2) against a
+              local Ray cluster of a head (no CPUs) and two 1-CPU worker nodes, alternating which goes first, cold
+              stores; the overhead is cluster / local - 1 (goal <= 15%). The cluster is started before and stopped
+              after (not timed).
+  nightly-resnet  the same with six ResNet-50 recipes (a heavier night).
   large       the 2.25 GiB model of bench/run.py through a one-worker cluster: how the model travels to the
               node, how the cleaned model and engine come back, the peak RSS of the driver and the node's worker.
   simulation  100 recipes x 4 GPU types (sm75, sm86, sm89, sm120) on 1, 4 and 16 nodes: sleeping Ray tasks
@@ -66,7 +68,12 @@ NIGHTLY = {
     "tiny-a": ("tiny", "        - x: {min: [1, 4], opt: [8, 4], max: [64, 4]}\n", False),
     "tiny-b": ("tiny", "        - x: {min: [1, 4], opt: [2, 4], max: [4, 4]}\n", True),
 }
-QUICK = ("tiny-a", "tiny-b")
+# The same night with six ResNet-50 recipes (a heavier night: ~3x the build time of the mixed set)
+for _i, _opt in enumerate((1, 2, 4, 8, 16, 32)):
+    NIGHTLY[f"resnet-{_opt}"] = ("resnet50", f"        - input: {{min: [1, 3, 224, 224], opt: [{_opt}, 3, 224, 224], "
+                                             f"max: [32, 3, 224, 224]}}\n", _i % 2 == 0)
+SETS = {"mixed": ("resnet-a", "resnet-b", "two-a", "two-b", "tiny-a", "tiny-b"),
+        "resnet": tuple(f"resnet-{opt}" for opt in (1, 2, 4, 8, 16, 32)), "quick": ("tiny-a", "tiny-b")}
 
 
 def write_recipes(folder: Path, models: Path, names: Sequence[str]) -> None:
@@ -84,7 +91,7 @@ def write_recipes(folder: Path, models: Path, names: Sequence[str]) -> None:
             cleanup="  - graph-cleanup: {fold_constants: true}\n" if cleanup else ""))
 
 
-def cluster(nodes: list[tuple[str, dict, int]], object_store: int = 256 << 20) -> Any:
+def cluster(nodes: list[tuple[str, dict, int]], object_store: int | None = 256 << 20) -> Any:
     from tests.nightly.cluster import LocalCluster
 
     farm = LocalCluster(object_store_bytes=object_store)
@@ -98,16 +105,16 @@ def cluster(nodes: list[tuple[str, dict, int]], object_store: int = 256 << 20) -
 # ---------------------------------------------------------------- part 1: nightly, cluster vs local
 
 
-def part_nightly(work: Path, runs: int, quick: bool) -> dict:
+def part_nightly(work: Path, runs: int, recipe_set: str, object_store: int | None) -> dict:
     from pipeline.nightly import run as nightly
     from pipeline.nightly.farm import Farm
     from pipeline.store import Store
 
-    names = QUICK if quick else tuple(NIGHTLY)
+    names = SETS[recipe_set]
     recipes = work / "recipes"
     write_recipes(recipes, work / "models", names)
     started = time.perf_counter()
-    farm = cluster([("w1", {"sm86": 1, "sm89": 1}, 1), ("w2", {"sm120": 1}, 1)])
+    farm = cluster([("w1", {"sm86": 1, "sm89": 1}, 1), ("w2", {"sm120": 1}, 1)], object_store=object_store)
     startup = time.perf_counter() - started
     walls: dict[str, list[float]] = {"local": [], "cluster": []}
     reports: dict[str, dict] = {}
@@ -129,7 +136,9 @@ def part_nightly(work: Path, runs: int, quick: bool) -> dict:
     local, remote = statistics.median(walls["local"]), statistics.median(walls["cluster"])
     same = [(p["recipe"], p["target"], p["build_key"]) for p in reports["local"]["pairs"]] == \
         [(p["recipe"], p["target"], p["build_key"]) for p in reports["cluster"]["pairs"]]
-    return {"recipes": len(names), "targets": list(TARGETS), "runs": runs, "cluster_startup_s": round(startup, 2),
+    return {"set": recipe_set, "object_store_bytes": object_store, "recipes": len(names), "targets": list(TARGETS),
+            "runs": runs,
+            "cluster_startup_s": round(startup, 2),
             "walls": walls, "median_local_s": local, "median_cluster_s": remote,
             "overhead_pct": round((remote / local - 1) * 100, 1), "goal_pct": 15,
             "same_build_keys": same, "pairs": _measured(reports["cluster"])}
@@ -293,27 +302,31 @@ def _after(_: Any, seconds: float) -> None:
 # ---------------------------------------------------------------- main
 
 
+PARTS = ("nightly", "nightly-resnet", "large", "simulation")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("nightly", "large", "simulation"), action="append")
+    parser.add_argument("--part", choices=PARTS, action="append")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--real-s", type=float, default=30.0,
                         help="simulation: compress time so that each run takes about this long")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--object-store-gib", type=float, default=1.0, help="large: each node's object store")
+    parser.add_argument("--object-store-gib", type=float, default=1.0,
+                        help="each node's object store (0: Ray's default, 30%% of memory per node)")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # run one part, write its JSON here
     args = parser.parse_args(argv)
     if args.child:
         return _child(args)
-    parts = args.part or (["nightly", "simulation"] if args.quick else ["nightly", "large", "simulation"])
+    parts = args.part or (["nightly", "simulation"] if args.quick else list(PARTS))
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "memory_bytes": os.sysconf("SC_PAGE_SIZE") *
                                            os.sysconf("SC_PHYS_PAGES"), "python": sys.version.split()[0]},
                                "quick": args.quick}
     previous = args.output / "cluster.json"
     if previous.is_file() and not args.quick:  # a part run alone keeps the others' last results
         results = {**json.loads(previous.read_text()), **results}
-    for part in ("nightly", "large", "simulation"):
+    for part in PARTS:
         if part not in parts:
             continue
         print(f"{part} ...", file=sys.stderr, flush=True)
@@ -337,26 +350,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _child(args: argparse.Namespace) -> int:
     (part,) = args.part
     work = args.child.parent
-    if part == "nightly":
-        result = part_nightly(work, 1 if args.quick else args.runs, args.quick)
+    if part in ("nightly", "nightly-resnet"):
+        recipe_set = "quick" if args.quick else "resnet" if part == "nightly-resnet" else "mixed"
+        result = part_nightly(work, 1 if args.quick else args.runs, recipe_set, _store_bytes(args))
     elif part == "large":
-        result = part_large(work, int(args.object_store_gib * (1 << 30)))
+        result = part_large(work, _store_bytes(args) or 1 << 30)
     else:
         measured = json.loads((args.output / "cluster.json").read_text())["nightly"]["pairs"] \
             if (args.output / "cluster.json").is_file() and not args.quick else None
         if measured is None:
-            measured = part_nightly(work, 1, True)["pairs"] if args.quick else None
+            measured = part_nightly(work, 1, "quick", _store_bytes(args))["pairs"] if args.quick else None
         result = part_simulation(measured, args.real_s, (1,) if args.quick else (1, 4, 16), 10 if args.quick else 100)
     args.child.write_text(json.dumps(result, indent=2))
     return 0
 
 
+def _store_bytes(args: argparse.Namespace) -> int | None:
+    return int(args.object_store_gib * (1 << 30)) or None
+
+
 def _print(results: dict) -> None:
-    night = results.get("nightly") or {}
-    if "median_local_s" in night:
-        print(f"nightly {night['recipes']} recipes x {len(night['targets'])} targets: local --jobs 2 "
-              f"{night['median_local_s']:.2f}s, cluster (2 x 1-CPU nodes) {night['median_cluster_s']:.2f}s: "
-              f"overhead {night['overhead_pct']:+.1f}% (goal <= {night['goal_pct']}%)")
+    for night in (results.get("nightly") or {}, results.get("nightly-resnet") or {}):
+        if "median_local_s" in night:
+            print(f"nightly ({night.get('set', 'mixed')}) {night['recipes']} recipes x {len(night['targets'])} targets: local "
+                  f"--jobs 2 {night['median_local_s']:.2f}s, cluster (2 x 1-CPU nodes) {night['median_cluster_s']:.2f}s: "
+                  f"overhead {night['overhead_pct']:+.1f}% (goal <= {night['goal_pct']}%)")
     large = results.get("large") or {}
     if "wall_s" in large:
         print(f"large ({large['model_bytes'] / 2 ** 30:.2f} GiB): {large['status']} in {large['wall_s']:.1f}s "

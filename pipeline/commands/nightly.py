@@ -23,6 +23,7 @@ from pipeline.nightly.report import (
     headline,
     markdown,
     pair_row,
+    ran_on,
     regression_line,
 )
 from pipeline.nightly.task import Task
@@ -62,7 +63,8 @@ class Display:
         detail = record.get("artifact") or _first_line(record.get("error"))
         wall = f" {record['wall_s']:.1f}s" if record.get("wall_s") else ""
         self._line(f"[{self.done:>{len(str(self.total))}}/{self.total}] {what:<8} {record['recipe']} "
-                   f"{record['target']}{wall}  {detail}{_nodes(record)}  ({self._clock()})")
+                   f"{record['target']}{wall}  {detail}{'  ' + ran_on(record) if ran_on(record) else ''}  "
+                   f"({self._clock()})")
 
     def tick(self) -> None:
         if not self.tty or not self.running:
@@ -104,13 +106,6 @@ def _hms(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
         f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def _nodes(record: dict) -> str:
-    """'  on w1, validated on gpu-3' for a pair built on a cluster; '' otherwise."""
-    built, checked = record.get("built_on"), record.get("validated_on")
-    retried = f" after {len(record['attempts'])} lost attempt(s)" if record.get("attempts") else ""
-    return (f"  on {built}" if built else "") + (f", validated on {checked}" if checked else "") + retried
 
 
 def _first_line(text: str | None) -> str:

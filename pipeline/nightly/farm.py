@@ -16,6 +16,7 @@ its tasks (they unwind and remove their scratch directories) and publishes nothi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import socket
@@ -73,6 +74,7 @@ class Flight:
     recipe: Recipe
     needs: dict[str, float]
     model: dict  # the model record (parse.digests)
+    text: bytes = b""  # the recipe's bytes, as loaded for this night (what the node builds from)
     attempts: list[dict] = field(default_factory=list)
     since: float | None = None  # when it was first found that no node can run it
     refs: list = field(default_factory=list)  # the running attempt's returns
@@ -165,7 +167,11 @@ class Farm:
         """The task's targets that run anywhere stay together (shared stages once); each that needs a GPU
         resource travels alone. A recipe that cannot travel fails here."""
         try:
+            text = Path(task.recipe_file).read_bytes()
             recipe, backend = plans.load_recipe(Path(task.recipe_file))
+            if recipe.sha256 != hashlib.sha256(text).hexdigest():
+                raise PipelineError(f"{task.recipe_file} changed while the night was being planned",
+                                    hint="run the night again")
             _travels(recipe)
             model = digests(recipe.model_path, hasher=Store(Path(task.store)).file_sha256)
         except Exception as error:  # noqa: BLE001 - changed since planning, or cannot travel: its pairs fail
@@ -174,14 +180,14 @@ class Farm:
             return []
         base = {"CPU": 1, "memory": task.estimate_bytes}
         anywhere = tuple(t for t in task.targets if not build_needs(backend, t))
-        flights = [Flight(replace(task, targets=anywhere), recipe, base, model)] if anywhere else []
-        return flights + [Flight(replace(task, targets=(t,)), recipe, {**base, **build_needs(backend, t)}, model)
-                          for t in task.targets if t not in anywhere]
+        flights = [Flight(replace(task, targets=anywhere), recipe, base, model, text=text)] if anywhere else []
+        return flights + [Flight(replace(task, targets=(t,)), recipe, {**base, **build_needs(backend, t)}, model,
+                                 text=text) for t in task.targets if t not in anywhere]
 
     def _submit(self, remote: Any, flight: Flight) -> Any:
         task = flight.task
-        job = nodes.BuildJob(task, str(Path(task.recipe_file).resolve()), Path(task.recipe_file).read_bytes(),
-                             self._parcel(flight.model), flight.model)
+        job = nodes.BuildJob(task, str(Path(task.recipe_file).resolve()), flight.text, self._parcel(flight.model),
+                             flight.model)
         custom = {k: v for k, v in flight.needs.items() if k not in ("CPU", "memory")}
         flight.refs = remote.options(num_cpus=flight.needs["CPU"], memory=int(flight.needs["memory"]),
                                      resources=custom, num_returns=2 + len(task.targets), max_retries=0,
@@ -296,10 +302,10 @@ class Farm:
     def _validate(self, flight: Flight, record: dict, outcome: Any, index: int, checking: dict,
                   remote: Any) -> None:
         manifest = outcome.artifact.manifest().to_dict()
-        # No CPU asked: the GPU resource (one per GPU) bounds how many run at once, and a validation never
-        # waits for a build's CPU on its node.
+        # A CPU as well as the GPU: ONNX Runtime's reference run is CPU work (and a validation then reuses a
+        # build's worker process: measured, asking for no CPU started a process per validation and was slower).
         check = Flight(replace(flight.task, targets=(record["target"],)), flight.recipe,
-                       {"CPU": 0, **validation_needs(manifest)}, flight.model, pair=record,
+                       {"CPU": 1, **validation_needs(manifest)}, flight.model, pair=record,
                        artifact=outcome.artifact, files=flight.refs[2 + index])
         self._send_validation(check, remote, checking)
 

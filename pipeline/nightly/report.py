@@ -95,7 +95,16 @@ def pair_row(pair: dict) -> tuple[str, ...]:
     return (pair["recipe"], pair["target"], pair["status"] + (f" ({pair['reason']})" if pair.get("reason") else ""),
             size(pair.get("engine_bytes")) if pair.get("engine_bytes") is not None else "-",
             f"{build:.2f}s" if build is not None else "-", f"{error:.3g}" if error is not None else "-",
-            (pair.get("validation") or {}).get("status", "-"), pair.get("artifact") or "-")
+            (pair.get("validation") or {}).get("status", "-"),
+            (pair.get("artifact") or "-") + (f" ({ran_on(pair)})" if ran_on(pair) else ""))
+
+
+def ran_on(pair: dict) -> str:
+    """Where a cluster's pair ran: 'on w1, validated on l4-1, after 1 lost attempt(s)'; '' for a local night."""
+    built, checked = pair.get("built_on"), pair.get("validated_on")
+    retried = f"after {len(pair['attempts'])} lost attempt(s)" if pair.get("attempts") else ""
+    return ", ".join(part for part in (f"on {built}" if built else "", f"validated on {checked}" if checked else "",
+                                       retried) if part)
 
 
 def _md_table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:

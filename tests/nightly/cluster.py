@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,7 +51,7 @@ class Node:
 @dataclass
 class LocalCluster:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rc-")))  # short: socket paths
-    object_store_bytes: int = 100 << 20
+    object_store_bytes: int | None = 100 << 20  # None: Ray's default (30% of memory)
     address: str = ""
     nodes: dict[str, Node] = field(default_factory=dict)
 
@@ -80,8 +81,9 @@ class LocalCluster:
     def _node_options(self, name: str) -> list[str]:
         temp = self.root / name
         temp.mkdir(parents=True, exist_ok=True)
-        return ["--node-ip-address=127.0.0.1", f"--temp-dir={temp}", f"--object-store-memory={self.object_store_bytes}",
-                "--disable-usage-stats", "--include-log-monitor=false", *_ports()]
+        store = [f"--object-store-memory={self.object_store_bytes}"] if self.object_store_bytes else []
+        return ["--node-ip-address=127.0.0.1", f"--temp-dir={temp}", *store, "--disable-usage-stats",
+                "--include-log-monitor=false", *_ports()]
 
     def _spawn(self, name: str, command: list[str], resources: dict) -> Node:
         scratch = self.root / f"{name}-scratch"
@@ -141,6 +143,7 @@ class LocalCluster:
                 node.process.wait()
         self.nodes.clear()
         self._reap(deadline + 5)
+        shutil.rmtree(self.root, ignore_errors=True)  # sockets, Ray's logs, the nodes' scratch
 
     def _reap(self, deadline: float) -> None:
         """Ray's worker processes run in process groups of their own and leave when their node has gone; those

@@ -103,6 +103,8 @@ def test_builds_spread_validations_follow_the_gpu_resource_and_results_equal_the
     assert manifest["build"]["node"] == found["two", "sm120"]["built_on"]
     assert manifest["validation"]["node"] == "w120" and manifest["validation"]["status"] == "skipped"
     assert (artifact.path / "validation.json").is_file()
+    summary = Path(remote["files"]["summary.md"]).read_text()  # and the HTML report: the same cells
+    assert f"{found['two', 'sm89']['artifact']} (on {found['two', 'sm89']['built_on']}, validated on w89)" in summary
     assert remote["cluster"]["address"] == cluster.address
     assert {n["name"] for n in remote["cluster"]["nodes"]} == {"head", "w89", "w120"}
     assert list((tmp_path / "farm" / ".staging").iterdir()) == []
