@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pipeline.errors import StoreError
 
@@ -66,3 +69,43 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class StagedFile:
+    """A file written in pieces to a staged name beside its `path`, hashed as the pieces arrive: `write` appends
+    and hashes, `sha256` and `size` describe what was written. Made by `staged_file`, which renames it into place
+    (fsync'd) only when the writing finished."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        written = self._handle.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+        return written
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+@contextlib.contextmanager
+def staged_file(path: Path) -> Iterator[StagedFile]:
+    """Write `path` atomically in pieces: a temp file beside it, fsync, os.replace when the block ends normally.
+    When it raises (an error, Ctrl-C), neither the temp file nor anything at `path` is left. OS errors become a
+    StoreError naming the file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            staged = StagedFile(handle)
+            yield staged
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        raise StoreError(f"cannot write {path}: {error.strerror}") from None
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -35,7 +35,8 @@ def manifest(ctx: Context, stages: list[dict[str, Any]], started: float, waited:
                    "gpu": target.gpu},
         "network": ctx.network_record,
         "config": ctx.config_record,
-        "engine": {"file": engine.name, "sha256": file_sha256(engine), "bytes": engine.stat().st_size},
+        "engine": ctx.engine_record or {"file": engine.name, "sha256": file_sha256(engine),
+                                        "bytes": engine.stat().st_size},
         "build": {
             "number": None,  # set by the store when it publishes
             "key": build_key(recipe, ctx.cleaned_sha256, ctx.backend, target),

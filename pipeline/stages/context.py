@@ -62,6 +62,7 @@ class Context:
     timing_cache: Any = None  # the ITimingCache set on the config: kept alive for as long as the build runs
     monitor: Any = None  # the IProgressMonitor set on the config: kept alive as well
     engine_path: Path | None = None
+    engine_record: dict = field(default_factory=dict)  # serialize: {file, sha256, bytes}, hashed as written
     environ: MutableMapping[str, str] = field(default_factory=lambda: os.environ)  # Polygraphy reads it at import
     background: Background = field(default_factory=Background)  # checks running beside the build; shared by targets
 
@@ -69,4 +70,4 @@ class Context:
         """A copy for one target: shared results carried over, per-target state fresh."""
         return replace(self, target=target, staged=staged, builder=None, network=None, parser=None,
                        network_record={}, config=None, config_record={}, timing_cache=None, monitor=None,
-                       engine_path=None)
+                       engine_path=None, engine_record={})

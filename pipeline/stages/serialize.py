@@ -1,4 +1,4 @@
-"""serialize: build_serialized_network, then the plan goes into this target's staged artifact directory."""
+"""serialize: build the engine, streamed into this target's staged artifact directory and hashed as it is written."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Any
 
 from pipeline import interrupt, userfiles
 from pipeline.errors import BuildError
-from pipeline.files import replace_bytes, write_bytes
+from pipeline.files import replace_bytes, staged_file
 from pipeline.stages.context import Context
 from pipeline.stages.stage import Stage
+from pipeline.trt.backend import make_stream_writer
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,29 @@ ENGINE_FILE = "engine.plan"
 
 
 def engine_from_network(ctx: Context) -> None:
-    plan = ctx.builder.build_serialized_network(ctx.network, ctx.config)
-    interrupt.check()  # a Ctrl-C during the build may have landed in TensorRT's logger callback
-    if plan is None:
-        detail = "; ".join(ctx.trt_logger.errors[-3:]) or "no message from TensorRT"
-        raise BuildError(f"serialize: {ctx.backend.label()} could not build the engine for {ctx.target.tag}: {detail}",
-                         hint="run with -v for TensorRT's full log")
-    ctx.engine_path = ctx.staged / ENGINE_FILE
-    write_bytes(ctx.engine_path, memoryview(plan))
-    del plan
+    """Build the engine into the staged directory, streamed to disk and hashed as TensorRT serializes it when the
+    backend can (the engine is never whole in memory), else from build_serialized_network's buffer. Either way
+    it is written atomically: a failed or interrupted build leaves no engine file."""
+    path = ctx.staged / ENGINE_FILE
+    with staged_file(path) as engine:
+        writer = make_stream_writer(ctx.backend, engine.write)
+        if writer is not None:
+            built = ctx.builder.build_serialized_network_to_stream(ctx.network, ctx.config, writer)
+            if writer.error is not None:
+                raise writer.error
+        else:
+            plan = ctx.builder.build_serialized_network(ctx.network, ctx.config)
+            built = plan is not None
+            if built:
+                engine.write(memoryview(plan))
+            del plan
+        interrupt.check()  # a Ctrl-C during the build may have landed in TensorRT's logger callback
+        if not built or engine.size == 0:
+            detail = "; ".join(ctx.trt_logger.errors[-3:]) or "no message from TensorRT"
+            raise BuildError(f"serialize: {ctx.backend.label()} could not build the engine for {ctx.target.tag}: "
+                             f"{detail}", hint="run with -v for TensorRT's full log")
+    ctx.engine_path = path
+    ctx.engine_record = {"file": ENGINE_FILE, "sha256": engine.sha256, "bytes": engine.size}
     save_timing_cache(ctx)
 
 

@@ -196,3 +196,30 @@ def make_progress_monitor(backend: Backend, report: Callable[[str], None],
                 report("")
 
     return PipelineMonitor()
+
+
+def make_stream_writer(backend: Backend, sink: Callable[[bytes], object]) -> Any | None:
+    """A `trt.IStreamWriter` that hands each chunk of the engine, as TensorRT serializes it, to `sink` (e.g. a
+    staged file that hashes as it writes). An exception in `sink` cannot cross TensorRT: it is kept in the
+    writer's `error` and the chunk reported unwritten, which fails the build; the caller raises it after. None
+    when the backend cannot stream an engine (no `IStreamWriter` or no `build_serialized_network_to_stream`)."""
+    trt = backend.trt
+    if not hasattr(trt, "IStreamWriter") or not hasattr(trt.Builder, "build_serialized_network_to_stream"):
+        return None
+
+    class PipelineStreamWriter(trt.IStreamWriter):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.IStreamWriter.__init__(self)
+            self.error: BaseException | None = None
+
+        def write(self, data: bytes, size: int | None = None) -> int:
+            if self.error is not None:
+                return 0
+            try:
+                sink(data)
+            except BaseException as error:  # noqa: BLE001 - kept, and raised by the caller once TensorRT returns
+                self.error = error
+                return 0
+            return len(data)
+
+    return PipelineStreamWriter()

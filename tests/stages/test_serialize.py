@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import resource
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,11 @@ import pytest
 import tensorrt_rtx
 
 from pipeline import interrupt
-from pipeline.errors import BuildError
+from pipeline.digest import file_sha256
+from pipeline.errors import BuildError, StoreError
 from pipeline.stages.context import Context
 from pipeline.stages.serialize import ENGINE_FILE
+from pipeline.trt.backend import Backend, make_stream_writer
 from tests.conftest import run_stages
 
 Recipe = Callable[..., Path]
@@ -119,3 +123,53 @@ def test_ctrl_c_inside_a_tensorrt_callback_stops_the_build(tiny_recipe: Path, bu
         trt_log.setLevel(level)
         interrupt.clear()
     assert ctx.engine_path is None and not (ctx.staged / ENGINE_FILE).exists()
+
+
+# ---------------------------------------------------------------- the engine streamed to disk
+
+
+def test_the_streamed_engine_is_what_build_serialized_network_returns(tiny_recipe: Path,
+                                                                      build_context: ContextFor) -> None:
+    """The engine goes to disk through build_serialized_network_to_stream: byte for byte the plan the in-memory
+    call makes for the same network and config, and its sha256 and size, computed while streaming, are the file's."""
+    ctx = build_context(tiny_recipe)
+    run_stages(ctx, "parse", "network-flag", "memory-pool", "serialize")
+    on_disk = ctx.engine_path.read_bytes()
+    assert on_disk == bytes(memoryview(ctx.builder.build_serialized_network(ctx.network, ctx.config)))
+    assert ctx.engine_record == {"file": ENGINE_FILE, "sha256": file_sha256(ctx.engine_path), "bytes": len(on_disk)}
+    assert sorted(p.name for p in ctx.staged.iterdir()) == [ENGINE_FILE]  # no staged temp file left
+
+
+def test_a_write_failing_mid_stream_leaves_no_engine(tiny_recipe: Path, build_context: ContextFor) -> None:
+    """A real short disk: a file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) lets the first 16 KiB of the engine
+    reach the staged file, then the kernel refuses the rest (EFBIG). The build fails with the file named, and
+    neither the engine nor its staged file is left."""
+    ctx = build_context(tiny_recipe)
+    run_stages(ctx, "parse", "network-flag", "memory-pool")
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, limits[1]))
+    try:
+        with pytest.raises(StoreError, match=f"cannot write {ctx.staged / ENGINE_FILE}: File too large"):
+            run_stages(ctx, "serialize")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert list(ctx.staged.iterdir()) == []
+    assert ctx.engine_path is None and ctx.engine_record == {}
+
+
+def test_an_error_in_the_sink_is_kept_for_the_caller(rtx_backend: Backend) -> None:
+    """An exception cannot cross TensorRT's callback: the writer keeps it, reports the chunk unwritten and writes
+    nothing more; serialize raises it once the builder returns."""
+    seen: list[bytes] = []
+
+    def sink(data: bytes) -> None:
+        if seen:
+            raise KeyboardInterrupt
+        seen.append(data)
+
+    writer = make_stream_writer(rtx_backend, sink)
+    assert writer.write(b"abc", 3) == 3
+    assert writer.write(b"def", 3) == 0 and isinstance(writer.error, KeyboardInterrupt)
+    assert writer.write(b"ghi", 3) == 0 and seen == [b"abc"]
