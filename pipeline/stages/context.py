@@ -56,6 +56,7 @@ class Context:
     builder: Any = None
     network: Any = None
     parser: Any = None  # the network borrows the parser's weights: it lives as long as the network
+    parser_weights: list[Any] = field(default_factory=list)  # memory maps the parser's weights point into
     network_record: dict = field(default_factory=dict)
     config: Any = None
     config_record: dict = field(default_factory=dict)
@@ -68,6 +69,6 @@ class Context:
 
     def for_target(self, target: Target, staged: Path) -> Context:
         """A copy for one target: shared results carried over, per-target state fresh."""
-        return replace(self, target=target, staged=staged, builder=None, network=None, parser=None,
+        return replace(self, target=target, staged=staged, builder=None, network=None, parser=None, parser_weights=[],
                        network_record={}, config=None, config_record={}, timing_cache=None, monitor=None,
                        engine_path=None, engine_record={})

@@ -2,12 +2,14 @@
 pass, the ONNX checker once, on the model as written; only if it fails are the passes run again, the checker after
 each, to name the pass that broke the graph.
 
-Weights that parse left on disk (more than protobuf can hold) stay on disk: they are copied file to file into the
-cleaned model's external data before the passes, and onnx-graphsurgeon reads one only if folding needs it.
+Weights that parse left on disk (more than protobuf can hold) stay on disk: their files are put beside the cleaned
+model before the passes (a reflink, else a copy inside the kernel; their hashes are known, not read again),
+onnx-graphsurgeon reads one only if folding needs it, and weights the passes make go to a file of their own.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -22,7 +24,7 @@ from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError
 from pipeline.files import sync
 from pipeline.stages.context import Context
-from pipeline.stages.parse import PROTO_LIMIT, describe, infer_shapes
+from pipeline.stages.parse import PROTO_LIMIT, describe, external_names, infer_shapes
 from pipeline.stages.stage import Stage, frozen
 
 
@@ -37,6 +39,8 @@ class CleanupSpec:
 CLEANED_FILE = "model.cleaned.onnx"
 CHECK = "cleanup_check"  # the name of its background job (pipeline.background)
 WEIGHTS_FILE = f"{CLEANED_FILE}.data"
+NEW_WEIGHTS_FILE = f"{CLEANED_FILE}.new.data"  # weights the passes made, beside the linked originals
+FICLONE = 0x40049409  # ioctl: make a file share another's blocks (linux/fs.h)
 
 
 def frozen_value(value: Any, dtype: Any, shape: Any) -> Any:
@@ -136,7 +140,9 @@ def cleaned_model_from_model(ctx: Context) -> None:
     import onnx_graphsurgeon as gs
 
     spec: CleanupSpec = ctx.recipe.spec("graph-cleanup")
-    on_disk = _copy_weights(ctx.model, ctx.recipe.model_path.parent, ctx.scratch / WEIGHTS_FILE)
+    hashes = {data["path"]: data["sha256"] for data in ctx.model_record.get("external_data", [])}
+    linked = _link_weights(ctx.model, ctx.recipe.model_path.parent, ctx.scratch, hashes)
+    on_disk = bool(linked)
     weights_dir = str(ctx.scratch) if on_disk else None
     graph = _readable(gs.import_onnx(ctx.model), weights_dir)  # a new graph: ctx.model is not changed
     ordered = False
@@ -148,7 +154,7 @@ def cleaned_model_from_model(ctx: Context) -> None:
     nodes_after = len(graph.nodes)
     del graph
     path = ctx.scratch / CLEANED_FILE
-    sha256, written = _save(model, path, on_disk)
+    sha256, written = _save(model, path, linked)
     ctx.background.start("cleaned_model_synced", sync, cleaned_files(path))  # to disk now, beside the build
     complaint = _checker_error(written) if planned_passes(spec) else None  # no passes: nothing to check
     del written  # the serialized model (as big as its weights) is not needed past the checker
@@ -206,18 +212,21 @@ def _broken_pass(ctx: Context, spec: CleanupSpec, weights_dir: str | None) -> st
     return None
 
 
-def _save(model: Any, path: Path, on_disk: bool) -> tuple[str, bytes | Path]:
-    """Write the cleaned model as onnx.save does (external data in WEIGHTS_FILE when it is more than protobuf
-    holds, or when the weights stayed on disk), serializing it once. Returns the sha256 of `path`, and what the
-    ONNX checker reads: the bytes written, or `path` when they point at external data."""
+def _save(model: Any, path: Path, linked: Mapping[str, str]) -> tuple[str, bytes | Path]:
+    """Write the cleaned model as onnx.save does, serializing it once. `linked`: the external-data files that
+    _link_weights put beside `path` (name -> sha256); weights made in memory (folded, frozen) then go to
+    NEW_WEIGHTS_FILE, never into a linked file (a reflink or copy of the original, unchanged). Without them,
+    external data (WEIGHTS_FILE) only when the model is more than protobuf holds. Returns the model's sha256
+    (model_sha256 of the file and its data files: a linked file's hash is known, only what is written here is
+    read again) and what the ONNX checker reads: the bytes written, or `path` when they point at external data."""
     import onnx
     from onnx.external_data_helper import (
         convert_model_to_external_data,
         write_external_data_tensors,
     )
 
-    if on_disk:  # weights made in memory (folded, frozen) are appended to the copied ones
-        convert_model_to_external_data(model, all_tensors_to_one_file=True, location=WEIGHTS_FILE)
+    if linked:
+        convert_model_to_external_data(model, all_tensors_to_one_file=True, location=NEW_WEIGHTS_FILE)
         write_external_data_tensors(model, str(path.parent))
     try:
         data = model.SerializeToString()
@@ -228,41 +237,50 @@ def _save(model: Any, path: Path, on_disk: bool) -> tuple[str, bytes | Path]:
         return model_sha256(file_sha256(path), [file_sha256(path.parent / WEIGHTS_FILE)]), path
     path.write_bytes(data)
     sha256 = hashlib.sha256(data).hexdigest()
-    if on_disk:
-        return model_sha256(sha256, [file_sha256(path.parent / WEIGHTS_FILE)]), path
+    if linked:
+        names = external_names(model)
+        names += [name for name in linked if name not in names]  # beside the engine, even if no longer used
+        hashes = [linked[name] if name in linked else file_sha256(path.parent / name) for name in names]
+        return model_sha256(sha256, hashes), path
     return sha256, data
 
 
-def _copy_weights(model: Any, source: Path, dest: Path) -> bool:
-    """Copy the external data that `model` still points at (parse leaves it on disk when it is more than protobuf
-    holds) from `source` into the one file `dest`, file to file, and point the model's tensors at it. Unused
-    tensors are copied too. Returns False when every weight is in memory."""
-    from onnx.external_data_helper import (
-        ExternalDataInfo,
-        _get_all_tensors,
-        uses_external_data,
-    )
+def _link_weights(model: Any, source: Path, dest: Path, hashes: Mapping[str, str]) -> dict[str, str]:
+    """Put each external-data file that `model` still points at (parse leaves the weights on disk when they are
+    more than protobuf holds) beside the cleaned model, WEIGHTS_FILE, WEIGHTS_FILE.1, ... in first-use order, as a
+    reflink where the file system allows, else copied inside the kernel (see _link), and point the model's
+    tensors at it (same offsets). The files are the originals byte for byte: their hashes are not read again.
+    `source`: the original model's folder; `hashes`: the sha256 of its external-data files by path, as parse
+    recorded them. Returns {linked name: sha256}, empty when every weight is in memory."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
-    tensors = [tensor for tensor in _get_all_tensors(model) if uses_external_data(tensor)]
-    if not tensors:
-        return False
-    starts: dict[str, tuple[int, int]] = {}  # location -> (start in dest, size)
-    with open(dest, "wb", buffering=0) as out:
-        for tensor in tensors:
-            info = ExternalDataInfo(tensor)
-            if info.location not in starts:
-                file = (source / info.location).resolve()
-                if not file.is_relative_to(source.resolve()) or not file.is_file():
-                    raise BuildError(f"graph-cleanup: tensor '{tensor.name}' names external data {info.location!r}, "
-                                     f"which is not a file inside {source}")
-                starts[info.location] = (out.tell(), file.stat().st_size)
-                with open(file, "rb", buffering=0) as handle:
-                    _append(handle, out)
-            start, size = starts[info.location]
-            offset = info.offset or 0
-            length = info.length if info.length is not None else size - offset
-            _point_at(tensor, dest.name, start + offset, length, info.checksum)
-    return True
+    linked: dict[str, str] = {}
+    names: dict[str, str] = {}  # location in the original -> name beside the cleaned model
+    for tensor in (tensor for tensor in _get_all_tensors(model) if uses_external_data(tensor)):
+        info = ExternalDataInfo(tensor)
+        if info.location not in names:
+            file = (source / info.location).resolve()
+            if not file.is_relative_to(source.resolve()) or not file.is_file():
+                raise BuildError(f"graph-cleanup: tensor '{tensor.name}' names external data {info.location!r}, "
+                                 f"which is not a file inside {source}")
+            name = names[info.location] = WEIGHTS_FILE + (f".{len(names)}" if names else "")
+            _link(file, dest / name)
+            known = hashes.get(str(source / info.location))
+            linked[name] = known or file_sha256(dest / name)
+        _point_at(tensor, names[info.location], info.offset, info.length, info.checksum)
+    return linked
+
+
+def _link(source: Path, dest: Path) -> None:
+    """`dest` with the bytes of `source`: a reflink where the file system has them (btrfs, XFS: a file of its own
+    sharing the blocks until either is written, no byte read), else a copy inside the kernel (copy_file_range).
+    Never a hard link: the ONNX checker and loader refuse external data with more than one link (onnx >= 1.17,
+    "potential hardlink attack"), and a user's file changed in place would change the artifact's."""
+    with open(source, "rb", buffering=0) as src, open(dest, "wb", buffering=0) as out:
+        try:
+            fcntl.ioctl(out.fileno(), FICLONE, src.fileno())
+        except OSError:  # EOPNOTSUPP (ext4, tmpfs), EXDEV (another file system)
+            _append(src, out)
 
 
 def _append(source: Any, out: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,8 @@ def network_from_onnx(ctx: Context) -> None:
     for note in notes:
         ctx.log.info("network-flag: %s", note)
     parser = trt.OnnxParser(ctx.network, ctx.trt_logger)
-    if not parser.parse_from_file(str(ctx.onnx_path)):
+    parsed, ctx.parser_weights = parse_onnx(parser, ctx.onnx_path)
+    if not parsed:
         errors = parser_errors(parser) or ctx.trt_logger.errors[-1:] or ["no detail given"]
         log_parser_errors(ctx.log, errors)
         raise BuildError(f"network-flag: the TensorRT ONNX parser reported {len(errors)} error(s) in "
@@ -98,6 +100,47 @@ def network_from_onnx(ctx: Context) -> None:
     ctx.network_record = {"flags": names, "plugins": plugins, "notes": notes, "layers": ctx.network.num_layers,
                           "inputs": tensors(ctx.network, ctx.network.num_inputs, ctx.network.get_input),
                           "outputs": tensors(ctx.network, ctx.network.num_outputs, ctx.network.get_output)}
+
+
+def parse_onnx(parser: Any, path: Path) -> tuple[bool, list[Any]]:
+    """Fill the parser's network from the model at `path`. Initializers in external data are handed to the
+    parser from a read-only memory map of their file (`load_model_proto` + `load_initializer`): the parser reads
+    the pages it needs from the page cache instead of copying every weight into memory of its own. Returns
+    whether it parsed and the maps, which must outlive the parser (and the network that borrows its weights).
+    A model without external data, or a parser without `load_initializer`, is parsed from the file."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    external = [tensor for tensor in model.graph.initializer if uses_external_data(tensor)]
+    if not external or not hasattr(parser, "load_initializer"):
+        return parser.parse_from_file(str(path)), []
+    if not parser.load_model_proto(model.SerializeToString(), str(path)):
+        return False, []
+    del model
+    maps: dict[str, Any] = {}
+    for tensor in external:
+        info = ExternalDataInfo(tensor)
+        if info.location not in maps:
+            maps[info.location] = _mapped(path.parent / info.location)
+        view, offset = maps[info.location], info.offset or 0
+        length = info.length if info.length is not None else view.size - offset
+        if offset + length > view.size or not parser.load_initializer(tensor.name, view.ctypes.data + offset,
+                                                                       length):
+            return False, list(maps.values())
+    return parser.parse_model_proto(), list(maps.values())
+
+
+def _mapped(path: Path) -> Any:
+    """A read-only memory map of a file, as a numpy byte array (whose address the parser takes)."""
+    import mmap
+
+    import numpy as np
+
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return np.zeros(0, np.uint8)
+        return np.frombuffer(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
 
 
 def tensors(network: Any, count: int, get: Any) -> dict[str, dict]:
