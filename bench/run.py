@@ -165,30 +165,13 @@ class Bench:
 # ---------------------------------------------------------------- models
 
 
-def large_model(path: Path, seed: int = 0) -> int:
-    """x [batch, W] -> LAYERS x (MatMul [W, W] -> Relu), seeded, weights in `<path>.data`. Returns weight bytes."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+def large_model(path: Path, seed: int = 0, layers: int = LARGE_LAYERS, width: int = LARGE_WIDTH) -> int:
+    """x [batch, W] -> LAYERS x (MatMul [W, W] -> Relu), seeded, weights in `<path>.data` (models/make_models.py's
+    write_matmul_chain: one layer in memory at a time). Returns weight bytes."""
+    sys.path.insert(0, str(ROOT))
+    from models.make_models import write_matmul_chain
 
-    rng = np.random.default_rng(seed)
-    nodes, inits, y = [], [], "x"
-    for i in range(LARGE_LAYERS):
-        weight = rng.standard_normal((LARGE_WIDTH, LARGE_WIDTH), dtype=np.float32)
-        weight *= np.float32(1.0 / np.sqrt(LARGE_WIDTH))
-        inits.append(numpy_helper.from_array(weight, f"w{i}"))
-        del weight
-        nodes.append(helper.make_node("MatMul", [y, f"w{i}"], [f"mm{i}"], name=f"mm{i}"))
-        nodes.append(helper.make_node("Relu", [f"mm{i}"], [f"h{i}"], name=f"relu{i}"))
-        y = f"h{i}"
-    nodes[-1].output[0] = "y"
-    graph = helper.make_graph(nodes, "large", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", LARGE_WIDTH])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", LARGE_WIDTH])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench/run.py")
-    model.ir_version = 8
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=f"{path.name}.data")
-    return LARGE_LAYERS * LARGE_WIDTH * LARGE_WIDTH * 4
+    return write_matmul_chain(path, width, layers, seed)
 
 
 def prepare(case: Case, workdir: Path, python: str) -> tuple[Path, Path]:

@@ -440,6 +440,42 @@ DATA: dict[str, Callable[..., dict[str, np.ndarray]]] = {
 }
 
 
+def write_matmul_chain(path: str | os.PathLike[str], width: int, layers: int, seed: int = 0) -> int:
+    """``x`` [batch,width] -> ``layers`` x (MatMul [width,width] -> Relu) -> ``y``, every weight in the external
+    data file ``<path>.data``; returns the weight bytes. The big model of the benchmarks at any size (9 layers of
+    8192: 2.25 GiB): weights are drawn and written one layer at a time, so writing it needs the memory of one
+    layer, not of the model. The same seed gives the same bytes as drawing all layers in order."""
+    from onnx import TensorProto, helper
+
+    path = os.fspath(path)
+    data = f"{os.path.basename(path)}.data"
+    rng = np.random.default_rng(seed)
+    nodes, inits, y, offset = [], [], "x", 0
+    with open(os.path.join(os.path.dirname(os.path.abspath(path)), data), "wb") as out:
+        for i in range(layers):
+            weight = rng.standard_normal((width, width), dtype=np.float32)
+            weight *= np.float32(1.0 / np.sqrt(width))
+            out.write(weight.tobytes())
+            init = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[width, width])
+            init.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", data), ("offset", offset), ("length", weight.nbytes)):
+                entry = init.external_data.add()
+                entry.key, entry.value = key, str(value)
+            offset += weight.nbytes
+            del weight
+            inits.append(init)
+            nodes.append(helper.make_node("MatMul", [y, f"w{i}"], [f"mm{i}"], name=f"mm{i}"))
+            nodes.append(helper.make_node("Relu", [f"mm{i}"], [f"h{i}"], name=f"relu{i}"))
+            y = f"h{i}"
+    nodes[-1].output[0] = "y"
+    io = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width])  # noqa: E731
+    graph = helper.make_graph(nodes, "matmul_chain", [io("x")], [io("y")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="make_models.py")
+    model.ir_version = 8
+    write_model(model, path)
+    return offset
+
+
 def write_arrays(arrays: dict[str, np.ndarray], path: str | os.PathLike[str]) -> None:
     """Writes ``arrays`` to the ``.npz`` file ``path`` atomically, like write_model."""
     _write_atomically(path, lambda f: np.savez(f, **arrays))

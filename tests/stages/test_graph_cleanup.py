@@ -10,6 +10,7 @@ from typing import Any
 import onnx
 import pytest
 
+from pipeline.digest import model_sha256
 from pipeline.errors import BuildError
 from pipeline.stages import graph_cleanup, parse
 from pipeline.stages.context import Context
@@ -221,3 +222,99 @@ def test_check_graph_accepts_the_shipped_models(models_dir: Path) -> None:
 
     for name in ("tiny", "two_input", "cleanup_needed"):
         graph_cleanup.check_graph(gs.import_onnx(onnx.load(str(models_dir / f"{name}.onnx"))), "import", True)
+
+
+# ---------------------------------------------------------------- weights on disk: put beside, not rewritten
+
+DOUBLED = """\
+name: doubled
+version: 1.0.0
+model: {{path: {model}}}
+targets: [sm89]
+stages:
+  - parse: {{}}
+  - graph-cleanup: {{fold_constants: false{freeze}}}
+  - network-flag: {{}}
+  - memory-pool: {{workspace: 64MiB}}
+  - serialize:
+      profiles:
+        - x: {{min: [1, 64], opt: [2, 64], max: [4, 64]}}
+"""
+
+
+@pytest.fixture
+def doubled_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """y = x @ (w * s): w [64, 64] in external data (16 KiB), and a protobuf limit that makes parse leave it there;
+    freezing input s [64, 64] makes it a new weight of the same size."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(3).standard_normal((64, 64), dtype=np.float32)
+    io = lambda name, *dims: helper.make_tensor_value_info(name, TensorProto.FLOAT, list(dims))  # noqa: E731
+    graph = helper.make_graph([helper.make_node("Mul", ["w", "s"], ["ws"]), helper.make_node("MatMul", ["x", "ws"], ["y"])],
+                              "doubled", [io("x", "batch", 64), io("s", 64, 64)], [io("y", "batch", 64)],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "doubled" / "doubled.onnx"
+    path.parent.mkdir()
+    onnx.save(model, str(path), save_as_external_data=True, location="doubled.onnx.data", size_threshold=1024)
+    for module in (parse, graph_cleanup):
+        monkeypatch.setattr(module, "PROTO_LIMIT", 4096)
+    return path
+
+
+def cleaned_location(ctx: Context, name: str) -> str:
+    cleaned = onnx.load(str(ctx.cleaned_path), load_external_data=False)
+    tensor = next(t for t in cleaned.graph.initializer if t.name == name)
+    return next(entry.value for entry in tensor.external_data if entry.key == "location")
+
+
+def test_unchanged_external_data_is_put_beside_the_cleaned_model_and_not_hashed_again(
+        write_recipe: Recipe, doubled_model: Path, build_context: ContextFor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without passes that touch it the weight is unchanged: its file is put beside the cleaned model byte for byte, in a file of
+    its own (a reflink where the file system has them, here ext4: a copy inside the kernel; never a hard link,
+    which the ONNX checker refuses), and its hash is the one parse recorded, not read again."""
+    data = doubled_model.with_name("doubled.onnx.data")
+    ctx = build_context(write_recipe(DOUBLED.format(model=doubled_model, freeze="")))
+    run_stages(ctx, "parse")
+    hashed: list[Path] = []
+    monkeypatch.setattr(graph_cleanup, "file_sha256", lambda path: hashed.append(path) or sha256(path))
+    run_stages(ctx, "graph-cleanup")
+    ctx.background.wait()
+    linked = ctx.scratch / graph_cleanup.WEIGHTS_FILE
+    assert cleaned_location(ctx, "w") == graph_cleanup.WEIGHTS_FILE
+    assert linked.read_bytes() == data.read_bytes()
+    assert linked.stat().st_ino != data.stat().st_ino and linked.stat().st_nlink == data.stat().st_nlink == 1
+    assert hashed == []  # the cleaned model file was hashed from its bytes in memory, the weights not at all
+    assert ctx.cleaned_sha256 == model_sha256(sha256(ctx.cleaned_path), [sha256(data)])
+    assert graph_cleanup.cleaned_files(ctx.cleaned_path) == [ctx.cleaned_path, linked]
+
+
+def test_a_changed_weight_is_written_not_linked(write_recipe: Recipe, doubled_model: Path,
+                                                build_context: ContextFor) -> None:
+    """Freezing s makes a new 16 KiB weight: it goes into a file of its own, the put-beside original stays the user's
+    bytes (the user's file is untouched), the cleaned model holds both, and TensorRT builds from it."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    data = doubled_model.with_name("doubled.onnx.data")
+    before = data.read_bytes()
+    ctx = build_context(write_recipe(DOUBLED.format(model=doubled_model, freeze=", freeze_inputs: {s: 2.0}")))
+    run_stages(ctx, "parse", "graph-cleanup")
+    ctx.background.wait()
+    cleaned = onnx.load(str(ctx.cleaned_path))  # with its external data, through onnx's own checks
+    made = next(t for t in cleaned.graph.initializer if t.name == "s")
+    assert cleaned_location(ctx, "s") == graph_cleanup.NEW_WEIGHTS_FILE
+    assert cleaned_location(ctx, "w") == graph_cleanup.WEIGHTS_FILE
+    assert np.array_equal(numpy_helper.to_array(made), np.full((64, 64), 2.0, np.float32))
+    assert data.read_bytes() == before == (ctx.scratch / graph_cleanup.WEIGHTS_FILE).read_bytes()
+    names = parse.external_names(onnx.load(str(ctx.cleaned_path), load_external_data=False))  # as hashed
+    assert sorted(names) == [graph_cleanup.WEIGHTS_FILE, graph_cleanup.NEW_WEIGHTS_FILE]
+    assert ctx.cleaned_sha256 == model_sha256(sha256(ctx.cleaned_path), [sha256(ctx.scratch / n) for n in names])
+    run_stages(ctx, "network-flag", "memory-pool", "serialize")  # TensorRT builds from the files beside it
+    assert ctx.engine_record["bytes"] == ctx.engine_path.stat().st_size > 0
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
