@@ -490,3 +490,49 @@ def test_a_plan_that_checked_other_files_is_never_taken_from_the_memo(write_reci
     assert len(store.memo(plans.PLANS)) == 2  # remembered, as on a machine where it planned without a problem
     assert plans.remembered_plan(path, store, NO_GPU) is None
     assert plans.remembered_plan(write_recipe(RECIPE), store, NO_GPU) is not None
+
+
+CHAIN = """\
+name: chain
+version: 1.0.0
+model: {{path: {model}}}
+backend: tensorrt-rtx
+targets: [sm89]
+stages:
+  - parse: {{check: true}}
+  - graph-cleanup: {{}}
+  - network-flag: {{strongly_typed: true}}
+  - memory-pool: {{workspace: 64MiB}}
+  - serialize:
+      profiles:
+        - x: {{min: [1, 512], opt: [2, 512], max: [4, 512]}}
+"""
+
+
+def test_a_model_with_weights_on_disk_builds_end_to_end(write_recipe: Recipe, store: Store, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The big-model path at a small size: models/make_models.py's matmul chain (4 x [512]^2, 4 MiB of weights in
+    external data) with a protobuf limit of 1 MiB, so parse and graph-cleanup leave the weights on disk as they
+    do above 2 GiB. The cleaned model's weights are published beside the engine, byte for byte the originals;
+    TensorRT parses them from a memory map and streams the engine to disk, hashed as written: the manifest's
+    sha256 and size are the published file's."""
+    from models.make_models import write_matmul_chain
+    from pipeline.stages import graph_cleanup, parse
+
+    model = tmp_path / "chain" / "chain.onnx"
+    model.parent.mkdir()
+    assert write_matmul_chain(model, 512, 4) == 4 << 20
+    for module in (parse, graph_cleanup):
+        monkeypatch.setattr(module, "PROTO_LIMIT", 1 << 20)
+    [outcome] = build_with(write_recipe(CHAIN.format(model=model)), store)
+    folder = outcome.artifact.path
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "build.log", "engine.plan", "manifest.json", "model.cleaned.onnx", "model.cleaned.onnx.data"]
+    assert (folder / "model.cleaned.onnx.data").read_bytes() == model.with_name("chain.onnx.data").read_bytes()
+    written = json.loads((folder / "manifest.json").read_text())
+    assert written["cleanup_check"]["status"] == "passed"  # ONNX Runtime on the cleaned model and its weights
+    engine = written["engine"]
+    assert engine == {"file": "engine.plan", "sha256": file_sha256(folder / "engine.plan"),
+                      "bytes": (folder / "engine.plan").stat().st_size}
+    assert engine["bytes"] > 4 << 20  # the weights are in the engine
+    assert staging_leftovers(store) == []
