@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -36,7 +37,12 @@ RECIPES = Path(__file__).resolve().parent / "recipes"
 PACKAGES = ("trt-pipeline", "tensorrt-rtx", "polygraphy", "onnx", "onnx-graphsurgeon", "onnxruntime", "numpy",
             "protobuf")
 LARGE_WIDTH, LARGE_LAYERS = 8192, 9  # 9 float32 [8192, 8192] weights: 2.25 GiB
-TARGETS = {"cold": {"wall": 1.3, "rss": 1.5}, "rebuild": {"wall": 0.15, "rss": 1.5}}
+# Issue 14's targets, pipeline / the other side: ResNet-50 cold <= 1.5x polygraphy convert (RSS <= 1.3x); an unchanged
+# rebuild <= 0.15x; big models <= 1.3x the time and <= 0.75x the peak RSS; <= 0.3x the peer-tool workflow.
+TARGETS = {"cold": {"wall": 1.5, "rss": 1.3}, "rebuild": {"wall": 0.15, "rss": 1.5}, "big": {"wall": 1.3, "rss": 0.75},
+           "peer": {"wall": 0.3, "rss": 1.3}}
+VERSUS = {"peer": "peer tools (polygraphy surgeon sanitize, run x2, convert; sha256sum)"}
+VERSUS.update({kind: "polygraphy convert" for kind in TARGETS if kind not in VERSUS})
 STAGE_LINE = re.compile(r"^\[\d+/\d+\] (\S+).*?\s([0-9.]+)s$")
 
 
@@ -49,7 +55,7 @@ class Case:
     shapes: dict[str, tuple[str, str, str]]  # input -> (min, opt, max), polygraphy's [D0,D1,...] form
     pools: tuple[str, ...]
     rebuild: bool = False  # time a second build into a store that already has the artifact
-    kind: str = "cold"
+    kind: str = "cold"  # which TARGETS apply; 'peer': the other side is the peer-tool workflow, not convert
 
 
 def _profile(**shapes: tuple[list[int], list[int], list[int]]) -> dict[str, tuple[str, str, str]]:
@@ -70,12 +76,15 @@ CASES = {
                                scale=([1, 1], [4, 1], [8, 1])), ("workspace:512M",)),
     "large-2gb": Case("large-2gb", f"{LARGE_LAYERS} x MatMul [{LARGE_WIDTH}]^2, 2.25 GiB external data",
                       "large.yaml", "large",
-                      _profile(x=([1, LARGE_WIDTH], [4, LARGE_WIDTH], [8, LARGE_WIDTH])), ("workspace:2G",)),
+                      _profile(x=([1, LARGE_WIDTH], [4, LARGE_WIDTH], [8, LARGE_WIDTH])), ("workspace:2G",), kind="big"),
+    "resnet50-peer": Case("resnet50-peer", "ResNet-50 cold vs the peer tools scripted (sanitize, run x2, convert, "
+                          "sha256sum)", "resnet50.yaml", "resnet50", RESNET, ("workspace:2G", "tactic_shared_memory:48K"),
+                          kind="peer"),
     "tiny-cold": Case("tiny-cold", "tiny MatMul model, cold build", "tiny.yaml", "tiny", TINY, ("workspace:256M",)),
     "tiny-rebuild": Case("tiny-rebuild", "tiny MatMul model, unchanged rebuild", "tiny.yaml", "tiny", TINY,
                          ("workspace:256M",), rebuild=True, kind="rebuild"),
 }
-FULL = ("resnet50-cold", "resnet50-rebuild", "two-input", "large-2gb")
+FULL = ("resnet50-cold", "resnet50-rebuild", "resnet50-peer", "two-input", "large-2gb")
 QUICK = ("tiny-cold", "tiny-rebuild")
 
 
@@ -148,18 +157,42 @@ class Bench:
         run.stages = stage_times(output)
         return run
 
-    def convert(self, case: Case, model: Path) -> Run:
-        plan = self.workdir / f"{case.name}.polygraphy.plan"
+    def convert_argv(self, case: Case, model: Path, plan: Path) -> list[str]:
         shapes = {which: [f"{name}:{dims[i]}" for name, dims in case.shapes.items()]
                   for i, which in enumerate(("min", "opt", "max"))}
-        argv = [*self.polygraphy, "convert", str(model), "-o", str(plan),
+        return [*self.polygraphy, "convert", str(model), "-o", str(plan),
                 "--trt-min-shapes", *shapes["min"], "--trt-opt-shapes", *shapes["opt"],
                 "--trt-max-shapes", *shapes["max"], "--pool-limit", *case.pools,
                 "--builder-optimization-level", "3", "--strongly-typed", "--compute-capabilities", "8.9"]
+
+    def convert(self, case: Case, model: Path) -> Run:
+        plan = self.workdir / f"{case.name}.polygraphy.plan"
         try:
-            return run_child(argv, self.env(), ROOT, self.timeout)[0]
+            return run_child(self.convert_argv(case, model, plan), self.env(), ROOT, self.timeout)[0]
         finally:
             plan.unlink(missing_ok=True)
+
+    def peer(self, case: Case, model: Path) -> Run:
+        """What a user would script with the public CLIs for the pipeline's work: fold and sanitize, run the original
+        and the cleaned model on ONNX Runtime at batch 2 with the same inputs and compare the outputs, build the
+        engine, sha256 both files. One shell; peak RSS is its largest child's."""
+        work = self.workdir / f"{case.name}.peer"
+        work.mkdir(exist_ok=True)
+        tool = shlex.join(self.polygraphy)
+        cleaned, plan = work / "cleaned.onnx", work / "engine.plan"
+        batch2 = [f"{name}:{dims[0].replace('[1,', '[2,', 1)}" for name, dims in case.shapes.items()]
+        script = "\n".join([
+            "set -e",
+            f"{tool} surgeon sanitize {model} --fold-constants -o {cleaned}",
+            f"{tool} run {model} --onnxrt --input-shapes {shlex.join(batch2)} --save-inputs {work}/inputs.json "
+            f"--save-outputs {work}/outputs.json",
+            f"{tool} run {cleaned} --onnxrt --load-inputs {work}/inputs.json --load-outputs {work}/outputs.json",
+            shlex.join(self.convert_argv(case, cleaned, plan)),
+            f"sha256sum {cleaned} {plan}"])
+        try:
+            return run_child(["bash", "-c", script], self.env(), ROOT, self.timeout)[0]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- models
@@ -236,11 +269,13 @@ def _run_case(bench: Bench, case: Case, runs: int) -> dict[str, Any]:
                 if not case.rebuild:
                     shutil.rmtree(store, ignore_errors=True)
 
-        order = (ours, lambda: theirs.append(bench.convert(case, model)))
+        other = bench.peer if case.kind == "peer" else bench.convert
+        order = (ours, lambda: theirs.append(other(case, model)))  # noqa: B023 - used at once, in this iteration
         for step in order if index % 2 == 0 else order[::-1]:
             step()
+        side = "peer tools" if case.kind == "peer" else "polygraphy"
         print(f"  {case.name} run {index + 1}/{runs}: pipeline {mine[-1].wall_s:.2f}s {mine[-1].peak_rss_mib:.0f} MiB,"
-              f" polygraphy {theirs[-1].wall_s:.2f}s {theirs[-1].peak_rss_mib:.0f} MiB", file=sys.stderr, flush=True)
+              f" {side} {theirs[-1].wall_s:.2f}s {theirs[-1].peak_rss_mib:.0f} MiB", file=sys.stderr, flush=True)
     shutil.rmtree(warm, ignore_errors=True)
     a, b = summary(mine), summary(theirs)
     target = TARGETS[case.kind]
@@ -248,7 +283,7 @@ def _run_case(bench: Bench, case: Case, runs: int) -> dict[str, Any]:
     rss_ratio = round(a["median_peak_rss_mib"] / b["median_peak_rss_mib"], 3)
     weights = sum(p.stat().st_size for p in model.parent.glob(f"{model.name}*"))
     return {"name": case.name, "description": case.description, "kind": case.kind, "runs": runs,
-            "model_bytes": weights, "pipeline": a, "polygraphy": b,
+            "model_bytes": weights, "pipeline": a, "polygraphy": b, "versus": VERSUS[case.kind],
             "ratio": {"wall": wall_ratio, "peak_rss": rss_ratio},
             "target": {"wall": target["wall"], "peak_rss": target["rss"]},
             "met": {"wall": wall_ratio <= target["wall"], "peak_rss": rss_ratio <= target["rss"]}}
@@ -281,29 +316,30 @@ def _read(path: str) -> str:
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
+    """One panel per case (its own scale: a 40 s bar no longer squashes a 0.3 s one), wall time above, peak RSS
+    below, each with the pipeline's ratio to the other side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cases = [c for c in results["cases"] if "error" not in c]
-    names = [c["name"] for c in cases]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, unit, label in ((axes[0], "median_wall_s", "s", "wall time (median)"),
-                                 (axes[1], "median_peak_rss_mib", "MiB", "peak RSS (median)")):
-        xs = range(len(cases))
-        ours = [c["pipeline"][key] for c in cases]
-        theirs = [c["polygraphy"][key] for c in cases]
-        ax.bar([x - 0.2 for x in xs], ours, 0.4, label="trt-pipeline build")
-        ax.bar([x + 0.2 for x in xs], theirs, 0.4, label="polygraphy convert")
-        for x, a, b in zip(xs, ours, theirs):
-            ax.annotate(f"{a / b:.2f}x", (x - 0.2, a), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(list(xs), names, rotation=15, fontsize=8)
-        ax.set_ylabel(unit)
-        ax.set_title(label)
-    axes[0].legend(fontsize=8)
+    fig, axes = plt.subplots(2, max(1, len(cases)), figsize=(2.6 * max(1, len(cases)) + 1, 5.6), squeeze=False)
+    for column, case in enumerate(cases):
+        other = "peer tools" if case.get("kind") == "peer" else "polygraphy convert"
+        for row, (key, unit) in enumerate((("median_wall_s", "s"), ("median_peak_rss_mib", "MiB"))):
+            ax = axes[row][column]
+            ours, theirs = case["pipeline"][key], case["polygraphy"][key]
+            ax.bar([0, 1], [ours, theirs], 0.6, color=["tab:blue", "tab:orange"])
+            ax.set_xticks([0, 1], ["trt-pipeline", other], fontsize=7)
+            ax.annotate(f"{ours / theirs:.2f}x", (0, ours), ha="center", va="bottom", fontsize=8)
+            ax.set_ylim(0, max(ours, theirs) * 1.18)
+            ax.set_ylabel(f"{'wall time' if row == 0 else 'peak RSS'} ({unit})", fontsize=7)
+            ax.tick_params(axis="y", labelsize=7)
+            if row == 0:
+                ax.set_title(case["name"], fontsize=8)
     m = results["machine"]
-    fig.suptitle(f"trt-pipeline vs polygraphy convert, TensorRT-RTX on CPU ({m['cores']} cores, {m['cpu']}; "
+    fig.suptitle(f"trt-pipeline vs polygraphy, TensorRT-RTX on CPU ({m['cores']} cores, {m['cpu']}; "
                  f"{results['runs']} run(s), medians)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
