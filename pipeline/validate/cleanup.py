@@ -76,7 +76,7 @@ def _check_cleaned(models: Mapping[str, Path], sets: Sequence[ShapeSet], dtypes:
 
 def _beside_build(path: Path, stopping: threading.Event) -> Any:
     """An ONNX Runtime CPU session that runs the graph as written (no graph optimizations: half the memory and
-    start-up time of the default on ResNet-50) and leaves one core to the TensorRT build running beside it.
+    start-up time of the default on ResNet-50; no pre-packed weights) and leaves one core to the TensorRT build running beside it.
     Not made once the build is stopping (Ctrl-C): the check then ends at its next session."""
     import onnxruntime
 
@@ -85,5 +85,9 @@ def _beside_build(path: Path, stopping: threading.Event) -> Any:
 
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # No pre-packed copies of the weights (MatMul, Conv): ONNX Runtime then reads external data straight from its
+    # memory map, page cache shared with the original's session and with TensorRT, instead of a private copy
+    # of every weight per session (2.25 GiB of MatMul weights: 0.7 s instead of 3.8 s, no anonymous memory).
+    options.add_session_config_entry("session.disable_prepacking", "1")
     options.intra_op_num_threads = max(1, len(os.sched_getaffinity(0)) - 1)
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
