@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -72,23 +73,33 @@ def fsync_dir(path: Path) -> None:
 
 
 class StagedFile:
-    """A file written in pieces to a staged name beside its `path`, hashed as the pieces arrive: `write` appends
-    and hashes, `sha256` and `size` describe what was written. Made by `staged_file`, which renames it into place
-    (fsync'd) only when the writing finished."""
+    """A file written in pieces to a staged name beside its `path`, hashed as the pieces arrive: `write` appends a
+    piece while the previous one is hashed on a thread of its own (hashlib and file writes both release the GIL: a
+    2.25 GiB engine is hashed in the time it takes to write it); `sha256` and `size` describe what was written.
+    Made by `staged_file`, which renames it into place (fsync'd) only when the writing finished."""
 
-    def __init__(self, handle: BinaryIO) -> None:
+    def __init__(self, handle: BinaryIO, hasher: ThreadPoolExecutor) -> None:
         self._handle = handle
         self._hash = hashlib.sha256()
+        self._hasher = hasher
+        self._pending: Future | None = None
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
+        self._settle()
+        self._pending = self._hasher.submit(self._hash.update, data)  # keeps `data` alive until it is hashed
         written = self._handle.write(data)
-        self._hash.update(data)
         self.size += len(data)
         return written
 
+    def _settle(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
     @property
     def sha256(self) -> str:
+        self._settle()
         return self._hash.hexdigest()
 
 
@@ -99,11 +110,12 @@ def staged_file(path: Path) -> Iterator[StagedFile]:
     StoreError naming the file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as handle:
-            staged = StagedFile(handle)
+        with ThreadPoolExecutor(1, thread_name_prefix="sha256") as hasher, open(tmp, "wb") as handle:
+            staged = StagedFile(handle, hasher)
             yield staged
             handle.flush()
             os.fsync(handle.fileno())
+            staged.sha256  # noqa: B018 - the last piece hashed before the file is in place
         os.replace(tmp, path)
     except OSError as error:
         raise StoreError(f"cannot write {path}: {error.strerror}") from None
