@@ -60,3 +60,38 @@ def test_quick_precision_bench_reports_time_size_and_accuracy_per_precision() ->
         assert (row["convert_s"] > 0) == (mode != "fp32")
         assert set(row["accuracy_delta"]) == (set() if mode == "fp32" else {"y"})
     assert results["int8"]["calibration"]["source"] == "random"
+
+
+def test_capacity_bisection_finds_the_boundary() -> None:
+    """bench/capacity.py's bisection on a real predicate: every size up to 37 'builds'. The ends are probed first,
+    then at most `steps` sizes in between; the answer brackets the boundary as tightly as the steps allow."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from capacity import bisect
+
+    probed: list[int] = []
+
+    def builds(size: int) -> bool:
+        probed.append(size)
+        return size <= 37
+
+    assert bisect(8, 96, 10, builds) == (37, 38)
+    assert probed[:2] == [8, 96] and len(probed) <= 12
+    probed.clear()
+    good, bad = bisect(8, 96, 2, builds)
+    assert good is not None and bad is not None and good <= 37 < bad and len(probed) == 4
+    assert bisect(8, 96, 4, lambda size: False) == (None, 8)
+    assert bisect(8, 96, 4, lambda size: True) == (96, None)
+
+
+@needs_polygraphy
+def test_capacity_smoke_run_writes_results(tmp_path: Path) -> None:
+    """Both tools on the matmul chain at a tiny width (1 and 2 layers of 64 x 64): every probe builds."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "capacity.py"), "--width", "64", "--min-layers", "1",
+                           "--max-layers", "2", "--steps", "1", "--output", str(tmp_path), "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "capacity.json").read_text())
+    assert [(p["tool"], p["layers"], p["ok"]) for p in results["probes"]] == [
+        ("pipeline", 1, True), ("pipeline", 2, True), ("polygraphy", 1, True), ("polygraphy", 2, True)]
+    assert results["tools"]["pipeline"]["largest_ok_bytes"] == 2 * 64 * 64 * 4 and results["ratio"] == 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["capacity.json"]  # models and stores deleted
