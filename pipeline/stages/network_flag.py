@@ -88,7 +88,10 @@ def network_from_onnx(ctx: Context) -> None:
     for note in notes:
         ctx.log.info("network-flag: %s", note)
     parser = trt.OnnxParser(ctx.network, ctx.trt_logger)
-    parsed, ctx.parser_weights = parse_onnx(parser, ctx.onnx_path)
+    # Only a model with external data has any (graph-cleanup and precision write none into an embedded model).
+    external = bool(ctx.model_record.get("external_data"))
+    parsed, ctx.parser_weights = parse_onnx(parser, ctx.onnx_path) if external else \
+        (parser.parse_from_file(str(ctx.onnx_path)), [])
     if not parsed:
         errors = parser_errors(parser) or ctx.trt_logger.errors[-1:] or ["no detail given"]
         log_parser_errors(ctx.log, errors)

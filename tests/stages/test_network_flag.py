@@ -122,3 +122,31 @@ def test_a_library_that_is_not_a_plugin_is_refused_by_tensorrt(write_recipe: Cal
     assert str(caught.value).startswith(f"network-flag: tensorrt-rtx {tensorrt_rtx.__version__} cannot load plugin "
                                         f"library {not_a_plugin}: ")
     assert "getPluginCreators" in str(caught.value)  # TensorRT's own reason
+
+
+def test_external_weights_reach_the_parser_from_a_memory_map(write_recipe: Recipe, build_context: ContextFor,
+                                                             tmp_path: Path) -> None:
+    """A model whose weights are in external data (the matmul chain, 3 x [256]^2): the parser takes each
+    initializer from a read-only memory map of the data file (load_model_proto + load_initializer) and the
+    engine is byte for byte the one parse_from_file gives, reading the weights itself."""
+    import mmap
+
+    from models.make_models import write_matmul_chain
+
+    model = tmp_path / "chain" / "chain.onnx"
+    model.parent.mkdir()
+    write_matmul_chain(model, 256, 3)
+    recipe = write_recipe(f"name: c\nversion: 1.0.0\nmodel: {{path: {model}}}\ntargets: [sm89]\nstages:\n"
+                          "  - parse: {}\n  - network-flag: {}\n  - memory-pool: {workspace: 64MiB}\n"
+                          "  - serialize: {profiles: [{x: {min: [1, 256], opt: [2, 256], max: [4, 256]}}]}\n")
+    ctx = build_context(recipe)
+    run_stages(ctx, "parse", "network-flag")
+    [weights] = ctx.parser_weights
+    assert isinstance(weights.base.obj, mmap.mmap) and weights.size == 3 * 256 * 256 * 4
+    run_stages(ctx, "memory-pool", "serialize")
+    mapped = ctx.engine_path.read_bytes()
+    plain = build_context(recipe)
+    run_stages(plain, "parse")
+    plain.model_record = {**plain.model_record, "external_data": []}  # as for a model without: parse_from_file
+    run_stages(plain, "network-flag", "memory-pool", "serialize")
+    assert plain.parser_weights == [] and plain.engine_path.read_bytes() == mapped
