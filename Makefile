@@ -62,6 +62,12 @@ bench: $(STAMP) $(MODELS)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/floor.py
 
+## bench-capacity: the largest external-data model each tool builds here, bisected (needs the whole machine: up to
+##                 all of its memory and ~3x the weights on disk; an hour or more); writes bench/capacity.json
+.PHONY: bench-capacity
+bench-capacity: $(STAMP)
+	$(BIN)/python bench/capacity.py $(BENCH_ARGS)
+
 ## bench-cluster: the build farm on a local Ray cluster against the local executor, the >2 GiB model through it, and
 ##                a simulation of 100 recipes x 4 GPU types on 1, 4, 16 nodes (~10 minutes); writes bench/cluster.json
 .PHONY: bench-cluster

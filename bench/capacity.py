@@ -8,7 +8,7 @@ Each probe's model is generated before it and deleted after it (one at a time: a
 
 It needs the whole machine (a probe near the limit uses all of its memory): run it when nothing else runs.
 
-    python bench/capacity.py                                   # both tools, 2..24 GiB of weights, 4 steps each
+    python bench/capacity.py                                   # both tools, 2..16 GiB of weights, 4 steps each
     python bench/capacity.py --tool pipeline --max-gib 12      # one tool, a smaller range
     python bench/capacity.py --width 256 --max-layers 3 --output /tmp/c   # seconds: the test suite's smoke run
 """
@@ -100,7 +100,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tool", choices=("pipeline", "polygraphy", "both"), default="both")
     parser.add_argument("--width", type=int, default=8192, help="W: each layer is W x W float32 (8192: 256 MiB)")
     parser.add_argument("--min-layers", type=int, default=8, help="smallest probe (default 8: 2 GiB at W=8192)")
-    parser.add_argument("--max-layers", type=int, default=96, help="largest probe (default 96: 24 GiB at W=8192)")
+    parser.add_argument("--max-layers", type=int, default=64,
+                        help="largest probe (default 64: 16 GiB at W=8192; the pipeline needs 3x that on disk)")
     parser.add_argument("--steps", type=int, default=4, help="probes between the two ends, per tool (default 4)")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per probe (default 1200)")
     parser.add_argument("--python", default=sys.executable)
