@@ -84,12 +84,14 @@ class StagedFile:
         self._hasher = hasher
         self._pending: Future | None = None
         self.size = 0
+        self.pieces = 0
 
     def write(self, data: bytes | memoryview) -> int:
         self._settle()
         self._pending = self._hasher.submit(self._hash.update, data)  # keeps `data` alive until it is hashed
         written = self._handle.write(data)
         self.size += len(data)
+        self.pieces += 1
         return written
 
     def _settle(self) -> None:

@@ -513,22 +513,24 @@ def test_a_model_with_weights_on_disk_builds_end_to_end(write_recipe: Recipe, st
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The big-model path at a small size: models/make_models.py's matmul chain (4 x [512]^2, 4 MiB of weights in
     external data) with a protobuf limit of 1 MiB, so parse and graph-cleanup leave the weights on disk as they
-    do above 2 GiB. The cleaned model's weights are published beside the engine, byte for byte the originals;
-    TensorRT parses them from a memory map and streams the engine to disk, hashed as written: the manifest's
-    sha256 and size are the published file's."""
+    do above 2 GiB, and streaming from 1 MiB of weights (as from 512 MiB). The cleaned model's weights are
+    published beside the engine, byte for byte the originals; TensorRT parses them from a memory map and streams
+    the engine to disk, hashed as written: the manifest's sha256 and size are the published file's."""
     from models.make_models import write_matmul_chain
-    from pipeline.stages import graph_cleanup, parse
+    from pipeline.stages import graph_cleanup, parse, serialize
 
     model = tmp_path / "chain" / "chain.onnx"
     model.parent.mkdir()
     assert write_matmul_chain(model, 512, 4) == 4 << 20
     for module in (parse, graph_cleanup):
         monkeypatch.setattr(module, "PROTO_LIMIT", 1 << 20)
+    monkeypatch.setattr(serialize, "STREAM_FROM", 1 << 20)
     [outcome] = build_with(write_recipe(CHAIN.format(model=model)), store)
     folder = outcome.artifact.path
     assert sorted(p.name for p in folder.iterdir()) == [
         "build.log", "engine.plan", "manifest.json", "model.cleaned.onnx", "model.cleaned.onnx.data"]
     assert (folder / "model.cleaned.onnx.data").read_bytes() == model.with_name("chain.onnx.data").read_bytes()
+    assert re.search(r"serialize: the engine was streamed to disk in \d+ piece\(s\)", (folder / "build.log").read_text())
     written = json.loads((folder / "manifest.json").read_text())
     assert written["cleanup_check"]["status"] == "passed"  # ONNX Runtime on the cleaned model and its weights
     engine = written["engine"]

@@ -15,6 +15,7 @@ import tensorrt_rtx
 from pipeline import interrupt
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError, StoreError
+from pipeline.stages import serialize
 from pipeline.stages.context import Context
 from pipeline.stages.serialize import ENGINE_FILE
 from pipeline.trt.backend import Backend, make_stream_writer
@@ -128,22 +129,30 @@ def test_ctrl_c_inside_a_tensorrt_callback_stops_the_build(tiny_recipe: Path, bu
 # ---------------------------------------------------------------- the engine streamed to disk
 
 
-def test_the_streamed_engine_is_what_build_serialized_network_returns(tiny_recipe: Path,
-                                                                      build_context: ContextFor) -> None:
-    """The engine goes to disk through build_serialized_network_to_stream: byte for byte the plan the in-memory
-    call makes for the same network and config, and its sha256 and size, computed while streaming, are the file's."""
+def test_the_streamed_engine_is_what_build_serialized_network_returns(
+        tiny_recipe: Path, build_context: ContextFor, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A big model's engine (here: any, STREAM_FROM 0) goes to disk through build_serialized_network_to_stream: byte
+    for byte the plan the in-memory call makes for the same network and config, and its sha256 and size,
+    computed while streaming, are the file's."""
+    monkeypatch.setattr(serialize, "STREAM_FROM", 0)
     ctx = build_context(tiny_recipe)
-    run_stages(ctx, "parse", "network-flag", "memory-pool", "serialize")
+    with caplog.at_level(logging.INFO, logger="x"):
+        run_stages(ctx, "parse", "network-flag", "memory-pool", "serialize")
+    assert "serialize: the engine was streamed to disk in 1 piece(s)" in caplog.messages
     on_disk = ctx.engine_path.read_bytes()
     assert on_disk == bytes(memoryview(ctx.builder.build_serialized_network(ctx.network, ctx.config)))
     assert ctx.engine_record == {"file": ENGINE_FILE, "sha256": file_sha256(ctx.engine_path), "bytes": len(on_disk)}
     assert sorted(p.name for p in ctx.staged.iterdir()) == [ENGINE_FILE]  # no staged temp file left
 
 
-def test_a_write_failing_mid_stream_leaves_no_engine(tiny_recipe: Path, build_context: ContextFor) -> None:
+@pytest.mark.parametrize("stream_from", [0, serialize.STREAM_FROM], ids=["streamed", "in-memory"])
+def test_a_write_failing_mid_stream_leaves_no_engine(tiny_recipe: Path, build_context: ContextFor,
+                                                     monkeypatch: pytest.MonkeyPatch, stream_from: int) -> None:
     """A real short disk: a file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) lets the first 16 KiB of the engine
     reach the staged file, then the kernel refuses the rest (EFBIG). The build fails with the file named, and
-    neither the engine nor its staged file is left."""
+    neither the engine nor its staged file is left, streamed or written from memory."""
+    monkeypatch.setattr(serialize, "STREAM_FROM", stream_from)
     ctx = build_context(tiny_recipe)
     run_stages(ctx, "parse", "network-flag", "memory-pool")
     limits = resource.getrlimit(resource.RLIMIT_FSIZE)
