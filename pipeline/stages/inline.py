@@ -1,0 +1,95 @@
+"""Inline an `If` whose condition is a constant: the branch it takes replaces it, in the graph that holds it.
+
+onnx-graphsurgeon's own flattening (fold_constants' `flatten_subgraphs`) loses an output of the `If` when the
+branch returns a value it does not compute itself: a constant (what the branch made from a frozen input folds to
+one), an outer-scope value or an initializer. The `If`'s output is then left with no producer. Here each `If`
+output is instead connected to whatever the branch returns, whatever made it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+
+def inline_constant_ifs(graph: Any) -> int:
+    """Replace, in `graph` and its subgraphs, every `If` whose condition is a constant by the nodes of the branch
+    it takes; branches inlined this way are searched too (a nested `If`). Returns how many were inlined."""
+    import onnx_graphsurgeon as gs
+
+    names = _names(graph)
+    inlined, index = 0, 0
+    while index < len(graph.nodes):
+        node = graph.nodes[index]
+        if node.op == "If" and isinstance(node.inputs[0], gs.Constant):
+            replacement = _inlined(graph, node, names)
+            graph.nodes[index:index + 1] = replacement
+            inlined += 1
+            continue  # the branch's own nodes are looked at next: one of them may be an `If` too
+        index += 1
+    for node in graph.nodes:
+        for subgraph in _subgraphs(node):
+            inlined += inline_constant_ifs(subgraph)
+    return inlined
+
+
+def _inlined(graph: Any, node: Any, names: dict[str, set[int]]) -> list[Any]:
+    """The nodes that replace the `If` `node`: its taken branch's nodes (a branch tensor renamed only where another
+    tensor has its name: the other branch's, another `If`'s), and an Identity for each `If` output that is an
+    output of `graph` (its name must stay); any other consumer of an `If` output reads the branch's output."""
+    import onnx_graphsurgeon as gs
+
+    taken = bool(node.inputs[0].values.reshape(-1)[0])
+    branch = node.attrs["then_branch" if taken else "else_branch"]
+    for tensor in branch.tensors().values():  # outer-scope values are the very same objects: never renamed
+        if tensor.name and names[tensor.name] - {id(tensor)}:
+            tensor.name = _unique(f"{node.name or 'If'}/{tensor.name}", tensor, names)
+    nodes = list(branch.nodes)
+    graph_outputs = {id(tensor) for tensor in graph.outputs}
+    node.inputs.clear()
+    for result, returned in zip(list(node.outputs), branch.outputs):
+        result.inputs.clear()  # the `If` no longer produces it
+        if id(result) in graph_outputs:
+            nodes.append(gs.Node("Identity", _unique(f"{result.name}/identity", None, names), inputs=[returned],
+                                 outputs=[result]))
+            continue
+        for consumer in list(result.outputs):
+            for position, tensor in enumerate(consumer.inputs):
+                if tensor is result:
+                    consumer.inputs[position] = returned
+    node.outputs.clear()
+    return nodes
+
+
+def _subgraphs(node: Any) -> Iterator[Any]:
+    import onnx_graphsurgeon as gs
+
+    for value in node.attrs.values():
+        if isinstance(value, gs.Graph):
+            yield value
+
+
+def _names(graph: Any) -> dict[str, set[int]]:
+    """Every tensor name in `graph` and its subgraphs, with the tensors (by id) that have it."""
+    names: dict[str, set[int]] = {}
+    for each in [graph, *graph.subgraphs(recursive=True)]:
+        for tensor in each.tensors().values():
+            names.setdefault(tensor.name, set()).add(id(tensor))
+    return names
+
+
+def _unique(name: str, tensor: Any, names: dict[str, set[int]]) -> str:
+    """`name`, or `name` with the first free `_N` suffix, recorded as the name of `tensor`."""
+    candidate, number = name, 1
+    while candidate in names:
+        candidate, number = f"{name}_{number}", number + 1
+    names[candidate] = {id(tensor)}
+    return candidate
+
+
+def folded_and_inlined(graph: Any) -> Any:
+    """The graph-cleanup pass: inline every `If` with a constant condition, fold what the inlined branches compute
+    from constants (a nested `If`'s condition among them), again until none is left, then drop what is unused."""
+    while inline_constant_ifs(graph):
+        graph.fold_constants(flatten_subgraphs=False)
+    return graph.cleanup()
