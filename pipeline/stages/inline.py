@@ -35,8 +35,9 @@ def inline_constant_ifs(graph: Any) -> int:
 
 def _inlined(graph: Any, node: Any, names: dict[str, set[int]]) -> list[Any]:
     """The nodes that replace the `If` `node`: its taken branch's nodes (a branch tensor renamed only where another
-    tensor has its name: the other branch's, another `If`'s), and an Identity for each `If` output that is an
-    output of `graph` (its name must stay); any other consumer of an `If` output reads the branch's output."""
+    tensor has its name: the other branch's, another `If`'s). An `If` output that is an output of `graph` keeps its
+    name: the branch node that made the value makes it under that name, or an Identity copies a value the branch
+    did not make (or returns twice). Any other consumer of an `If` output reads the branch's output instead."""
     import onnx_graphsurgeon as gs
 
     taken = bool(node.inputs[0].values.reshape(-1)[0])
@@ -45,20 +46,31 @@ def _inlined(graph: Any, node: Any, names: dict[str, set[int]]) -> list[Any]:
         if tensor.name and names[tensor.name] - {id(tensor)}:
             tensor.name = _unique(f"{node.name or 'If'}/{tensor.name}", tensor, names)
     nodes = list(branch.nodes)
+    own = {id(each) for each in nodes}
+    returned_by = [id(tensor) for tensor in branch.outputs]
     graph_outputs = {id(tensor) for tensor in graph.outputs}
     node.inputs.clear()
     for result, returned in zip(list(node.outputs), branch.outputs):
         result.inputs.clear()  # the `If` no longer produces it
-        if id(result) in graph_outputs:
+        if id(result) not in graph_outputs:
+            _read_instead(result, returned)
+        elif returned.inputs and id(returned.inputs[0]) in own and returned_by.count(id(returned)) == 1:
+            _read_instead(returned, result)
+            producer = returned.inputs[0]
+            producer.outputs[[id(out) for out in producer.outputs].index(id(returned))] = result
+        else:
             nodes.append(gs.Node("Identity", _unique(f"{result.name}/identity", None, names), inputs=[returned],
                                  outputs=[result]))
-            continue
-        for consumer in list(result.outputs):
-            for position, tensor in enumerate(consumer.inputs):
-                if tensor is result:
-                    consumer.inputs[position] = returned
     node.outputs.clear()
     return nodes
+
+
+def _read_instead(tensor: Any, replacement: Any) -> None:
+    """Every node that reads `tensor`, in this graph or a subgraph, reads `replacement` instead."""
+    for consumer in list(tensor.outputs):
+        for position, each in enumerate(consumer.inputs):
+            if each is tensor:
+                consumer.inputs[position] = replacement
 
 
 def _subgraphs(node: Any) -> Iterator[Any]:
