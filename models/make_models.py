@@ -60,6 +60,17 @@ Models
     Outputs ``features`` float32 [batch, 8] and ``heatmap`` float32
     [batch, 1, height, width]. Each output is multiplied by ``scale``.
 
+``audio_if``
+    An audio front-end that takes its sample rate as an input, as public
+    voice-activity models do. Inputs ``audio`` float32 [batch, samples] and
+    ``sample_rate`` int64 scalar; outputs ``speech`` float32 [batch, 1] and
+    ``frames`` float32 [batch, 8, n]. An ``If`` on ``sample_rate == 16000``
+    (a nested ``If`` for 8000 vs 48000) resamples to 16 kHz and returns a
+    second value made from the rate alone; see ``audio_if``. Freeze
+    ``sample_rate`` and fold: onnx-graphsurgeon's own flattening of the
+    ``If`` leaves its output ``scale`` with no producer; the pipeline's
+    ``inline_ifs`` pass inlines it correctly.
+
 ``tiny``
     ``y = Relu(x @ W + b)``: input ``x`` float32 [batch, 4], output ``y``
     float32 [batch, 8]. For fast tests.
