@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def inline_constant_ifs(graph: Any) -> int:
+def inline_constant_ifs(graph: Any, names: dict[str, set[int]] | None = None) -> int:
     """Replace, in `graph` and its subgraphs, every `If` whose condition is a constant by the nodes of the branch
-    it takes; branches inlined this way are searched too (a nested `If`). Returns how many were inlined."""
+    it takes; branches inlined this way are searched too (a nested `If`). Returns how many were inlined. `names`:
+    every tensor name in use (a subgraph's must not clash with its outer scopes' either)."""
     import onnx_graphsurgeon as gs
 
-    names = _names(graph)
+    names = _names(graph) if names is None else names
     inlined, index = 0, 0
     while index < len(graph.nodes):
         node = graph.nodes[index]
@@ -29,7 +30,7 @@ def inline_constant_ifs(graph: Any) -> int:
         index += 1
     for node in graph.nodes:
         for subgraph in _subgraphs(node):
-            inlined += inline_constant_ifs(subgraph)
+            inlined += inline_constant_ifs(subgraph, names)
     return inlined
 
 
@@ -43,7 +44,7 @@ def _inlined(graph: Any, node: Any, names: dict[str, set[int]]) -> list[Any]:
     taken = bool(node.inputs[0].values.reshape(-1)[0])
     branch = node.attrs["then_branch" if taken else "else_branch"]
     for tensor in branch.tensors().values():  # outer-scope values are the very same objects: never renamed
-        if tensor.name and names[tensor.name] - {id(tensor)}:
+        if tensor.name and names.get(tensor.name, set()) - {id(tensor)}:
             tensor.name = _unique(f"{node.name or 'If'}/{tensor.name}", tensor, names)
     nodes = list(branch.nodes)
     own = {id(each) for each in nodes}
@@ -102,6 +103,8 @@ def _unique(name: str, tensor: Any, names: dict[str, set[int]]) -> str:
 def folded_and_inlined(graph: Any) -> Any:
     """The graph-cleanup pass: inline every `If` with a constant condition, fold what the inlined branches compute
     from constants (a nested `If`'s condition among them), again until none is left, then drop what is unused."""
-    while inline_constant_ifs(graph):
+    inlined = 0
+    while count := inline_constant_ifs(graph):
+        inlined += count
         graph.fold_constants(flatten_subgraphs=False)
-    return graph.cleanup()
+    return graph.cleanup() if inlined else graph
