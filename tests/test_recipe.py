@@ -466,9 +466,9 @@ def test_load_checked_reads_any_yaml_against_a_schema_with_every_problem(tmp_pat
     with pytest.raises(RecipeError) as caught:
         load_checked(path, schema_)
     assert caught.value.problems == [
-        f"{path}:4:1: name: duplicate key",
-        f"{path}:1:7: size: expected a number >= 1, got 0",
+        f"{path}:1:7: size: expected a number >= 1, got 0",  # sorted by line
         f"{path}:2:1: naem: unknown key (did you mean 'name'?); expected one of name, size",
+        f"{path}:4:1: name: duplicate key",
     ]
     with pytest.raises(RecipeError) as caught:
         load_checked(tmp_path / "missing.yaml", schema_, "config")

@@ -26,7 +26,7 @@ def _plan(path: Path, probe: gpu.Probe, target_names: tuple[str, ...] = (), chec
           building: bool = False, parser_support: bool = False) -> plans.Plan:
     """Every problem at once as a RecipeError. When `building`, targets that only this machine's lack of a GPU
     stops (and nothing else) are CannotRunHere instead (exit 2); `check` reports them as problems."""
-    recipe, backend = plans.load_recipe(path)
+    recipe, backend = plans.load_recipe(path, probe, target_names, check_model)
     try:
         return plans.make_plan(recipe, backend, probe, target_names, check_model, parser_support)
     except RecipeError as error:

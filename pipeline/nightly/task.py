@@ -141,7 +141,7 @@ def identity(task: Task, target: str) -> dict:
 
 def load_plan(path: Path, probe: Probe, targets: tuple[str, ...] = ()) -> Any:
     """Recipe -> backend -> plans.Plan (for `targets`, default the recipe's), every problem as a RecipeError."""
-    recipe, backend = plans.load_recipe(path)
+    recipe, backend = plans.load_recipe(path, probe, targets)
     return plans.make_plan(recipe, backend, probe, targets)
 
 
