@@ -31,6 +31,11 @@ class RecipeError(PipelineError):
 _PLACE = re.compile(r"^(.*?):(\d+):(\d+): ")
 
 
+def located(problem: str) -> bool:
+    """Whether a problem names its FILE:LINE:COL (one about a command-line option does not)."""
+    return _PLACE.match(problem) is not None
+
+
 def _place(problem: str) -> tuple[str, int, int]:
     """(file, line, column) of 'FILE:LINE:COL: ...'; (the text before ': ', 0, 0) for an unlocated problem."""
     found = _PLACE.match(problem)

@@ -545,7 +545,10 @@ def _static_mismatch(recipe: Recipe, at: KeyPath, item: InputProfile, shape: lis
     """A profile may only vary the dimensions the model (after override_shapes) leaves dynamic."""
     for axis, dim in enumerate(shape):
         if isinstance(dim, int) and not item.min[axis] == item.opt[axis] == item.max[axis] == dim:
-            return [recipe.problem(at, f"input '{item.name}' has static shape {shape}: dimension {axis} is {dim}, "
+            dynamic = [d for d in shape if not isinstance(d, int)]
+            kind = f"shape {shape}, dynamic in {', '.join(map(repr, dynamic))} only" if dynamic else \
+                f"static shape {shape}"
+            return [recipe.problem(at, f"input '{item.name}' has {kind}: dimension {axis} is {dim}, "
                                        f"but the profile gives min {list(item.min)}, opt {list(item.opt)}, "
                                        f"max {list(item.max)}")]
     return []

@@ -102,6 +102,14 @@ def test_check_reports_every_kind_of_problem_in_one_run(capsys: Capture, write_r
     assert (code, json.loads(out)[0]["problems"]) == (1, err.splitlines())
 
 
+def test_a_target_given_on_the_command_line_is_an_error_line(capsys: Capture, store_dir: Path, recipe: Path) -> None:
+    code, out, err = run(capsys, "build", str(recipe), "--target", "sm90", "--store", str(store_dir))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: --target sm90: {LABEL} cannot build for sm90; it supports ")
+    code, out, _ = run(capsys, "--json", "build", str(recipe), "--target", "sm90", "--store", str(store_dir))
+    assert json.loads(out)["error"]["problems"][0].startswith("--target sm90: ")
+
+
 def test_check_json(capsys: Capture, tiny_recipe: Path, write_recipe: Recipe) -> None:
     bad = write_recipe("name: X\n", "bad.yaml")
     code, out, err = run(capsys, "--json", "check", str(tiny_recipe), str(bad))

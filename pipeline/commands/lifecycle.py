@@ -16,6 +16,8 @@ from pipeline.lifecycle import promote as promotion
 from pipeline.lifecycle import triton
 from pipeline.store import Store
 
+KEEP = 3  # gc's default: newest builds kept per recipe and GPU tag
+
 
 def promote(args: argparse.Namespace, log: logging.Logger) -> int:
     done = promotion.promote(Store(args.store), args.artifact, args.from_tag, args.to_tag or args.from_tag,
@@ -132,8 +134,10 @@ def register(command: Command) -> None:
     p.add_argument("artifact", metavar="NAME@VERSION",
                    help="the build to promote (NAME@VERSION+BUILD for an older one)")
     p.add_argument("--from", dest="from_tag", required=True, metavar="TAG",
-                   help="GPU tag of the build, e.g. sm89.rtx-1.7.1")
-    p.add_argument("--to", dest="to_tag", metavar="TAG", help="GPU tag to promote to (default: the --from tag)")
+                   help="GPU tag of the build, e.g. sm89.rtx-1.7.1, or its short form sm89")
+    p.add_argument("--to", dest="to_tag", metavar="TAG",
+                   help="GPU tag to promote to, e.g. sm120.rtx-1.7.1, or sm120 (the build's platform and version); "
+                        "default: the --from tag")
     p.add_argument("--channel", default=channels.CANDIDATE, help="candidate (default), production, or another name")
     p.add_argument("--allow-unvalidated", action="store_true",
                    help="let an unvalidated build into production; needs --reason, recorded as a waiver")
@@ -159,7 +163,8 @@ def register(command: Command) -> None:
                 "Keep the newest N builds per recipe and GPU tag; remove older ones unless a channel points at them or "
                 "they were ever promoted. --dry-run lists what would go.")
     p.add_argument("name", nargs="?", metavar="NAME", help="only this recipe")
-    p.add_argument("--keep", type=int, required=True, metavar="N", help="newest builds to keep per recipe and GPU tag")
+    p.add_argument("--keep", type=int, default=KEEP, metavar="N",
+                   help=f"newest builds to keep per recipe and GPU tag (default {KEEP})")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
 
     p = command("fsck", fsck, "check the whole store (and remove leftovers with --repair)",

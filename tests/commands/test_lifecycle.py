@@ -182,6 +182,30 @@ def test_gc_dry_run_and_json(store: Store, capsys: pytest.CaptureFixture[str]) -
                                                         "why": f"on channel candidate of {SM89}"}], "kept": 2}
 
 
+def test_gc_keeps_three_newest_by_default(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = store.resolve("tiny@1.0.0", SM89).manifest().recipe.path
+    for _ in range(3):
+        build(recipe, store, ("sm89",), force=True)
+    assert cli(store, "gc", "--dry-run") == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"would remove tiny@1.0.0+1 [{SM89}] {store.root / 'tiny' / '1.0.0' / SM89}"]
+    assert err == "would remove 1 build(s); kept 4 newest and 0 promoted\n"
+    with pytest.raises(SystemExit):  # the help names the default
+        main(["gc", "--help"])
+    assert "(default 3)" in capsys.readouterr().out
+
+
+def test_to_takes_the_short_forms_from_takes(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(store, "promote", "tiny@1.0.0", "--from", "sm89", "--to", "sm86") == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith(f"candidate of {SM86} -> tiny@1.0.0+1 [{SM86}]")
+    assert cli(store, "promote", "tiny@1.0.0", "--from", "sm89", "--to", "sm86.rtx") == 0
+    assert cli(store, "promote", "tiny@1.0.0", "--from", "sm89") == 0  # --to defaults to --from, short too
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"candidate of {SM89} -> tiny@1.0.0+1 [{SM89}]")
+    assert cli(store, "promote", "tiny@1.0.0", "--from", "sm89", "--to", "sm86.trt") == 1
+    assert capsys.readouterr().err.startswith(f"error: 'sm86.trt' is not a GPU tag, nor a short form of one that "
+                                              f"completes from {SM89} (the build's tag is {SM89})")
+
+
 @pytest.mark.parametrize("command", ["promote", "channel", "history", "export", "gc"])
 def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
