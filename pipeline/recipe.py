@@ -5,6 +5,7 @@ Nothing past `load()` sees a raw dict: stages get typed, immutable specs.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -104,14 +105,14 @@ def load(path: str | Path, schema_checked: bool = False) -> Recipe:
     path = Path(path)
     data, marks, raw, problems, bad = _checked(path, None if schema_checked else schema(), "recipe")
     data, damaged = _salvage(data, bad)
-    if "stage-list" not in damaged:
-        problems += _order_problems(path, data, marks)
+    semantic = _order_problems(path, data, marks) if "stage-list" not in damaged else []
     recipe = _freeze(path, raw, data, marks, frozenset(damaged))
     if "stages" not in damaged:
-        problems += _profile_problems(recipe) + [problem for name in recipe.stages if REGISTRY[name].check
+        semantic += _profile_problems(recipe) + [problem for name in recipe.stages if REGISTRY[name].check
                                                  for problem in REGISTRY[name].check(recipe)]
-    if problems:
-        raise RecipeError(problems, recipe=recipe)
+    if problems or semantic:  # 'semantic': the stages load, but do not agree (the model is then checked less)
+        raise RecipeError(problems + semantic,
+                          recipe=dataclasses.replace(recipe, damaged=recipe.damaged | ({"semantic"} if semantic else set())))
     return recipe
 
 
@@ -147,7 +148,8 @@ def _salvage(data: dict, bad: list[KeyPath]) -> tuple[dict, set[str]]:
     """The recipe's data with every part a problem is in replaced by something loadable, and the names of those
     parts ('name', 'version', 'backend', 'model', 'targets', 'stages', 'stage-list', 'validate'): later checks
     skip what depends on a damaged part. 'stages': a stage's settings are wrong (every stage is then left at its
-    defaults); 'stage-list': the list itself is (no order check either)."""
+    defaults); 'stage-list': the list itself is (no order check either). `load` adds 'semantic' when the stages
+    load but do not agree (order, profile ranks): the model is then checked for existence only."""
     data, damaged = dict(data), set()
     for key_path in bad:
         top = key_path[0] if key_path else "stages"

@@ -72,7 +72,7 @@ def _later_problems(recipe: Recipe, probe: Probe, target_names: tuple[str, ...],
             if "stages" not in recipe.damaged:
                 problems += capability.problems(recipe, backend, probe) + target_problems(recipe, backend, targets)
     if check_model and "model" not in recipe.damaged:
-        if recipe.damaged & {"stages", "validate"}:  # the profiles or outputs are not known: only the file itself
+        if recipe.damaged & {"stages", "validate", "semantic"}:  # profiles or outputs unknown: only the file
             problem = model_problem(recipe.model_path)
             problems += [recipe.problem(("model", "path"), problem)] if problem else []
         else:
