@@ -74,7 +74,9 @@ def _later_problems(recipe: Recipe, probe: Probe, target_names: tuple[str, ...],
     if check_model and "model" not in recipe.damaged:
         if recipe.damaged & {"stages", "validate", "semantic"}:  # profiles or outputs unknown: only the file
             problem = model_problem(recipe.model_path)
-            problems += [recipe.problem(("model", "path"), problem)] if problem else []
+            relative = " (paths are relative to the recipe)" if (problem or "").startswith("model file not found") \
+                else ""
+            problems += [recipe.problem(("model", "path"), problem + relative)] if problem else []
         else:
             problems += preflight(recipe)
     return problems
