@@ -216,8 +216,7 @@ def export(store: Store, name: str, channel: str, repo: Path, settings: Settings
 def _outside_the_store(store: Store, repo: Path, model_dir: Path) -> None:
     """The store owns every path under its root (a published artifact is never written to): a repository there,
     or one whose model folder would hold the store, is refused."""
-    root, where = store.root.resolve(), repo.resolve()
-    if where == root or root in where.parents or model_dir.resolve() in (root, *root.parents):
+    if store.overlaps(model_dir):  # a repository inside the store puts its model folder there too
         raise PipelineError(f"--repo {repo} is inside the artifact store {store.root} (or holds it); the store's "
                             "directories are written only by the store: export to a directory outside it")
 

@@ -275,3 +275,10 @@ def test_a_repository_inside_the_store_is_refused(fresh: Store, inside: str) -> 
     assert str(error.value) == (f"--repo {repo} is inside the artifact store {fresh.root} (or holds it); the store's "
                                 "directories are written only by the store: export to a directory outside it")
     assert sorted(str(p) for p in fresh.root.rglob("*")) == before
+
+
+def test_a_repository_above_the_store_is_fine_unless_the_model_folder_is_the_store(fresh: Store) -> None:
+    repo = fresh.root.parent  # the store is repo/store
+    with pytest.raises(PipelineError, match=r"is inside the artifact store"):
+        export(fresh, "tiny", "production", repo, model_name=fresh.root.name)
+    assert export(fresh, "tiny", "production", repo).model_dir == repo / "tiny"
