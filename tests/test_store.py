@@ -663,3 +663,10 @@ def test_a_file_that_changes_while_it_is_hashed_is_not_remembered(store: Store, 
     monkeypatch.setattr(store_module, "file_sha256", rewritten_meanwhile)
     store.file_sha256(model)
     assert store.memo("hashes") == {}
+
+
+def test_overlaps_is_the_root_what_is_under_it_and_what_holds_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a" / "store")
+    assert store.overlaps(tmp_path / "a" / "store") and store.overlaps(tmp_path / "a" / "store" / "x" / "y")
+    assert store.overlaps(tmp_path / "a") and store.overlaps(tmp_path / "a" / "store" / ".." / "store")
+    assert not store.overlaps(tmp_path / "a" / "other") and not store.overlaps(tmp_path / "a" / "store-2")

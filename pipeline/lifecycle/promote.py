@@ -34,7 +34,7 @@ from pipeline.store import Artifact, Store
 from pipeline.trt import backend as backends
 from pipeline.trt import gpu
 from pipeline.trt.gpu import Probe
-from pipeline.trt.target import Tag, Target, parse_tag, short_version
+from pipeline.trt.target import Tag, Target, complete_tag, parse_tag, short_version
 from pipeline.trt.target import sm as sm_of
 from pipeline.validate.artifact import after_build
 
@@ -195,7 +195,7 @@ def promote(store: Store, ref: str, from_tag: str, to_tag: str, channel: str, *,
         raise PromotionError("--allow-unvalidated needs --reason \"...\": the waiver is recorded in the history")
     source = store.verified(store.resolve(ref, from_tag))
     manifest = source.manifest()
-    to = parse_tag(to_tag)
+    to = parse_tag(complete_tag(to_tag, source.tag))  # 'sm75', as --from takes it
     probe_ = _lazy(probe)  # the GPU is asked about only when a rebuild is considered
     decision = decide(manifest, to, lambda: toolchain(manifest.backend.name, probe_(), load_backend))
     line = f"cannot promote {source.ref} {source.tag} to {to.text}"
