@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("pipeline", "pipeline.errors", "pipeline.digest", "pipeline.units", "pipeline.files", "pipeline.clock",
      "pipeline.ref", "pipeline.progress", "pipeline.userfiles",
-     "pipeline.interrupt", "pipeline.heap", "pipeline.background"),  # leaves: the tool's vocabulary
+     "pipeline.interrupt", "pipeline.heap", "pipeline.background", "pipeline.faults"),  # leaves: the tool's vocabulary
     ("pipeline.trt",),  # TensorRT and the GPU
     ("pipeline.stages",),  # the stage registry and one module per stage
     ("pipeline.recipe",),  # load, validate, freeze (specs through the registry)
