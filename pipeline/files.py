@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from pipeline import faults
 from pipeline.errors import StoreError
 
 
@@ -40,6 +41,7 @@ def replace_bytes(path: Path, data: bytes | memoryview, durable: bool = True, sc
     tmp = (scratch or path.parent) / name
     try:
         write_bytes(tmp, data, durable)
+        faults.point(f"replace {path.name}")
         os.replace(tmp, path)
     except OSError as error:
         raise StoreError(f"cannot write {path}: {error.strerror}") from None
