@@ -1,3 +1,10 @@
-from pipeline.cli import main
+from pipeline import interrupt
 
-raise SystemExit(main())
+interrupt.install()  # before the heavy imports: a signal during them unwinds too, and exits 130 or 143
+try:
+    from pipeline.cli import main
+
+    code = main()
+except KeyboardInterrupt:
+    code = interrupt.exit_code()
+raise SystemExit(interrupt.finish(code))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import clock
+from pipeline import clock, faults, interrupt
 from pipeline import ref as refs
 from pipeline.digest import file_sha256
 from pipeline.errors import StoreError
@@ -383,7 +383,11 @@ class Store:
                 sync([item for item in staged.iterdir() if item.is_file()])
                 fsync_dir(staged)
                 final.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(staged, final)
+                faults.point("publish-rename")
+                with interrupt.deferred():  # renamed and noted, or neither: the interrupted line says which
+                    os.rename(staged, final)
+                    interrupt.published(f"{ref(name, version, build)} [{tag}]")
+                faults.point("publish-renamed")
                 fsync_dir(final.parent)
             except OSError as error:
                 raise StoreError(f"cannot publish {final}: {error.strerror}") from None

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline import faults
+from pipeline import faults, interrupt
 from pipeline.errors import StoreError
 from pipeline.files import replace_json
 from pipeline.store import Artifact, Store
@@ -148,8 +148,10 @@ def set_(store: Store, name: str, tag: str, channel: str, entry: dict, event: di
         _append(folder / HISTORY, {**event, "name": name, "tag": tag, "channel": channel,
                                    "artifact": entry, "previous": previous, "id": events[channel]})
         faults.point("channel-appended")
-        replace_json(folder / f"{tag}.json", {"name": name, "tag": tag, "channels": dict(sorted(channels.items())),
-                                              "events": dict(sorted(events.items()))})
+        with interrupt.deferred():
+            replace_json(folder / f"{tag}.json", {"name": name, "tag": tag, "events": dict(sorted(events.items())),
+                                                  "channels": dict(sorted(channels.items()))})
+            interrupt.published(f"{channel} of {tag} -> {entry.get('ref')} [{entry['tag']}]")
         faults.point("channel-replaced")
         with contextlib.suppress(StoreError):  # the channel file names the event: it is committed already
             _append(folder / HISTORY, {"commit": events[channel]})
