@@ -136,7 +136,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:  # 130 for SIGINT (Ctrl-C), 143 for SIGTERM
         return _failed(args, interrupt.exit_code(), "interrupted", [f"interrupted: {interrupt.summary()}"], None)
     except Exception as error:  # noqa: BLE001 - the one place unexpected errors are reported
-        path = _crash_log(error)
+        try:
+            path: Path | str = _crash_log(error)
+        except OSError as unwritable:  # a full disk: the traceback goes to stderr instead
+            traceback.print_exception(error)
+            path = f"none written ({unwritable.strerror}); the traceback is above"
         return _failed(args, EXIT_BUG, "bug", [f"internal error (this is a bug): {type(error).__name__}: {error}",
                                                f"details and versions: {path}"], None, log=str(path))
 

@@ -347,15 +347,23 @@ class Store:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def lock(self, name: str) -> Any:
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """The recipe's lock (ROOT/<name>/.lock), held for the block; a store it cannot be taken in (read-only,
+        full) is a StoreError."""
         from filelock import FileLock
 
+        lock = FileLock(str(self.root / name / ".lock"))
         try:
             (self.root / name).mkdir(parents=True, exist_ok=True)
+            lock.acquire()
         except OSError as error:
             raise StoreError(f"cannot write to store {self.root}: {error.strerror}",
                              hint="pick a writable store with --store DIR or TRT_PIPELINE_STORE") from None
-        return FileLock(str(self.root / name / ".lock"))
+        try:
+            yield
+        finally:
+            lock.release()
 
     def publish(self, name: str, version: str, tag: str, staged: Path, manifest: dict,
                 run: Run | None = None) -> Artifact:
@@ -462,6 +470,7 @@ class Store:
         try:
             with self._trash(artifact.name) as trash:
                 os.rename(artifact.path, trash / artifact.tag)
+                faults.point("discard-renamed")
         except OSError as error:
             raise StoreError(f"cannot remove {artifact.path}: {error.strerror}") from None
         with contextlib.suppress(OSError):

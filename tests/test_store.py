@@ -450,7 +450,8 @@ def test_a_directory_whose_manifest_is_not_ours_is_a_store_error(tmp_path: Path,
 
 def test_an_unwritable_store_is_a_store_error() -> None:
     with pytest.raises(StoreError, match=r"^cannot write to store /proc/no-store: "):
-        Store(Path("/proc/no-store")).lock("tiny")
+        with Store(Path("/proc/no-store")).lock("tiny"):
+            pass
 
 
 # ---------------------------------------------------------------- exact references, tags, bad input
