@@ -100,4 +100,8 @@ def finish(code: int) -> int:
         for signum in SIGNALS:
             if signum in pending and not _state["signal"]:
                 _state["signal"] = signum
+    # A KeyboardInterrupt raised inside exec()'d code (dataclasses make their methods so, at import) leaves CPython's
+    # "unhandled KeyboardInterrupt" flag set even once caught, and the process would then end by SIGINT (130);
+    # running exec() once more clears it.
+    exec("None")  # noqa: S102 - a constant
     return exit_code() if _state["signal"] else code

@@ -169,6 +169,7 @@ def gone(pid: int) -> bool:
 def test_a_sigkilled_nightly_takes_its_workers_with_it_and_nothing_is_published_after(
         recipes: Path, tmp_path: Path, jobs: str) -> None:
     store = Store(tmp_path / "store")
+    recipes = write(tmp_path / "night" / "tiny.yaml", (recipes / "tiny.yaml").read_text(), Path()).parent
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     night = subprocess.Popen([sys.executable, "-m", "pipeline", "nightly", str(recipes), "--jobs", jobs,
                               "--store", str(store.root)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
@@ -235,11 +236,11 @@ def test_the_exit_status_of_an_interrupt_is_128_plus_the_signal_from_start_to_ex
     subprocess.run(argv, cwd=REPO, env=env, capture_output=True, check=True, timeout=60)
     took = time.monotonic() - started
     codes = set()
-    for step in range(12):
+    for step in range(8):
         run = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         while run.poll() is None and not catches(run.pid, signal.SIGTERM):
             time.sleep(0.001)
-        time.sleep(took * step / 10)
+        time.sleep(took * step / 6)
         run.send_signal(signum)
         run.communicate(timeout=60)
         codes.add(run.returncode)
