@@ -200,9 +200,10 @@ class _LogFile(logging.FileHandler):
 
     def handleError(self, record: logging.LogRecord) -> None:
         error = sys.exc_info()[1]
-        if not isinstance(error, OSError):
+        if isinstance(error, OSError):
+            self.error = self.error or error
+        else:
             super().handleError(record)
-        self.error = self.error or error
 
     def flush(self) -> None:
         try:

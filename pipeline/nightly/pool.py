@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline import faults, interrupt
+from pipeline import interrupt
 from pipeline.nightly.task import Task, bug, build_task, failed, identity
 
 
@@ -178,7 +178,6 @@ def _call(build: BuildFn, task: Task) -> list:
     global _busy
     _busy = True
     try:
-        faults.point("nightly-worker")
         return build(task)
     except KeyboardInterrupt:
         os._exit(128 + signal.SIGINT)
