@@ -6,8 +6,8 @@ ROOT/_failed/ (logs of failed builds), ROOT/.memo/ (caches) and ROOT/.staging/ (
 temp files of what is replaced inside published artifacts). Every path under ROOT is spelled here; other modules ask
 the Store for theirs.
 Whatever a process leaves behind when it dies without unwinding (staging, trash, leases, `.<name>.<pid>.tmp` files)
-carries its pid; `reclaim` (run at the start of every writing command) and `fsck --repair` remove it once that
-process is gone.
+carries its pid; `reclaim` (run by build, nightly, promote and gc before they start) and `fsck --repair` remove it
+once that process is gone.
 Everything is written into ROOT/.staging first, fsynced, then renamed into place under a file lock, so a
 reader sees a whole artifact or none. A published directory is never overwritten.
 A build number belongs to one build run (all its GPU tags) and is never reused, not even after gc: the highest
@@ -203,8 +203,8 @@ class Store:
     # ------------------------------------------------------------ what fsck looks at
 
     def staged(self) -> list[tuple[Path, int | None]]:
-        """Every entry of ROOT/.staging (staging and trash directories) with the pid of the process that owns it
-        (None when its name carries none)."""
+        """Every entry of ROOT/.staging (staging, trash and lease directories; temp files are `temp_files`') with
+        the pid of the process that owns it (None when its name carries none)."""
         try:
             entries = sorted((self.root / STAGING).iterdir())
         except OSError:

@@ -2,8 +2,9 @@
 
 Checked: every artifact's manifest parses and its engine matches it (size, sha256); every channel points at a
 published build with the engine it recorded, and is the last event of its channel in the history; every build the
-history names still exists. Garbage (what `repair` removes): staging and trash directories and `.<name>.<pid>.tmp`
-files of processes that are gone, empty version directories, and hash-memo entries of files gone or changed.
+history names still exists. Garbage (what `repair` removes): staging, trash and lease directories and
+`.<name>.<pid>.tmp` files of processes that are gone, empty version directories (Store.leftovers, which every
+writing run reclaims too), and hash-memo entries of files gone or changed.
 Nothing else is ever removed: a damaged artifact, a broken channel or a directory of unknown owner is reported
 only (the user decides).
 """
