@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RECIPE ?= recipes/resnet50.yaml
 STAMP  := $(VENV)/.installed
-MODELS := models/resnet50.onnx models/cleanup_needed.onnx models/two_input.onnx models/resnet50_calibration.npz
+MODELS := models/resnet50.onnx models/cleanup_needed.onnx models/two_input.onnx models/audio_if.onnx models/resnet50_calibration.npz
 
 .PHONY: engine test lint check models clean-venv
 

@@ -60,6 +60,17 @@ Models
     Outputs ``features`` float32 [batch, 8] and ``heatmap`` float32
     [batch, 1, height, width]. Each output is multiplied by ``scale``.
 
+``audio_if``
+    An audio front-end that takes its sample rate as an input, as public
+    voice-activity models do. Inputs ``audio`` float32 [batch, samples] and
+    ``sample_rate`` int64 scalar; outputs ``speech`` float32 [batch, 1] and
+    ``frames`` float32 [batch, 8, n]. An ``If`` on ``sample_rate == 16000``
+    (a nested ``If`` for 8000 vs 48000) resamples to 16 kHz and returns a
+    second value made from the rate alone; see ``audio_if``. Freeze
+    ``sample_rate`` and fold: onnx-graphsurgeon's own flattening of the
+    ``If`` leaves its output ``scale`` with no producer; the pipeline's
+    ``inline_ifs`` pass inlines it correctly.
+
 ``tiny``
     ``y = Relu(x @ W + b)``: input ``x`` float32 [batch, 4], output ``y``
     float32 [batch, 8]. For fast tests.
@@ -413,6 +424,92 @@ def tiny(seed: int = DEFAULT_SEED) -> onnx.ModelProto:
 
 
 # --------------------------------------------------------------------------
+# audio_if
+# --------------------------------------------------------------------------
+
+_FRAME, _HOP, _CHANNELS = 64, 32, 8  # the 16 kHz analysis window and hop, in samples; filters
+
+
+def _branch(name: str, nodes: Sequence[onnx.NodeProto], outputs: Sequence[onnx.ValueInfoProto],
+            initializers: Sequence[onnx.TensorProto] = ()) -> onnx.GraphProto:
+    return helper.make_graph(list(nodes), name, [], list(outputs), list(initializers))
+
+
+def _rate_scale(prefix: str) -> list[onnx.NodeProto]:
+    """``sample_rate / 16000`` as float: reads the outer-scope ``sample_rate``, so it folds once that is frozen."""
+    return [
+        helper.make_node("Cast", ["sample_rate"], [f"{prefix}_rate"], name=f"{prefix}_rate", to=TensorProto.FLOAT),
+        helper.make_node("Div", [f"{prefix}_rate", f"{prefix}_16k"], [f"{prefix}_scale"], name=f"{prefix}_scale"),
+    ]
+
+
+def _resample_branch(name: str, factor: float) -> onnx.GraphProto:
+    """The audio brought to 16 kHz by linear interpolation (Resize by ``factor`` along the samples), and the rate
+    scale. Uses the outer-scope ``audio_3d`` and ``sample_rate``."""
+    scales = numpy_helper.from_array(np.array([1.0, 1.0, factor], np.float32), f"{name}_scales")
+    sixteen = numpy_helper.from_array(np.array(16000, np.float32), f"{name}_16k")
+    nodes = [
+        helper.make_node("Resize", ["audio_3d", "", f"{name}_scales"], [f"{name}_audio"], name=f"{name}_resize",
+                         mode="linear"),
+        *_rate_scale(name),
+    ]
+    return _branch(name, nodes, [_tensor(f"{name}_audio", TensorProto.FLOAT, [BATCH, 1, "resampled"]),
+                                 _tensor(f"{name}_scale", TensorProto.FLOAT, [])], [scales, sixteen])
+
+
+def audio_if(seed: int = DEFAULT_SEED) -> onnx.ModelProto:
+    """``audio`` [batch,samples] + ``sample_rate`` int64 scalar -> ``speech`` [batch,1], ``frames`` [batch,8,n].
+
+    A voice-activity front-end shaped like the public audio models that take a sample rate (Silero VAD's
+    ``sr``)::
+
+        audio_3d      = Unsqueeze(audio, 1)                      # [batch, 1, samples]
+        signal, scale = If(Equal(sample_rate, 16000),
+                           then=[audio_3d, sample_rate / 16000],  # Identity: already 16 kHz
+                           else=If(Equal(sample_rate, 8000),
+                                   then=[Resize(audio_3d, x2), sample_rate / 16000],
+                                   else=[Resize(audio_3d, x1/3), sample_rate / 16000]))   # 48 kHz
+        frames        = Relu(Conv(signal, W, stride 32) * scale)   # [batch, 8, n]: framed filter bank
+        speech        = Sigmoid(ReduceMean(frames, time) @ V)     # [batch, 1]
+
+    Both branches read outer-scope values (``audio_3d``, ``sample_rate``), the ``If`` has two outputs, and
+    the 8 kHz / 48 kHz choice is a nested ``If``. Freeze ``sample_rate`` (to 16000 or 8000) and fold: the
+    ``If`` goes, and what each branch computed from the rate alone (``scale``) becomes a constant.
+    """
+    g = _GraphBuilder(seed)
+    conv_w = g.normal("frontend.weight", (_CHANNELS, 1, _FRAME), np.sqrt(2.0 / _FRAME))
+    head_w = g.normal("head.weight", (_CHANNELS, 1), np.sqrt(1.0 / _CHANNELS))
+    axes = g.constant("channel_axis", np.array([1], np.int64))
+    audio_3d = g.node("Unsqueeze", ["audio", axes], "audio_3d")
+    is_16k = g.node("Equal", ["sample_rate", g.constant("rate_16k", np.array(16000, np.int64))], "is_16k")
+    identity = _branch("at_16k", [helper.make_node("Identity", [audio_3d], ["at_16k_audio"], name="at_16k_audio"),
+                                  *_rate_scale("at_16k")],
+                       [_tensor("at_16k_audio", TensorProto.FLOAT, [BATCH, 1, "samples"]),
+                        _tensor("at_16k_scale", TensorProto.FLOAT, [])],
+                       [numpy_helper.from_array(np.array(16000, np.float32), "at_16k_16k")])
+    eight = numpy_helper.from_array(np.array(8000, np.int64), "rate_8k")
+    nested = [helper.make_node("Equal", ["sample_rate", "rate_8k"], ["is_8k"], name="is_8k"),
+              helper.make_node("If", ["is_8k"], ["other_audio", "other_scale"], name="resample",
+                               then_branch=_resample_branch("from_8k", 2.0),
+                               else_branch=_resample_branch("from_48k", 1.0 / 3.0))]
+    resample = _branch("resample_to_16k", nested, [_tensor("other_audio", TensorProto.FLOAT, [BATCH, 1, "resampled"]),
+                                                   _tensor("other_scale", TensorProto.FLOAT, [])], [eight])
+    g.nodes.append(helper.make_node("If", [is_16k], ["signal", "scale"], name="to_16k",
+                                    then_branch=identity, else_branch=resample))
+    y = g.node("Conv", ["signal", conv_w], "frontend_out", kernel_shape=[_FRAME], strides=[_HOP])
+    y = g.node("Mul", [y, "scale"], "scaled")
+    frames = g.node("Relu", [y], "frames")
+    pooled = g.node("ReduceMean", [frames], "pooled", axes=[2], keepdims=0)
+    logit = g.node("MatMul", [pooled, head_w], "logit")
+    g.node("Sigmoid", [logit], "speech")
+    return g.model(
+        "audio_if",
+        [_tensor("audio", TensorProto.FLOAT, [BATCH, "samples"]), _tensor("sample_rate", TensorProto.INT64, [])],
+        [_tensor("speech", TensorProto.FLOAT, [BATCH, 1]), _tensor("frames", TensorProto.FLOAT, [BATCH, _CHANNELS, "n"])],
+    )
+
+
+# --------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------
 
@@ -421,6 +518,7 @@ MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
     "cleanup_needed": cleanup_needed,
     "two_input": two_input,
     "tiny": tiny,
+    "audio_if": audio_if,
 }
 
 

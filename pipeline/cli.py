@@ -19,7 +19,7 @@ import shtab
 from pipeline import __version__, interrupt
 from pipeline.commands import register_all
 from pipeline.commands.output import Progress, emit_json, emitted_json, paint, reset_emitted
-from pipeline.errors import CannotRunHere, PipelineError, RecipeError
+from pipeline.errors import CannotRunHere, PipelineError, RecipeError, located
 
 STORE_ENV = "TRT_PIPELINE_STORE"
 EXIT_OK, EXIT_USER, EXIT_INTERRUPTED, EXIT_BUG = 0, 1, 130, 3
@@ -126,7 +126,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         finally:
             Progress.end_status()  # an unfinished status line must not swallow the error below
     except RecipeError as error:
-        return _failed(args, error.exit_code, "recipe", error.problems, error.hint)
+        lines = [problem if located(problem) else f"error: {problem}" for problem in error.problems]
+        return _failed(args, error.exit_code, "recipe", lines, error.hint)
     except PipelineError as error:
         kind = "cannot-run-here" if isinstance(error, CannotRunHere) else "error"
         return _failed(args, error.exit_code, kind, [f"error: {error}"], error.hint)
@@ -168,6 +169,7 @@ def _failed(args: argparse.Namespace, code: int, kind: str, lines: list[str], hi
         print(f"{paint('hint', 'yellow', sys.stderr, args.environ)}: {hint}", file=sys.stderr)
     if getattr(args, "json", False) and not emitted_json():
         message = lines[0].removeprefix("error: ") if kind != "recipe" else f"{len(lines)} problem(s) in the recipe"
-        emit_json({"error": {"kind": kind, "message": message, "problems": lines if kind == "recipe" else [],
-                             "hint": hint, "exit_code": code, **extra}})
+        problems = [line.removeprefix("error: ") for line in lines] if kind == "recipe" else []
+        emit_json({"error": {"kind": kind, "message": message, "problems": problems, "hint": hint, "exit_code": code,
+                             **extra}})
     return code

@@ -5,6 +5,7 @@ Nothing past `load()` sees a raw dict: stages get typed, immutable specs.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -68,6 +69,7 @@ class Recipe:
     stages: Mapping[str, Any]  # stage name -> spec, in recipe order
     validate: ValidateSpec | None
     marks: Mapping[KeyPath, tuple[int, int]] = field(repr=False, compare=False)
+    damaged: frozenset[str] = field(default=frozenset(), repr=False, compare=False)  # see _salvage
 
     def spec(self, stage: str) -> Any:
         """The spec of a stage, or the defaults when the recipe leaves an optional stage out."""
@@ -96,17 +98,21 @@ class Recipe:
 
 def load(path: str | Path, schema_checked: bool = False) -> Recipe:
     """Read, validate (every problem at once) and freeze a recipe. Raises RecipeError. `schema_checked`: these
-    very bytes passed the JSON Schema check before (plan.remembered_plan knows), so it is not run again."""
+    very bytes passed the JSON Schema check before (plan.remembered_plan knows), so it is not run again.
+    A recipe with problems is still checked past them where the parts it needs are intact (stage order, profiles);
+    the error then carries the recipe frozen with the damaged parts left at their defaults (`Recipe.damaged`), so
+    later checks (targets, model) can add theirs."""
     path = Path(path)
-    data, marks, raw = load_checked(path, None if schema_checked else schema())
-    problems = _order_problems(path, data, marks)
-    if problems:
-        raise RecipeError(problems)
-    recipe = _freeze(path, raw, data, marks)
-    problems = _profile_problems(recipe) + [problem for name in recipe.stages if REGISTRY[name].check
-                                            for problem in REGISTRY[name].check(recipe)]
-    if problems:
-        raise RecipeError(problems)
+    data, marks, raw, problems, bad = _checked(path, None if schema_checked else schema(), "recipe")
+    data, damaged = _salvage(data, bad)
+    semantic = _order_problems(path, data, marks) if "stage-list" not in damaged else []
+    recipe = _freeze(path, raw, data, marks, frozenset(damaged))
+    if "stages" not in damaged:
+        semantic += _profile_problems(recipe) + [problem for name in recipe.stages if REGISTRY[name].check
+                                                 for problem in REGISTRY[name].check(recipe)]
+    if problems or semantic:  # 'semantic': the stages load, but do not agree (the model is then checked less)
+        raise RecipeError(problems + semantic,
+                          recipe=dataclasses.replace(recipe, damaged=recipe.damaged | ({"semantic"} if semantic else set())))
     return recipe
 
 
@@ -115,18 +121,58 @@ def load_checked(path: Path, schema_: dict | None, what: str = "recipe") -> tupl
     """Read a YAML file keeping line marks and check it against a JSON Schema: (data, marks, raw bytes), or a
     RecipeError with every problem as 'FILE:LINE:COL: key.path: message'. `what` names the file when it cannot
     be read; an empty file is an empty mapping when the schema requires no key. No schema: no check."""
+    data, marks, raw, problems, _ = _checked(path, schema_, what)
+    if problems:
+        raise RecipeError(problems)
+    return data, marks, raw
+
+
+def _checked(path: Path, schema_: dict | None, what: str) -> tuple[dict, dict[KeyPath, tuple[int, int]], bytes,
+                                                                   list[str], list[KeyPath]]:
+    """load_checked's work without raising for duplicate keys and schema problems: (data, marks, raw, problems,
+    the key paths of the problems)."""
     node, data, raw = parse_yaml(path, what)
     marks: dict[KeyPath, tuple[int, int]] = {}
-    problems = [f"{path}:{line}:{col}: {dotted(p)}: duplicate key" for p, (line, col) in _walk(node, (), marks)]
+    duplicates = list(_walk(node, (), marks))
+    problems = [f"{path}:{line}:{col}: {dotted(p)}: duplicate key" for p, (line, col) in duplicates]
     schema_ = schema_ or {}
     data = {} if data is None and not schema_.get("required") else data
     if not isinstance(data, dict):
         keys = ", ".join(schema_.get("required") or schema_.get("properties", {}))
         raise RecipeError([f"{path}:1:1: (top): expected a mapping with {keys}"])
-    problems += _schema_problems(path, data, marks, schema_) if schema_ else []
-    if problems:
-        raise RecipeError(problems)
-    return data, marks, raw
+    found = _schema_problems(path, data, marks, schema_) if schema_ else []
+    return data, marks, raw, problems + [text for _, text in found], [p for p, _ in duplicates + found]
+
+
+def _salvage(data: dict, bad: list[KeyPath]) -> tuple[dict, set[str]]:
+    """The recipe's data with every part a problem is in replaced by something loadable, and the names of those
+    parts ('name', 'version', 'backend', 'model', 'targets', 'stages', 'stage-list', 'validate'): later checks
+    skip what depends on a damaged part. 'stages': a stage's settings are wrong (every stage is then left at its
+    defaults); 'stage-list': the list itself is (no order check either). `load` adds 'semantic' when the stages
+    load but do not agree (order, profile ranks): the model is then checked for existence only."""
+    data, damaged = dict(data), set()
+    for key_path in bad:
+        top = key_path[0] if key_path else "stages"
+        if key_path[:2] == ("model", "sha256"):
+            data["model"] = {k: v for k, v in data["model"].items() if k != "sha256"}
+            continue
+        damaged.add(str(top))
+        if top == "stages" and not (len(key_path) > 2 and key_path[2] in REGISTRY):
+            damaged.add("stage-list")
+    placeholders = {"name": "?", "version": "0.0.0", "backend": "auto", "model": {"path": "."}}
+    data.update({key: value for key, value in placeholders.items() if key in damaged})
+    data.pop("validate", None) if "validate" in damaged else None
+    if "targets" in damaged:
+        targets = data.get("targets") if isinstance(data.get("targets"), list) else []
+        data["targets"] = list(dict.fromkeys(t for t in targets if isinstance(t, str) and _TARGET.search(t)))
+    if "stages" in damaged:
+        items = data.get("stages") if isinstance(data.get("stages"), list) else []
+        data["stages"] = [{next(iter(item)): {}} for item in items
+                          if isinstance(item, dict) and len(item) == 1 and next(iter(item)) in REGISTRY]
+    return data, damaged
+
+
+_TARGET = re.compile(r"^(local|sm[0-9]{2,3})\Z")  # the schema's targets pattern
 
 
 def parse_yaml(path: Path, what: str = "recipe") -> tuple[yaml.Node | None, Any, bytes]:
@@ -271,15 +317,16 @@ def schema() -> dict:
     return json.loads(schema_text())
 
 
-def _schema_problems(path: Path, data: dict, marks: Mapping, schema_: dict) -> list[str]:
+def _schema_problems(path: Path, data: dict, marks: Mapping, schema_: dict) -> list[tuple[KeyPath, str]]:
+    """Every schema problem as (key path, 'FILE:LINE:COL: key.path: message'), sorted by place."""
     validator = _validator_class()(schema_)
-    found: list[tuple[tuple[int, int], str]] = []
+    found: dict[str, tuple[tuple[int, int], KeyPath]] = {}
     for error in validator.iter_errors(data):
         for key_path, message, at_key in _explain(error):
             where = _position(path, marks, key_path, at_key)
             line, col = (int(x) for x in where.rsplit(":", 2)[1:])
-            found.append(((line, col), f"{where}: {dotted(key_path)}: {message}"))
-    return [text for _, text in sorted(set(found))]
+            found.setdefault(f"{where}: {dotted(key_path)}: {message}", ((line, col), key_path))
+    return [(key_path, text) for text, (_, key_path) in sorted(found.items(), key=lambda item: (item[1][0], item[0]))]
 
 
 @functools.lru_cache(maxsize=1)
@@ -500,7 +547,10 @@ def _static_mismatch(recipe: Recipe, at: KeyPath, item: InputProfile, shape: lis
     """A profile may only vary the dimensions the model (after override_shapes) leaves dynamic."""
     for axis, dim in enumerate(shape):
         if isinstance(dim, int) and not item.min[axis] == item.opt[axis] == item.max[axis] == dim:
-            return [recipe.problem(at, f"input '{item.name}' has static shape {shape}: dimension {axis} is {dim}, "
+            dynamic = [d for d in shape if not isinstance(d, int)]
+            kind = f"shape {shape}, dynamic in {', '.join(map(repr, dynamic))} only" if dynamic else \
+                f"static shape {shape}"
+            return [recipe.problem(at, f"input '{item.name}' has {kind}: dimension {axis} is {dim}, "
                                        f"but the profile gives min {list(item.min)}, opt {list(item.opt)}, "
                                        f"max {list(item.max)}")]
     return []
@@ -509,10 +559,10 @@ def _static_mismatch(recipe: Recipe, at: KeyPath, item: InputProfile, shape: lis
 # ---------------------------------------------------------------- freezing
 
 
-def _freeze(path: Path, raw: bytes, data: dict, marks: dict) -> Recipe:
+def _freeze(path: Path, raw: bytes, data: dict, marks: dict, damaged: frozenset[str] = frozenset()) -> Recipe:
     base = path.resolve().parent
     stages = {}
-    for item in data["stages"]:
+    for item in data["stages"] if "stages" not in damaged else []:
         (name, body), = item.items()
         stages[name] = REGISTRY[name].freeze(body or {}, base)
     validate = None
@@ -537,4 +587,5 @@ def _freeze(path: Path, raw: bytes, data: dict, marks: dict) -> Recipe:
         stages=MappingProxyType(stages),
         validate=validate,
         marks=MappingProxyType(marks),
+        damaged=damaged,
     )

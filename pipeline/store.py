@@ -543,6 +543,11 @@ class Store:
 
     # ------------------------------------------------------------ reading
 
+    def overlaps(self, path: Path) -> bool:
+        """Whether `path` is the store's root, inside it, or holds it (an outside writer must not write there)."""
+        root, where = self.root.resolve(), Path(path).resolve()
+        return where == root or root in where.parents or where in root.parents
+
     def recipes(self) -> list[str]:
         """Names of the recipes in the store (a missing store holds none; a file is not a store)."""
         if self.root.exists() and not self.root.is_dir():

@@ -85,6 +85,31 @@ def test_check_reports_model_and_backend_problems(capsys: Capture, write_recipe:
     assert len(lines) == 2
 
 
+def test_check_reports_every_kind_of_problem_in_one_run(capsys: Capture, write_recipe: Recipe) -> None:
+    """A bad name, stages out of order, min > opt, a missing model and an unsupported target: one run, every
+    problem, one line each, sorted by line; --json lists them all."""
+    bad = write_recipe(RECIPE.replace("targets: [sm86, sm89]", "targets: [sm90]").replace("{models}/tiny.onnx", "nope.onnx")
+                       .replace("name: tiny", "name: Tiny").replace("min: [1, 4]", "min: [16, 4]")
+                       .replace("  - network-flag: {strongly_typed: true}\n  - memory-pool: {workspace: 64MiB}\n",
+                                "  - memory-pool: {workspace: 64MiB}\n  - network-flag: {strongly_typed: true}\n"))
+    code, out, err = run(capsys, "check", str(bad))
+    assert (code, out) == (1, "")
+    fields = [line.split(": ")[1] for line in err.splitlines()]
+    assert fields == ["name", "model.path", "targets[0]", "stages[2]", "stages[4].serialize.profiles[0].x"]
+    lines = [int(line.removeprefix(f"{bad}:").split(":")[0]) for line in err.splitlines()]
+    assert lines == sorted(lines)
+    code, out, _ = run(capsys, "--json", "check", str(bad))
+    assert (code, json.loads(out)[0]["problems"]) == (1, err.splitlines())
+
+
+def test_a_target_given_on_the_command_line_is_an_error_line(capsys: Capture, store_dir: Path, recipe: Path) -> None:
+    code, out, err = run(capsys, "build", str(recipe), "--target", "sm90", "--store", str(store_dir))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: --target sm90: {LABEL} cannot build for sm90; it supports ")
+    code, out, _ = run(capsys, "--json", "build", str(recipe), "--target", "sm90", "--store", str(store_dir))
+    assert json.loads(out)["error"]["problems"][0].startswith("--target sm90: ")
+
+
 def test_check_json(capsys: Capture, tiny_recipe: Path, write_recipe: Recipe) -> None:
     bad = write_recipe("name: X\n", "bad.yaml")
     code, out, err = run(capsys, "--json", "check", str(tiny_recipe), str(bad))

@@ -433,6 +433,13 @@ def test_check_model_io_profile_against_a_static_or_overridden_shape(write_recip
         "but the profile gives min [1, 4], opt [8, 4], max [64, 4]"]
 
 
+def test_check_model_io_a_partly_dynamic_shape_is_not_called_static(write_recipe: WriteRecipe) -> None:
+    path = write_recipe(GOOD)
+    assert check_model_io(recipes.load(path), {"x": [2, "width"]}, {"y": [2, 8]}) == [
+        f"{path}:12:14: stages[3].serialize.profiles[0].x: input 'x' has shape [2, 'width'], dynamic in 'width' "
+        "only: dimension 0 is 2, but the profile gives min [1, 4], opt [8, 4], max [64, 4]"]
+
+
 def test_check_model_io_profile_for_a_frozen_input(write_recipe: WriteRecipe) -> None:
     body = GOOD.replace("  - parse: {check: true}\n", "  - parse: {check: true}\n  - graph-cleanup: {freeze_inputs: {x: 1}}\n")
     path = write_recipe(body)
@@ -466,9 +473,9 @@ def test_load_checked_reads_any_yaml_against_a_schema_with_every_problem(tmp_pat
     with pytest.raises(RecipeError) as caught:
         load_checked(path, schema_)
     assert caught.value.problems == [
-        f"{path}:4:1: name: duplicate key",
-        f"{path}:1:7: size: expected a number >= 1, got 0",
+        f"{path}:1:7: size: expected a number >= 1, got 0",  # sorted by line
         f"{path}:2:1: naem: unknown key (did you mean 'name'?); expected one of name, size",
+        f"{path}:4:1: name: duplicate key",
     ]
     with pytest.raises(RecipeError) as caught:
         load_checked(tmp_path / "missing.yaml", schema_, "config")

@@ -736,3 +736,10 @@ def test_replace_json_inside_an_artifact_writes_its_temp_file_in_staging(store: 
     assert json.loads((artifact.path / "validation.json").read_text()) == {"status": "passed"}
     assert sorted(p.name for p in artifact.path.iterdir()) == ["engine.plan", MANIFEST, "validation.json"]
     assert leftovers(store) == []
+
+
+def test_overlaps_is_the_root_what_is_under_it_and_what_holds_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a" / "store")
+    assert store.overlaps(tmp_path / "a" / "store") and store.overlaps(tmp_path / "a" / "store" / "x" / "y")
+    assert store.overlaps(tmp_path / "a") and store.overlaps(tmp_path / "a" / "store" / ".." / "store")
+    assert not store.overlaps(tmp_path / "a" / "other") and not store.overlaps(tmp_path / "a" / "store-2")

@@ -16,7 +16,7 @@ from pipeline.build.cache import model_record, source_hit
 from pipeline.digest import canonical_json, json_sha256, plain
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.recipe import Recipe
-from pipeline.stages.parse import preflight
+from pipeline.stages.parse import model_problem, preflight
 from pipeline.stages.precision import target_problems
 from pipeline.store import Store
 from pipeline.trt import backend as backends
@@ -34,15 +34,52 @@ class Plan:
     model_checked: bool  # the recipe has been checked against the model's declared inputs and outputs
 
 
-def load_recipe(path: Path) -> tuple[Recipe, Backend]:
+def load_recipe(path: Path, probe: Probe | None = None, target_names: tuple[str, ...] = (),
+                check_model: bool = True) -> tuple[Recipe, Backend]:
     """The recipe and its backend; a backend that does not import is a located recipe problem, with the
-    install hint on the same line (`check` and nightly print problems only)."""
-    recipe = recipes.load(path)
+    install hint on the same line (`check` and nightly print problems only). With `probe`, a recipe with problems
+    is checked on as make_plan would wherever its problems leave the parts intact, so that one run reports every
+    problem: the targets against the backend, and the model (that it exists; its inputs and outputs against the
+    profiles when no stage is damaged)."""
     try:
-        return recipe, backends.load(recipe.backend)
+        recipe = recipes.load(path)
+    except RecipeError as error:
+        if probe is None or error.recipe is None:
+            raise
+        raise RecipeError(error.problems + _later_problems(error.recipe, probe, target_names, check_model)) from None
+    return recipe, _backend(recipe)
+
+
+def _backend(recipe: Recipe) -> Backend:
+    try:
+        return backends.load(recipe.backend)
     except PipelineError as error:
         hint = f"; {error.hint}" if error.hint else ""
         raise RecipeError([recipe.problem(("backend",), f"{error}{hint}")]) from None
+
+
+def _later_problems(recipe: Recipe, probe: Probe, target_names: tuple[str, ...], check_model: bool) -> list[str]:
+    """make_plan's problems for a recipe the loader found problems in (`recipe.damaged` names the parts left at
+    placeholders): each check that needs only intact parts."""
+    problems: list[str] = []
+    if "backend" not in recipe.damaged:
+        try:
+            backend = _backend(recipe)
+        except RecipeError as error:
+            problems += error.problems
+        else:
+            targets, problems = capability.targets(recipe, backend, probe, target_names)
+            if "stages" not in recipe.damaged:
+                problems += capability.problems(recipe, backend, probe) + target_problems(recipe, backend, targets)
+    if check_model and "model" not in recipe.damaged:
+        if recipe.damaged & {"stages", "validate", "semantic"}:  # profiles or outputs unknown: only the file
+            problem = model_problem(recipe.model_path)
+            relative = " (paths are relative to the recipe)" if (problem or "").startswith("model file not found") \
+                else ""
+            problems += [recipe.problem(("model", "path"), problem + relative)] if problem else []
+        else:
+            problems += preflight(recipe)
+    return problems
 
 
 def make_plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tuple[str, ...] = (),

@@ -26,7 +26,7 @@ def _plan(path: Path, probe: gpu.Probe, target_names: tuple[str, ...] = (), chec
           building: bool = False, parser_support: bool = False) -> plans.Plan:
     """Every problem at once as a RecipeError. When `building`, targets that only this machine's lack of a GPU
     stops (and nothing else) are CannotRunHere instead (exit 2); `check` reports them as problems."""
-    recipe, backend = plans.load_recipe(path)
+    recipe, backend = plans.load_recipe(path, probe, target_names, check_model)
     try:
         return plans.make_plan(recipe, backend, probe, target_names, check_model, parser_support)
     except RecipeError as error:
@@ -79,6 +79,10 @@ def build(args: argparse.Namespace, log: logging.Logger) -> int:
     valid = after_build(plan.recipe, [o.artifact for o in outcomes if not o.reused], store, probe,
                         args.environ, log, progress(args))
     if not args.quiet:
+        for outcome in outcomes:
+            if not outcome.reused:  # why it was built, one line each (the --json rows say it too)
+                print(f"built {outcome.artifact.ref} [{outcome.artifact.tag}]: "
+                      f"{differences.why_built(store, outcome.artifact)[0]}", file=sys.stderr)
         built = sum(not o.reused for o in outcomes)
         print(f"built {built} engine(s), reused {len(outcomes) - built}, for {plan.recipe.name} "
               f"{plan.recipe.version} with {plan.backend.label()} in {time.perf_counter() - started:.1f}s",

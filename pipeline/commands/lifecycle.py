@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from pipeline.lifecycle import gc as collector
 from pipeline.lifecycle import promote as promotion
 from pipeline.lifecycle import triton
 from pipeline.store import Store
+
+KEEP = 3  # gc's default: newest builds kept per recipe and GPU tag
 
 
 def promote(args: argparse.Namespace, log: logging.Logger) -> int:
@@ -68,7 +71,8 @@ def history(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def export(args: argparse.Namespace, log: logging.Logger) -> int:
-    done = triton.export(Store(args.store), args.name, args.channel, args.repo)
+    settings = triton.Settings(args.max_batch_size, args.dynamic_batching, args.max_queue_delay_us, args.instances)
+    done = triton.export(Store(args.store), args.name, args.channel, args.repo, settings, args.model_name)
     if args.json:
         emit_json(done.to_json())
         return 0
@@ -121,6 +125,19 @@ def fsck(args: argparse.Namespace, log: logging.Logger) -> int:
     return 1 if left else 0
 
 
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= least."""
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            number = least - 1
+        if number < least:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
+        return number
+    return parse
+
+
 def register(command: Command) -> None:
     p = command("promote", promote, "put a build on a channel of a GPU tag (reuse, rebuild or refuse)",
                 "Decide from the build's manifest whether its engine is valid on the target GPU tag as it is (reuse), "
@@ -130,8 +147,10 @@ def register(command: Command) -> None:
     p.add_argument("artifact", metavar="NAME@VERSION",
                    help="the build to promote (NAME@VERSION+BUILD for an older one)")
     p.add_argument("--from", dest="from_tag", required=True, metavar="TAG",
-                   help="GPU tag of the build, e.g. sm89.rtx-1.7.1")
-    p.add_argument("--to", dest="to_tag", metavar="TAG", help="GPU tag to promote to (default: the --from tag)")
+                   help="GPU tag of the build, e.g. sm89.rtx-1.7.1, or its short form sm89")
+    p.add_argument("--to", dest="to_tag", metavar="TAG",
+                   help="GPU tag to promote to, e.g. sm120.rtx-1.7.1, or sm120 (the build's platform and version); "
+                        "default: the --from tag")
     p.add_argument("--channel", default=channels.CANDIDATE, help="candidate (default), production, or another name")
     p.add_argument("--allow-unvalidated", action="store_true",
                    help="let an unvalidated build into production; needs --reason, recorded as a waiver")
@@ -146,18 +165,41 @@ def register(command: Command) -> None:
     p.add_argument("name", metavar="NAME")
 
     p = command("export", export, "export a channel to a Triton model repository",
-                "Write DIR/NAME/config.pbtxt (platform tensorrt_plan, I/O from the manifest, cc_model_filenames when "
-                "several GPU tags are exported) and a new numbered version folder holding the channel's engines.")
+                "Write DIR/MODEL/config.pbtxt (platform tensorrt_plan, I/O from the manifest, cc_model_filenames per "
+                "compute capability) and a new numbered version folder holding the channel's engines; nothing new "
+                "when the newest version already holds them. One model folder serves one channel: export another "
+                "channel with --model-name. DIR may not be inside the artifact store.")
+    p.epilog = """\
+examples:
+  trt-pipeline export triton resnet50 --repo /models
+  trt-pipeline export triton resnet50 --channel candidate --model-name resnet50-candidate --repo /models
+  trt-pipeline export triton resnet50 --repo /models --max-batch-size 32 --dynamic-batching --instances 2
+
+stdout: 'MODEL_DIR/VERSION: written|unchanged', then 'TAG FILE' per engine (--json: {model_dir, config, version,
+files, changed}).
+exit codes: 0 ok, 1 nothing on the channel, settings the engines cannot serve, or a folder of another channel."""
     p.add_argument("format", choices=["triton"], help="the serving format (triton)")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--channel", default=channels.PRODUCTION, help="which channel to export (default production)")
     p.add_argument("--repo", type=Path, required=True, metavar="DIR", help="the model repository directory")
+    p.add_argument("--model-name", metavar="MODEL", help="the Triton model name and folder (default NAME)")
+    p.add_argument("--max-batch-size", type=_count(0), default=0, metavar="N",
+                   help="make the engines' first (dynamic) dimension Triton's batch, up to N; profile 0 must take "
+                        "batches 1..N (default 0: no batch dimension, the batch is an ordinary dim)")
+    p.add_argument("--dynamic-batching", action="store_true",
+                   help="let Triton combine requests into batches (needs --max-batch-size)")
+    p.add_argument("--max-queue-delay-us", type=_count(0), metavar="US",
+                   help="how long dynamic batching may wait for a fuller batch, in microseconds (implies "
+                        "--dynamic-batching)")
+    p.add_argument("--instances", type=_count(1), metavar="N",
+                   help="model instances per GPU (instance_group; default: Triton's, one per GPU)")
 
     p = command("gc", gc, "remove old builds that no channel points at",
                 "Keep the newest N builds per recipe and GPU tag; remove older ones unless a channel points at them or "
                 "they were ever promoted. --dry-run lists what would go.")
     p.add_argument("name", nargs="?", metavar="NAME", help="only this recipe")
-    p.add_argument("--keep", type=int, required=True, metavar="N", help="newest builds to keep per recipe and GPU tag")
+    p.add_argument("--keep", type=int, default=KEEP, metavar="N",
+                   help=f"newest builds to keep per recipe and GPU tag (default {KEEP})")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
 
     p = command("fsck", fsck, "check the whole store (and remove leftovers with --repair)",

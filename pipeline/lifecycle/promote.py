@@ -35,7 +35,7 @@ from pipeline.store import Artifact, Store
 from pipeline.trt import backend as backends
 from pipeline.trt import gpu
 from pipeline.trt.gpu import Probe
-from pipeline.trt.target import Tag, Target, parse_tag, short_version
+from pipeline.trt.target import Tag, Target, complete_tag, parse_tag, short_version
 from pipeline.trt.target import sm as sm_of
 from pipeline.validate.artifact import after_build
 
@@ -205,7 +205,7 @@ def _promote(store: Store, source: Artifact, to_tag: str, channel: str, by: str,
              allow_unvalidated: bool, reason: str | None, probe: Probe | None, progress: Progress,
              load_backend: Callable[[str], Any] | None, environ: MutableMapping[str, str]) -> Promotion:
     manifest = source.manifest()
-    to = parse_tag(to_tag)
+    to = parse_tag(complete_tag(to_tag, source.tag))  # 'sm75', as --from takes it
     probe_ = _lazy(probe)  # the GPU is asked about only when a rebuild is considered
     decision = decide(manifest, to, lambda: toolchain(manifest.backend.name, probe_(), load_backend))
     line = f"cannot promote {source.ref} {source.tag} to {to.text}"

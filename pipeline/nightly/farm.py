@@ -266,7 +266,7 @@ class Farm:
             finish = runner.publisher(store, recipe, Run(task.run), task.force, log, log.info)
             outcome = finish(target, staged, manifest, manifest["build"]["key"])
         reason = "build key unchanged" if outcome.reused else None
-        record = {**identity(task, result["target"]), **artifact_record(outcome.artifact, recipe, reason),
+        record = {**identity(task, result["target"]), **artifact_record(outcome.artifact, recipe, reason, store),
                   "wall_s": record["wall_s"], "built_on": record["built_on"]}
         what = f"reused {outcome.artifact.ref} (same build key)" if outcome.reused else \
             f"published {outcome.artifact.path}"

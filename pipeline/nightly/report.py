@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.files import write_bytes
 from pipeline.nightly import charts
-from pipeline.nightly.text import night_text, value
+from pipeline.nightly.text import markdown_text, night_text, value
 from pipeline.units import size
 
 HTML = "report.html"
@@ -56,8 +56,10 @@ def regression_line(r: dict) -> str:
            f"{value(r['metric'], r['after'])}{detail}"
 
 
-def change_line(c: dict) -> str:
-    return f"{c['recipe']} {c['target']} {c['metric']}: {c['before']} -> {c['after']} {c['detail']}".rstrip()
+def change_line(c: dict, text: Callable[[object], str] = str) -> str:
+    """'two sm86 status: failed -> built recovered'; `text` escapes each part (markdown_text for summary.md)."""
+    return f"{text(c['recipe'])} {text(c['target'])} {text(c['metric'])}: {text(c['before'])} -> " \
+           f"{text(c['after'])} {text(c['detail'])}".rstrip()
 
 
 def first_line(text: str | None) -> str:
@@ -69,8 +71,8 @@ def first_line(text: str | None) -> str:
 
 def markdown(report: dict) -> str:
     s = report["summary"]
-    lines = [f"## {'✅' if s['ok'] else '❌'} Nightly {report['run']}", "", headline(report) +
-             f" (previous night: {report['previous'] or 'none'}; {report['duration_s']:.1f}s, "
+    lines = [f"## {'✅' if s['ok'] else '❌'} Nightly {markdown_text(report['run'])}", "", headline(report) +
+             f" (previous night: {markdown_text(report['previous'] or 'none')}; {report['duration_s']:.1f}s, "
              f"{report['workers']} worker(s))", ""]
     if report["regressions"]:
         lines += ["### Regressions", "", *_md_table(("recipe", "target", "metric", "before", "after", "detail"), [
@@ -83,7 +85,7 @@ def markdown(report: dict) -> str:
     lines += ["### Pairs", "", *_md_table(("recipe", "target", "status", "engine", "build", "max error", "validation",
                                            "artifact"), [pair_row(p) for p in report["pairs"]]), ""]
     if report["changes"]:
-        lines += ["### Other changes", "", *(f"- {change_line(c)}" for c in report["changes"]), ""]
+        lines += ["### Other changes", "", *(f"- {change_line(c, markdown_text)}" for c in report["changes"]), ""]
     return "\n".join(lines)
 
 
@@ -108,9 +110,8 @@ def ran_on(pair: dict) -> str:
 
 
 def _md_table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
-    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(cell(c) for c in row) + " |" for row in rows)]
+            *("| " + " | ".join(markdown_text(c) for c in row) + " |" for row in rows)]
 
 
 # ---------------------------------------------------------------- HTML

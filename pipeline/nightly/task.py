@@ -19,6 +19,7 @@ from pipeline.build import plan as plans
 from pipeline.build import runner
 from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
+from pipeline.lifecycle import diff as differences
 from pipeline.manifest import PrecisionRecord, ValidationRecord
 from pipeline.store import Run, Store
 from pipeline.trt.gpu import Probe
@@ -90,7 +91,7 @@ def _build(task: Task, store: Store, log: logging.Logger, before: set[Path]) -> 
             _validate(plan, outcome.artifact, store, task.probe, log)
         reason = None if new else "build key unchanged"
         records.append({**identity(task, outcome.target.name),
-                        **artifact_record(outcome.artifact, plan.recipe, reason)})
+                        **artifact_record(outcome.artifact, plan.recipe, reason, store)})
     return records
 
 
@@ -141,14 +142,20 @@ def identity(task: Task, target: str) -> dict:
 
 def load_plan(path: Path, probe: Probe, targets: tuple[str, ...] = ()) -> Any:
     """Recipe -> backend -> plans.Plan (for `targets`, default the recipe's), every problem as a RecipeError."""
-    recipe, backend = plans.load_recipe(path)
+    recipe, backend = plans.load_recipe(path, probe, targets)
     return plans.make_plan(recipe, backend, probe, targets)
 
 
-def artifact_record(artifact: Any, recipe: Any, reason: str | None) -> dict:
-    """What a night records about a built or reused artifact, read from its manifest."""
+def artifact_record(artifact: Any, recipe: Any, reason: str | None, store: Store | None = None) -> dict:
+    """What a night records about a built or reused artifact, read from its manifest. `reason`: why it was reused
+    (None: built). A built one, given its `store`, says why it was built: what changed since the previous build
+    of the recipe and target ("reason", and every change as {path, old, new} in "changes")."""
     manifest = artifact.manifest()
-    return {"status": "skipped" if reason else "built", "reason": reason, "artifact": artifact.ref,
+    status, changes = "skipped" if reason else "built", []
+    if status == "built" and store is not None:
+        reason, found = differences.why_built(store, artifact)
+        changes = [change.to_json() for change in found]
+    return {"status": status, "reason": reason, "changes": changes, "artifact": artifact.ref,
             "tag": artifact.tag, "path": str(artifact.path), "build_key": manifest.build.key,
             "engine_sha256": manifest.engine.sha256, "engine_bytes": manifest.engine.bytes,
             "build_s": manifest.build.duration_s, "validation": validation_record(manifest.validation, recipe, manifest.precision)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -31,3 +32,14 @@ def night_text(run: str) -> str:
     """A night as a date to read: '2026-11-18 02:00:00 UTC' (its -2 kept); an id that is no date as it is."""
     when = night_time(run)
     return when.strftime("%Y-%m-%d %H:%M:%S UTC") + run[16:] if when else run
+
+
+_MARKDOWN = re.compile(r"[\\`*\[\]|~<&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|\s*\n\s*")
+_ENTITIES = {"<": "&lt;", "&": "&amp;"}
+
+
+def markdown_text(text: Any) -> str:
+    """Text from a recipe, a model path or an error, safe in Markdown (summary.md, a CI job's summary page): no
+    raw HTML (< and & become entities; a > opens no tag), no links, code, emphasis or table cells of its own (their characters
+    backslash-escaped; an underscore inside a word is left alone, as it emphasises nothing), one line."""
+    return _MARKDOWN.sub(lambda m: _ENTITIES.get(m[0]) or (" " if "\n" in m[0] else "\\" + m[0]), str(text))

@@ -22,6 +22,7 @@ from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError
 from pipeline.files import sync
 from pipeline.stages.context import Context
+from pipeline.stages.inline import folded_and_inlined
 from pipeline.stages.parse import PROTO_LIMIT, describe, infer_shapes
 from pipeline.stages.stage import Stage, frozen
 
@@ -73,9 +74,10 @@ def _override_shapes(graph: Any, spec: CleanupSpec) -> Any:
 
 
 def _fold_constants(graph: Any, spec: CleanupSpec) -> Any:
-    """Fold, then drop what folding disconnected (e.g. the untaken branch of an `If`): graphsurgeon leaves it
-    dangling, and the graph is only valid again after cleanup."""
-    return graph.fold_constants().cleanup()
+    """Fold, then drop what folding disconnected: graphsurgeon leaves it dangling, and the graph is only valid
+    again after cleanup. An `If` whose condition folded is left to inline_ifs (graphsurgeon's own flattening can
+    leave an output of the `If` with no producer)."""
+    return graph.fold_constants(flatten_subgraphs=False).cleanup()
 
 
 def _infer_shapes(graph: Any, spec: CleanupSpec) -> Any:
@@ -89,6 +91,7 @@ PASSES: dict[str, Callable[[Any, CleanupSpec], Any]] = {
     "freeze_inputs": _freeze_inputs,
     "override_shapes": _override_shapes,
     "fold_constants": _fold_constants,
+    "inline_ifs": lambda graph, spec: folded_and_inlined(graph),
     "cleanup": lambda graph, spec: graph.cleanup(),
     "toposort": lambda graph, spec: graph.toposort(),
     "infer_shapes": _infer_shapes,
@@ -96,9 +99,9 @@ PASSES: dict[str, Callable[[Any, CleanupSpec], Any]] = {
 
 
 def planned_passes(spec: CleanupSpec) -> list[str]:
-    """Freeze, override, fold (when asked), then the recipe's `passes` in order."""
+    """Freeze, override, fold and inline constant `If`s (when asked), then the recipe's `passes` in order."""
     first = [name for name in ("freeze_inputs", "override_shapes") if getattr(spec, name)]
-    return first + (["fold_constants"] if spec.fold_constants else []) + list(spec.passes)
+    return first + (["fold_constants", "inline_ifs"] if spec.fold_constants else []) + list(spec.passes)
 
 
 def check_graph(graph: Any, after: str, ordered: bool = False) -> None:

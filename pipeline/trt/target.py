@@ -66,6 +66,21 @@ def parse_tag(text: str) -> Tag:
     return Tag(text, match["sm"], PLATFORMS[match["platform"]], match["version"], match["gpu"])
 
 
+def complete_tag(text: str, like: str) -> str:
+    """A GPU tag in any form --from takes: whole, or its leading 'sm75' / 'sm75.rtx' completed with the platform
+    and version of `like` (the tag of the build being promoted). A full-TensorRT tag also names its GPU model, which
+    another compute capability cannot share: that one is written out."""
+    if _TAG.match(text):
+        return text
+    short, known = re.fullmatch(r"(sm\d{2,3})(?:\.(rtx|trt))?", text), parse_tag(like)
+    if short and known.gpu is None and (short[2] is None or PLATFORMS[short[2]] == known.backend):
+        return tag(short[1], known.backend, known.version)
+    why = "a full-TensorRT tag names its GPU model" if short and known.gpu else f"the build's tag is {like}"
+    raise TagError(f"'{text}' is not a GPU tag, nor a short form of one that completes from {like} ({why}); expected "
+                   "e.g. sm89.rtx-1.7.1, sm89 or nvidia-a100-sxm4-80gb.sm80.trt-10.9.0",
+                   hint="see the TAG column of `trt-pipeline list`")
+
+
 @dataclass(frozen=True)
 class Target:
     name: str  # as written in the recipe: 'sm89' or 'local'

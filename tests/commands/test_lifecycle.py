@@ -181,6 +181,28 @@ def test_export_triton(store: Store, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().err.startswith("error: no GPU tag of 'tiny' has a 'candidate' channel")
 
 
+def test_export_triton_settings_and_refusals(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli(store, "promote", "tiny@1.0.0", "--from", "sm89", "--channel", "production", "--allow-unvalidated",
+        "--reason", "r")
+    capsys.readouterr()
+    repo = tmp_path / "repo"
+    assert cli(store, "export", "triton", "tiny", "--repo", str(repo), "--max-batch-size", "16",
+               "--max-queue-delay-us", "100", "--instances", "2", "-q") == 0
+    text = (repo / "tiny" / "config.pbtxt").read_text()
+    assert "max_batch_size: 16\n" in text and "dims: [ 4 ]" in text
+    assert "dynamic_batching { max_queue_delay_microseconds: 100 }\n" in text
+    assert "instance_group [ { count: 2 kind: KIND_GPU } ]\n" in text
+    capsys.readouterr()
+    assert cli(store, "export", "triton", "tiny", "--repo", str(store.root / "tiny")) == 1
+    assert capsys.readouterr().err == (f"error: --repo {store.root / 'tiny'} is inside the artifact store "
+                                       f"{store.root} (or holds it); the store's directories are written only by "
+                                       "the store: export to a directory outside it\n")
+    with pytest.raises(SystemExit) as usage:
+        cli(store, "export", "triton", "tiny", "--repo", str(repo), "--instances", "0")
+    assert usage.value.code == 1
+    assert "argument --instances: expected a whole number >= 1, got '0'" in capsys.readouterr().err
+
+
 def test_gc_dry_run_and_json(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = store.resolve("tiny@1.0.0", SM89).manifest().recipe.path
     build(recipe, store, ("sm89",), force=True)
@@ -198,6 +220,30 @@ def test_gc_dry_run_and_json(store: Store, capsys: pytest.CaptureFixture[str]) -
     assert json.loads(capsys.readouterr().out) == {
         "dry_run": False, "removed": [], "protected": [{"ref": "tiny@1.0.0+1", "tag": SM89,
                                                         "why": f"on channel candidate of {SM89}"}], "kept": 2}
+
+
+def test_gc_keeps_three_newest_by_default(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = store.resolve("tiny@1.0.0", SM89).manifest().recipe.path
+    for _ in range(3):
+        build(recipe, store, ("sm89",), force=True)
+    assert cli(store, "gc", "--dry-run") == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"would remove tiny@1.0.0+1 [{SM89}] {store.root / 'tiny' / '1.0.0' / SM89}"]
+    assert err == "would remove 1 build(s); kept 4 newest and 0 promoted\n"
+    with pytest.raises(SystemExit):  # the help names the default
+        main(["gc", "--help"])
+    assert "(default 3)" in capsys.readouterr().out
+
+
+def test_to_takes_the_short_forms_from_takes(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(store, "promote", "tiny@1.0.0", "--from", "sm89", "--to", "sm86") == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith(f"candidate of {SM86} -> tiny@1.0.0+1 [{SM86}]")
+    assert cli(store, "promote", "tiny@1.0.0", "--from", "sm89", "--to", "sm86.rtx") == 0
+    assert cli(store, "promote", "tiny@1.0.0", "--from", "sm89") == 0  # --to defaults to --from, short too
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"candidate of {SM89} -> tiny@1.0.0+1 [{SM89}]")
+    assert cli(store, "promote", "tiny@1.0.0", "--from", "sm89", "--to", "sm86.trt") == 1
+    assert capsys.readouterr().err.startswith(f"error: 'sm86.trt' is not a GPU tag, nor a short form of one that "
+                                              f"completes from {SM89} (the build's tag is {SM89})")
 
 
 @pytest.mark.parametrize("command", ["promote", "channel", "history", "export", "gc"])

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipeline import cli
-from pipeline.lifecycle.diff import changes
+from pipeline.lifecycle.diff import causes, changes, previous, why_built
 from pipeline.store import Store
 from tests.build.test_runner import RECIPE, build_with
 
@@ -40,3 +40,32 @@ def test_diff_and_show_through_the_cli(write_recipe, store: Store, capsys: pytes
     assert cli.main([*argv, "show", "tiny@1.0.0+1"]) == 0
     text = capsys.readouterr().out
     assert text.count("artifact    tiny@1.0.0+1 [") == 2 and "profile     0: x min [1, 4]" in text
+
+
+def test_why_a_build_was_made_names_what_changed_since_the_previous_build_of_its_target(write_recipe,
+                                                                                       store: Store) -> None:
+    (first,) = build_with(write_recipe(RECIPE), store, targets=("sm89",))
+    assert why_built(store, first.artifact) == ("first build for sm89", [])
+    (other,) = build_with(write_recipe(RECIPE), store, targets=("sm86",))  # another target: not a previous build
+    assert why_built(store, other.artifact) == ("first build for sm86", [])
+    (second,) = build_with(write_recipe(RECIPE.replace("workspace: 64MiB", "workspace: 128MiB")), store,
+                           targets=("sm89",))
+    reason, found = why_built(store, second.artifact)
+    assert previous(store, second.artifact) == first.artifact
+    assert reason == (f"since tiny@1.0.0+1 [{first.artifact.tag}]: config.memory_pools.workspace: 67108864 -> "
+                      "134217728")
+    assert [c.to_json() for c in found] == [{"path": "config.memory_pools.workspace", "old": 64 << 20,
+                                             "new": 128 << 20}]
+    (forced,) = build_with(write_recipe(RECIPE.replace("workspace: 64MiB", "workspace: 128MiB")), store,
+                           targets=("sm89",), force=True)
+    assert why_built(store, forced.artifact) == (f"nothing changed since tiny@1.0.0+3 [{first.artifact.tag}] "
+                                                 "(forced)", [])
+
+
+def test_causes_leave_out_what_the_build_made(write_recipe, store: Store) -> None:
+    (first,) = build_with(write_recipe(RECIPE), store, targets=("sm89",))
+    (second,) = build_with(write_recipe(RECIPE.replace("max: [64, 4]", "max: [128, 4]")), store, targets=("sm89",))
+    everything = {c.path for c in changes(first.artifact.manifest(), second.artifact.manifest())}
+    assert {"engine.sha256", "build.key", "recipe.sha256"} <= everything  # effects and the recipe's bytes
+    assert [c.path for c in causes(first.artifact.manifest(), second.artifact.manifest())] == [
+        "config.profiles[0].x.max[0]"]

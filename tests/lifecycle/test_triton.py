@@ -10,9 +10,10 @@ from types import ModuleType
 import pytest
 from google.protobuf import text_format
 
-from pipeline.errors import StoreError
+from pipeline.errors import PipelineError, StoreError
 from pipeline.lifecycle import channel
-from pipeline.lifecycle.triton import config_text, export
+from pipeline.lifecycle.triton import Settings, config_text, export, settings_problem
+from pipeline.manifest import NetworkRecord
 from pipeline.store import Store
 from tests._lifecycle import (
     SM86,
@@ -191,3 +192,93 @@ def test_tags_with_different_interfaces_cannot_share_a_model(fresh: Store, tmp_p
                           lambda m: m["network"]["outputs"]["y"].update(shape=[-1, 9]))
     with pytest.raises(StoreError, match=r"^sm120\.rtx-1\.7\.1 and sm86\.rtx-1\.7\.1 have different engine outputs "):
         export(fresh, "tiny", "production", tmp_path / "repo")
+
+
+# ---------------------------------------------------------------- channels, settings, where
+
+
+def test_a_second_channel_is_refused_in_the_first_ones_folder_and_exports_under_its_own_name(
+        fresh: Store, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    sm89 = fresh.resolve("tiny@1.0.0", SM89)
+    channel.set_(fresh, "tiny", SM89, "candidate", channel.pointer(sm89), {"at": "t"})
+    first = export(fresh, "tiny", "production", repo)
+    config = (first.model_dir / "config.pbtxt").read_text()
+    with pytest.raises(PipelineError) as error:
+        export(fresh, "tiny", "candidate", repo)
+    assert str(error.value) == (f"{repo / 'tiny'} holds the 'production' channel of 'tiny' (version 1); one Triton "
+                                "model serves one channel: export 'candidate' as another model, e.g. --model-name "
+                                "tiny-candidate, or into another --repo")
+    assert (first.model_dir / "config.pbtxt").read_text() == config  # untouched
+    second = export(fresh, "tiny", "candidate", repo, model_name="tiny-candidate")
+    assert (second.model_dir, second.version) == (repo / "tiny-candidate", 1)
+    assert parse(second.model_dir / "config.pbtxt").name == "tiny-candidate"
+    again = export(fresh, "tiny", "production", repo)  # the first channel again: no duplicate version
+    assert (again.version, again.changed) == (1, False)
+    for done in (first, second):  # each config names exactly the files of its version
+        names = set(parse(done.model_dir / "config.pbtxt").cc_model_filenames.values())
+        assert names == {p.name for p in (done.model_dir / "1").iterdir()} - {"provenance.json"}
+    assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "config.pbtxt"]
+
+
+def test_a_folder_not_written_by_export_is_refused(fresh: Store, tmp_path: Path) -> None:
+    (tmp_path / "repo" / "tiny" / "1").mkdir(parents=True)
+    with pytest.raises(PipelineError, match=r"holds a version not written by trt-pipeline export \(version 1\)"):
+        export(fresh, "tiny", "production", tmp_path / "repo")
+
+
+def test_batching_dynamic_batching_and_instances(three: Store, tmp_path: Path) -> None:
+    settings = Settings(max_batch_size=32, dynamic_batching=True, max_queue_delay_us=500, instances=2)
+    done = export(three, "tiny", "production", tmp_path / "repo", settings)
+    config = parse(done.model_dir / "config.pbtxt")
+    assert config == pb.ModelConfig(
+        name="tiny", platform="tensorrt_plan", max_batch_size=32,
+        input=[pb.ModelInput(name="x", data_type=pb.TYPE_FP32, dims=[4])],  # the batch dim is Triton's
+        output=[pb.ModelOutput(name="y", data_type=pb.TYPE_FP32, dims=[8])],
+        dynamic_batching=pb.ModelDynamicBatching(max_queue_delay_microseconds=500),
+        instance_group=[pb.ModelInstanceGroup(count=2, kind=pb.ModelInstanceGroup.KIND_GPU)],
+        cc_model_filenames={"8.6": "model.sm86.plan", "8.9": "model.sm89.plan", "12.0": "model.sm120.plan"})
+    plain = export(three, "tiny", "production", tmp_path / "repo", Settings(max_batch_size=64, dynamic_batching=True))
+    assert plain.changed is False  # same engines: the config changes, not the version
+    config = parse(done.model_dir / "config.pbtxt")
+    assert config.max_batch_size == 64 and config.HasField("dynamic_batching") and not config.instance_group
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (Settings(max_batch_size=65), f"--max-batch-size 65: {SM120}'s profile 0 gives input 'x' batches 1 to 64; Triton "
+                                  "sends batches 1 to 65: lower --max-batch-size or rebuild with that profile"),
+    (Settings(dynamic_batching=True), "dynamic batching needs a batch dimension: give --max-batch-size N too"),
+])
+def test_settings_the_engines_cannot_serve_are_refused(three: Store, tmp_path: Path, settings: Settings,
+                                                       message: str) -> None:
+    with pytest.raises(PipelineError) as error:
+        export(three, "tiny", "production", tmp_path / "repo", settings)
+    assert str(error.value) == message
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_static_first_dimension_cannot_be_the_batch() -> None:
+    network = NetworkRecord((), {"x": {"dtype": "float", "shape": [1, 4]}}, {"y": {"dtype": "float", "shape": [-1]}},
+                            ())
+    assert settings_problem(Settings(max_batch_size=8), [], network) == (
+        "--max-batch-size 8 makes the first dimension Triton's batch, but input 'x' has shape [1, 4], whose first "
+        "dimension is not dynamic; export without --max-batch-size (max_batch_size 0: the batch is an ordinary "
+        "dimension)")
+
+
+@pytest.mark.parametrize("inside", [".", "tiny", "tiny/1.0.0/" + SM89])
+def test_a_repository_inside_the_store_is_refused(fresh: Store, inside: str) -> None:
+    before = sorted(str(p) for p in fresh.root.rglob("*"))
+    repo = fresh.root / inside
+    with pytest.raises(PipelineError) as error:
+        export(fresh, "tiny", "production", repo)
+    assert str(error.value) == (f"--repo {repo} is inside the artifact store {fresh.root} (or holds it); the store's "
+                                "directories are written only by the store: export to a directory outside it")
+    assert sorted(str(p) for p in fresh.root.rglob("*")) == before
+
+
+def test_a_repository_above_the_store_is_fine_unless_the_model_folder_is_the_store(fresh: Store) -> None:
+    repo = fresh.root.parent  # the store is repo/store
+    with pytest.raises(PipelineError, match=r"is inside the artifact store"):
+        export(fresh, "tiny", "production", repo, model_name=fresh.root.name)
+    assert export(fresh, "tiny", "production", repo).model_dir == repo / "tiny"

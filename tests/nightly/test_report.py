@@ -169,7 +169,26 @@ def test_markdown_summary_for_a_ci_page() -> None:
     assert "| tiny | sm89 | engine_bytes | 1000 B | 2.0 KiB (2000 B) | +100.0%, threshold 10% |" in text
     assert "- two sm86 status: failed -> built recovered" in text
     failing = reports.markdown(nights[1])
-    assert "| two | sm86 | network-flag: <Reshape> \\| failed |" in failing  # first line only, pipes escaped
+    assert "| two | sm86 | network-flag: &lt;Reshape> \\| failed |" in failing  # first line only, escaped
+
+
+HOSTILE = ["<script>alert(1)</script>", "<svg onload=alert(1)>", "a|b", "[x](javascript:alert(1))", "`x`", "*y*"]
+
+
+def test_markdown_carries_no_raw_html_or_markup_from_names_paths_and_errors() -> None:
+    """Target names, recipe names, artifact paths and errors are escaped as report.html escapes them: summary.md is
+    appended to $GITHUB_STEP_SUMMARY, which renders HTML."""
+    pairs = [pair(name, name, artifact=f"/models/{name}.onnx", recipe_file=f"/r/{name}.yaml") for name in HOSTILE]
+    pairs.append(pair("tiny", "sm89", "failed", error="<img src=x onerror=alert(1)> | bad"))
+    changes = [{"recipe": name, "target": "sm89", "metric": "status", "before": "failed", "after": "built",
+                "detail": name} for name in HOSTILE]
+    text = reports.markdown({**night("<b>20261120T020000Z</b>", pairs, changes=changes), "previous": "<i>x</i>"})
+    assert not re.search(r"<[a-z/]", text)  # no tag at all
+    for row in [line for line in text.splitlines() if line.startswith("| ")]:
+        assert len(re.findall(r"(?<!\\)\|", row)) in (4, 9)  # failures: 3 cells; pairs: 8
+    for raw in ("[x](", "`x`", "*y*"):
+        assert raw not in text
+    assert "\\[x\\](javascript:alert(1))" in text and "&lt;script>alert(1)&lt;/script>" in text
 
 
 def test_write_puts_both_files_in_the_night(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pipeline.files import replace_json
 from pipeline.nightly import run as nightly
 from pipeline.nightly.regression import load_config
 from pipeline.nightly.task import Task, build_task
+from pipeline.nightly.text import markdown_text
 from pipeline.store import Store
 from pipeline.trt.gpu import Probe
 from tests.nightly.test_report import assert_self_contained
@@ -107,6 +108,31 @@ def test_a_recipe_change_that_grows_the_engine_is_a_regression_with_before_and_a
         assert f"({r['before']} B) -> " in out and f"({r['after']} B)" in out
     assert "| tiny | sm89 | engine_bytes |" in summary.read_text()
     assert by_pair(report)["tiny", "sm89"]["artifact"] == "tiny@1.0.0+2"
+
+
+def test_a_rebuilt_pair_says_what_changed_in_the_json_the_progress_and_both_reports(
+        recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for extra in ("broken.yaml", "no_cleanup.yaml", "two_input.yaml"):
+        (recipes / extra).unlink()
+    argv = ["--store", str(tmp_path / "store"), "nightly", str(recipes)]
+    assert main(argv) == 0
+    first = nightly.nights(Store(tmp_path / "store"))[-1]
+    assert by_pair(first)["tiny", "sm89"]["reason"] == "first build for sm89"
+    tiny = recipes / "tiny.yaml"
+    tiny.write_text(tiny.read_text().replace("workspace: 64MiB", "workspace: 128MiB"))
+    capsys.readouterr()
+    main(argv)
+    err = capsys.readouterr().err
+    report = nightly.nights(Store(tmp_path / "store"))[-1]
+    pair = by_pair(report)["tiny", "sm89"]
+    reason = f"since tiny@1.0.0+1 [{pair['tag']}]: config.memory_pools.workspace: 67108864 -> 134217728"
+    assert (pair["status"], pair["reason"]) == ("built", reason)
+    assert pair["changes"] == [{"path": "config.memory_pools.workspace", "old": 64 << 20, "new": 128 << 20}]
+    assert f"built ({reason})" in err  # the progress line
+    night = tmp_path / "store" / "_nightly" / report["run"]
+    assert json.loads((night / "report.json").read_text())["pairs"] == report["pairs"]
+    assert f"| built ({markdown_text(reason)}) |" in (night / "summary.md").read_text()
+    assert f"built ({reason.replace('->', '-&gt;')})" in (night / "report.html").read_text()
 
 
 def test_a_zero_build_time_threshold_flags_a_slower_rebuild(recipes: Path, store: Store) -> None:

@@ -54,7 +54,7 @@ def test_freezing_mode_makes_cleanup_needed_buildable(write_recipe: Recipe, buil
     onnx.checker.check_model(cleaned)
     assert [i.name for i in cleaned.graph.input] == ["x"]
     assert "If" not in {node.op_type for node in cleaned.graph.node}
-    assert ctx.cleanup_record["passes"] == ["freeze_inputs", "fold_constants", "cleanup", "toposort"]
+    assert ctx.cleanup_record["passes"] == ["freeze_inputs", "fold_constants", "inline_ifs", "cleanup", "toposort"]
     assert ctx.cleanup_record["nodes_after"] < ctx.cleanup_record["nodes_before"]
     run_stages(ctx, "network-flag", "memory-pool", "serialize")
     assert ctx.network_record["inputs"] == {"x": {"dtype": "float", "shape": [-1, 16]}}
@@ -88,7 +88,7 @@ def test_cleaned_model_is_byte_stable(write_recipe: Recipe, build_context: Conte
 
 
 def test_planned_passes() -> None:
-    assert planned_passes(CleanupSpec()) == ["fold_constants", "cleanup", "toposort"]
+    assert planned_passes(CleanupSpec()) == ["fold_constants", "inline_ifs", "cleanup", "toposort"]
     spec = CleanupSpec(fold_constants=False, freeze_inputs={"m": 1}, override_shapes={"x": (1,)},
                        passes=("toposort", "infer_shapes"))
     assert planned_passes(spec) == ["freeze_inputs", "override_shapes", "toposort", "infer_shapes"]

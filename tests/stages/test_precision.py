@@ -85,10 +85,10 @@ def test_int8_without_calibration_data_is_one_clear_error(write_recipe: Recipe) 
 def test_options_that_do_not_fit_the_mode(write_recipe: Recipe) -> None:
     path = tiny(write_recipe, "      mode: int8\n      io_types: convert\n      calibration: {method: entropy}")
     assert problems_of(path) == [
-        f"{path}:11:20: stages[1].precision.calibration: give calibration data as exactly one of 'data: FILE' and "
-        "'random: {samples: N, seed: S}'",
         f"{path}:10:17: stages[1].precision.io_types: int8 keeps FP32 inputs and outputs (quantization happens "
-        "inside the graph); remove io_types"]
+        "inside the graph); remove io_types",  # sorted by line
+        f"{path}:11:20: stages[1].precision.calibration: give calibration data as exactly one of 'data: FILE' and "
+        "'random: {samples: N, seed: S}'"]
 
 
 def test_calibration_data_is_checked_against_the_model_before_any_work(write_recipe: Recipe, tmp_path: Path) -> None:
