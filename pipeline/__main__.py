@@ -1,3 +1,13 @@
-from pipeline.cli import main
+import sys
 
-raise SystemExit(main())
+from pipeline import interrupt
+
+interrupt.install()  # before the heavy imports: a signal during them unwinds too, and exits 130 or 143
+try:
+    from pipeline.cli import main
+
+    code = main()
+except KeyboardInterrupt:  # before main's own handler was reached (while importing)
+    print(f"interrupted: {interrupt.summary()}", file=sys.stderr)
+    code = interrupt.exit_code()
+raise SystemExit(interrupt.finish(code))

@@ -40,7 +40,8 @@ examples:
   trt-pipeline --print-completion bash            shell completion (bash, zsh, tcsh)
 
 artifacts are named NAME@VERSION (newest build), NAME@VERSION+BUILD, or by directory.
-exit codes: 0 ok, 1 user error or failed build, 2 cannot run here (no GPU), 3 internal error (a bug), 130 Ctrl-C.
+exit codes: 0 ok, 1 user error or failed build, 2 cannot run here (no GPU), 3 internal error (a bug),
+130 Ctrl-C (SIGINT), 143 SIGTERM.
 """
 
 
@@ -133,13 +134,26 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except BrokenPipeError:  # `trt-pipeline list | head`: the reader left; that is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except KeyboardInterrupt:
-        return _failed(args, EXIT_INTERRUPTED, "interrupted",
-                       ["interrupted: nothing was published by the interrupted step"], None)
+    except KeyboardInterrupt:  # 130 for SIGINT (Ctrl-C), 143 for SIGTERM
+        return _failed(args, interrupt.exit_code(), "interrupted", [f"interrupted: {interrupt.summary()}"], None)
     except Exception as error:  # noqa: BLE001 - the one place unexpected errors are reported
-        path = _crash_log(error)
+        try:
+            path: Path | str = _crash_log(error)
+        except OSError as unwritable:  # a full disk: the traceback goes to stderr instead
+            traceback.print_exception(error)
+            path = f"none written ({unwritable.strerror}); the traceback is above"
         return _failed(args, EXIT_BUG, "bug", [f"internal error (this is a bug): {type(error).__name__}: {error}",
                                                f"details and versions: {path}"], None, log=str(path))
+
+
+def run() -> None:
+    """The console script: main(), with the exit status fixed as `python -m pipeline` fixes it (130 or 143 after
+    an interrupt, even one arriving while the interpreter shuts down)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = interrupt.exit_code()
+    raise SystemExit(interrupt.finish(code))
 
 
 def _failed(args: argparse.Namespace, code: int, kind: str, lines: list[str], hint: str | None, **extra: str) -> int:

@@ -6,11 +6,13 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pipeline import faults
 from pipeline.errors import StoreError
 
 
@@ -35,12 +37,15 @@ def write_json(path: Path, value: Any) -> None:
     write_bytes(path, json_bytes(value))
 
 
-def replace_bytes(path: Path, data: bytes | memoryview, durable: bool = True) -> None:
-    """Atomically replace a file: temp file beside it, fsync (when `durable`), os.replace; errors become a
-    StoreError."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def replace_bytes(path: Path, data: bytes | memoryview, durable: bool = True, scratch: Path | None = None) -> None:
+    """Atomically replace a file: temp file beside it (or in `scratch`, a directory on the same filesystem: a
+    published artifact's files are replaced so), fsync (when `durable`), os.replace; errors become a StoreError.
+    The temp file's name ends in .<pid>.tmp, so what a killed writer left can be told from a live one's."""
+    name = f".{path.name}.{secrets.token_hex(4)}.{os.getpid()}.tmp" if scratch else f".{path.name}.{os.getpid()}.tmp"
+    tmp = (scratch or path.parent) / name
     try:
         write_bytes(tmp, data, durable)
+        faults.point(f"replace {path.name}")
         os.replace(tmp, path)
     except OSError as error:
         raise StoreError(f"cannot write {path}: {error.strerror}") from None
@@ -48,9 +53,9 @@ def replace_bytes(path: Path, data: bytes | memoryview, durable: bool = True) ->
         tmp.unlink(missing_ok=True)
 
 
-def replace_json(path: Path, value: Any, durable: bool = True) -> None:
+def replace_json(path: Path, value: Any, durable: bool = True, scratch: Path | None = None) -> None:
     """Atomically replace a JSON file."""
-    replace_bytes(path, json_bytes(value), durable)
+    replace_bytes(path, json_bytes(value), durable, scratch)
 
 
 def sync(paths: list[Path]) -> None:

@@ -1,28 +1,42 @@
 """Ctrl-C and SIGTERM, remembered: TensorRT calls back into Python while it builds, and an interrupt raised
 inside such a callback is swallowed by TensorRT. The handler records the request before raising, so the stage
-that called TensorRT can still stop the build when control comes back to it."""
+that called TensorRT can still stop the build when control comes back to it.
+
+It also records which signal came (the exit status is 128 + its number: 130 for SIGINT, 143 for SIGTERM), and
+what was published before it came, so the one "interrupted" line says what the interrupted run left behind.
+A step that must not be cut in half (renaming a build into place and noting it) runs `deferred()`: a signal
+arriving meanwhile takes effect when the step ends.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 _requested = threading.Event()
+_state: dict[str, Any] = {"signal": None, "depth": 0, "pending": False}
+_published: list[str] = []
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _handle(signum: int, frame: Any) -> None:
     _requested.set()
+    _state["signal"] = _state["signal"] or signum
+    if _state["depth"]:
+        _state["pending"] = True  # raised when the deferred step ends
+        return
     raise KeyboardInterrupt
 
 
 def install() -> None:
     """SIGINT and SIGTERM unwind like Ctrl-C (so staged work is removed) and are remembered."""
-    _requested.clear()
+    clear()
     with contextlib.suppress(ValueError):  # only the main thread may set handlers
-        signal.signal(signal.SIGINT, _handle)
-        signal.signal(signal.SIGTERM, _handle)
+        for signum in SIGNALS:
+            signal.signal(signum, _handle)
 
 
 def check() -> None:
@@ -42,3 +56,52 @@ def request() -> None:
 
 def clear() -> None:
     _requested.clear()
+    _state.update(signal=None, depth=0, pending=False)
+    _published.clear()
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Run the block whole: SIGINT/SIGTERM arriving meanwhile raise KeyboardInterrupt when it ends (not inside)."""
+    _state["depth"] += 1
+    try:
+        yield
+    finally:
+        _state["depth"] -= 1
+    if not _state["depth"] and _state["pending"]:
+        _state["pending"] = False
+        raise KeyboardInterrupt
+
+
+def published(what: str) -> None:
+    """Note something made visible in the store (a build, a channel change), for the interrupted line."""
+    _published.append(what)
+
+
+def summary() -> str:
+    """What the interrupted run published, in one line."""
+    if not _published:
+        return "nothing was published by the interrupted step"
+    return f"published before the interrupt: {', '.join(_published)}; nothing after it"
+
+
+def exit_code() -> int:
+    """128 + the signal that interrupted (130 for Ctrl-C, and when no signal was seen; 143 for SIGTERM)."""
+    return 128 + (_state["signal"] or signal.SIGINT)
+
+
+def finish(code: int) -> int:
+    """The exit status, fixed as late as possible: SIGINT/SIGTERM are blocked from here (a signal arriving while
+    the interpreter shuts down, its handlers reset, would otherwise end the process with -2 or -15); an interrupt
+    that arrived, or is pending now, makes it 130 or 143."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.pthread_sigmask(signal.SIG_BLOCK, set(SIGNALS))
+        pending = signal.sigpending()
+        for signum in SIGNALS:
+            if signum in pending and not _state["signal"]:
+                _state["signal"] = signum
+    # A KeyboardInterrupt raised inside exec()'d code (dataclasses make their methods so, at import) leaves CPython's
+    # "unhandled KeyboardInterrupt" flag set even once caught, and the process would then end by SIGINT (130);
+    # running exec() once more clears it.
+    exec("None")  # noqa: S102 - a constant
+    return exit_code() if _state["signal"] else code

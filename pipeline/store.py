@@ -2,8 +2,12 @@
 
 Layout: ROOT/<name>/<version>[+<build>]/<gpu-tag>/{engine.plan, manifest.json, model.cleaned.onnx, build.log}.
 Beside the artifacts: ROOT/<name>/_channels/ (lifecycle.channel's files), ROOT/_nightly/<run>/ (one per night),
-ROOT/_failed/ (logs of failed builds), ROOT/.memo/ (caches) and ROOT/.staging/ (private work and trash). Every
-path under ROOT is spelled here; other modules ask the Store for theirs.
+ROOT/_failed/ (logs of failed builds), ROOT/.memo/ (caches) and ROOT/.staging/ (private work, trash, leases and the
+temp files of what is replaced inside published artifacts). Every path under ROOT is spelled here; other modules ask
+the Store for theirs.
+Whatever a process leaves behind when it dies without unwinding (staging, trash, leases, `.<name>.<pid>.tmp` files)
+carries its pid; `reclaim` (run by build, nightly, promote and gc before they start) and `fsck --repair` remove it
+once that process is gone.
 Everything is written into ROOT/.staging first, fsynced, then renamed into place under a file lock, so a
 reader sees a whole artifact or none. A published directory is never overwritten.
 A build number belongs to one build run (all its GPU tags) and is never reused, not even after gc: the highest
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import clock
+from pipeline import clock, faults, interrupt
 from pipeline import ref as refs
 from pipeline.digest import file_sha256
 from pipeline.errors import StoreError
@@ -44,10 +48,33 @@ BUILDS = ".builds.json"  # version -> highest build number ever given (numbers a
 CHANNELS = "_channels"  # ROOT/<name>/_channels/: channel files and their history
 NIGHTLY = "_nightly"  # ROOT/_nightly/<run>/: one directory per nightly run
 TRASH = "_trash"  # ROOT/.staging/_trash-<pid>-<name>-XXXXXXXX/: what process <pid> is removing
+LEASE = "_lease"  # ROOT/.staging/_lease-<pid>-<name>-XXXXXXXX/: a build process <pid> needs kept (gc honours it)
+LEASED = "artifact.json"  # in a lease: {"version", "build", "tag"} of the build it keeps
 HASHES = "hashes"  # the memo of file hashes (file_sha256)
-_OWNER = re.compile(r"^(?:_trash-(\d+)-.*|.*-(\d+)-[^-]{8})$")  # the pid in a staging or trash directory's name
+_OWNER = re.compile(r"^(?:_(?:trash|lease)-(\d+)-.*|.*-(\d+)-[^-]{8})$")  # the pid in a staging entry's name
 _TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # pipeline.files.replace_bytes's .<name>.<pid>.tmp
 _VERSION_DIR = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:\+(\d+))?$")
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Something under ROOT that no published artifact, channel or night is: `garbage` when provably so."""
+
+    kind: str  # staging | temp | empty
+    path: Path
+    message: str
+    garbage: bool
 
 
 def _stamp(stat: os.stat_result) -> list[int]:
@@ -176,14 +203,16 @@ class Store:
     # ------------------------------------------------------------ what fsck looks at
 
     def staged(self) -> list[tuple[Path, int | None]]:
-        """Every entry of ROOT/.staging (staging and trash directories) with the pid of the process that owns it
-        (None when its name carries none)."""
+        """Every entry of ROOT/.staging (staging, trash and lease directories; temp files are `temp_files`') with
+        the pid of the process that owns it (None when its name carries none)."""
         try:
             entries = sorted((self.root / STAGING).iterdir())
         except OSError:
             return []
         found = []
         for path in entries:
+            if _TEMP.match(path.name):
+                continue  # a temp file (temp_files)
             match = _OWNER.match(path.name)
             found.append((path, int(next(g for g in match.groups() if g)) if match else None))
         return found
@@ -191,7 +220,7 @@ class Store:
     def temp_files(self) -> list[tuple[Path, int]]:
         """Every `.<name>.<pid>.tmp` file (pipeline.files.replace_bytes) in the places the store replaces files:
         the root, ROOT/.memo, each recipe, its channels, version and artifact directories; with the writer's pid."""
-        places = [self.root, self.root / MEMO]
+        places = [self.root, self.root / MEMO, self.root / STAGING]
         for name in self.recipes():
             places += [self.root / name, self.channels_dir(name)]
             for version in self.version_dirs(name):
@@ -204,6 +233,47 @@ class Store:
                     if match and path.is_file():
                         found.append((path, int(match.group(1))))
         return found
+
+    def leftovers(self) -> list[Leftover]:
+        """What processes left behind: staging, trash and lease entries (garbage once their owner is gone),
+        temp files of dead writers, empty version directories. fsck reports them; `reclaim` removes the garbage."""
+        found = []
+        for path, pid in self.staged():
+            if pid is None:
+                found.append(Leftover("staging", path, "staging entry of unknown owner (remove it by hand when no "
+                                                       "build runs)", False))
+            elif not alive(pid):
+                found.append(Leftover("staging", path, f"left behind by process {pid}, which is gone", True))
+        for path, pid in self.temp_files():
+            if not alive(pid):
+                found.append(Leftover("temp", path, f"temporary file of process {pid}, which is gone", True))
+        for name in self.recipes():
+            for path in self.version_dirs(name):
+                with contextlib.suppress(OSError):
+                    if not any(path.iterdir()):
+                        found.append(Leftover("empty", path, "empty version directory", True))
+        return found
+
+    def remove_leftover(self, leftover: Leftover) -> bool:
+        """Remove one garbage leftover; False when it is not garbage, or changed meanwhile (filled up, gone)."""
+        if not leftover.garbage:
+            return False
+        if leftover.kind == "staging":
+            shutil.rmtree(leftover.path, ignore_errors=True)
+            return not leftover.path.exists()
+        if leftover.kind == "temp":
+            with contextlib.suppress(OSError):
+                leftover.path.unlink(missing_ok=True)
+            return not leftover.path.exists()
+        return self.remove_empty_version(leftover.path)
+
+    def reclaim(self) -> list[Leftover]:
+        """Remove what dead processes left behind (see `leftovers`); best effort: a read-only store, or a missing
+        one, reclaims nothing. Returns what was removed."""
+        try:
+            return [left for left in self.leftovers() if self.remove_leftover(left)]
+        except (OSError, StoreError):
+            return []
 
     def version_dirs(self, name: str) -> list[Path]:
         """ROOT/<name>/<version>[+<build>]/ directories of a recipe, whatever they hold."""
@@ -277,15 +347,23 @@ class Store:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def lock(self, name: str) -> Any:
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """The recipe's lock (ROOT/<name>/.lock), held for the block; a store it cannot be taken in (read-only,
+        full) is a StoreError."""
         from filelock import FileLock
 
+        lock = FileLock(str(self.root / name / ".lock"))
         try:
             (self.root / name).mkdir(parents=True, exist_ok=True)
+            lock.acquire()
         except OSError as error:
             raise StoreError(f"cannot write to store {self.root}: {error.strerror}",
                              hint="pick a writable store with --store DIR or TRT_PIPELINE_STORE") from None
-        return FileLock(str(self.root / name / ".lock"))
+        try:
+            yield
+        finally:
+            lock.release()
 
     def publish(self, name: str, version: str, tag: str, staged: Path, manifest: dict,
                 run: Run | None = None) -> Artifact:
@@ -313,7 +391,11 @@ class Store:
                 sync([item for item in staged.iterdir() if item.is_file()])
                 fsync_dir(staged)
                 final.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(staged, final)
+                faults.point("publish-rename")
+                with interrupt.deferred():  # renamed and noted, or neither: the interrupted line says which
+                    os.rename(staged, final)
+                    interrupt.published(f"{ref(name, version, build)} [{tag}]")
+                faults.point("publish-renamed")
                 fsync_dir(final.parent)
             except OSError as error:
                 raise StoreError(f"cannot publish {final}: {error.strerror}") from None
@@ -388,10 +470,66 @@ class Store:
         try:
             with self._trash(artifact.name) as trash:
                 os.rename(artifact.path, trash / artifact.tag)
+                faults.point("discard-renamed")
         except OSError as error:
             raise StoreError(f"cannot remove {artifact.path}: {error.strerror}") from None
         with contextlib.suppress(OSError):
             artifact.path.parent.rmdir()  # fails while other GPU tags of this version remain
+
+    def replace_json(self, path: Path, value: Any) -> None:
+        """Atomically replace a file inside a published artifact, its temp file written in ROOT/.staging (same
+        filesystem) and renamed across: a process killed meanwhile leaves nothing inside the artifact."""
+        base = self.root / STAGING
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot write {path}: {error.strerror}") from None
+        replace_json(path, value, scratch=base)
+
+    @contextlib.contextmanager
+    def lease(self, artifact: Artifact) -> Iterator[Artifact]:
+        """Keep `artifact` from gc while the block runs (a promotion's source): a lease naming it is made under the
+        recipe's lock, after checking it is still published, and removed on exit. The lease carries this process's
+        pid, so one left by a killed process stops counting (and is reclaimed) once that process is gone."""
+        with self.lock(artifact.name):
+            if self.published(artifact.name, artifact.version, artifact.build, artifact.tag) is None:
+                raise StoreError(f"{artifact.ref} [{artifact.tag}] is no longer in store {self.root} (removed "
+                                 "meanwhile, e.g. by gc)")
+            with self._owned(f"{LEASE}-{os.getpid()}-{artifact.name}-") as path:
+                write_json(path / LEASED, {"version": artifact.version, "build": artifact.build, "tag": artifact.tag})
+        try:
+            yield artifact
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def leased(self, name: str) -> dict[tuple[str, int, str], int]:
+        """(version, build, tag) -> pid, for every build of `name` a live process holds a lease on."""
+        found = {}
+        for path, pid in self.staged():
+            if pid is None or not path.name.startswith(f"{LEASE}-{pid}-{name}-") or not alive(pid):
+                continue
+            try:
+                held = json.loads((path / LEASED).read_text())
+                found[(held["version"], int(held["build"]), held["tag"])] = pid
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # still being written (it is made under the lock gc takes) or damaged
+        return found
+
+    @contextlib.contextmanager
+    def _owned(self, prefix: str) -> Iterator[Path]:
+        """A fresh ROOT/.staging/<prefix>XXXXXXXX/ (removed again if the block fails)."""
+        base = self.root / STAGING
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+        except OSError as error:
+            raise StoreError(f"cannot create a staging directory in store {self.root}: {error.strerror}",
+                             hint="pick a writable store with --store DIR or TRT_PIPELINE_STORE") from None
+        try:
+            yield path
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
 
     def update_manifest(self, artifact: Artifact, change: Callable[[dict], None]) -> Manifest:
         """Apply `change` to (the JSON of) a published manifest atomically, under the recipe's lock; what it
@@ -400,7 +538,7 @@ class Store:
             manifest = artifact.manifest().to_dict()
             change(manifest)
             changed = Manifest.from_dict(manifest, artifact.path / MANIFEST)
-            replace_json(artifact.path / MANIFEST, manifest)
+            self.replace_json(artifact.path / MANIFEST, manifest)
         return changed
 
     # ------------------------------------------------------------ reading

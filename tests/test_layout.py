@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("pipeline", "pipeline.errors", "pipeline.digest", "pipeline.units", "pipeline.files", "pipeline.clock",
      "pipeline.ref", "pipeline.progress", "pipeline.userfiles",
-     "pipeline.interrupt", "pipeline.heap", "pipeline.background"),  # leaves: the tool's vocabulary
+     "pipeline.interrupt", "pipeline.heap", "pipeline.background", "pipeline.faults"),  # leaves: the tool's vocabulary
     ("pipeline.trt",),  # TensorRT and the GPU
     ("pipeline.stages",),  # the stage registry and one module per stage
     ("pipeline.recipe",),  # load, validate, freeze (specs through the registry)
@@ -53,7 +53,10 @@ def _imports(path: Path) -> list[tuple[str, int, bool]]:
     typing_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
                    and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
                    for node in ast.walk(block)}
-    top = {id(node) for node in tree.body}
+    # module level: the module's own statements, and those of a try at module level (__main__ catches an
+    # interrupt that arrives while it imports the CLI)
+    top = {id(node) for node in tree.body} | {id(inner) for block in tree.body if isinstance(block, ast.Try)
+                                              for inner in block.body}
     found = []
     for node in ast.walk(tree):
         if id(node) in typing_only:

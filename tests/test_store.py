@@ -450,7 +450,8 @@ def test_a_directory_whose_manifest_is_not_ours_is_a_store_error(tmp_path: Path,
 
 def test_an_unwritable_store_is_a_store_error() -> None:
     with pytest.raises(StoreError, match=r"^cannot write to store /proc/no-store: "):
-        Store(Path("/proc/no-store")).lock("tiny")
+        with Store(Path("/proc/no-store")).lock("tiny"):
+            pass
 
 
 # ---------------------------------------------------------------- exact references, tags, bad input
@@ -663,6 +664,78 @@ def test_a_file_that_changes_while_it_is_hashed_is_not_remembered(store: Store, 
     monkeypatch.setattr(store_module, "file_sha256", rewritten_meanwhile)
     store.file_sha256(model)
     assert store.memo("hashes") == {}
+
+
+# ---------------------------------------------------------------- leftovers, reclaim, leases
+
+
+@pytest.fixture(scope="module")
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    process = multiprocessing.get_context("spawn").Process(target=int)
+    process.start()
+    process.join()
+    return process.pid
+
+
+def test_reclaim_removes_what_dead_processes_left_and_nothing_else(store: Store, dead_pid: int) -> None:
+    artifact = publish(store)
+    staging = store.root / STAGING
+    dead = [staging / f"tiny-sm89-{dead_pid}-abcd1234", staging / f"{TRASH}-{dead_pid}-tiny-abcd1234",
+            staging / f"_lease-{dead_pid}-tiny-abcd1234"]
+    for path in dead:
+        path.mkdir(parents=True)
+    temps = [store.root / "tiny" / f".{BUILDS}.{dead_pid}.tmp", staging / f".manifest.json.0a1b2c3d.{dead_pid}.tmp"]
+    for path in temps:
+        path.write_text("{")
+    empty = store.root / "tiny" / "2.0.0+3"
+    empty.mkdir()
+    live, unknown = staging / f"tiny-{os.getpid()}-abcd1234", staging / "someone-elses"
+    live.mkdir()
+    unknown.mkdir()
+    mine = store.root / "tiny" / f".{BUILDS}.{os.getpid()}.tmp"
+    mine.write_text("{")
+
+    found = {(left.kind, left.path, left.garbage) for left in store.leftovers()}
+    assert found == {*(("staging", p, True) for p in dead), *(("temp", p, True) for p in temps),
+                     ("empty", empty, True), ("staging", unknown, False)}
+    assert sorted(str(left.path) for left in store.reclaim()) == sorted(str(p) for p in [*dead, *temps, empty])
+    assert store.leftovers() == [next(left for left in store.leftovers() if left.path == unknown)]
+    assert live.is_dir() and mine.is_file() and (artifact.path / MANIFEST).is_file()
+
+
+def test_reclaim_in_a_missing_store_does_nothing(tmp_path: Path) -> None:
+    assert Store(tmp_path / "missing").reclaim() == [] and not (tmp_path / "missing").exists()
+
+
+def test_a_lease_holds_a_build_for_a_live_process_only(store: Store, dead_pid: int) -> None:
+    artifact = publish(store)
+    with store.lease(artifact):
+        assert store.leased("tiny") == {("1.0.0", 1, SM89): os.getpid()}
+        assert store.leased("other") == {}
+    assert store.leased("tiny") == {} and leftovers(store) == []
+    held = store.root / STAGING / f"_lease-{dead_pid}-tiny-abcd1234"
+    held.mkdir()
+    (held / store_module.LEASED).write_text(json.dumps({"version": "1.0.0", "build": 1, "tag": SM89}))
+    assert store.leased("tiny") == {}  # its owner is gone
+
+
+def test_a_lease_on_a_build_gone_meanwhile_is_one_store_error(store: Store) -> None:
+    artifact = publish(store)
+    with store.lock("tiny"):
+        store.discard(artifact)
+    with pytest.raises(StoreError, match=r"^tiny@1.0.0\+1 \[sm89.rtx-1.7.1\] is no longer in store .*gc\)$"):
+        with store.lease(artifact):
+            pass
+    assert leftovers(store) == []
+
+
+def test_replace_json_inside_an_artifact_writes_its_temp_file_in_staging(store: Store) -> None:
+    artifact = publish(store)
+    store.replace_json(artifact.path / "validation.json", {"status": "passed"})
+    assert json.loads((artifact.path / "validation.json").read_text()) == {"status": "passed"}
+    assert sorted(p.name for p in artifact.path.iterdir()) == ["engine.plan", MANIFEST, "validation.json"]
+    assert leftovers(store) == []
 
 
 def test_overlaps_is_the_root_what_is_under_it_and_what_holds_it(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pipeline.background import Background
 from pipeline.build.cache import build_key, model_record, reusable, source_hit
 from pipeline.build.plan import Plan
 from pipeline.build.record import manifest
-from pipeline.errors import PipelineError, RecipeError
+from pipeline.errors import PipelineError, RecipeError, StoreError
 from pipeline.files import write_bytes
 from pipeline.progress import Progress, as_progress
 from pipeline.recipe import Recipe
@@ -129,6 +130,7 @@ def _build_targets(plan: Plan, todo: list[Target], model: dict, store: Store, lo
                 _link_shared_files(tctx, staged)
                 waited, checks = _settle(tctx, progress)
                 handler.flush()
+                handler.check()
                 _copy_log(scratch / BUILD_LOG, staged / BUILD_LOG, shared_log, target_log)
                 record = manifest(tctx, stage_times, started=time.time(), waited=waited, check=checks.get(CHECK),
                                   precision_check=checks.get(PRECISION_CHECK))
@@ -190,12 +192,42 @@ def _settle(ctx: Context, progress: Progress) -> tuple[float, dict[str, Any]]:
     return waited, results
 
 
+class _LogFile(logging.FileHandler):
+    """A build's log file. A write error (a full disk) is kept, not printed as a logging traceback: `check` makes it
+    the build's one-line StoreError."""
+
+    error: OSError | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            self.error = self.error or error
+        else:
+            super().handleError(record)
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as error:
+            self.error = self.error or error
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as error:
+            self.error = self.error or error
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise StoreError(f"cannot write {self.baseFilename}: {self.error.strerror}")
+
+
 @contextlib.contextmanager
 def _build_log(log: logging.Logger, path: Path, store: Store, name: str) -> Iterator[logging.FileHandler]:
     """Everything at INFO and above (TensorRT's messages included) also goes to `path` during the build.
     When the build fails, is interrupted or crashes, the log is kept in the store (a user error's hint names it;
     otherwise it is logged)."""
-    handler = logging.FileHandler(path)
+    handler = _LogFile(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     level = log.level

@@ -73,6 +73,7 @@ def build(args: argparse.Namespace, log: logging.Logger) -> int:
             print(*plans.dry_run_lines(plan, store, log, force=args.force), sep="\n")
         return 0
     started = time.perf_counter()
+    store.reclaim()  # staging and temp files of killed runs
     outcomes = runner.build(plan, store, log, progress(args), force=args.force)
 
     valid = after_build(plan.recipe, [o.artifact for o in outcomes if not o.reused], store, probe,

@@ -29,9 +29,7 @@ def promote(args: argparse.Namespace, log: logging.Logger) -> int:
         emit_json(done.to_json())
         return 0
     print(f"{done.decision.action}: {done.decision.reason}")
-    note = ""
-    if done.decision.action == "rebuild":
-        note = " (new build)" if done.built else " (already built from the same inputs; not rebuilt)"
+    note = " (new build)" if done.built else ""
     print(f"{done.channel} of {done.tag} -> {done.artifact.ref} [{done.artifact.tag}]{note} {done.artifact.path}")
     if done.waiver:
         print(f"waiver recorded: {done.waiver}")

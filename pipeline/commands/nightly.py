@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import TextIO
 
+from pipeline import interrupt
 from pipeline.commands.output import Command, Progress, emit_json, print_table
 from pipeline.errors import PipelineError
 from pipeline.nightly import regression
@@ -117,13 +118,19 @@ def nightly(args: argparse.Namespace, log: logging.Logger) -> int:
     config_file = config_file if args.config or config_file.is_file() else None
     config = regression.load_config(config_file)
     observer = nights.Quiet() if args.quiet else Display(sys.stderr, sys.stderr.isatty())
+    store = Store(args.store)
+    store.reclaim()  # what a killed run left behind (its workers died with it)
+    before = {a.path for a in store.artifacts()}
     try:
         with _executor(args) as executor:
-            report = nights.run(args.recipes_dir, Store(args.store), config, _target_names(args.targets), args.jobs,
+            report = nights.run(args.recipes_dir, store, config, _target_names(args.targets), args.jobs,
                                 args.force, observer=observer, config_file=config_file, executor=executor)
     except KeyboardInterrupt:
         if isinstance(observer, Display):
             observer.clear()  # the CLI's one "interrupted" line goes on a line of its own
+        for artifact in store.artifacts():  # what the workers published before they were stopped
+            if artifact.path not in before:
+                interrupt.published(f"{artifact.ref} [{artifact.tag}]")
         raise
     summary_file = args.environ.get(STEP_SUMMARY_ENV)
     if summary_file:

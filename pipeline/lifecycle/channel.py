@@ -1,8 +1,12 @@
 """Named channels (candidate, production, ...) per recipe and GPU tag, with an append-only history.
 
 Layout, in the store's `channels_dir(name)` (ROOT/<name>/_channels/):
-        <gpu-tag>.json  {"name", "tag", "channels": {channel: pointer}}
-        history.jsonl   one event per line: who, when, which build, from where, why.
+        <gpu-tag>.json  {"name", "tag", "channels": {channel: pointer}, "events": {channel: id of its last event}}
+        history.jsonl   one event per line: who, when, which build, from where, why; then {"commit": id}.
+History and channels agree after any fault: an event is appended (with its id) before the channel file is
+replaced, and counts only once committed: its commit line follows the replace, and a channel file naming the id
+commits it too (a process killed between the two). An event whose channel file was never replaced (killed before
+the rename, a full disk) is not history: `history` leaves it out.
 A pointer names a published build: version, build number and the tag of its directory (which differs from
 the channel's tag when an engine is reused on another GPU type). Every change is made under the store's lock
 for the recipe, so two promotions racing each other are both applied and both recorded.
@@ -10,13 +14,16 @@ for the recipe, so two promotions racing each other are both applied and both re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline import faults, interrupt
 from pipeline.errors import StoreError
 from pipeline.files import replace_json
 from pipeline.store import Artifact, Store
@@ -53,12 +60,18 @@ def _dir(store: Store, name: str) -> Path:
 
 def read(store: Store, name: str, tag: str) -> dict[str, dict]:
     """channel -> pointer for one recipe and GPU tag ({} when nothing was promoted there)."""
+    return _file(store, name, tag)["channels"]
+
+
+def _file(store: Store, name: str, tag: str) -> dict:
+    """A channel file: {"channels": {...}, "events": {...}} (both {} when there is none)."""
     path = _dir(store, name) / f"{tag}.json"
     try:
-        return json.loads(path.read_text())["channels"]
+        found = json.loads(path.read_text())
+        return {"channels": dict(found["channels"]), "events": dict(found.get("events") or {})}
     except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, KeyError) as error:
+        return {"channels": {}, "events": {}}
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise StoreError(f"cannot read channel file {path}: {error}") from None
 
 
@@ -75,6 +88,14 @@ def everything(store: Store, name: str) -> Iterator[tuple[str, str, dict]]:
 
 
 def history(store: Store, name: str) -> list[dict]:
+    """The events that took effect, oldest first (an event written before a fault stopped its channel change is
+    left out; events of older stores, without ids, all count)."""
+    records = _records(store, name)
+    committed = {r["commit"] for r in records if "commit" in r} | _applied(store, name)
+    return [r for r in records if "commit" not in r and r.get("id", committed) in committed]
+
+
+def _records(store: Store, name: str) -> list[dict]:
     path = _dir(store, name) / HISTORY
     try:
         lines = path.read_text().splitlines()
@@ -84,6 +105,11 @@ def history(store: Store, name: str) -> list[dict]:
         return [json.loads(line) for line in lines if line.strip()]
     except ValueError as error:
         raise StoreError(f"cannot read history {path}: {error}") from None
+
+
+def _applied(store: Store, name: str) -> set[str]:
+    """Ids of the events the channel files name (applied, whether or not their commit line was written)."""
+    return {event for tag in tags(store, name) for event in _file(store, name, tag)["events"].values()}
 
 
 def _append(path: Path, record: dict) -> None:
@@ -100,25 +126,45 @@ def _append(path: Path, record: dict) -> None:
 def set_(store: Store, name: str, tag: str, channel: str, entry: dict, event: dict) -> dict | None:
     """Point `channel` of `tag` at `entry`, recording `event` in the history; returns the previous pointer.
 
-    Read-modify-write under the recipe's lock: the history line is appended first, then the channel file
-    is replaced atomically, so a promotion is never applied without being recorded. The artifact is checked
-    again inside the lock: a gc that removed it after the caller resolved it makes this a StoreError.
+    Read-modify-write under the recipe's lock: the event is appended first (with a new id), then the channel
+    file is replaced atomically (naming that id), then the event is committed; see the module's doc. The
+    artifact is checked again inside the lock: a gc that removed it after the caller resolved it makes this a
+    StoreError.
     """
     check_name(channel)
     with store.lock(name):
         folder = _dir(store, name)
         folder.mkdir(parents=True, exist_ok=True)
-        channels = read(store, name, tag)
+        current = _file(store, name, tag)
+        channels, events = current["channels"], current["events"]
         if store.published(name, entry["version"], entry["build"], entry["tag"]) is None:
             path = store.artifact_dir(name, entry["version"], entry["build"], entry["tag"])
             raise StoreError(f"cannot point {channel} of {tag} at {entry.get('ref', path)} [{entry['tag']}]: it is "
                              f"no longer in store {store.root} (removed meanwhile, e.g. by gc); channel unchanged")
+        _commit_applied(store, name)  # the pointer replaced below may be the only record of an earlier commit
         previous = channels.get(channel)
         channels[channel] = entry
+        events[channel] = uuid.uuid4().hex
         _append(folder / HISTORY, {**event, "name": name, "tag": tag, "channel": channel,
-                                   "artifact": entry, "previous": previous})
-        replace_json(folder / f"{tag}.json", {"name": name, "tag": tag, "channels": dict(sorted(channels.items()))})
+                                   "artifact": entry, "previous": previous, "id": events[channel]})
+        faults.point("channel-appended")
+        with interrupt.deferred():
+            replace_json(folder / f"{tag}.json", {"name": name, "tag": tag, "events": dict(sorted(events.items())),
+                                                  "channels": dict(sorted(channels.items()))})
+            interrupt.published(f"{channel} of {tag} -> {entry.get('ref')} [{entry['tag']}]")
+        faults.point("channel-replaced")
+        with contextlib.suppress(StoreError):  # the channel file names the event: it is committed already
+            _append(folder / HISTORY, {"commit": events[channel]})
     return previous
+
+
+def _commit_applied(store: Store, name: str) -> None:
+    """Write the commit line of every event a channel file names but the history has not committed (its writer
+    was killed after replacing the channel file). Call under the recipe's lock."""
+    records = _records(store, name)
+    committed = {r["commit"] for r in records if "commit" in r}
+    for event in sorted(_applied(store, name) - committed):
+        _append(_dir(store, name) / HISTORY, {"commit": event})
 
 
 def pointing_at(store: Store, name: str) -> dict[tuple[str, int, str], list[str]]:

@@ -2,23 +2,22 @@
 
 Checked: every artifact's manifest parses and its engine matches it (size, sha256); every channel points at a
 published build with the engine it recorded, and is the last event of its channel in the history; every build the
-history names still exists. Garbage (what `repair` removes): staging and trash directories and `.<name>.<pid>.tmp`
-files of processes that are gone, empty version directories, and hash-memo entries of files gone or changed.
+history names still exists. Garbage (what `repair` removes): staging, trash and lease directories and
+`.<name>.<pid>.tmp` files of processes that are gone, empty version directories (Store.leftovers, which every
+writing run reclaims too), and hash-memo entries of files gone or changed.
 Nothing else is ever removed: a damaged artifact, a broken channel or a directory of unknown owner is reported
 only (the user decides).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.lifecycle import channel as channels
-from pipeline.store import HASHES, Store
+from pipeline.store import HASHES, Leftover, Store
 
 
 @dataclass(frozen=True)
@@ -33,17 +32,6 @@ class Problem:
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "where": self.where, "message": self.message, "garbage": self.garbage}
-
-
-def alive(pid: int) -> bool:
-    """Whether a process with this pid runs on this machine (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. EPERM: it exists
-        return True
-    return True
 
 
 def check(store: Store) -> list[Problem]:
@@ -108,18 +96,8 @@ def _pointer(store: Store, name: str, where: str, entry: dict, recorded: dict | 
 
 
 def _leftovers(store: Store) -> Iterator[Problem]:
-    for path, pid in store.staged():
-        if pid is None:
-            yield Problem("staging", str(path), "staging entry of unknown owner (remove it by hand when no build runs)")
-        elif not alive(pid):
-            yield Problem("staging", str(path), f"left behind by process {pid}, which is gone", garbage=True)
-    for path, pid in store.temp_files():
-        if not alive(pid):
-            yield Problem("temp", str(path), f"temporary file of process {pid}, which is gone", garbage=True)
-    for name in store.recipes():
-        for path in store.version_dirs(name):
-            if not any(path.iterdir()):
-                yield Problem("empty", str(path), "empty version directory", garbage=True)
+    for left in store.leftovers():
+        yield Problem(left.kind, str(left.path), left.message, garbage=left.garbage)
     for key in store.dead_hashes():
         yield Problem("memo", key, "hash memo entry of a file that is gone or changed since", garbage=True)
 
@@ -135,15 +113,6 @@ def repair(store: Store, problems: list[Problem]) -> list[Problem]:
     for problem in problems:
         if not problem.garbage or problem.kind == "memo":
             continue
-        path = Path(problem.where)
-        if problem.kind == "staging":
-            shutil.rmtree(path, ignore_errors=True)
-            done = not path.exists()
-        elif problem.kind == "temp":
-            path.unlink(missing_ok=True)
-            done = True
-        else:
-            done = store.remove_empty_version(path)
-        if done:
+        if store.remove_leftover(Leftover(problem.kind, Path(problem.where), problem.message, problem.garbage)):
             removed.append(problem)
     return removed

@@ -1,5 +1,6 @@
 """Garbage collection: keep the newest N builds per recipe and GPU tag, and every build a channel points at
-or ever pointed at (a promoted build is never removed, so the history can always be followed back).
+or ever pointed at (a promoted build is never removed, so the history can always be followed back), and every
+build a live process holds a lease on (the source of a promotion in progress: Store.lease).
 
 Removal happens under the recipe's lock, the plan is made again inside it, and each artifact is removed by the
 store (`Store.discard`: renamed out of view first), so a reader never sees half of a removed artifact.
@@ -37,6 +38,8 @@ def _promoted(store: Store, name: str) -> dict[tuple[str, int, str], str]:
                            f"source of a promotion to {event['tag']} at {event['at']}")
     for tag, channel, entry in channels.everything(store, name):
         why[(entry["version"], entry["build"], entry["tag"])] = f"on channel {channel} of {tag}"
+    for key, pid in store.leased(name).items():
+        why.setdefault(key, f"source of a promotion in progress (process {pid})")
     return why
 
 
@@ -65,6 +68,8 @@ def plan(store: Store, keep: int, name: str | None = None) -> Sweep:
 
 def collect(store: Store, keep: int, name: str | None = None, dry_run: bool = False) -> Sweep:
     """Remove what `plan` says, re-planning under each recipe's lock so a promotion cannot race the removal."""
+    if not dry_run:
+        store.reclaim()
     sweep = plan(store, keep, name)
     if dry_run or not sweep.remove:
         return sweep

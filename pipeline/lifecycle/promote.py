@@ -9,6 +9,7 @@
 - refuse: one line naming the mismatch (platform, backend version, compute capability, GPU model, or an input
   that changed since the source was built).
 A build reaches `production` only when validation passed on that GPU tag, or with a recorded waiver.
+The source holds a lease for the whole promotion (Store.lease), so a gc meanwhile cannot remove it.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from pipeline import clock
 from pipeline import recipe as recipes
 from pipeline.build import plan as plans
 from pipeline.build import runner
-from pipeline.build.cache import build_key
-from pipeline.errors import BackendError, PromotionError
+from pipeline.build.cache import build_key, reusable
+from pipeline.errors import BackendError, PipelineError, PromotionError
 from pipeline.lifecycle import channel as channels
 from pipeline.manifest import Manifest
 from pipeline.stages.parse import digests
@@ -193,7 +194,16 @@ def promote(store: Store, ref: str, from_tag: str, to_tag: str, channel: str, *,
     channels.check_name(channel)
     if allow_unvalidated and not (reason or "").strip():
         raise PromotionError("--allow-unvalidated needs --reason \"...\": the waiver is recorded in the history")
-    source = store.verified(store.resolve(ref, from_tag))
+    store.reclaim()
+    resolved = store.resolve(ref, from_tag)
+    with store.lease(resolved):
+        return _promote(store, store.verified(resolved), to_tag, channel, by, log, allow_unvalidated, reason, probe,
+                        progress, load_backend, os.environ if environ is None else environ)
+
+
+def _promote(store: Store, source: Artifact, to_tag: str, channel: str, by: str, log: logging.Logger,
+             allow_unvalidated: bool, reason: str | None, probe: Probe | None, progress: Progress,
+             load_backend: Callable[[str], Any] | None, environ: MutableMapping[str, str]) -> Promotion:
     manifest = source.manifest()
     to = parse_tag(complete_tag(to_tag, source.tag))  # 'sm75', as --from takes it
     probe_ = _lazy(probe)  # the GPU is asked about only when a rebuild is considered
@@ -201,14 +211,19 @@ def promote(store: Store, ref: str, from_tag: str, to_tag: str, channel: str, *,
     line = f"cannot promote {source.ref} {source.tag} to {to.text}"
     if decision.action == "refuse":
         raise PromotionError(f"{line}: {decision.reason}")
-    gate = _gate(manifest, decision, to.text, channel)
+    existing = _built_already(store, manifest, to, probe_(), load_backend, log) \
+        if decision.action == "rebuild" else None
+    if existing is not None:
+        decision = _reused(existing, to)
+    gate = _gate(existing.manifest() if existing else manifest, decision, to.text, channel)
     if gate and not allow_unvalidated:
         raise PromotionError(f"{line} {channel}: {gate}; production needs validation passed on {to.text}",
                              hint=_gate_hint(source, to, decision, channel))
-    artifact, built = source, False
+    artifact, built = existing or source, False
     if decision.action == "rebuild":
-        artifact, built = _rebuild(store, source, manifest, to, probe_(), log, progress, load_backend,
-                                  os.environ if environ is None else environ)
+        artifact, built = _rebuild(store, source, manifest, to, probe_(), log, progress, load_backend, environ)
+        if not built:  # another run built it meanwhile
+            decision = _reused(artifact, to)
     now = clock.utc()
     waiver = reason if gate else None
     event = {"at": now, "by": by, "decision": decision.action, "reason": decision.reason,
@@ -217,6 +232,28 @@ def promote(store: Store, ref: str, from_tag: str, to_tag: str, channel: str, *,
     entry = channels.pointer(artifact, since=now, by=by, decision=decision.action, waiver=waiver)
     previous = channels.set_(store, source.name, to.text, channel, entry, event)
     return Promotion(decision, source, artifact, to.text, channel, built, waiver, previous)
+
+
+def _reused(artifact: Artifact, to: Tag) -> Decision:
+    return Decision("reuse", f"{to.text} already has {artifact.ref} [{artifact.tag}], built from the same inputs "
+                             f"(same build key); not rebuilt")
+
+
+def _built_already(store: Store, manifest: Manifest, to: Tag, probe: Probe,
+                   load_backend: Callable[[str], Any] | None, log: logging.Logger) -> Artifact | None:
+    """The build for `to` made from exactly the source's inputs (its build key for `to`), when the store has one.
+    None whenever that cannot be shown (a changed recipe, another backend...): the rebuild then says why."""
+    try:
+        recipe = recipes.load(manifest.recipe.path)
+        backend = (load_backend or backends.load)(manifest.backend.name)
+        if recipe.sha256 != manifest.recipe.sha256 or backend.version != manifest.backend.version:
+            return None
+        (target,) = plans.make_plan(recipe, backend, probe, (to.sm,)).targets
+    except (PipelineError, ValueError):
+        return None
+    if target.tag != to.text:
+        return None
+    return reusable(store, recipe, "key", build_key(recipe, manifest.model.cleaned_sha256, backend, target), log)
 
 
 def _gate_hint(source: Artifact, to: Tag, decision: Decision, channel: str) -> str:

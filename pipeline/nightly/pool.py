@@ -3,11 +3,15 @@
 Ctrl-C is the parent's to handle: workers ignore SIGINT (it reaches the whole process group on a terminal), and
 on an interrupt the parent sends each worker SIGTERM, which unwinds its build like Ctrl-C unwinds `build`
 (staged directories removed), and waits for them.
+A parent that dies without unwinding (SIGKILL, the OOM killer) takes its workers with it: each asks the kernel for
+SIGKILL when its parent dies (prctl PR_SET_PDEATHSIG), so no worker goes on to publish for a night nobody records;
+what they staged is reclaimed by the next run (Store.reclaim).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import threading
@@ -116,7 +120,8 @@ def schedule(tasks: list[Task], workers: int, observer: Observer, build: BuildFn
 def _pool(workers: int) -> ProcessPoolExecutor:
     import multiprocessing
 
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(os.getpid(),))
 
 
 @contextlib.contextmanager
@@ -139,9 +144,23 @@ def _children_ignore_sigint() -> Iterator[None]:
 _busy = False  # a worker is running a task: SIGTERM unwinds it
 
 
-def _worker_init() -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _worker_init(parent: int) -> None:
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_stop)
+
+
+def die_with_parent(parent: int) -> None:
+    """Be SIGKILLed by the kernel when the process that started this one dies (Linux; elsewhere nothing). A parent
+    already gone before the request was made (the worker was reparented meanwhile) means exit now."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(128 + signal.SIGKILL)
 
 
 def _worker_stop(signum: int, frame: Any) -> None:

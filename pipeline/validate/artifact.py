@@ -15,7 +15,6 @@ from pipeline import clock
 from pipeline import recipe as recipes
 from pipeline.digest import file_sha256
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
-from pipeline.files import replace_json
 from pipeline.manifest import Manifest
 from pipeline.recipe import Recipe, ValidateSpec
 from pipeline.store import Artifact, Store
@@ -146,7 +145,7 @@ def record(store: Store, artifact: Artifact, report: dict) -> Manifest:
     Only `validation` changes: the engine and every other manifest field stay as published."""
 
     def change(manifest: dict) -> None:
-        replace_json(artifact.path / REPORT, report)
+        store.replace_json(artifact.path / REPORT, report)
         manifest["validation"] = report
 
     return store.update_manifest(artifact, change)

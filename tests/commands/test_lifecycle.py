@@ -66,6 +66,24 @@ def test_promote_rebuild_json(store: Store, capsys: pytest.CaptureFixture[str]) 
     assert json.loads((new / "manifest.json").read_text())["promoted_from"]["tag"] == SM86
 
 
+def test_promote_onto_a_tag_that_has_the_same_build_says_reuse_once(store: Store,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """sm86 -> sm120 twice: the second finds the build of the same inputs and says so in one line, no rebuild
+    progress, no '[skip] ... use --force' (promote has no --force), and records 'reuse'."""
+    assert cli(store, "promote", "tiny@1.0.0", "--from", SM86, "--to", SM120) == 0
+    capsys.readouterr()
+    assert cli(store, "promote", "tiny@1.0.0", "--from", SM86, "--to", SM120, "--channel", "production",
+               "--allow-unvalidated", "--reason", "fleet") == 0
+    out, err = capsys.readouterr()
+    path = store.root / "tiny" / "1.0.0+2" / SM120
+    assert out == (f"reuse: {SM120} already has tiny@1.0.0+2 [{SM120}], built from the same inputs (same build key); "
+                   f"not rebuilt\nproduction of {SM120} -> tiny@1.0.0+2 [{SM120}] {path}\n"
+                   "waiver recorded: fleet\n")
+    assert err == ""
+    assert cli(store, "history", "tiny", "--json") == 0
+    assert [e["decision"] for e in json.loads(capsys.readouterr().out)] == ["rebuild", "reuse"]
+
+
 def test_promote_rebuild_reports_its_progress_on_stderr(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(store, "promote", "tiny@1.0.0", "--from", SM86, "--to", SM120) == 0
     out, err = capsys.readouterr()

@@ -47,14 +47,18 @@ def test_set_writes_the_channel_file_and_one_history_line(fresh: Store) -> None:
 
     assert previous is None
     path = built.root / "tiny" / "_channels" / f"{SM89}.json"
-    assert json.loads(path.read_text()) == {"name": "tiny", "tag": SM89, "channels": {"candidate": entry}}
+    written = json.loads(path.read_text())
+    event_id = written["events"]["candidate"]
+    assert written == {"name": "tiny", "tag": SM89, "channels": {"candidate": entry}, "events": {"candidate": event_id}}
     assert entry == {"ref": "tiny@1.0.0+1", "version": "1.0.0", "build": 1, "tag": SM89,
                      "engine_sha256": artifact.manifest().engine.sha256,
                      "since": "2026-11-26T00:00:00Z", "by": "ana@ci"}
     assert channel.read(built, "tiny", SM89) == {"candidate": entry}
     assert channel.history(built, "tiny") == [{"at": "2026-11-26T00:00:00Z", "by": "ana@ci", "name": "tiny",
                                                "tag": SM89, "channel": "candidate", "artifact": entry,
-                                               "previous": None}]
+                                               "previous": None, "id": event_id}]
+    lines = (built.root / "tiny" / "_channels" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line).get("commit") for line in lines] == [None, event_id]  # the event, then its commit
     assert channel.resolve(built, "tiny", entry) == artifact
 
 
@@ -66,7 +70,7 @@ def test_history_is_appended_never_rewritten(fresh: Store) -> None:
     previous = channel.set_(store, "tiny", SM89, "production", channel.pointer(second), {"at": "t2", "by": "b"})
 
     after = (store.root / "tiny" / "_channels" / "history.jsonl").read_bytes()
-    assert after.startswith(before) and after.count(b"\n") == before.count(b"\n") + 1
+    assert after.startswith(before) and after.count(b"\n") == before.count(b"\n") + 2  # the event and its commit
     assert previous == channel.pointer(first)
     events = channel.history(store, "tiny")
     assert [(e["by"], e["artifact"]["ref"], e["previous"] and e["previous"]["ref"]) for e in events] == [

@@ -232,7 +232,11 @@ def test_rebuild_builds_for_the_target_from_the_same_inputs_and_links_the_source
 def test_rebuild_reuses_an_existing_build_with_the_same_key(fresh: Store) -> None:
     existing = fresh.resolve("tiny@1.0.0", SM120)
     done = run(fresh, SM86, SM120)
-    assert (done.decision.action, done.built, done.artifact) == ("rebuild", False, existing)
+    assert (done.decision.action, done.built, done.artifact) == ("reuse", False, existing)
+    assert done.decision.reason == (f"{SM120} already has tiny@1.0.0+1 [{SM120}], built from the same inputs (same "
+                                    "build key); not rebuilt")
+    assert channel.read(fresh, "tiny", SM120)["candidate"]["decision"] == "reuse"
+    assert [e["decision"] for e in channel.history(fresh, "tiny")] == ["reuse"]
     assert [a.ref for a in fresh.artifacts("tiny") if a.tag == SM120] == ["tiny@1.0.0+1"]  # nothing new was built
 
 
