@@ -101,21 +101,11 @@ class Farm:
     """The Ray executor of `nightly.run`: `defer` (planning), `workers`, `run`, `describe` (the report)."""
 
     def __init__(self, address: str, retries: int = 2, unschedulable_after: float = 60.0,
-                 cancel_grace_s: float = 5.0, warm: bool = True) -> None:
+                 cancel_grace_s: float = 5.0) -> None:
         self.address, self.retries, self.unschedulable_after = address, retries, unschedulable_after
         self.cancel_grace_s = cancel_grace_s
         self._names: dict[str, str] = {}
         self._parcels: dict[str, tuple[Parcel, int]] = {}
-        self._warming = self._warm() if warm else []
-
-    def _warm(self) -> list:
-        """One worker process per CPU of the cluster started now, importing what builds import, while this
-        process plans the night (Ray then runs the night's tasks in those processes)."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as OnNode
-
-        warm = _ray().remote(nodes.warm)
-        return [warm.options(num_cpus=1, scheduling_strategy=OnNode(node["NodeID"], soft=True)).remote()
-                for node in self._alive() for _ in range(int(node["Resources"].get("CPU", 0)))]
 
     @classmethod
     @contextlib.contextmanager

@@ -36,7 +36,6 @@ from pipeline.nightly.task import Task, failure, file_logger
 from pipeline.recipe import Recipe
 from pipeline.stages.graph_cleanup import cleaned_files
 from pipeline.store import MANIFEST, Artifact, Store
-from pipeline.trt import backend as backends
 from pipeline.trt import gpu, runtime
 from pipeline.validate import artifact as validation
 
@@ -88,24 +87,6 @@ def build(job: BuildJob) -> tuple:
             "wall_s": round(time.perf_counter() - started, 3), "results": results, "timing_cache": cache}
     shared = next((files for _, _, files in shipped.values() if files), {})
     return (meta, shared, *[shipped[target][1] if target in shipped else {} for target in task.targets])
-
-
-WARM_MODULES = ("onnx", "onnxruntime", "onnx_graphsurgeon", "polygraphy", "numpy")
-
-
-def warm() -> str:
-    """Import what a build imports (the TensorRT backends installed here, ONNX, ONNX Runtime, graphsurgeon,
-    Polygraphy) into this worker process while the driver still plans: Ray gives the night's tasks the same
-    process, so they do not pay the imports. Returns the node's id."""
-    import importlib
-
-    import ray
-
-    for name in (*backends.MODULES.values(), *WARM_MODULES):
-        with contextlib.suppress(Exception):  # not installed, or a half-installed wheel: the build says so
-            if importlib.util.find_spec(name) is not None:
-                importlib.import_module(name)
-    return ray.get_runtime_context().get_node_id()
 
 
 def _model(parcel: Parcel, log: logging.Logger) -> tuple[Path, bool]:
