@@ -191,10 +191,12 @@ def part_overhead(work: Path, runs: int, recipe_set: str, object_store: int | No
             farm.add_ray_node(name, offered, count)
         farm.wait_for(len(workers) + 1, timeout=300)
         walls: dict[str, list[float]] = {v: [] for v in variants}
+        cpu: dict[str, list[dict]] = {v: [] for v in variants}
         try:
             for run in range(runs):
                 for kind in variants[run % 2:] + variants[:run % 2]:
                     store = Store(work / f"{shape}-{kind}-{run}")
+                    meter = _CpuSeconds(farm.root if kind == "cluster" else None)
                     begin = time.perf_counter()
                     if kind == "local":
                         report = nightly.run(recipes, store, jobs=2)
@@ -202,14 +204,83 @@ def part_overhead(work: Path, runs: int, recipe_set: str, object_store: int | No
                         with Farm.connect(farm.address) as executor:
                             report = nightly.run(recipes, store, executor=executor)
                     walls[kind].append(round(time.perf_counter() - begin, 3))
+                    cpu[kind].append(meter.stop())
                     assert report["summary"]["built"] == len(names) * len(TARGETS), report["summary"]
-                    print(f"  {shape} run {run + 1} {kind:<5} {walls[kind][-1]:6.2f}s", file=sys.stderr, flush=True)
+                    print(f"  {shape} run {run + 1} {kind:<7} {walls[kind][-1]:6.2f}s  CPU {cpu[kind][-1]}",
+                          file=sys.stderr, flush=True)
         finally:
             farm.stop()
         medians = {k: statistics.median(v) for k, v in walls.items()}
-        found["shapes"][shape] = {"walls": walls, "medians": medians,
-                                  "overhead_pct": round((medians["cluster"] / medians["local"] - 1) * 100, 1)}
+        cpu_medians = {k: statistics.median(sum(c.values()) for c in v) for k, v in cpu.items()}
+        found["shapes"][shape] = {"walls": walls, "medians": medians, "cpu_s": cpu, "median_cpu_s": cpu_medians,
+                                  "overhead_pct": round((medians["cluster"] / medians["local"] - 1) * 100, 1),
+                                  "cpu_overhead_pct": round((cpu_medians["cluster"] / cpu_medians["local"] - 1) * 100,
+                                                            1)}
     return found
+
+
+class _CpuSeconds(threading.Thread):
+    """CPU seconds (user + system) used from now to `stop`: this process and its children (the local executor's
+    workers), and with `root` every process of that local cluster (found by its directory in their command line:
+    raylets, GCS, agents, task workers), grouped as driver / ray system / task workers. Sampled every 0.1 s, so a
+    task worker that exits keeps its last sample; load from other work does not count, unlike wall time."""
+
+    def __init__(self, root: Path | None) -> None:
+        super().__init__(daemon=True)
+        self.root, self.done = root, threading.Event()
+        self.start_self = self._own()
+        self.base: dict[int, float] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+        if root is not None:
+            self.base = {pid: used for pid, (_, used) in self._cluster().items()}
+            self.start()
+
+    @staticmethod
+    def _own() -> float:
+        import resource
+
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def _cluster(self) -> dict[int, tuple[str, float]]:
+        """Processes naming the cluster's directory, and their children (task workers retitle themselves
+        'ray::...' and no longer name it)."""
+        rows = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                line = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            mine = str(self.root).encode() in line
+            rows[int(entry.name)] = (mine, int(fields[1]), line.replace(b"\0", b" ").decode(errors="replace"),
+                                     (int(fields[11]) + int(fields[12])) / tick)
+        ours = {pid for pid, row in rows.items() if row[0]}
+        return {pid: (title, used) for pid, (mine, parent, title, used) in rows.items()
+                if mine or parent in ours}
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            self.last.update(self._cluster())
+
+    def stop(self) -> dict[str, float]:
+        used = {"driver": round(self._own() - self.start_self, 2)}
+        if self.root is None:
+            return used
+        self.done.set()
+        self.join()
+        self.last.update(self._cluster())
+        workers = system = 0.0
+        for pid, (name, seconds) in self.last.items():
+            spent = seconds - self.base.get(pid, 0.0)
+            if (name.startswith("ray::") and "Agent" not in name) or "default_worker.py" in name:  # a task worker
+                workers += spent
+            else:
+                system += spent
+        return {**used, "task_workers": round(workers, 2), "ray_system": round(system, 2)}
 
 
 # ---------------------------------------------------------------- part 2: the >2 GiB model
@@ -434,7 +505,8 @@ def _print(results: dict) -> None:
                   f"overhead {night['overhead_pct']:+.1f}% (goal <= {night['goal_pct']}%)")
     for shape, block in ((results.get("overhead") or {}).get("shapes") or {}).items():
         print(f"overhead ({shape}): local {block['medians']['local']:.2f}s, cluster {block['medians']['cluster']:.2f}s "
-              f"({block['overhead_pct']:+.1f}%)")
+              f"({block['overhead_pct']:+.1f}%); CPU seconds local {block['median_cpu_s']['local']:.1f}, cluster "
+              f"{block['median_cpu_s']['cluster']:.1f} ({block['cpu_overhead_pct']:+.1f}%)")
     large = results.get("large") or {}
     if "wall_s" in large:
         print(f"large ({large['model_bytes'] / 2 ** 30:.2f} GiB): {large['status']} in {large['wall_s']:.1f}s "
