@@ -211,7 +211,8 @@ def part_overhead(work: Path, runs: int, recipe_set: str, object_store: int | No
         finally:
             farm.stop()
         medians = {k: statistics.median(v) for k, v in walls.items()}
-        cpu_medians = {k: statistics.median(sum(c.values()) for c in v) for k, v in cpu.items()}
+        cpu_medians = {k: statistics.median(sum(s for n, s in c.items() if n != "worker_processes") for c in v)
+                       for k, v in cpu.items()}
         found["shapes"][shape] = {"walls": walls, "medians": medians, "cpu_s": cpu, "median_cpu_s": cpu_medians,
                                   "overhead_pct": round((medians["cluster"] / medians["local"] - 1) * 100, 1),
                                   "cpu_overhead_pct": round((cpu_medians["cluster"] / cpu_medians["local"] - 1) * 100,
@@ -264,7 +265,12 @@ class _CpuSeconds(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(0.1):
-            self.last.update(self._cluster())
+            self._sample()
+
+    def _sample(self) -> None:
+        """A process that is exiting has no command line any more: it keeps the title it was seen with."""
+        for pid, (title, used) in self._cluster().items():
+            self.last[pid] = (title or self.last.get(pid, ("", 0.0))[0], used)
 
     def stop(self) -> dict[str, float]:
         used = {"driver": round(self._own() - self.start_self, 2)}
@@ -272,15 +278,17 @@ class _CpuSeconds(threading.Thread):
             return used
         self.done.set()
         self.join()
-        self.last.update(self._cluster())
+        self._sample()
         workers = system = 0.0
+        count = 0
         for pid, (name, seconds) in self.last.items():
             spent = seconds - self.base.get(pid, 0.0)
             if (name.startswith("ray::") and "Agent" not in name) or "default_worker.py" in name:  # a task worker
                 workers += spent
+                count += pid not in self.base
             else:
                 system += spent
-        return {**used, "task_workers": round(workers, 2), "ray_system": round(system, 2)}
+        return {**used, "task_workers": round(workers, 2), "ray_system": round(system, 2), "worker_processes": count}
 
 
 # ---------------------------------------------------------------- part 2: the >2 GiB model
