@@ -5,6 +5,8 @@
               stores; the overhead is cluster / local - 1 (goal <= 15%). The cluster is started before and stopped
               after (not timed).
   nightly-resnet  the same with six ResNet-50 recipes (a heavier night).
+  overhead    per cluster shape (head + 2 one-CPU nodes; one 2-CPU node, as a machine of a real farm is one
+              node), local --jobs 2 against the farm, alternating, so that the machine's load hits both alike.
   large       the 2.25 GiB model of bench/run.py through a one-worker cluster: how the model travels to the
               node, how the cleaned model and engine come back, the peak RSS of the driver and the node's worker.
   simulation  100 recipes x 4 GPU types (sm75, sm86, sm89, sm120) on 1, 4 and 16 nodes: sleeping Ray tasks
@@ -158,6 +160,137 @@ def _measured(report: dict) -> list[dict]:
     return found
 
 
+# ---------------------------------------------------------------- part 1b: where the overhead goes
+
+
+SHAPES = {  # name -> (head CPUs, head resources, worker nodes)
+    "two-nodes": (0, {}, [("w1", {"sm86": 1, "sm89": 1}, 1), ("w2", {"sm120": 1}, 1)]),
+    "one-node": (2, {"sm86": 1, "sm89": 1, "sm120": 1}, []),  # one raylet per machine, as a real farm has
+}
+
+
+def part_overhead(work: Path, runs: int, recipe_set: str, object_store: int | None,
+                  shapes: Sequence[str] = tuple(SHAPES)) -> dict:
+    """A/B under the same load: per cluster shape, `runs` rounds of local --jobs 2 and the farm, alternating
+    which goes first; the overhead is the farm's median over the local median of the same block."""
+    from pipeline.nightly import run as nightly
+    from pipeline.nightly.farm import Farm
+    from pipeline.store import Store
+    from tests.nightly.cluster import LocalCluster
+
+    names = SETS[recipe_set]
+    recipes = work / "recipes"
+    write_recipes(recipes, work / "models", names)
+    variants = ("local", "cluster")
+    found: dict[str, Any] = {"set": recipe_set, "recipes": len(names), "runs": runs, "shapes": {}}
+    for shape in shapes:
+        cpus, resources, workers = SHAPES[shape]
+        farm = LocalCluster(object_store_bytes=object_store)
+        farm.start_head(cpus=cpus, resources=resources)
+        for name, offered, count in workers:
+            farm.add_ray_node(name, offered, count)
+        farm.wait_for(len(workers) + 1, timeout=300)
+        walls: dict[str, list[float]] = {v: [] for v in variants}
+        cpu: dict[str, list[dict]] = {v: [] for v in variants}
+        try:
+            for run in range(runs):
+                for kind in variants[run % 2:] + variants[:run % 2]:
+                    store = Store(work / f"{shape}-{kind}-{run}")
+                    meter = _CpuSeconds(farm.root if kind == "cluster" else None)
+                    begin = time.perf_counter()
+                    if kind == "local":
+                        report = nightly.run(recipes, store, jobs=2)
+                    else:
+                        with Farm.connect(farm.address) as executor:
+                            report = nightly.run(recipes, store, executor=executor)
+                    walls[kind].append(round(time.perf_counter() - begin, 3))
+                    cpu[kind].append(meter.stop())
+                    assert report["summary"]["built"] == len(names) * len(TARGETS), report["summary"]
+                    print(f"  {shape} run {run + 1} {kind:<7} {walls[kind][-1]:6.2f}s  CPU {cpu[kind][-1]}",
+                          file=sys.stderr, flush=True)
+        finally:
+            farm.stop()
+        medians = {k: statistics.median(v) for k, v in walls.items()}
+        cpu_medians = {k: statistics.median(sum(s for n, s in c.items() if n != "worker_processes") for c in v)
+                       for k, v in cpu.items()}
+        found["shapes"][shape] = {"walls": walls, "medians": medians, "cpu_s": cpu, "median_cpu_s": cpu_medians,
+                                  "overhead_pct": round((medians["cluster"] / medians["local"] - 1) * 100, 1),
+                                  "cpu_overhead_pct": round((cpu_medians["cluster"] / cpu_medians["local"] - 1) * 100,
+                                                            1)}
+    return found
+
+
+class _CpuSeconds(threading.Thread):
+    """CPU seconds (user + system) used from now to `stop`: this process and its children (the local executor's
+    workers), and with `root` every process of that local cluster (found by its directory in their command line:
+    raylets, GCS, agents, task workers), grouped as driver / ray system / task workers. Sampled every 0.1 s, so a
+    task worker that exits keeps its last sample; load from other work does not count, unlike wall time."""
+
+    def __init__(self, root: Path | None) -> None:
+        super().__init__(daemon=True)
+        self.root, self.done = root, threading.Event()
+        self.start_self = self._own()
+        self.base: dict[int, float] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+        if root is not None:
+            self.base = {pid: used for pid, (_, used) in self._cluster().items()}
+            self.start()
+
+    @staticmethod
+    def _own() -> float:
+        import resource
+
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def _cluster(self) -> dict[int, tuple[str, float]]:
+        """Processes naming the cluster's directory, and their children (task workers retitle themselves
+        'ray::...' and no longer name it)."""
+        rows = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                line = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            mine = str(self.root).encode() in line
+            rows[int(entry.name)] = (mine, int(fields[1]), line.replace(b"\0", b" ").decode(errors="replace"),
+                                     (int(fields[11]) + int(fields[12])) / tick)
+        ours = {pid for pid, row in rows.items() if row[0]}
+        return {pid: (title, used) for pid, (mine, parent, title, used) in rows.items()
+                if mine or parent in ours}
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            self._sample()
+
+    def _sample(self) -> None:
+        """A process that is exiting has no command line any more: it keeps the title it was seen with."""
+        for pid, (title, used) in self._cluster().items():
+            self.last[pid] = (title or self.last.get(pid, ("", 0.0))[0], used)
+
+    def stop(self) -> dict[str, float]:
+        used = {"driver": round(self._own() - self.start_self, 2)}
+        if self.root is None:
+            return used
+        self.done.set()
+        self.join()
+        self._sample()
+        workers = system = 0.0
+        count = 0
+        for pid, (name, seconds) in self.last.items():
+            spent = seconds - self.base.get(pid, 0.0)
+            if (name.startswith("ray::") and "Agent" not in name) or "default_worker.py" in name:  # a task worker
+                workers += spent
+                count += pid not in self.base
+            else:
+                system += spent
+        return {**used, "task_workers": round(workers, 2), "ray_system": round(system, 2), "worker_processes": count}
+
+
 # ---------------------------------------------------------------- part 2: the >2 GiB model
 
 
@@ -302,7 +435,7 @@ def _after(_: Any, seconds: float) -> None:
 # ---------------------------------------------------------------- main
 
 
-PARTS = ("nightly", "nightly-resnet", "large", "simulation")
+PARTS = ("nightly", "nightly-resnet", "overhead", "large", "simulation")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,6 +486,9 @@ def _child(args: argparse.Namespace) -> int:
     if part in ("nightly", "nightly-resnet"):
         recipe_set = "quick" if args.quick else "resnet" if part == "nightly-resnet" else "mixed"
         result = part_nightly(work, 1 if args.quick else args.runs, recipe_set, _store_bytes(args))
+    elif part == "overhead":
+        result = part_overhead(work, 1 if args.quick else args.runs, "quick" if args.quick else "mixed",
+                               _store_bytes(args))
     elif part == "large":
         result = part_large(work, _store_bytes(args) or 1 << 30)
     else:
@@ -375,6 +511,10 @@ def _print(results: dict) -> None:
             print(f"nightly ({night.get('set', 'mixed')}) {night['recipes']} recipes x {len(night['targets'])} targets: local "
                   f"--jobs 2 {night['median_local_s']:.2f}s, cluster (2 x 1-CPU nodes) {night['median_cluster_s']:.2f}s: "
                   f"overhead {night['overhead_pct']:+.1f}% (goal <= {night['goal_pct']}%)")
+    for shape, block in ((results.get("overhead") or {}).get("shapes") or {}).items():
+        print(f"overhead ({shape}): local {block['medians']['local']:.2f}s, cluster {block['medians']['cluster']:.2f}s "
+              f"({block['overhead_pct']:+.1f}%); CPU seconds local {block['median_cpu_s']['local']:.1f}, cluster "
+              f"{block['median_cpu_s']['cluster']:.1f} ({block['cpu_overhead_pct']:+.1f}%)")
     large = results.get("large") or {}
     if "wall_s" in large:
         print(f"large ({large['model_bytes'] / 2 ** 30:.2f} GiB): {large['status']} in {large['wall_s']:.1f}s "

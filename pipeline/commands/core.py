@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.build import capability, runner
 from pipeline.build import plan as plans
+from pipeline.commands.farm import cluster_build, cluster_options
 from pipeline.commands.output import Command, emit_json, paint, print_table, progress
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 from pipeline.lifecycle import channel
@@ -58,6 +59,8 @@ def check(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def build(args: argparse.Namespace, log: logging.Logger) -> int:
+    if args.cluster and not args.dry_run:
+        return cluster_build(args, log)
     # The model checks run in runner.build, and only when something is to be built (a dry run needs them now).
     probe = gpu.probe()  # once: planning and the validate step see the same machine
     store, names = Store(args.store), tuple(args.target)
@@ -227,17 +230,21 @@ examples:
   trt-pipeline build recipes/resnet50.yaml
   trt-pipeline build recipes/resnet50.yaml --target sm89 --dry-run
   trt-pipeline --json build recipes/resnet50.yaml --dry-run     the plan as JSON: stages, settings, targets
+  trt-pipeline build recipes/resnet50.yaml --cluster 10.0.0.1:6379   on a build farm (see `worker`)
 
 stdout: the artifact directories, one per line (--json: one object per artifact; with --dry-run the plan,
 each target with the directory it would write or the artifact it would reuse). Progress goes to stderr.
 exit codes: 0 ok, 1 recipe error, failed build or failed validation, 2 cannot build here (target 'local'
-or full TensorRT on a machine without a GPU)."""
+or full TensorRT on a machine without a GPU).
+--cluster: the nightly's build farm for this one recipe; the store stays on this machine; exit 1 also when
+a target or its validation is unschedulable (no node offers what it needs)."""
     p.add_argument("recipe", type=Path, metavar="RECIPE")
     p.add_argument("--target", action="append", default=[], metavar="T",
                    help="build only this target (e.g. sm89 or local); repeatable; default: the recipe's targets")
     p.add_argument("--dry-run", action="store_true", help="print the plan and where artifacts would go; build nothing")
     p.add_argument("--force", action="store_true",
                    help="rebuild even when an artifact with the same build key exists (default: reuse it)")
+    cluster_options(p, "build and validate")
 
     p = command("list", list_, "list artifacts in the store",
                 "List published artifacts: name, version+build, GPU tag, engine size, validation status.")

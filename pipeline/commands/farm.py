@@ -1,4 +1,6 @@
-"""`trt-pipeline worker`: join this machine to a build farm (a Ray cluster) offering its GPU's resources."""
+"""The build farm's commands: `trt-pipeline worker` (join this machine to a Ray cluster, offering its GPU's
+resources), and what `build --cluster` and `validate --cluster` run (the nightly's farm, for one recipe or one
+artifact)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,21 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
+from typing import Any
 
-from pipeline.commands.output import Command, emit_json
-from pipeline.nightly import resources
+from pipeline.commands.output import Command, emit_json, progress
+from pipeline.errors import CannotRunHere, PipelineError
+from pipeline.nightly import farm, resources
 from pipeline.nightly.node import SCRATCH_ENV
+from pipeline.nightly.pool import Quiet
+from pipeline.nightly.report import ran_on
+from pipeline.nightly.task import Task
+from pipeline.store import Store
 from pipeline.trt import gpu
+from pipeline.validate import artifact as validation
 
 
 def worker(args: argparse.Namespace, log: logging.Logger) -> int:
@@ -64,3 +75,101 @@ exit codes: `ray start`'s; 1 when Ray is not installed."""
     p.add_argument("--dry-run", action="store_true", help="print what would be offered; start nothing")
     p.add_argument("ray_options", nargs="*", metavar="-- RAY_START_OPTION",
                    help="after --: options passed to `ray start` as they are")
+
+
+# ---------------------------------------------------------------- build --cluster, validate --cluster, nightly --cluster
+
+
+def cluster_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help=f"{what} on the Ray cluster whose head is ADDRESS (HOST:PORT; run this on a node of it): "
+                        "builds go to free CPUs, validations to nodes offering the engine's GPU (see `trt-pipeline "
+                        "worker`)")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="with --cluster: retry a build or validation whose node died up to N times (default 2)")
+    p.add_argument("--unschedulable-after", type=float, default=60.0, metavar="S",
+                   help="with --cluster: give up on a build or validation no node can run after waiting S seconds "
+                        "for one to join (default 60)")
+
+
+def connect(args: argparse.Namespace) -> ContextManager[farm.Farm]:
+    return farm.Farm.connect(args.cluster, retries=args.retries, unschedulable_after=args.unschedulable_after)
+
+
+class Lines:
+    """A farm's progress as lines (`say`): what starts, and each target's end with the node it ran on."""
+
+    def __init__(self, say: Callable[[str], Any]) -> None:
+        self.say = say
+
+    def planned(self, total: int, to_build: int, workers: int) -> None:
+        self.say(f"cluster: {to_build} of {total} target(s) to build with {workers} CPU(s)")
+
+    def started(self, task: Task) -> None:
+        self.say(f"[start] {task.recipe} {'+'.join(task.targets)}")
+
+    def finished(self, record: dict) -> None:
+        what = record["status"] + (f" ({record['reason']})" if record.get("reason") else "")
+        detail = record.get("artifact") or (record.get("error") or "").split("\n")[0]
+        where = ran_on(record)
+        checked = (record.get("validation") or {}).get("status")
+        self.say(f"[{what}] {record['target']} {detail}{'  ' + where if where else ''}"
+                 f"{f'  validation {checked}' if checked and checked != 'not-run' else ''}")
+
+    def tick(self) -> None: ...
+
+
+def cluster_build(args: argparse.Namespace, log: logging.Logger) -> int:
+    """`build RECIPE --cluster ADDRESS`: one recipe's targets built, published and validated as a nightly's."""
+    store = Store(args.store)
+    observer = Lines(progress(args))
+    with store.staging("cluster-build") as folder, connect(args) as cluster:
+        records = farm.build(cluster, args.recipe, store, tuple(args.target), args.force, gpu.probe(), folder,
+                             observer)
+        for record in records:
+            if record["status"] != "built" and record["status"] != "skipped" and record.get("log") and \
+                    Path(record["log"]).is_file():
+                record["log"] = str(store.keep_failure_log(record["recipe"], Path(record["log"])))
+            elif record.get("log"):
+                record["log"] = None  # the logs of published builds are in their artifacts (build.log)
+    done = [r for r in records if r["status"] in ("built", "skipped")]
+    if args.json:
+        emit_json([{"ref": r["artifact"], "tag": r["tag"], "path": r["path"], "reused": r["status"] == "skipped",
+                    "built_on": r.get("built_on"), "validation": (r.get("validation") or {}).get("status"),
+                    "validated_on": r.get("validated_on")} for r in done])
+    else:
+        for record in done:
+            print(record["path"])
+    bad = [r for r in records if r not in done]
+    for record in bad:
+        print(f"{record['status']}: {record['recipe']} {record['target']}: {(record.get('error') or '').splitlines()[0]}"
+              + (f" (log: {record['log']})" if record.get("log") else ""), file=sys.stderr)
+    invalid = [r for r in done if (r.get("validation") or {}).get("status") in ("failed", "unschedulable")]
+    return 1 if bad or invalid else 0
+
+
+def cluster_validate(args: argparse.Namespace, log: logging.Logger) -> int:
+    """`validate ARTIFACT --cluster ADDRESS`: on a node offering the engine's GPU; this process records it."""
+    store = Store(args.store)
+    artifact = store.verified(store.resolve(args.artifact, args.tag))
+    validation.settings(artifact.manifest(), log)  # the recorded settings are sound before anything is sent
+    with store.staging("cluster-validate") as folder, connect(args) as cluster:
+        check = cluster.check(store, artifact, args.model, folder)
+        (record,) = cluster.run([], Quiet(), (check,))
+    where = record.get("validated_on")
+    report = check.report
+    if report is None:
+        recorded = record["validation"]
+        raise PipelineError(f"cannot validate {artifact.ref} [{artifact.tag}] on the cluster: "
+                            f"{check.error or recorded.get('reason')}", hint=recorded.get("hint"))
+    if args.json:
+        emit_json({"artifact": artifact.ref, "tag": artifact.tag, "path": str(artifact.path), **report,
+                   "node": where})
+    if report["status"] == "skipped":
+        kept = f"the recorded '{report['kept']}' result is kept" if "kept" in report else "recorded as skipped"
+        raise CannotRunHere(f"cannot validate {artifact.ref} [{artifact.tag}] on {where}: {report['reason']} "
+                            f"({kept})")
+    if not args.json:
+        lines = validation.describe_report(report)
+        print(f"{artifact.ref} [{artifact.tag}] {lines[0]} (on {where})", *lines[1:], sep="\n")
+    return 0 if report["status"] == "passed" else 1

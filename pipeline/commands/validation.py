@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipeline.commands.farm import cluster_options, cluster_validate
 from pipeline.commands.output import Command, emit_json
 from pipeline.errors import CannotRunHere, PipelineError
 from pipeline.manifest import Manifest
@@ -22,6 +23,8 @@ def _artifact(args: argparse.Namespace) -> tuple[Artifact, Manifest]:
 
 
 def validate(args: argparse.Namespace, log: logging.Logger) -> int:
+    if args.cluster:
+        return cluster_validate(args, log)
     store = Store(args.store)
     artifact = store.verified(store.resolve(args.artifact, args.tag))  # the whole store is here: check the engine
     spec = validation.settings(artifact.manifest(), log)
@@ -89,14 +92,18 @@ def register(command: Command) -> None:
 examples:
   trt-pipeline validate resnet50@1.0.0 --tag sm89.rtx-1.7.1
   trt-pipeline --json validate resnet50@1.0.0 --tag sm89.rtx-1.7.1 --model /data/resnet50.onnx
+  trt-pipeline validate resnet50@1.0.0 --tag sm89.rtx-1.7.1 --cluster 10.0.0.1:6379   on a node offering sm89
 
 stdout: 'ARTIFACT [TAG] STATUS' and one line per shape and output with its max errors (--json: the report).
-exit codes: 0 passed, 1 failed, 2 cannot run here (recorded as skipped)."""
+exit codes: 0 passed, 1 failed, 2 cannot run here (recorded as skipped).
+--cluster: the engine and the model travel to a node offering the engine's GPU resource (e.g. sm89; see
+`worker`); this machine records the result, with the node's name; 1 also when no node offers it."""
     p.add_argument("artifact", metavar="ARTIFACT", help="NAME@VERSION, NAME@VERSION+BUILD or a directory")
     p.add_argument("--tag", help="GPU tag, when the version was built for several")
     p.add_argument("--model", type=Path, metavar="PATH",
                    help="the original ONNX model, when it is not at the path the manifest records (e.g. on a GPU "
                         "machine); it must have the recorded sha256")
+    cluster_options(p, "validate")
 
     p = command("infer", infer, "run an engine on .npy inputs (needs a GPU)",
                 "Run the engine once with TensorRT's Python API and write one OUTPUT.npy per output into --output-dir. "

@@ -29,10 +29,14 @@ from typing import Any
 import pipeline
 from pipeline.build import plan as plans
 from pipeline.build import runner
+from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
+from pipeline.files import replace_bytes
 from pipeline.nightly import node as nodes
-from pipeline.nightly.parcel import Parcel, link_files, put_model, write_files
-from pipeline.nightly.pool import Observer
+from pipeline.nightly import run as nights
+from pipeline.nightly.parcel import File, Parcel, files_of, link_files, put_file, put_model, write_files
+from pipeline.nightly.pool import Observer, spread
+from pipeline.nightly.regression import Config
 from pipeline.nightly.resources import GPU
 from pipeline.nightly.task import (
     Task,
@@ -43,8 +47,9 @@ from pipeline.nightly.task import (
 )
 from pipeline.recipe import Recipe
 from pipeline.stages.parse import digests
-from pipeline.store import Run, Store
+from pipeline.store import Artifact, Run, Store
 from pipeline.trt.backend import Backend
+from pipeline.trt.gpu import Probe
 from pipeline.trt.target import Target, parse_tag
 from pipeline.validate import artifact as validation
 
@@ -60,6 +65,12 @@ def build_needs(backend: Backend, target: str) -> dict[str, float]:
     return {} if backend.is_rtx else {target: 1}
 
 
+def pair_needs(backend: Backend, target: str, memory: int) -> dict[str, float]:
+    """What the build of one (recipe, target) pair asks Ray for: a CPU, the memory its model needs, and the GPU
+    resource of `build_needs`."""
+    return {"CPU": 1, "memory": memory, **build_needs(backend, target)}
+
+
 def validation_needs(manifest: dict) -> dict[str, float]:
     """The engine's GPU: 'sm89' for TensorRT-RTX, the whole tag for full TensorRT (one GPU model)."""
     tag = parse_tag(manifest["target"]["tag"])
@@ -71,16 +82,19 @@ class Flight:
     """One task of the night on its way through the cluster: a recipe's targets, or one validation."""
 
     task: Task
-    recipe: Recipe
+    recipe: Recipe | None  # None: a validation of a published artifact (`check`)
     needs: dict[str, float]
     model: dict  # the model record (parse.digests)
     text: bytes = b""  # the recipe's bytes, as loaded for this night (what the node builds from)
     attempts: list[dict] = field(default_factory=list)
     since: float | None = None  # when it was first found that no node can run it
     refs: list = field(default_factory=list)  # the running attempt's returns
+    user: dict[str, str] = field(default_factory=dict)  # a build: node.user_files' names -> the files' sha256
     pair: dict | None = None  # a validation: the pair's record, finished when the validation is
     artifact: Any = None  # a validation: the published artifact
     files: Any = None  # a validation: the engine's files (the build's return)
+    report: dict | None = None  # a validation: the report the node made
+    error: str | None = None  # a validation: why it could not run
 
 
 class Farm:
@@ -124,13 +138,17 @@ class Farm:
         return {"address": self.address, "nodes": [{"name": n["NodeName"], "id": n["NodeID"],
                                                     "resources": n["Resources"]} for n in self._alive()]}
 
-    def run(self, tasks: list[Task], observer: Observer) -> list[dict]:
+    def run(self, tasks: list[Task], observer: Observer, checks: tuple[Flight, ...] = ()) -> list[dict]:
+        """Build `tasks` and validate what they publish; `checks`: validations of published artifacts
+        (`check`), sent at once."""
         ray = _ray()
         remote_build, remote_validate = ray.remote(nodes.build), ray.remote(nodes.validate)
         results: list[dict] = []
         queue, flying, checking = [], {}, {}
         for task in tasks:
             queue += self._flights(task, results, observer)
+        for check in checks:
+            self._send_validation(check, remote_validate, checking)
         # One task more than the cluster's CPUs in flight: Ray starts it the moment a CPU frees, while this
         # process is still receiving and publishing the task that freed it.
         capacity = self.workers(tasks) + 1
@@ -140,7 +158,7 @@ class Farm:
                 for flight in list(queue):
                     if len(flying) >= capacity:
                         break
-                    if self._waits(flight, alive, results, observer, queue):
+                    if self._waits(flight, alive, results, observer, queue) or _cache_busy(flight, flying):
                         continue
                     queue.remove(flight)
                     flying[self._submit(remote_build, flight)] = flight
@@ -161,6 +179,21 @@ class Farm:
             self._parcels.clear()
         return results
 
+    def check(self, store: Store, artifact: Artifact, model: Path | None, logs: Path) -> Flight:
+        """A validation of a published artifact (`trt-pipeline validate --cluster`), for `run([], observer,
+        (flight,))`: its engine goes into the object store, the node offering the engine's GPU validates it
+        against the original model (the manifest's, or `model`; checked by sha256 here), and this process
+        records the report (also in `flight.report`)."""
+        manifest = artifact.manifest()
+        record = digests(validation.original_model(manifest, model), manifest.model.sha256)
+        engine = _ray().put(files_of(artifact.path, [manifest.engine.file]))
+        task = Task(str(manifest.recipe.path), artifact.name, (artifact.tag,), str(store.root), False,
+                    Probe(False, (), None), str(logs))
+        pair = {**identity(task, artifact.tag), "status": "skipped", "artifact": artifact.ref, "tag": artifact.tag,
+                "path": str(artifact.path)}
+        return Flight(task, None, {"CPU": 1, **validation_needs(manifest.to_dict())}, record, pair=pair,
+                      artifact=artifact, files=engine)
+
     # ------------------------------------------------------------ builds
 
     def _flights(self, task: Task, results: list[dict], observer: Observer) -> list[Flight]:
@@ -172,22 +205,21 @@ class Farm:
             if recipe.sha256 != hashlib.sha256(text).hexdigest():
                 raise PipelineError(f"{task.recipe_file} changed while the night was being planned",
                                     hint="run the night again")
-            _travels(recipe)
             model = digests(recipe.model_path, hasher=Store(Path(task.store)).file_sha256)
         except Exception as error:  # noqa: BLE001 - changed since planning, or cannot travel: its pairs fail
             for target in task.targets:
                 self._finish(results, observer, {**failure(task, target, error, log), "wall_s": None})
             return []
-        base = {"CPU": 1, "memory": task.estimate_bytes}
         anywhere = tuple(t for t in task.targets if not build_needs(backend, t))
-        flights = [Flight(replace(task, targets=anywhere), recipe, base, model, text=text)] if anywhere else []
-        return flights + [Flight(replace(task, targets=(t,)), recipe, {**base, **build_needs(backend, t)}, model,
-                                 text=text) for t in task.targets if t not in anywhere]
+        flights = [Flight(replace(task, targets=anywhere), recipe, pair_needs(backend, anywhere[0], task.estimate_bytes),
+                          model, text=text)] if anywhere else []
+        return flights + [Flight(replace(task, targets=(t,)), recipe, pair_needs(backend, t, task.estimate_bytes),
+                                 model, text=text) for t in task.targets if t not in anywhere]
 
     def _submit(self, remote: Any, flight: Flight) -> Any:
         task = flight.task
         job = nodes.BuildJob(task, str(Path(task.recipe_file).resolve()), flight.text, self._parcel(flight.model),
-                             flight.model)
+                             flight.model, self._user_files(flight))
         custom = {k: v for k, v in flight.needs.items() if k not in ("CPU", "memory")}
         flight.refs = remote.options(num_cpus=flight.needs["CPU"], memory=int(flight.needs["memory"]),
                                      resources=custom, num_returns=2 + len(task.targets), max_retries=0,
@@ -206,6 +238,14 @@ class Farm:
         self._parcels[model["sha256"]] = (parcel, users + 1)
         return parcel
 
+    def _user_files(self, flight: Flight) -> tuple[File, ...]:
+        """The recipe's plugin libraries and timing cache into the object store, for this submission (they are
+        small next to a model, and a timing cache changes from one build to the next)."""
+        store = Store(Path(flight.task.store))
+        found = nodes.user_files(flight.recipe)
+        flight.user = {name: store.file_sha256(path, remember=False) for name, path in found.items()}
+        return tuple(put_file(path, name, flight.user[name], _ray().put) for name, path in found.items())
+
     def _landed(self, flight: Flight, results: list[dict], observer: Observer, checking: dict,
                 remote_validate: Any) -> list[Flight]:
         """A build task ended: publish what it built, or retry it (its node died), or record why not."""
@@ -217,8 +257,10 @@ class Farm:
             return self._lost(flight, error, results, observer)
         node = self._name(meta["node"])
         shared_dir = None
+        cache = self._timing_cache(flight, meta.get("timing_cache"))
         with contextlib.ExitStack() as stack:
-            logs = [meta["log"]]
+            logs = [meta["log"]] + ([cache.pop("line")] if cache else [])
+            cached = {"timing_cache": cache} if cache else {}
             for index, result in enumerate(meta["results"]):
                 record = {**result, "wall_s": round(meta["wall_s"] / len(meta["results"]), 3), "built_on": node}
                 if result["status"] == "built":
@@ -232,12 +274,31 @@ class Farm:
                         line = f"driver: publishing {result['target']} failed: {error}"
                     logs.append(line)
                     if record["status"] != "failed" and self._validation_wanted(flight, outcome):
-                        self._validate(flight, record, outcome, index, checking, remote_validate)
+                        self._validate(flight, {**record, **cached}, outcome, index, checking, remote_validate)
                         continue
-                self._finish(results, observer, self._attempted(flight, record))
+                self._finish(results, observer, self._attempted(flight, {**record, **cached}))
             Path(task.log).write_text("\n".join(logs) + "\n")
         self._release(flight)
         return []
+
+    def _timing_cache(self, flight: Flight, grown: bytes | None) -> dict | None:
+        """The recipe's timing cache as a night records it ({path, before, after}), with the node's additions
+        written back here (atomically) unless the file changed on this machine since it was sent."""
+        cache = flight.recipe.spec("serialize").timing_cache
+        if cache is None:
+            return None
+        sent = next((sha for name, sha in flight.user.items() if name.startswith("timing_cache/")), None)
+        before = file_sha256(cache.path) if cache.path.is_file() else None
+        line = f"driver: timing cache {cache.path} unchanged by the build"
+        if grown is not None and before == sent:
+            replace_bytes(cache.path, grown)
+            line = f"driver: timing cache {cache.path} updated by the build ({len(grown)} bytes)"
+        elif grown is not None:
+            line = (f"driver: timing cache {cache.path} changed here while the build ran; the build's additions "
+                    "are dropped")
+            log.warning("%s %s: %s", flight.task.recipe, "+".join(flight.task.targets), line[len("driver: "):])
+        after = file_sha256(cache.path) if cache.path.is_file() else None
+        return {"path": str(cache.path), "before": sent, "after": after, "line": line}
 
     def _receive_shared(self, flight: Flight, folder: Path) -> str:
         """The files every target of the task shares (the cleaned model), received once."""
@@ -254,6 +315,7 @@ class Farm:
         task, recipe = flight.task, flight.recipe
         manifest = result["manifest"]
         manifest["build"]["node"] = record["built_on"]
+        _driver_paths(manifest, recipe)
         store = Store(Path(task.store))
         target = _target(manifest)
         started = time.perf_counter()
@@ -333,13 +395,14 @@ class Farm:
                 return
             result = {"error": f"validation could not run: {_first(error)}", "node": None, "log": ""}
         node = self._name(result["node"]) if result.get("node") else None
-        with open(record["log"], "a") as handle:  # the build task's log
+        with open(record["log"], "a") as handle:  # the build task's log (or the validation's own)
             handle.write(result.get("log", "") + f"driver: {record['target']} validated on {node}\n")
-        report = result.get("report")
+        report = check.report = result.get("report")
         if report is not None and report.get("recorded", True):
             validation.record(Store(Path(check.task.store)), check.artifact, {**report, "node": node})
         elif report is None:
-            log.error("validation of %s could not run: %s", check.artifact.ref, result.get("error"))
+            check.error = result.get("error")
+            log.error("validation of %s could not run: %s", check.artifact.ref, check.error)
         manifest = check.artifact.manifest()
         record = {**record, "validation": validation_record(manifest.validation, check.recipe, manifest.precision),
                   "validated_on": node}
@@ -452,12 +515,42 @@ def _reachable(address: str) -> None:
                             hint="start one with `ray start --head --port PORT` and pass --cluster HOST:PORT") from None
 
 
-def _travels(recipe: Recipe) -> None:
-    """Files a recipe names besides its model (plugins, a timing cache) are not shipped to nodes."""
+def build(farm: Farm, recipe_file: Path, store: Store, targets: tuple[str, ...], force: bool, probe: Probe,
+          folder: Path, observer: Observer) -> list[dict]:
+    """`trt-pipeline build RECIPE --cluster`: a night of one recipe, planned as the nightly plans its pairs
+    (unchanged source keys are reused here, targets that need a node's GPU are planned there) and built, published
+    and validated by `farm` as the nightly's are; one record per target, in the recipe's order. A recipe with a
+    problem raises here, before anything is sent. `folder`: where the tasks' logs are written."""
+    recipe, backend = plans.load_recipe(recipe_file)
+    here = tuple(t for t in targets or recipe.targets if not farm.defer(backend, t))
+    if here:
+        plans.make_plan(recipe, backend, probe, here)  # every problem at once (the nightly's planning records them)
+    (folder / "logs").mkdir(exist_ok=True)
+    tasks, known, order = nights.plan_pairs([recipe_file], store, folder, probe, targets, force,
+                                            Config().memory_per_job, farm.defer)
+    tasks = spread(tasks, farm.workers(tasks)) if tasks else []
+    observer.planned(len(order), len(order) - len(known), farm.workers(tasks) if tasks else 0)
+    for record in known:
+        observer.finished(record)
+    rank = {target: index for index, (_, target) in enumerate(order)}
+    return sorted(known + (farm.run(tasks, observer) if tasks else []), key=lambda r: rank.get(r["target"], 0))
+
+
+def _driver_paths(manifest: dict, recipe: Recipe) -> None:
+    """A node built with its copies of the plugin libraries and timing cache: the manifest names the driver's
+    files, as a local build's does (the hashes are the same: the copies were checked)."""
     serialize = recipe.spec("serialize")
-    if serialize.plugins or serialize.timing_cache:
-        raise PipelineError("plugin libraries and timing caches do not travel to cluster nodes (only the recipe "
-                            "and its model do)", hint=f"build it without --cluster: trt-pipeline build {recipe.path}")
+    for plugin, path in zip((manifest.get("network") or {}).get("plugins") or [], serialize.plugins):
+        plugin["path"] = str(path)
+    cache = (manifest.get("config") or {}).get("timing_cache")
+    if cache and serialize.timing_cache is not None:
+        cache["path"] = str(serialize.timing_cache.path)
+
+
+def _cache_busy(flight: Flight, flying: dict) -> bool:
+    """Builds sharing a timing cache run one at a time, as in the local executor: each starts from the last's."""
+    cache = flight.task.timing_cache
+    return bool(cache) and any(other.task.timing_cache == cache for other in flying.values())
 
 
 def _target(manifest: dict) -> Target:

@@ -2,10 +2,12 @@
 
 A node has no access to the driver's store or files. Everything arrives as values: the recipe's bytes, the
 model as a `parcel.Parcel`, the driver's model record (hashes and the driver's paths, which the manifest
-records), an engine's files for a validation. The work happens in a private directory of the node's scratch
-space (TRT_PIPELINE_SCRATCH, default TMPDIR/trt-pipeline-node), removed when the task ends; a directory left by
-a process that was killed is removed by the next task on that node. Nothing here raises for a user error or a
-bug: both come back as `failed` records, as with the local executor's `task.build_task`.
+records), the files the recipe names besides its model (plugin libraries, a timing cache) as `parcel.File`s,
+an engine's files for a validation. A timing cache the build added to goes back to the driver, which writes it.
+The work happens in a private directory of the node's scratch space (TRT_PIPELINE_SCRATCH, default
+TMPDIR/trt-pipeline-node), removed when the task ends; a directory left by a process that was killed is
+removed by the next task on that node. Nothing here raises for a user error or a bug: both come back as
+`failed` records, as with the local executor's `task.build_task`.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from typing import Any
 
 from pipeline.build import plan as plans
 from pipeline.build import runner
+from pipeline.digest import file_sha256
 from pipeline.errors import CannotRunHere, PipelineError
 from pipeline.files import write_json
 from pipeline.manifest import Manifest
-from pipeline.nightly.parcel import Parcel, files_of, materialize, sweep, write_files
+from pipeline.nightly.parcel import File, Parcel, fetch, files_of, materialize, sweep, write_files
 from pipeline.nightly.task import Task, failure, file_logger
+from pipeline.recipe import Recipe
 from pipeline.stages.graph_cleanup import cleaned_files
 from pipeline.store import MANIFEST, Artifact, Store
 from pipeline.trt import gpu, runtime
@@ -46,6 +50,7 @@ class BuildJob:
     recipe_text: bytes
     model: Parcel
     model_record: dict  # parse.digests on the driver: the model's hashes, with the driver's paths
+    files: tuple[File, ...] = ()  # user_files(recipe): plugin libraries and the timing cache, as the driver has them
 
 
 @dataclass(frozen=True)
@@ -66,19 +71,20 @@ def build(job: BuildJob) -> tuple:
 
     started, task = time.perf_counter(), job.task
     shipped: dict[str, tuple] = {}
-    fetched = False
+    fetched, cache = False, None
     with _workspace() as work:
         log = file_logger(f"pipeline.nightly.node.{os.getpid()}", work / "task.log")
         try:
             model, fetched = _model(job.model, log)
             shipped, results = _build(job, model, work, log)
+            cache = _grown_cache(job, work)
         except Exception as error:  # noqa: BLE001 - e.g. a model that arrived damaged: every pair fails
             results = [_failed(job, target, error, log) for target in task.targets]
         finally:
             _close(log)
         text = (work / "task.log").read_text(errors="replace")
     meta = {"node": ray.get_runtime_context().get_node_id(), "fetched": fetched, "log": text,
-            "wall_s": round(time.perf_counter() - started, 3), "results": results}
+            "wall_s": round(time.perf_counter() - started, 3), "results": results, "timing_cache": cache}
     shared = next((files for _, _, files in shipped.values() if files), {})
     return (meta, shared, *[shipped[target][1] if target in shipped else {} for target in task.targets])
 
@@ -96,11 +102,14 @@ def _model(parcel: Parcel, log: logging.Logger) -> tuple[Path, bool]:
 
 def _build(job: BuildJob, model: Path, work: Path, log: logging.Logger) -> tuple[dict, list[dict]]:
     """Build the targets together; if that fails, each alone, so that a failure is pinned on its target."""
+    import ray
+
     task = job.task
     recipe_file = work / Path(job.recipe_path).name
     recipe_file.write_bytes(job.recipe_text)
     recipe, backend = plans.load_recipe(recipe_file)
-    recipe = replace(recipe, path=Path(job.recipe_path), model_path=model)
+    recipe = replace(with_user_files(recipe, work / USER_FILES, job.files, ray.get),
+                     path=Path(job.recipe_path), model_path=model)
     probe = gpu.probe()  # this node's GPU: what 'local' means here, and what TensorRT may assume
     shipped: dict[str, tuple] = {}
 
@@ -136,6 +145,46 @@ def _ship(names: dict[str, str], shipped: dict, target: Any, staged: Path, recor
     shipped[names[target.tag]] = (record, files_of(staged, own), files_of(staged, shared))
     return runner.Outcome(target, Artifact(staged, record["recipe"]["name"], record["recipe"]["version"], 0,
                                            target.tag), reused=False)
+
+
+USER_FILES = "files"  # in a task's directory: the recipe's plugin libraries and timing cache, as shipped
+
+
+def user_files(recipe: Recipe) -> dict[str, Path]:
+    """The files a recipe names besides its model, by the name they travel under: 'plugins/<i>/<file>' and
+    'timing_cache/<file>' (a timing cache that does not exist yet travels as nothing; the build starts it)."""
+    serialize = recipe.spec("serialize")
+    found = {f"plugins/{index}/{path.name}": path for index, path in enumerate(serialize.plugins)}
+    cache = serialize.timing_cache
+    if cache is not None and cache.path.is_file():
+        found[f"timing_cache/{cache.path.name}"] = cache.path
+    return found
+
+
+def with_user_files(recipe: Recipe, folder: Path, files: tuple[File, ...], get: Any) -> Recipe:
+    """The recipe with its plugin libraries and timing cache fetched into `folder` (each checked by sha256) and
+    its serialize spec pointing at them there."""
+    serialize = recipe.spec("serialize")
+    if not serialize.plugins and serialize.timing_cache is None:
+        return recipe
+    for item in files:
+        fetch(item, folder / item.name, get)
+    plugins = tuple(folder / "plugins" / str(index) / path.name for index, path in enumerate(serialize.plugins))
+    cache = serialize.timing_cache
+    if cache is not None:
+        (folder / "timing_cache").mkdir(parents=True, exist_ok=True)
+        cache = replace(cache, path=folder / "timing_cache" / cache.path.name)
+    spec = replace(serialize, plugins=plugins, timing_cache=cache)
+    return replace(recipe, stages={**recipe.stages, "serialize": spec})
+
+
+def _grown_cache(job: BuildJob, work: Path) -> bytes | None:
+    """The timing cache's bytes when the build added to it (the driver writes them back), else None."""
+    found = [path for path in (work / USER_FILES / "timing_cache").glob("*") if path.is_file()]
+    if not found:
+        return None
+    sent = next((item.sha256 for item in job.files if item.name.startswith("timing_cache/")), None)
+    return None if file_sha256(found[0]) == sent else found[0].read_bytes()
 
 
 def _built(task: Task, target: str, shipped: tuple) -> dict:

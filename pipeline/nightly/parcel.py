@@ -3,6 +3,8 @@
 Driver -> node: a model as a `Parcel`, its files in chunks of CHUNK_BYTES, each chunk one object put once per
 model and night (every target and every validation of that model borrows the same objects). A node writes the
 chunks into its model cache, checks each file's sha256, and reuses the cached files for later tasks.
+Files a recipe names besides its model (plugin libraries, a timing cache) travel the same way, as `File`s of
+their own (`put_file`, `fetch`), put for each build task that needs them.
 Node -> driver: a staged directory's files as numpy arrays mapped from disk (Ray serializes them out of band:
 no copy on the node's heap); the driver writes them into its store's staging directory and publishes.
 """
@@ -55,9 +57,13 @@ def put_model(record: dict, put: Callable[[Any], Any]) -> Parcel:
     store with `put` (ray.put), one chunk at a time."""
     model = Path(record["path"])
     entries = [(model, record["sha256"])] + [(Path(d["path"]), d["sha256"]) for d in record["external_data"]]
-    return Parcel(record["sha256"], tuple(File(str(path.relative_to(model.parent)), sha, path.stat().st_size,
-                                               tuple(put(chunk) for chunk in _chunks(path)))
+    return Parcel(record["sha256"], tuple(put_file(path, str(path.relative_to(model.parent)), sha, put)
                                           for path, sha in entries))
+
+
+def put_file(path: Path, name: str, sha256: str, put: Callable[[Any], Any]) -> File:
+    """One file into the object store with `put`, one chunk at a time, as `name` on the other side."""
+    return File(name, sha256, path.stat().st_size, tuple(put(chunk) for chunk in _chunks(path)))
 
 
 def _chunks(path: Path) -> Iterator[Any]:
@@ -84,12 +90,13 @@ def materialize(parcel: Parcel, cache: Path, get: Callable[[Any], Any]) -> tuple
             return folder / parcel.name, False
         shutil.rmtree(folder, ignore_errors=True)  # a fetch that died half-way
         for item in parcel.files:
-            _fetch(item, folder / item.name, get)
+            fetch(item, folder / item.name, get)
         write_bytes(folder / OK, b"")
     return folder / parcel.name, True
 
 
-def _fetch(item: File, path: Path, get: Callable[[Any], Any]) -> None:
+def fetch(item: File, path: Path, get: Callable[[Any], Any]) -> None:
+    """Write a `File` at `path`, checking its sha256 (a damaged transfer is a PipelineError)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     with open(path, "wb") as out:
@@ -99,7 +106,7 @@ def _fetch(item: File, path: Path, get: Callable[[Any], Any]) -> None:
             out.write(chunk)
             del chunk
     if digest.hexdigest() != item.sha256:
-        raise PipelineError(f"the model file {item.name} arrived damaged (sha256 {digest.hexdigest()[:12]}, "
+        raise PipelineError(f"the file {item.name} arrived damaged (sha256 {digest.hexdigest()[:12]}, "
                             f"expected {item.sha256[:12]})", hint="run the night again; report it if it repeats")
 
 

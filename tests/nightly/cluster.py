@@ -55,11 +55,12 @@ class LocalCluster:
     address: str = ""
     nodes: dict[str, Node] = field(default_factory=dict)
 
-    def start_head(self, cpus: int = 0) -> None:
+    def start_head(self, cpus: int = 0, resources: dict | None = None) -> None:
         port = free_port()
         self.address = f"127.0.0.1:{port}"
-        self._start("head", ["--head", f"--port={port}", "--include-dashboard=false", f"--dashboard-port={free_port()}"],
-                    cpus, {})
+        extra = ["--resources", json.dumps(resources)] if resources else []
+        self._start("head", ["--head", f"--port={port}", "--include-dashboard=false", f"--dashboard-port={free_port()}",
+                             *extra], cpus, resources or {})
 
     def add_ray_node(self, name: str, resources: dict | None = None, cpus: int = 1) -> Node:
         """A worker node started with plain `ray start --resources ...`."""

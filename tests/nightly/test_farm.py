@@ -5,8 +5,11 @@ GPU here, so validations record `skipped`; the node that ran each one proves the
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +21,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
+from pipeline.digest import file_sha256
 from pipeline.nightly import run as nightly
 from pipeline.nightly.farm import Farm
+from pipeline.nightly.task import Task
 from pipeline.store import Store
 from tests.nightly.cluster import ROOT, LocalCluster
 from tests.nightly.test_run import NO_GPU, TINY_PROFILE, TWO_INPUT_PROFILE, recipe_text
@@ -180,6 +185,7 @@ def test_a_node_killed_mid_build_costs_an_attempt_and_the_pair_is_published_once
 INTERRUPTED = """\
 import sys
 from pipeline.cli import main
+from pipeline.digest import file_sha256
 sys.exit(main(["--store", sys.argv[1], "nightly", sys.argv[2], "--cluster", sys.argv[3]]))
 """
 
@@ -211,3 +217,130 @@ def test_ctrl_c_cancels_the_tasks_and_publishes_nothing(cluster: LocalCluster, t
     while set(jobs_left(cluster)) - before and time.monotonic() < deadline:  # cancelled tasks unwind on their nodes
         time.sleep(0.1)
     assert set(jobs_left(cluster)) - before == set()
+
+
+# ---------------------------------------------------------------- build --cluster, validate --cluster
+
+
+def manifests(store: Path) -> dict[str, dict]:
+    return {a.tag: a.manifest().to_dict() for a in Store(store).artifacts()}
+
+
+def test_build_cluster_publishes_what_a_local_build_does_and_records_the_nodes(
+        cluster: LocalCluster, tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    recipes = tmp_path / "recipes"
+    write(recipes, "two", models_dir / "two_input.onnx", TWO_INPUT_PROFILE, "[sm89, sm120]",
+          "validate: {atol: 1.0e-3, rtol: 1.0e-3}\n")
+    recipe = str(recipes / "two.yaml")
+    assert main(["--store", str(tmp_path / "local"), "build", recipe]) == 0
+    capsys.readouterr()
+    assert main(["--store", str(tmp_path / "farm"), "--json", "build", recipe, "--cluster", cluster.address]) == 0
+    out, err = capsys.readouterr()
+    rows = {row["tag"]: row for row in json.loads(out)}
+    local, remote = manifests(tmp_path / "local"), manifests(tmp_path / "farm")
+    assert sorted(remote) == sorted(local) == ["sm120.rtx-1.7.1", "sm89.rtx-1.7.1"]
+    for tag, manifest in remote.items():
+        assert manifest["build"]["key"] == local[tag]["build"]["key"]  # the same build, made elsewhere
+        assert manifest["engine"]["bytes"] == local[tag]["engine"]["bytes"]
+        assert manifest["build"]["node"] == rows[tag]["built_on"] in ("w89", "w120")
+        assert manifest["recipe"]["path"] == local[tag]["recipe"]["path"] == str((recipes / "two.yaml").resolve())
+        assert manifest["model"] == local[tag]["model"]  # the driver's paths and hashes, as a local build records
+        assert rows[tag]["ref"] == "two@1.0.0+1" and not rows[tag]["reused"]
+    # each validation ran on the node offering the engine's GPU: skipped there (no GPU), as it is here
+    assert remote["sm89.rtx-1.7.1"]["validation"]["node"] == rows["sm89.rtx-1.7.1"]["validated_on"] == "w89"
+    assert remote["sm120.rtx-1.7.1"]["validation"]["node"] == "w120"
+    assert {m["validation"]["status"] for m in remote.values()} == {"skipped"} == \
+        {m["validation"]["status"] for m in local.values()}
+    assert re.search(r"^\[built[^\]]*\] sm89 two@1\.0\.0\+1  on w(89|120), validated on w89", err, re.M), err
+    assert list((tmp_path / "farm" / ".staging").iterdir()) == []
+    # unchanged: reused by source key, and nothing is sent to the cluster
+    assert main(["--store", str(tmp_path / "farm"), "--json", "build", recipe, "--cluster", cluster.address]) == 0
+    assert [row["reused"] for row in json.loads(capsys.readouterr().out)] == [True, True]
+    assert [a.ref for a in Store(tmp_path / "farm").artifacts()] == ["two@1.0.0+1"] * 2
+
+
+def test_validate_cluster_runs_on_the_node_offering_the_engines_gpu_and_says_which(
+        cluster: LocalCluster, tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    recipes = tmp_path / "recipes"
+    write(recipes, "two", models_dir / "two_input.onnx", TWO_INPUT_PROFILE, "[sm86, sm120]",
+          "validate: {atol: 1.0e-3, rtol: 1.0e-3}\n")
+    store = str(tmp_path / "store")
+    assert main(["--store", store, "build", str(recipes / "two.yaml")]) == 0  # here; validation skipped here
+    capsys.readouterr()
+    code = main(["--store", store, "--json", "validate", "two@1.0.0", "--tag", "sm120.rtx-1.7.1",
+                 "--cluster", cluster.address])
+    out, err = capsys.readouterr()
+    assert code == 2  # the node runs no engine either (no GPU here): skipped, recorded, as without --cluster
+    assert json.loads(out)["node"] == "w120"
+    assert err.strip() == ("error: cannot validate two@1.0.0+1 [sm120.rtx-1.7.1] on w120: no CUDA driver on this "
+                           "machine "
+                           "(libcuda.so.1 cannot be loaded) (recorded as skipped)")
+    recorded = manifests(tmp_path / "store")["sm120.rtx-1.7.1"]["validation"]
+    assert recorded["node"] == "w120" and recorded["status"] == "skipped"
+    # no node offers sm86: one line, after the bounded wait, and nothing recorded
+    code = main(["--store", store, "validate", "two@1.0.0", "--tag", "sm86.rtx-1.7.1", "--cluster", cluster.address,
+                 "--unschedulable-after", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[0].startswith("error: cannot validate two@1.0.0+1 [sm86.rtx-1.7.1] on the cluster: no node of the "
+                             "cluster offers CPU=1, sm86=1 (waited 1s)")
+    assert "node" not in manifests(tmp_path / "store")["sm86.rtx-1.7.1"]["validation"]
+
+
+def test_plugin_libraries_travel_to_the_node_that_builds(cluster: LocalCluster, tmp_path: Path, models_dir: Path,
+                                                         not_a_plugin: Path, capsys: pytest.CaptureFixture) -> None:
+    """No plugin library can be built here (no TensorRT headers): a real library TensorRT loads and then refuses
+    proves the bytes arrived whole and were handed to TensorRT on the node, which refuses them as it does here."""
+    recipes = tmp_path / "recipes"
+    (recipes / "lib").mkdir(parents=True)
+    shutil.copy(not_a_plugin, recipes / "lib" / "libnoop.so")
+    write(recipes, "plug", models_dir / "tiny.onnx", TINY_PROFILE, "[sm89]", "      plugins: [lib/libnoop.so]\n")
+    recipe = str(recipes / "plug.yaml")
+    assert main(["--store", str(tmp_path / "local"), "build", recipe]) == 1
+    here = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("error: "))
+    assert main(["--store", str(tmp_path / "farm"), "build", recipe, "--cluster", cluster.address]) == 1
+    there = capsys.readouterr().err.strip().splitlines()[-1]
+    found = re.fullmatch(r"failed: plug sm89: (network-flag: tensorrt-rtx \S+ cannot load plugin library "
+                         r"(/\S+/jobs/[^/]+/files/plugins/0/libnoop.so): .*) \(log: \S+\)", there)
+    assert found, there
+    # TensorRT's own words about the node's copy, as about the original here
+    assert found[1].replace(found[2], "LIB") == here[len("error: "):].replace(str(recipes / "lib" / "libnoop.so"), "LIB")
+    log = Path(there.rsplit("(log: ", 1)[1].rstrip(")"))
+    assert log.parent == tmp_path / "farm" / "_failed" and "cannot load plugin library" in log.read_text()
+
+
+def test_a_timing_cache_travels_and_what_the_build_added_comes_back_through_the_driver(
+        cluster: LocalCluster, tmp_path: Path, models_dir: Path) -> None:
+    """TensorRT-RTX cannot time tactics without a GPU, so no build here grows a cache: the node's part (the
+    cache fetched beside the build, what the build wrote read back) runs as on a node, with the growth written
+    by hand, and the driver's part writes it back, or drops it when the file changed here meanwhile."""
+    import ray
+
+    from pipeline.build.plan import load_recipe
+    from pipeline.nightly.farm import Flight
+    from pipeline.nightly.node import USER_FILES, BuildJob, _grown_cache, with_user_files
+
+    recipes = tmp_path / "recipes"
+    write(recipes, "timed", models_dir / "tiny.onnx", TINY_PROFILE, "[sm89]",
+          "      timing_cache: {path: caches/t.cache}\n")
+    cache = recipes / "caches" / "t.cache"
+    cache.parent.mkdir()
+    cache.write_bytes(b"first night")
+    recipe, _ = load_recipe(recipes / "timed.yaml")
+    task = Task(str(recipes / "timed.yaml"), "timed", ("sm89",), str(tmp_path / "store"), False, NO_GPU,
+                str(tmp_path), str(cache))
+    with Farm.connect(cluster.address) as farm:
+        for night, (grown, meanwhile) in enumerate([(b"second night", None), (b"third night", b"edited here")]):
+            flight = Flight(task, recipe, {}, {})
+            job = BuildJob(task, task.recipe_file, b"", None, {}, farm._user_files(flight))  # type: ignore[arg-type]
+            work = tmp_path / f"node-{night}"
+            there = with_user_files(recipe, work / USER_FILES, job.files, ray.get).spec("serialize").timing_cache
+            assert there.path.read_bytes() == cache.read_bytes() and there.path.is_relative_to(work)
+            assert _grown_cache(job, work) is None  # unchanged: nothing goes back
+            there.path.write_bytes(grown)  # what TensorRT's save_timing_cache does on a GPU node
+            if meanwhile:
+                cache.write_bytes(meanwhile)
+            record = farm._timing_cache(flight, _grown_cache(job, work))
+            assert cache.read_bytes() == (meanwhile or grown)
+            assert (record["before"], record["after"]) == (flight.user["timing_cache/t.cache"], file_sha256(cache))
+            assert ("dropped" in record["line"]) == bool(meanwhile)

@@ -64,7 +64,7 @@ def test_a_damaged_transfer_is_refused_and_not_cached(model_with_data: dict, tmp
     objects = ObjectStore()
     sent = parcel.put_model(model_with_data, objects.put)
     objects.values[sent.files[1].chunks[2]] = np.zeros(1000, dtype=np.uint8)
-    with pytest.raises(PipelineError, match=r"the model file m.weights arrived damaged"):
+    with pytest.raises(PipelineError, match=r"the file m.weights arrived damaged"):
         parcel.materialize(sent, tmp_path / "cache", objects.get)
     assert not (tmp_path / "cache" / sent.sha256 / parcel.OK).exists()  # the next task fetches it again
 
