@@ -141,7 +141,8 @@ class Bench:
     tree: Path = ROOT  # the source tree whose `pipeline` package is measured
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, POLYGRAPHY_USE_TENSORRT_RTX="1")
+        # TMPDIR: the tools' own temporary files (polygraphy leaves tmp_polygraphy_*.onnx behind) go with workdir
+        env = dict(os.environ, POLYGRAPHY_USE_TENSORRT_RTX="1", TMPDIR=str(self.workdir))
         env.pop("TRT_PIPELINE_STORE", None)
         return env
 
