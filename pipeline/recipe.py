@@ -70,6 +70,8 @@ class Recipe:
     validate: ValidateSpec | None
     marks: Mapping[KeyPath, tuple[int, int]] = field(repr=False, compare=False)
     damaged: frozenset[str] = field(default=frozenset(), repr=False, compare=False)  # see _salvage
+    # Where each of `targets` stands in the recipe's own list (salvage drops bad and repeated entries); () = in order
+    target_indices: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
     def spec(self, stage: str) -> Any:
         """The spec of a stage, or the defaults when the recipe leaves an optional stage out."""
@@ -87,6 +89,10 @@ class Recipe:
     def io_problems(self, inputs: Mapping[str, list], outputs: Mapping[str, list]) -> list[str]:
         """What the recipe says about the model's inputs and outputs that the model's declared ones contradict."""
         return check_model_io(self, inputs, outputs)
+
+    def target_index(self, position: int) -> int:
+        """The index in the recipe's targets list of `targets[position]` (they differ past a damaged entry)."""
+        return self.target_indices[position] if self.target_indices else position
 
     def stage_path(self, stage: str, *rest: str | int) -> KeyPath:
         index = list(self.stages).index(stage) if stage in self.stages else 0
@@ -164,7 +170,12 @@ def _salvage(data: dict, bad: list[KeyPath]) -> tuple[dict, set[str]]:
     data.pop("validate", None) if "validate" in damaged else None
     if "targets" in damaged:
         targets = data.get("targets") if isinstance(data.get("targets"), list) else []
-        data["targets"] = list(dict.fromkeys(t for t in targets if isinstance(t, str) and _TARGET.search(t)))
+        kept: dict[str, int] = {}  # name -> its first index in the recipe's list
+        for index, target in enumerate(targets):
+            if isinstance(target, str) and _TARGET.search(target):
+                kept.setdefault(target, index)
+        data["targets"] = list(kept)
+        data[_TARGET_INDICES] = tuple(kept.values())
     if "stages" in damaged:
         items = data.get("stages") if isinstance(data.get("stages"), list) else []
         data["stages"] = [{next(iter(item)): {}} for item in items
@@ -173,6 +184,7 @@ def _salvage(data: dict, bad: list[KeyPath]) -> tuple[dict, set[str]]:
 
 
 _TARGET = re.compile(r"^(local|sm[0-9]{2,3})\Z")  # the schema's targets pattern
+_TARGET_INDICES = "<target indices>"  # _salvage -> _freeze: where the kept targets stood (not a recipe key)
 
 
 def parse_yaml(path: Path, what: str = "recipe") -> tuple[yaml.Node | None, Any, bytes]:
@@ -584,6 +596,7 @@ def _freeze(path: Path, raw: bytes, data: dict, marks: dict, damaged: frozenset[
         model_sha256=model.get("sha256"),
         backend=data.get("backend", "auto"),
         targets=tuple(data["targets"]),
+        target_indices=data.get(_TARGET_INDICES, ()),
         stages=MappingProxyType(stages),
         validate=validate,
         marks=MappingProxyType(marks),

@@ -57,7 +57,7 @@ def _where(recipe: Recipe, name: str, index: int, names: tuple[str, ...]) -> str
     own targets one at a time), else the command line."""
     if names and name not in recipe.targets:
         return f"--target {name}"
-    index = recipe.targets.index(name) if names else index
+    index = recipe.target_index(recipe.targets.index(name) if names else index)
     return f"{recipe.where(('targets', index))}: targets[{index}]"
 
 

@@ -103,3 +103,12 @@ def test_a_bad_backend_skips_the_backend_checks(tmp_path: Path) -> None:
     path.write_text(FIVE_MISTAKES.replace("backend: tensorrt-rtx", "backend: trt"))
     assert [p.split(": ")[1] for p in problems_of(path)] == [
         "name", "model.path", "backend", "stages[1]", "stages[3].serialize.profiles[0].x"]
+
+
+def test_targets_past_a_bad_target_keep_their_own_index(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(FIVE_MISTAKES.replace("targets: [sm89, sm90]", "targets: [bogus, sm999, local]"))
+    problems = [p for p in problems_of(path) if ": targets[" in p]
+    assert [p.split(": ")[:2] for p in problems] == [[f"{path}:5:11", "targets[0]"], [f"{path}:5:18", "targets[1]"],
+                                                    [f"{path}:5:25", "targets[2]"]]
+    assert "sm999" in problems[1] and "'local'" in problems[2]
