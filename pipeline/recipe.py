@@ -253,6 +253,14 @@ class _GuardedLoader(yaml.SafeLoader):
         finally:
             self.key_path.pop()
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """Every plain key is the text written: tensors are often named '7', and `{7: ...}` names one (a
+        number there would be an int that no name matches); a position still finds it, as marks use the text."""
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                key.tag = "tag:yaml.org,2002:str"
+        return super().construct_mapping(node, deep)
+
     def _check(self, event: yaml.Event) -> None:
         where = tuple(part for part in self.key_path if part is not None)
         if isinstance(event, yaml.AliasEvent):

@@ -408,6 +408,24 @@ def test_check_model_io_problems(write_recipe: WriteRecipe) -> None:
     ]
 
 
+def test_tensor_names_written_as_numbers_are_names(write_recipe: WriteRecipe) -> None:
+    """ONNX tensors are often named '7': `7:` as a key names one, where YAML alone would make it the int 7."""
+    numbered = IO_RECIPE.replace("scal: 1.0", "1: 1.0").replace("imgae:", "2:").replace("- imag:", "- 7:") \
+        .replace("heatmp:", "5:")
+    path = write_recipe(numbered)
+    recipe = recipes.load(path)
+    assert list(recipe.spec("graph-cleanup").freeze_inputs) == ["1"]
+    assert [item.name for item in recipe.spec("serialize").profiles[0]][0] == "7"
+    assert list(recipe.validate.outputs) == ["5"]
+    inputs = {"7": ["batch", 3, 8, 8], "1": [1], "2": [1, 3, 8, 8], "scale": ["batch", 1]}
+    outputs = {"5": ["batch", 8]}
+    assert check_model_io(recipe, inputs, outputs) == [
+        f"{path}:15:18: stages[4].serialize.profiles[0].scale: input 'scale' has rank 2 ['batch', 1], "
+        "profile shapes have rank 1"]
+    assert check_model_io(recipe, TWO_INPUTS, TWO_OUTPUTS)[0] == \
+        f"{path}:14:14: stages[4].serialize.profiles[0].7: model has no input '7'; its inputs are image, scale"
+
+
 def test_check_model_io_no_close_match(write_recipe: WriteRecipe) -> None:
     path = write_recipe(GOOD.replace("- x:", "- tokens:"))
     assert check_model_io(recipes.load(path), {"x": ["batch", 4]}, {"y": ["batch", 8]}) == [
