@@ -184,7 +184,10 @@ def _versions(model_dir: Path) -> list[int]:
 def export(store: Store, name: str, channel: str, repo: Path, settings: Settings = Settings(),
            model_name: str | None = None) -> Export:
     """Export `channel` of recipe `name` as Triton model `model_name` (default `name`) under `repo`."""
-    model_name = model_name or name
+    model_name = name if model_name is None else model_name
+    if model_name in ("", ".", "..") or "/" in model_name or "\0" in model_name:
+        raise PipelineError(f"--model-name {model_name!r}: expected one folder name like '{name}-candidate' "
+                            "(a Triton model is one folder of the repository: no '/', not '.' or '..', not empty)")
     model_dir = Path(repo) / model_name
     _outside_the_store(store, Path(repo), model_dir)
     engines = _engines(store, name, channel)

@@ -282,3 +282,13 @@ def test_a_repository_above_the_store_is_fine_unless_the_model_folder_is_the_sto
     with pytest.raises(PipelineError, match=r"is inside the artifact store"):
         export(fresh, "tiny", "production", repo, model_name=fresh.root.name)
     assert export(fresh, "tiny", "production", repo).model_dir == repo / "tiny"
+
+
+@pytest.mark.parametrize("model_name", ["../escaped", "a/b", ".", "..", "", "/abs"])
+def test_a_model_name_that_is_not_one_folder_name_is_refused(fresh: Store, tmp_path: Path, model_name: str) -> None:
+    repo = tmp_path / "repo" / "inner"
+    with pytest.raises(PipelineError) as error:
+        export(fresh, "tiny", "production", repo, model_name=model_name)
+    assert str(error.value) == (f"--model-name {model_name!r}: expected one folder name like 'tiny-candidate' (a Triton "
+                                "model is one folder of the repository: no '/', not '.' or '..', not empty)")
+    assert not (tmp_path / "repo").exists()
