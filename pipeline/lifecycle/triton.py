@@ -86,8 +86,10 @@ def _tensors(kind: str, tensors: Tensors, batched: bool = False) -> list[str]:
                              f"it takes {', '.join(DTYPES)}")
         comma = "," if index < len(tensors) - 1 else ""
         dims = spec["shape"][1:] if batched else spec["shape"]  # Triton adds the batch dimension itself
-        lines += ["  {", f"    name: {_quote(name)}", f"    data_type: {dtype}",
-                  f"    dims: [ {', '.join(str(int(d)) for d in dims)} ]", "  }" + comma]
+        # Triton refuses empty dims: a tensor with no dimension of its own (only the batch) is [1] reshaped to []
+        shape = [f"    dims: [ {', '.join(str(int(d)) for d in dims)} ]"] if dims else \
+            ["    dims: [ 1 ]", "    reshape: { shape: [ ] }"]
+        lines += ["  {", f"    name: {_quote(name)}", f"    data_type: {dtype}", *shape, "  }" + comma]
     return lines + ["]"]
 
 

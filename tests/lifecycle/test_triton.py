@@ -292,3 +292,16 @@ def test_a_model_name_that_is_not_one_folder_name_is_refused(fresh: Store, tmp_p
     assert str(error.value) == (f"--model-name {model_name!r}: expected one folder name like 'tiny-candidate' (a Triton "
                                 "model is one folder of the repository: no '/', not '.' or '..', not empty)")
     assert not (tmp_path / "repo").exists()
+
+
+def test_a_tensor_that_is_only_the_batch_is_one_element_reshaped_to_none() -> None:
+    """Triton refuses empty dims: an output of shape [batch] is dims [1] with reshape [] once Triton owns the batch."""
+    outputs = {"score": {"dtype": "float", "shape": [-1]}, "y": {"dtype": "float", "shape": [-1, 8]}}
+    text = config_text("m", {"x": {"dtype": "float", "shape": [-1, 4]}}, outputs, {"8.9": "a.plan"},
+                       Settings(max_batch_size=8))
+    config = text_format.Parse(text, pb.ModelConfig())
+    score, y = config.output
+    assert (score.name, list(score.dims), score.HasField("reshape"), list(score.reshape.shape)) == \
+        ("score", [1], True, [])
+    assert (list(y.dims), y.HasField("reshape")) == ([8], False)
+    assert (list(config.input[0].dims), config.input[0].HasField("reshape")) == ([4], False)
