@@ -34,12 +34,15 @@ def night_text(run: str) -> str:
     return when.strftime("%Y-%m-%d %H:%M:%S UTC") + run[16:] if when else run
 
 
-_MARKDOWN = re.compile(r"[\\`*\[\]|~<&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|\s*\n\s*")
-_ENTITIES = {"<": "&lt;", "&": "&amp;"}
+_BREAK = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines breaks at: a bare \r ends a table row too
+_MARKDOWN = re.compile(rf"[\\`*\[\]|~<&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|\s*[{_BREAK}]\s*|:(?=//)|(?<=www)\.",
+                       re.IGNORECASE)
+_ENTITIES = {"<": "&lt;", "&": "&amp;", ":": "&#58;", ".": "&#46;"}  # ':' of '://', '.' of 'www.': no autolink
 
 
 def markdown_text(text: Any) -> str:
     """Text from a recipe, a model path or an error, safe in Markdown (summary.md, a CI job's summary page): no
-    raw HTML (< and & become entities; a > opens no tag), no links, code, emphasis or table cells of its own (their characters
-    backslash-escaped; an underscore inside a word is left alone, as it emphasises nothing), one line."""
-    return _MARKDOWN.sub(lambda m: _ENTITIES.get(m[0]) or (" " if "\n" in m[0] else "\\" + m[0]), str(text))
+    raw HTML (< and & become entities; a > opens no tag), no links (nor autolinks: '://' and 'www.' are broken
+    by an entity), code, emphasis or table cells of its own (their characters backslash-escaped; an underscore
+    inside a word is left alone, as it emphasises nothing), one line (every line break becomes a space)."""
+    return _MARKDOWN.sub(lambda m: _ENTITIES.get(m[0]) or (" " if m[0].isspace() else "\\" + m[0]), str(text))

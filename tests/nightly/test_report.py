@@ -203,3 +203,15 @@ def test_a_skipped_pair_shows_no_build_time_of_its_own() -> None:
     skipped = reports.pair_row(pair("tiny", "sm89", "skipped", reason="source key unchanged", build_s=1.25))
     assert (built[2], built[4]) == ("built", "1.25s")
     assert (skipped[2], skipped[4], skipped[7]) == ("skipped (source key unchanged)", "-", "tiny@1.0.0")
+
+
+def test_markdown_rows_survive_every_line_break_and_names_make_no_autolinks() -> None:
+    names = ["a\rb", "c\r\nd", "e\u2028f", "g\u2029h", "i\x85j", "see http://evil.example", "www.evil.example"]
+    pairs = [pair(name, "sm89", "failed", error=f"{name} | broke") for name in names]
+    text = reports.markdown(night("20261120T020000Z", pairs))
+    assert not set(text) & set("\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # no line break but \n
+    rows = [line for line in text.split("\n") if line.startswith("| ")]
+    assert all(len(re.findall(r"(?<!\\)\|", row)) in (4, 9) for row in rows)
+    assert sum("a b" in row for row in rows) >= 1 and sum("e f" in row for row in rows) >= 1
+    assert "://" not in text and "www." not in text.lower()
+    assert "http&#58;//evil.example" in text and "www&#46;evil.example" in text
