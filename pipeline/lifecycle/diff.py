@@ -22,6 +22,9 @@ EFFECTS = ("engine.", "validation", "build.key", "build.source_key", "network.la
            "network.inputs", "network.outputs", "cleanup_check", "precision.check", "model.cleaned_", "model.bytes",
            "model.inputs", "model.outputs", "model.opset", "recipe.sha256", "recipe.path", "promoted_from")
 
+# Recorded with a build but never a reason for one (the build key leaves them out): shown by `diff`, not as a cause.
+NOT_BUILT_FROM = ("validate.",)
+
 
 @dataclass(frozen=True)
 class Change:
@@ -46,8 +49,9 @@ def changes(a: Manifest, b: Manifest, everything: bool = False) -> list[Change]:
 
 def causes(a: Manifest, b: Manifest) -> list[Change]:
     """What changed in what a build is made from (recipe settings as built, model, backend and tool versions,
-    target), leaving out what the build made of them (EFFECTS) and what differs between any two builds."""
-    return [c for c in changes(a, b) if not c.path.startswith(EFFECTS)]
+    target), leaving out what the build made of them (EFFECTS), what never causes a build (NOT_BUILT_FROM: the
+    validate: settings) and what differs between any two builds."""
+    return [c for c in changes(a, b) if not c.path.startswith(EFFECTS + NOT_BUILT_FROM)]
 
 
 def previous(store: Store, artifact: Artifact) -> Artifact | None:

@@ -69,3 +69,14 @@ def test_causes_leave_out_what_the_build_made(write_recipe, store: Store) -> Non
     assert {"engine.sha256", "build.key", "recipe.sha256"} <= everything  # effects and the recipe's bytes
     assert [c.path for c in causes(first.artifact.manifest(), second.artifact.manifest())] == [
         "config.profiles[0].x.max[0]"]
+
+
+def test_validate_settings_are_a_difference_but_never_a_cause(write_recipe, store: Store) -> None:
+    (first,) = build_with(write_recipe(RECIPE + "validate: {atol: 0.01}\n"), store, targets=("sm89",))
+    changed = RECIPE.replace("workspace: 64MiB", "workspace: 128MiB") + "validate: {atol: 0.5}\n"
+    (second,) = build_with(write_recipe(changed), store, targets=("sm89",))
+    a, b = first.artifact.manifest(), second.artifact.manifest()
+    assert "validate.atol" in {c.path for c in changes(a, b)}  # `diff` shows it
+    assert [c.path for c in causes(a, b)] == ["config.memory_pools.workspace"]
+    assert why_built(store, second.artifact)[0] == (f"since tiny@1.0.0+1 [{first.artifact.tag}]: "
+                                                    "config.memory_pools.workspace: 67108864 -> 134217728")
