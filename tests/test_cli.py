@@ -157,6 +157,16 @@ def test_build_json(capsys: Capture, store_dir: Path, recipe: Path) -> None:
     assert [(r["ref"], r["tag"], r["reused"], r["build"]) for r in rows] == [
         ("tiny@1.0.0+1", SM86, False, 1), ("tiny@1.0.0+1", SM89, False, 1)]
     assert all(Path(r["path"]).is_dir() and r["engine_bytes"] > 0 for r in rows)
+    assert [(r["reason"], r["changes"]) for r in rows] == [("first build for sm86", []), ("first build for sm89", [])]
+    recipe.write_text(recipe.read_text().replace("workspace: 64MiB", "workspace: 128MiB"))
+    code, out, err = run(capsys, "--store", str(store_dir), "--json", "-q", "build", str(recipe), "--target", "sm89")
+    (row,) = json.loads(out)
+    assert (row["ref"], row["reused"], row["changes"]) == ("tiny@1.0.0+2", False, [
+        {"path": "config.memory_pools.workspace", "old": 64 << 20, "new": 128 << 20}])
+    assert row["reason"] == f"since tiny@1.0.0+1 [{SM89}]: config.memory_pools.workspace: 67108864 -> 134217728"
+    code, out, err = run(capsys, "--store", str(store_dir), "--json", "-q", "build", str(recipe), "--target", "sm89")
+    (row,) = json.loads(out)
+    assert row["reused"] is True and "reason" not in row and "changes" not in row
 
 
 def test_build_dry_run_creates_nothing(capsys: Capture, store_dir: Path, recipe: Path) -> None:

@@ -81,17 +81,19 @@ def build(args: argparse.Namespace, log: logging.Logger) -> int:
 
     valid = after_build(plan.recipe, [o.artifact for o in outcomes if not o.reused], store, probe,
                         args.environ, log, progress(args))
+    # Why each was built: one line each, and in the --json rows "reason" and "changes" as a night records them
+    why = {id(o): differences.why_built(store, o.artifact) for o in outcomes if not o.reused}
     if not args.quiet:
         for outcome in outcomes:
-            if not outcome.reused:  # why it was built, one line each (the --json rows say it too)
-                print(f"built {outcome.artifact.ref} [{outcome.artifact.tag}]: "
-                      f"{differences.why_built(store, outcome.artifact)[0]}", file=sys.stderr)
+            if not outcome.reused:
+                print(f"built {outcome.artifact.ref} [{outcome.artifact.tag}]: {why[id(outcome)][0]}", file=sys.stderr)
         built = sum(not o.reused for o in outcomes)
         print(f"built {built} engine(s), reused {len(outcomes) - built}, for {plan.recipe.name} "
               f"{plan.recipe.version} with {plan.backend.label()} in {time.perf_counter() - started:.1f}s",
               file=sys.stderr)
     if args.json:
-        emit_json([{**_row(o.artifact), "reused": o.reused} for o in outcomes])
+        emit_json([{**_row(o.artifact), "reused": o.reused, **({} if o.reused else {
+            "reason": why[id(o)][0], "changes": [change.to_json() for change in why[id(o)][1]]})} for o in outcomes])
     else:
         for outcome in outcomes:
             print(outcome.artifact.path)
