@@ -76,7 +76,9 @@ def export(args: argparse.Namespace, log: logging.Logger) -> int:
     if args.json:
         emit_json(done.to_json())
         return 0
-    state = "written" if done.changed else "unchanged (the newest version already holds these engines)"
+    state = "written" if done.changed else (
+        "config.pbtxt updated; version unchanged (it already holds these engines): reload the model in Triton"
+        if done.config_changed else "unchanged (the newest version already holds these engines)")
     print(f"{done.model_dir}/{done.version}: {state}")
     for tag, file in sorted(done.files.items()):
         print(f"  {tag:<22} {file}")
@@ -175,8 +177,8 @@ examples:
   trt-pipeline export triton resnet50 --channel candidate --model-name resnet50-candidate --repo /models
   trt-pipeline export triton resnet50 --repo /models --max-batch-size 32 --dynamic-batching --instances 2
 
-stdout: 'MODEL_DIR/VERSION: written|unchanged', then 'TAG FILE' per engine (--json: {model_dir, config, version,
-files, changed}).
+stdout: 'MODEL_DIR/VERSION: written|config.pbtxt updated|unchanged', then 'TAG FILE' per engine (--json:
+{model_dir, config, version, files, changed, config_changed}).
 exit codes: 0 ok, 1 nothing on the channel, settings the engines cannot serve, or a folder of another channel."""
     p.add_argument("format", choices=["triton"], help="the serving format (triton)")
     p.add_argument("name", metavar="NAME")

@@ -58,10 +58,12 @@ class Export:
     version: int
     files: dict[str, str]  # GPU tag -> engine file in the version folder
     changed: bool  # False when the newest version already held these engines
+    config_changed: bool = False  # config.pbtxt differs from the one there was (new settings): Triton must reload
 
     def to_json(self) -> dict:
         return {"model_dir": str(self.model_dir), "config": str(self.model_dir / "config.pbtxt"),
-                "version": self.version, "files": self.files, "changed": self.changed}
+                "version": self.version, "files": self.files, "changed": self.changed,
+                "config_changed": self.config_changed}
 
 
 def _quote(text: str) -> str:
@@ -213,9 +215,12 @@ def export(store: Store, name: str, channel: str, repo: Path, settings: Settings
     else:
         changed, version = True, (versions[-1] + 1 if versions else 1)
         _write_version(model_dir, version, engines, files, provenance)
-    _write_config(model_dir, config_text(model_name, network.inputs, network.outputs,
-                                         {e["cc"]: files[e["tag"]] for e in engines}, settings))
-    return Export(model_dir, version, files, changed)
+    config = config_text(model_name, network.inputs, network.outputs, {e["cc"]: files[e["tag"]] for e in engines},
+                         settings)
+    config_changed = _read_config(model_dir) != config
+    if config_changed:
+        _write_config(model_dir, config)
+    return Export(model_dir, version, files, changed, config_changed)
 
 
 def _outside_the_store(store: Store, repo: Path, model_dir: Path) -> None:
@@ -270,6 +275,13 @@ def _warn_rtx(engines: list[dict]) -> None:
         log.warning("%s: TensorRT-RTX engines load only in a Triton whose tensorrt_plan backend is built against "
                     "TensorRT-RTX (of the same version); the stock backend links full TensorRT and cannot "
                     "deserialize them. This export cannot check the server", ", ".join(rtx))
+
+
+def _read_config(model_dir: Path) -> str | None:
+    try:
+        return (model_dir / "config.pbtxt").read_text(errors="replace")
+    except OSError:  # none yet (or unreadable: written anew)
+        return None
 
 
 def _write_config(model_dir: Path, text: str) -> None:

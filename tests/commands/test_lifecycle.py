@@ -176,7 +176,14 @@ def test_export_triton(store: Store, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert cli(store, "export", "triton", "tiny", "--repo", str(repo), "--json") == 0
     assert json.loads(capsys.readouterr().out) == {
         "model_dir": str(repo / "tiny"), "config": str(repo / "tiny" / "config.pbtxt"), "version": 1,
-        "files": {SM86: "model.sm86.plan", SM89: "model.sm89.plan"}, "changed": False}
+        "files": {SM86: "model.sm86.plan", SM89: "model.sm89.plan"}, "changed": False, "config_changed": False}
+    assert cli(store, "export", "triton", "tiny", "--repo", str(repo), "--max-batch-size", "8") == 0  # new options
+    assert capsys.readouterr().out.splitlines()[0] == (f"{repo / 'tiny'}/1: config.pbtxt updated; version unchanged "
+                                                       "(it already holds these engines): reload the model in Triton")
+    assert "max_batch_size: 8" in (repo / "tiny" / "config.pbtxt").read_text()
+    assert cli(store, "export", "triton", "tiny", "--repo", str(repo), "--max-batch-size", "8") == 0
+    assert capsys.readouterr().out.splitlines()[0] == (f"{repo / 'tiny'}/1: unchanged (the newest version already "
+                                                       "holds these engines)")
     assert cli(store, "export", "triton", "tiny", "--channel", "candidate", "--repo", str(repo)) == 1
     assert capsys.readouterr().err.startswith("error: no GPU tag of 'tiny' has a 'candidate' channel")
 
