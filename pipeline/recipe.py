@@ -72,6 +72,8 @@ class Recipe:
     damaged: frozenset[str] = field(default=frozenset(), repr=False, compare=False)  # see _salvage
     # Where each of `targets` stands in the recipe's own list (salvage drops bad and repeated entries); () = in order
     target_indices: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    # Where each of `stages` stands in the recipe's list, when salvage dropped a malformed item; {} = in order
+    stage_indices: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), repr=False, compare=False)
 
     def spec(self, stage: str) -> Any:
         """The spec of a stage, or the defaults when the recipe leaves an optional stage out."""
@@ -96,6 +98,7 @@ class Recipe:
 
     def stage_path(self, stage: str, *rest: str | int) -> KeyPath:
         index = list(self.stages).index(stage) if stage in self.stages else 0
+        index = self.stage_indices.get(stage, index)
         return ("stages", index, stage, *rest)
 
 
@@ -113,9 +116,9 @@ def load(path: str | Path, schema_checked: bool = False) -> Recipe:
     data, damaged = _salvage(data, bad)
     semantic = _order_problems(path, data, marks) if "stage-list" not in damaged else []
     recipe = _freeze(path, raw, data, marks, frozenset(damaged))
-    if "stages" not in damaged:
-        semantic += _profile_problems(recipe) + [problem for name in recipe.stages if REGISTRY[name].check
-                                                 for problem in REGISTRY[name].check(recipe)]
+    intact = [name for name in recipe.stages if f"stage:{name}" not in damaged]  # a damaged one is at defaults
+    semantic += (_profile_problems(recipe) if "serialize" in intact else []) + \
+        [problem for name in intact if REGISTRY[name].check for problem in REGISTRY[name].check(recipe)]
     if problems or semantic:  # 'semantic': the stages load, but do not agree (the model is then checked less)
         raise RecipeError(problems + semantic,
                           recipe=dataclasses.replace(recipe, damaged=recipe.damaged | ({"semantic"} if semantic else set())))
@@ -153,9 +156,10 @@ def _checked(path: Path, schema_: dict | None, what: str) -> tuple[dict, dict[Ke
 def _salvage(data: dict, bad: list[KeyPath]) -> tuple[dict, set[str]]:
     """The recipe's data with every part a problem is in replaced by something loadable, and the names of those
     parts ('name', 'version', 'backend', 'model', 'targets', 'stages', 'stage-list', 'validate'): later checks
-    skip what depends on a damaged part. 'stages': a stage's settings are wrong (every stage is then left at its
-    defaults); 'stage-list': the list itself is (no order check either). `load` adds 'semantic' when the stages
-    load but do not agree (order, profile ranks): the model is then checked for existence only."""
+    skip what depends on a damaged part. 'stages': some stage is damaged: 'stage:NAME' when a stage's settings
+    are wrong (that stage alone is left at its defaults, the others keep theirs); 'stage-list' when the list
+    itself is (a malformed item is left out; no order check either). `load` adds 'semantic' when the stages
+    load but do not agree (order, profile ranks): the model's inputs and outputs are then not checked."""
     data, damaged = dict(data), set()
     for key_path in bad:
         top = key_path[0] if key_path else "stages"
@@ -163,7 +167,9 @@ def _salvage(data: dict, bad: list[KeyPath]) -> tuple[dict, set[str]]:
             data["model"] = {k: v for k, v in data["model"].items() if k != "sha256"}
             continue
         damaged.add(str(top))
-        if top == "stages" and not (len(key_path) > 2 and key_path[2] in REGISTRY):
+        if top == "stages" and len(key_path) > 2 and key_path[2] in REGISTRY:
+            damaged.add(f"stage:{key_path[2]}")
+        elif top == "stages":
             damaged.add("stage-list")
     placeholders = {"name": "?", "version": "0.0.0", "backend": "auto", "model": {"path": "."}}
     data.update({key: value for key, value in placeholders.items() if key in damaged})
@@ -178,12 +184,18 @@ def _salvage(data: dict, bad: list[KeyPath]) -> tuple[dict, set[str]]:
         data[_TARGET_INDICES] = tuple(kept.values())
     if "stages" in damaged:
         items = data.get("stages") if isinstance(data.get("stages"), list) else []
-        data["stages"] = [{next(iter(item)): {}} for item in items
-                          if isinstance(item, dict) and len(item) == 1 and next(iter(item)) in REGISTRY]
+        stages: dict[str, tuple[int, Any]] = {}  # name -> (its index in the recipe's list, its settings)
+        for index, item in enumerate(items):
+            if isinstance(item, dict) and len(item) == 1 and next(iter(item)) in REGISTRY:
+                (name, body), = item.items()
+                stages.setdefault(name, (index, {} if f"stage:{name}" in damaged else body))
+        data["stages"] = [{name: body} for name, (_, body) in stages.items()]
+        data[_STAGE_INDICES] = {name: index for name, (index, _) in stages.items()}
     return data, damaged
 
 
 _TARGET = re.compile(r"^(local|sm[0-9]{2,3})\Z")  # the schema's targets pattern
+_STAGE_INDICES = "<stage indices>"  # the same for the kept stages
 _TARGET_INDICES = "<target indices>"  # _salvage -> _freeze: where the kept targets stood (not a recipe key)
 
 
@@ -582,7 +594,7 @@ def _static_mismatch(recipe: Recipe, at: KeyPath, item: InputProfile, shape: lis
 def _freeze(path: Path, raw: bytes, data: dict, marks: dict, damaged: frozenset[str] = frozenset()) -> Recipe:
     base = path.resolve().parent
     stages = {}
-    for item in data["stages"] if "stages" not in damaged else []:
+    for item in data["stages"]:
         (name, body), = item.items()
         stages[name] = REGISTRY[name].freeze(body or {}, base)
     validate = None
@@ -605,6 +617,7 @@ def _freeze(path: Path, raw: bytes, data: dict, marks: dict, damaged: frozenset[
         backend=data.get("backend", "auto"),
         targets=tuple(data["targets"]),
         target_indices=data.get(_TARGET_INDICES, ()),
+        stage_indices=MappingProxyType(data.get(_STAGE_INDICES, {})),
         stages=MappingProxyType(stages),
         validate=validate,
         marks=MappingProxyType(marks),

@@ -16,7 +16,7 @@ from pipeline.build.cache import model_record, source_hit
 from pipeline.digest import canonical_json, json_sha256, plain
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.recipe import Recipe
-from pipeline.stages.parse import model_problem, preflight
+from pipeline.stages.parse import preflight
 from pipeline.stages.precision import target_problems
 from pipeline.store import Store
 from pipeline.trt import backend as backends
@@ -39,8 +39,8 @@ def load_recipe(path: Path, probe: Probe | None = None, target_names: tuple[str,
     """The recipe and its backend; a backend that does not import is a located recipe problem, with the
     install hint on the same line (`check` and nightly print problems only). With `probe`, a recipe with problems
     is checked on as make_plan would wherever its problems leave the parts intact, so that one run reports every
-    problem: the targets against the backend, and the model (that it exists; its inputs and outputs against the
-    profiles when no stage is damaged)."""
+    problem: the targets against the backend, and the model (that it is a readable model; its inputs and outputs
+    against the stages that name them when those are intact)."""
     try:
         recipe = recipes.load(path)
     except RecipeError as error:
@@ -71,15 +71,14 @@ def _later_problems(recipe: Recipe, probe: Probe, target_names: tuple[str, ...],
             targets, problems = capability.targets(recipe, backend, probe, target_names)
             if "stages" not in recipe.damaged:
                 problems += capability.problems(recipe, backend, probe) + target_problems(recipe, backend, targets)
-    if check_model and "model" not in recipe.damaged:
-        if recipe.damaged & {"stages", "validate", "semantic"}:  # profiles or outputs unknown: only the file
-            problem = model_problem(recipe.model_path)
-            relative = " (paths are relative to the recipe)" if (problem or "").startswith("model file not found") \
-                else ""
-            problems += [recipe.problem(("model", "path"), problem + relative)] if problem else []
-        else:
-            problems += preflight(recipe)
+    if check_model and "model" not in recipe.damaged:  # the file always; its I/O when what names it is intact
+        problems += preflight(recipe, io=not recipe.damaged & _NAMES_IO)
     return problems
+
+
+# Damage that leaves the recipe's view of the model's inputs and outputs unknown (a damaged validate: block is
+# left out, so its outputs are simply not checked)
+_NAMES_IO = frozenset({"stage-list", "semantic", "stage:graph-cleanup", "stage:serialize", "stage:precision"})
 
 
 def make_plan(recipe: Recipe, backend: Backend, probe: Probe, target_names: tuple[str, ...] = (),

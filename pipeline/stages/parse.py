@@ -268,9 +268,11 @@ def model_from_onnx(ctx: Context) -> None:
                   ctx.model_record["inputs"], ctx.model_record["outputs"])
 
 
-def preflight(recipe: Any, sha256: str | None = None) -> list[str]:
+def preflight(recipe: Any, sha256: str | None = None, io: bool = True) -> list[str]:
     """Cheap checks against the model's declared I/O (no weights read): used by `check` and before a build.
-    `sha256`: the model file's, when the caller has hashed it already (the pin is checked against it)."""
+    `sha256`: the model file's, when the caller has hashed it already (the pin is checked against it). `io`:
+    False when the recipe's stages that name inputs and outputs are damaged: only the model file itself is
+    checked (readable, a model, its external data, its pin)."""
     path = recipe.model_path
     problem = model_problem(path)
     if problem:
@@ -286,6 +288,8 @@ def preflight(recipe: Any, sha256: str | None = None) -> list[str]:
         return error.problems
     except PipelineError as error:
         return [recipe.problem(("model", "path"), str(error))]
+    if not io:
+        return []
     shapes = lambda io: {name: v["shape"] for name, v in io.items()}  # noqa: E731
     return recipe.io_problems(shapes(info["inputs"]), shapes(info["outputs"])) + \
         calibration.recipe_problems(recipe, info["inputs"], list(info["outputs"]))

@@ -79,7 +79,7 @@ stages:
     assert problems[1].endswith("model has no input 'y'; its inputs are x")
 
 
-def test_a_damaged_stage_leaves_the_model_checked_for_existence_only(write_recipe: Callable[..., Path]) -> None:
+def test_damaged_stages_still_have_the_model_file_checked(write_recipe: Callable[..., Path]) -> None:
     path = write_recipe("""\
 name: tiny
 version: 1.0.0
@@ -112,3 +112,54 @@ def test_targets_past_a_bad_target_keep_their_own_index(tmp_path: Path) -> None:
     assert [p.split(": ")[:2] for p in problems] == [[f"{path}:5:11", "targets[0]"], [f"{path}:5:18", "targets[1]"],
                                                     [f"{path}:5:25", "targets[2]"]]
     assert "sm999" in problems[1] and "'local'" in problems[2]
+
+
+DAMAGED = """\
+name: tiny
+version: 1.0.0
+model: {path: {models}/tiny.onnx}
+backend: tensorrt-rtx
+targets: [sm89]
+stages:
+  - parse: {check: true}
+  - network-flag: {strongly_typed: true}
+  - memory-pool: {workspace: lots}
+  - serialize:
+      profiles:
+        - x: {min: [8, 4], opt: [1, 4], max: [64, 4]}
+"""
+
+
+def test_a_damaged_stage_leaves_the_other_stages_checked(write_recipe: Callable[..., Path]) -> None:
+    path = write_recipe(DAMAGED)
+    assert [p.split(": ")[1] for p in problems_of(path)] == ["stages[2].memory-pool.workspace",
+                                                            "stages[3].serialize.profiles[0].x"]
+    renamed = write_recipe(DAMAGED.replace("opt: [1, 4]", "opt: [8, 4]").replace("- x:", "- y:"), "y.yaml")
+    problems = problems_of(renamed)  # serialize is intact: the model is checked against its profiles
+    assert [p.split(": ")[1] for p in problems] == ["stages[2].memory-pool.workspace",
+                                                   "stages[3].serialize.profiles[0].y"]
+    assert problems[1].endswith("model has no input 'y'; its inputs are x")
+
+
+def test_a_stage_past_an_unknown_one_keeps_its_own_index(write_recipe: Callable[..., Path]) -> None:
+    path = write_recipe(DAMAGED.replace("workspace: lots", "workspace: 64MiB").replace(
+        "  - network-flag:", "  - frobnicate: {}\n  - network-flag:"))
+    assert [p.split(": ")[1] for p in problems_of(path)] == ["stages[1].frobnicate",
+                                                            "stages[4].serialize.profiles[0].x"]
+
+
+def test_a_damaged_validate_block_leaves_the_inputs_checked(write_recipe: Callable[..., Path]) -> None:
+    body = DAMAGED.replace("workspace: lots", "workspace: 64MiB").replace("opt: [1, 4]", "opt: [8, 4]")
+    path = write_recipe(body.replace("- x:", "- y:") + "validate: {atol: -1}\n")
+    problems = problems_of(path)
+    assert [p.split(": ")[1] for p in problems] == ["stages[3].serialize.profiles[0].y", "validate.atol"]
+    assert problems[0].endswith("model has no input 'y'; its inputs are x")
+
+
+def test_a_corrupt_model_is_reported_past_a_schema_problem(write_recipe: Callable[..., Path], tmp_path: Path) -> None:
+    (tmp_path / "broken.onnx").write_bytes(b"\x0a\xff\xff\xff\xff not a model")
+    path = write_recipe(DAMAGED.replace("{models}/tiny.onnx", "broken.onnx"))
+    problems = problems_of(path)
+    assert [p.split(": ")[1] for p in problems] == ["model.path", "stages[2].memory-pool.workspace",
+                                                   "stages[3].serialize.profiles[0].x"]
+    assert f"cannot read ONNX model {tmp_path / 'broken.onnx'}" in problems[0]
