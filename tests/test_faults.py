@@ -298,6 +298,23 @@ def test_a_promotion_on_a_full_disk_changes_nothing_and_history_agrees(store: St
     clean(store)
 
 
+def test_a_history_append_on_a_full_disk_leaves_no_half_line(store: Store) -> None:
+    argv = ("promote", "tiny@1.0.0", "--from", SM89, "--channel", "b")  # no engine written: the history append fails
+    assert pipeline(store, "promote", "tiny@1.0.0", "--from", SM89, "--channel", "a").returncode == 0
+    history = store.channels_dir("tiny") / channel.HISTORY
+    before = history.read_bytes()
+    full = pipeline(store, *argv, preexec=file_size_limit(len(before) + 40))  # room for part of the event only
+    assert full.returncode == 1, full.stderr
+    assert "Traceback" not in full.stderr and f"cannot append to {history}: File too large" in full.stderr
+    assert history.read_bytes() == before  # the part that was written is cut off again
+    agree(store)
+    clean(store)
+    again = pipeline(store, *argv)
+    assert again.returncode == 0, again.stderr
+    assert [e["channel"] for e in channel.history(store, "tiny")] == ["a", "b"]
+    clean(store)
+
+
 def test_an_unwritable_store_is_one_line_and_changes_nothing(store: Store, recipes: Path) -> None:
     if os.geteuid() == 0:
         mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(store.root), str(store.root)],

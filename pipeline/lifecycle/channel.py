@@ -6,7 +6,9 @@ Layout, in the store's `channels_dir(name)` (ROOT/<name>/_channels/):
 History and channels agree after any fault: an event is appended (with its id) before the channel file is
 replaced, and counts only once committed: its commit line follows the replace, and a channel file naming the id
 commits it too (a process killed between the two). An event whose channel file was never replaced (killed before
-the rename, a full disk) is not history: `history` leaves it out.
+the rename, a full disk) is not history: `history` leaves it out. An append that fails (a full disk) is cut off
+again; a last line without its newline (a process killed while appending) never counts, and the next append or
+`fsck --repair` cuts it off. Events of older stores have no id and no commit line: they all count.
 A pointer names a published build: version, build number and the tag of its directory (which differs from
 the channel's tag when an engine is reused on another GPU type). Every change is made under the store's lock
 for the recipe, so two promotions racing each other are both applied and both recorded.
@@ -112,7 +114,8 @@ def _records(store: Store, name: str) -> list[dict]:
         try:
             records.append(json.loads(line))
         except ValueError as error:
-            raise StoreError(f"cannot read history {path}: line {number}: {error} (not a record the pipeline "
+            where = f"line {number} column {getattr(error, 'colno', '?')}: {getattr(error, 'msg', error)}"
+            raise StoreError(f"cannot read history {path}: {where} (not a record the pipeline "
                              "wrote: restore the file from a backup, or remove that line by hand)") from None
     return records
 
