@@ -14,8 +14,6 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import shtab
-
 from pipeline import __version__, interrupt
 from pipeline.commands import register_all
 from pipeline.commands.output import Progress, emit_json, emitted_json, paint, reset_emitted
@@ -67,6 +65,24 @@ def _common(top: bool) -> argparse.ArgumentParser:
     return common
 
 
+SHELLS = ("bash", "zsh", "tcsh")  # what shtab completes
+
+
+class _PrintCompletion(argparse.Action):
+    """--print-completion SHELL: print shtab's completion script for this parser and exit (shtab is imported only
+    here: it would cost every run's start-up)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, default=None, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        import shtab  # lazy: only this option needs it
+
+        print(shtab.complete(parser, str(values)))
+        parser.exit(0)
+
+
 def parser() -> argparse.ArgumentParser:
     common = _common(top=False)
     top = _Parser(
@@ -74,7 +90,8 @@ def parser() -> argparse.ArgumentParser:
         description="Build TensorRT engines from YAML recipes into a versioned, GPU-tagged artifact store.")
     top.add_argument("--version", action="version", version=f"trt-pipeline {__version__}")
     # e.g. `trt-pipeline --print-completion bash > /etc/bash_completion.d/trt-pipeline` (shtab, from this parser)
-    shtab.add_argument_to(top, ["--print-completion"], help="print a shell completion script (bash, zsh, tcsh)")
+    top.add_argument("--print-completion", choices=SHELLS, action=_PrintCompletion,
+                     help="print a shell completion script (bash, zsh, tcsh)")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, func: Callable, help_: str, description: str) -> argparse.ArgumentParser:
@@ -147,8 +164,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def run() -> None:
-    """The console script: main(), with the exit status fixed as `python -m pipeline` fixes it (130 or 143 after
-    an interrupt, even one arriving while the interpreter shuts down)."""
+    """main(), with the exit status fixed as `python -m pipeline` fixes it (130 or 143 after
+    an interrupt, even one arriving while the interpreter shuts down); the console script is `pipeline.entry.run`,
+    which also covers importing this module."""
     try:
         code = main()
     except KeyboardInterrupt:

@@ -91,15 +91,20 @@ def exit_code() -> int:
 
 
 def finish(code: int) -> int:
-    """The exit status, fixed as late as possible: SIGINT/SIGTERM are blocked from here (a signal arriving while
-    the interpreter shuts down, its handlers reset, would otherwise end the process with -2 or -15); an interrupt
-    that arrived, or is pending now, makes it 130 or 143."""
+    """The exit status, fixed as late as possible: an interrupt that arrived, or is pending now, makes it 130 or
+    143. From here SIGINT/SIGTERM only get recorded, then are ignored process-wide: a signal arriving while the
+    interpreter shuts down (its handlers reset to the default) would otherwise end the process with -2 or -15,
+    and blocking them in this thread is not enough, as the kernel hands them to any native thread (TensorRT's,
+    ONNX Runtime's) that does not block them."""
+    _state["depth"] += 1  # a signal handled from here on is recorded, not raised
     with contextlib.suppress(ValueError, OSError):
         signal.pthread_sigmask(signal.SIG_BLOCK, set(SIGNALS))
         pending = signal.sigpending()
         for signum in SIGNALS:
             if signum in pending and not _state["signal"]:
                 _state["signal"] = signum
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)  # process-wide, unlike the mask; discards what is pending
     # A KeyboardInterrupt raised inside exec()'d code (dataclasses make their methods so, at import) leaves CPython's
     # "unhandled KeyboardInterrupt" flag set even once caught, and the process would then end by SIGINT (130);
     # running exec() once more clears it.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import fcntl
 import json
 import os
 import re
@@ -53,6 +54,7 @@ LEASED = "artifact.json"  # in a lease: {"version", "build", "tag"} of the build
 HASHES = "hashes"  # the memo of file hashes (file_sha256)
 _OWNER = re.compile(r"^(?:_(?:trash|lease)-(\d+)-.*|.*-(\d+)-[^-]{8})$")  # the pid in a staging entry's name
 _TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # pipeline.files.replace_bytes's .<name>.<pid>.tmp
+_MKDTEMP = re.compile(r"^[a-z0-9_]{8}$")  # tempfile.mkdtemp's random part
 _VERSION_DIR = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:\+(\d+))?$")
 
 
@@ -65,6 +67,50 @@ def alive(pid: int) -> bool:
     except OSError:  # e.g. EPERM: it exists
         return True
     return True
+
+
+def _hold(path: Path) -> int | None:
+    """Take the owner's flock on a staging entry (the directory itself), held until the returned fd is closed;
+    None where the filesystem has no flock (then only the pid in the entry's name tells its owner is alive)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _held(path: Path) -> bool:
+    """Whether a process holds the owner's flock on a staging entry: one in another pid namespace, or on another
+    host sharing a local-filesystem store, included (a pid cannot tell those apart from a dead process)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no flock here: the pid decides
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
+def gone(path: Path, pid: int) -> bool:
+    """Whether the owner of staging entry `path`, process `pid`, is gone: no process holds the entry's flock, and
+    no process with that pid runs here (an owner of an older version holds no flock; its pid still counts)."""
+    return not _held(path) and not alive(pid)
 
 
 @dataclass(frozen=True)
@@ -242,7 +288,7 @@ class Store:
             if pid is None:
                 found.append(Leftover("staging", path, "staging entry of unknown owner (remove it by hand when no "
                                                        "build runs)", False))
-            elif not alive(pid):
+            elif gone(path, pid):
                 found.append(Leftover("staging", path, f"left behind by process {pid}, which is gone", True))
         for path, pid in self.temp_files():
             if not alive(pid):
@@ -319,8 +365,8 @@ class Store:
     @contextlib.contextmanager
     def staging(self, label: str) -> Iterator[Path]:
         """A private directory inside the store, removed on exit whatever happens (Ctrl-C included). Its name
-        carries the owner's pid (ROOT/.staging/<label>-<pid>-XXXXXXXX), so fsck can tell a killed process's
-        leftovers from a live build's work."""
+        carries the owner's pid (ROOT/.staging/<label>-<pid>-XXXXXXXX) and the owner holds its flock while it
+        lives, so fsck can tell a killed process's leftovers from a live build's work (see `gone`)."""
         base = self.root / STAGING
         try:
             base.mkdir(parents=True, exist_ok=True)
@@ -329,10 +375,12 @@ class Store:
         except OSError as error:
             raise StoreError(f"cannot create a staging directory in store {self.root}: {error.strerror}",
                              hint="pick a writable store with --store DIR or TRT_PIPELINE_STORE") from None
+        held = _hold(path)
         try:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+            _release(held)
 
     @contextlib.contextmanager
     def _trash(self, label: str) -> Iterator[Path]:
@@ -342,10 +390,12 @@ class Store:
         base = self.root / STAGING
         base.mkdir(parents=True, exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix=f"{TRASH}-{os.getpid()}-{label}-", dir=base))
+        held = _hold(path)
         try:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+            _release(held)
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
@@ -490,23 +540,34 @@ class Store:
     def lease(self, artifact: Artifact) -> Iterator[Artifact]:
         """Keep `artifact` from gc while the block runs (a promotion's source): a lease naming it is made under the
         recipe's lock, after checking it is still published, and removed on exit. The lease carries this process's
-        pid, so one left by a killed process stops counting (and is reclaimed) once that process is gone."""
+        pid and this process holds its flock, so one left by a killed process stops counting (and is reclaimed)
+        once that process is gone (see `gone`)."""
         with self.lock(artifact.name):
             if self.published(artifact.name, artifact.version, artifact.build, artifact.tag) is None:
                 raise StoreError(f"{artifact.ref} [{artifact.tag}] is no longer in store {self.root} (removed "
                                  "meanwhile, e.g. by gc)")
             with self._owned(f"{LEASE}-{os.getpid()}-{artifact.name}-") as path:
-                write_json(path / LEASED, {"version": artifact.version, "build": artifact.build, "tag": artifact.tag})
+                held = _hold(path)
+                try:
+                    write_json(path / LEASED, {"version": artifact.version, "build": artifact.build,
+                                               "tag": artifact.tag})
+                except BaseException:
+                    _release(held)
+                    raise
         try:
             yield artifact
         finally:
             shutil.rmtree(path, ignore_errors=True)
+            _release(held)
 
     def leased(self, name: str) -> dict[tuple[str, int, str], int]:
-        """(version, build, tag) -> pid, for every build of `name` a live process holds a lease on."""
+        """(version, build, tag) -> pid, for every build of `name` a live process holds a lease on (leases of
+        `name` only: not those of a recipe whose name starts with it)."""
         found = {}
         for path, pid in self.staged():
-            if pid is None or not path.name.startswith(f"{LEASE}-{pid}-{name}-") or not alive(pid):
+            prefix = f"{LEASE}-{pid}-{name}-"
+            if pid is None or not path.name.startswith(prefix) or not _MKDTEMP.match(path.name[len(prefix):]) \
+                    or gone(path, pid):
                 continue
             try:
                 held = json.loads((path / LEASED).read_text())

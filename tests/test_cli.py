@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import tensorrt_rtx
 
-from pipeline import cli, units
+from pipeline import cli, entry, units
 from pipeline.commands import core, output
 from tests.build.test_runner import FAILING, RECIPE
 from tests.conftest import FORBIDDEN_STORE
@@ -562,7 +562,7 @@ def test_console_script_entry_point_is_run() -> None:
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, name = scripts["trt-pipeline"].partition(":")
-    assert getattr(importlib.import_module(module), name) is cli.run  # main(), its exit status fixed (130/143)
+    assert getattr(importlib.import_module(module), name) is entry.run  # main(), its exit status fixed (130/143)
 
 
 def test_console_script() -> None:
@@ -695,3 +695,40 @@ def test_shell_completion_script_is_generated_from_the_parser(capsys: Capture) -
     script = capsys.readouterr().out
     assert done.value.code == 0 and "complete" in script
     assert all(command in script for command in ("build", "check", "inspect", "init", "nightly", "promote"))
+
+
+# a sys.meta_path hook that sends the process SIGTERM when pipeline.commands starts importing (as the CLI loads)
+SIGNAL_WHILE_IMPORTING = """
+import importlib.abc, os, signal, sys
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "pipeline.commands":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+sys.meta_path.insert(0, Hook())
+"""
+
+
+def console_script() -> str:
+    """What pip's generated `trt-pipeline` script runs: pyproject's [project.scripts] entry, as `MODULE:FUNC`."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    module, func = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["trt-pipeline"].split(":")
+    return f"import sys\nfrom {module} import {func}\nsys.exit({func}())\n"
+
+
+def test_the_console_script_covers_a_signal_while_it_imports_the_commands(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    code = SIGNAL_WHILE_IMPORTING + console_script()
+    done = subprocess.run([sys.executable, "-c", code, "list", "--store", str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (143, "interrupted: nothing was published by the interrupted step\n")
+    works = subprocess.run([sys.executable, "-c", console_script(), "--version"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert works.returncode == 0 and works.stdout.startswith("trt-pipeline ")
+
+
+def test_shtab_is_imported_only_for_a_completion_script() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    check = "import sys, pipeline.cli; sys.exit('shtab' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], cwd=REPO, env=env, timeout=60).returncode == 0

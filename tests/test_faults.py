@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,6 +249,29 @@ def test_the_exit_status_of_an_interrupt_is_128_plus_the_signal_from_start_to_ex
     assert codes <= {0, 128 + signum} and 128 + signum in codes
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_shutdown_after_a_rebuild_never_kills_the_process(store: Store, signum: int) -> None:
+    """A rebuild promotion starts native threads (TensorRT, ONNX Runtime); a signal arriving once it has printed
+    its result, while the interpreter shuts down and may have reset the handlers, may be delivered to one of those
+    threads: the process still ends by exit(), with its own status or 128 + the signal, never killed by it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TRT_PIPELINE_USER": "ana@ci"}
+    codes = []
+    for step in range(5):
+        target = store.root.parent / f"s{step}"
+        shutil.copytree(store.root, target, symlinks=True)
+        argv = [sys.executable, "-m", "pipeline", "promote", "tiny@1.0.0", "--from", SM89, "--to", SM86,
+                "--store", str(target)]
+        run = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert run.stdout is not None
+        run.stdout.readline()  # its result: the command is done, shutdown follows
+        time.sleep(0.004 * step)
+        run.send_signal(signum)
+        out, err = run.communicate(timeout=60)
+        codes.append(run.returncode)
+        assert run.returncode in (0, 128 + signum), (step, run.returncode, err[-800:])
+    assert len(codes) == 5
+
+
 def catches(pid: int, signum: int) -> bool:
     """Whether the process has a handler for the signal (/proc/PID/status SigCgt)."""
     try:
@@ -295,6 +319,23 @@ def test_a_promotion_on_a_full_disk_changes_nothing_and_history_agrees(store: St
     again = pipeline(store, *argv)
     assert again.returncode == 0, again.stderr
     agree(store)
+    clean(store)
+
+
+def test_a_history_append_on_a_full_disk_leaves_no_half_line(store: Store) -> None:
+    argv = ("promote", "tiny@1.0.0", "--from", SM89, "--channel", "b")  # no engine written: the history append fails
+    assert pipeline(store, "promote", "tiny@1.0.0", "--from", SM89, "--channel", "a").returncode == 0
+    history = store.channels_dir("tiny") / channel.HISTORY
+    before = history.read_bytes()
+    full = pipeline(store, *argv, preexec=file_size_limit(len(before) + 40))  # room for part of the event only
+    assert full.returncode == 1, full.stderr
+    assert "Traceback" not in full.stderr and f"cannot append to {history}: File too large" in full.stderr
+    assert history.read_bytes() == before  # the part that was written is cut off again
+    agree(store)
+    clean(store)
+    again = pipeline(store, *argv)
+    assert again.returncode == 0, again.stderr
+    assert [e["channel"] for e in channel.history(store, "tiny")] == ["a", "b"]
     clean(store)
 
 

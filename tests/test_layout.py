@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pipeline.lifecycle",),  # channels, promotion, gc, Triton export
     ("pipeline.nightly",),  # many recipes, many targets
     ("pipeline.commands",),  # the only layer that prints
-    ("pipeline.cli", "pipeline.__main__"),  # the entry point and its one error handler
+    ("pipeline.cli", "pipeline.__main__", "pipeline.entry"),  # the entry points and their one error handler
 )
 
 

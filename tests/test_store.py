@@ -8,6 +8,8 @@ import json
 import multiprocessing
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -743,3 +745,66 @@ def test_overlaps_is_the_root_what_is_under_it_and_what_holds_it(tmp_path: Path)
     assert store.overlaps(tmp_path / "a" / "store") and store.overlaps(tmp_path / "a" / "store" / "x" / "y")
     assert store.overlaps(tmp_path / "a") and store.overlaps(tmp_path / "a" / "store" / ".." / "store")
     assert not store.overlaps(tmp_path / "a" / "other") and not store.overlaps(tmp_path / "a" / "store-2")
+
+
+# ---------------------------------------------------------------- owners: flock, not only the pid
+
+HOLDER = """
+import sys
+from pathlib import Path
+from pipeline.store import Store
+store = Store(Path(sys.argv[1]))
+with store.staging("two-input") as staged, store.lease(store.resolve("two-input@1.0.0")):
+    (staged / "engine.plan").write_bytes(b"half")
+    print(staged.name, flush=True)
+    sys.stdin.read()  # until the test closes it
+"""
+
+
+def exited() -> int:
+    """The pid of a process that has exited."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_live_owner_whose_pid_means_nothing_here_keeps_its_staging_and_lease(store: Store) -> None:
+    """An owner in another pid namespace (or on another host sharing the store) has a pid that is dead here: it
+    holds its entries' flock, so reclaim leaves them and gc honours its lease; once it is gone they are garbage."""
+    publish(store, name="two-input")
+    publish(store, name="two")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(store.root)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        staged = holder.stdout.readline().strip()
+        dead = exited()
+        for entry in leftovers(store):  # the pid they carry now names no process here
+            os.rename(store.root / STAGING / entry, store.root / STAGING / entry.replace(str(holder.pid), str(dead)))
+        moved = leftovers(store)
+        assert sorted(moved) == sorted([staged.replace(str(holder.pid), str(dead)), *[
+            e for e in moved if e.startswith(f"_lease-{dead}-two-input-")]]) and len(moved) == 2
+        assert store.reclaim() == [] and leftovers(store) == moved
+        assert store.leased("two-input") == {("1.0.0", 1, SM89): dead}
+        assert store.leased("two") == {}  # exact: a lease of two-input is not one of two
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.leased("two-input") == {}
+    assert sorted(left.path.name for left in store.reclaim()) == moved and leftovers(store) == []
+
+
+def test_an_entry_of_an_owner_without_flock_still_counts_while_its_pid_lives(store: Store) -> None:
+    """Entries made by an older version hold no flock: their pid still decides."""
+    publish(store, name="tiny")
+    lease = store.root / STAGING / f"_lease-{os.getpid()}-tiny-abcd1234"
+    lease.mkdir(parents=True)
+    (lease / "artifact.json").write_text(json.dumps({"version": "1.0.0", "build": 1, "tag": SM89}))
+    assert store.leased("tiny") == {("1.0.0", 1, SM89): os.getpid()} and store.reclaim() == []
+    dead = exited()
+    lease.rename(lease.with_name(f"_lease-{dead}-tiny-abcd1234"))
+    assert store.leased("tiny") == {} and [left.path.name for left in store.reclaim()] == [
+        f"_lease-{dead}-tiny-abcd1234"]

@@ -6,7 +6,9 @@ Layout, in the store's `channels_dir(name)` (ROOT/<name>/_channels/):
 History and channels agree after any fault: an event is appended (with its id) before the channel file is
 replaced, and counts only once committed: its commit line follows the replace, and a channel file naming the id
 commits it too (a process killed between the two). An event whose channel file was never replaced (killed before
-the rename, a full disk) is not history: `history` leaves it out.
+the rename, a full disk) is not history: `history` leaves it out. An append that fails (a full disk) is cut off
+again; a last line without its newline (a process killed while appending) never counts, and the next append or
+`fsck --repair` cuts it off. Events of older stores have no id and no commit line: they all count.
 A pointer names a published build: version, build number and the tag of its directory (which differs from
 the channel's tag when an engine is reused on another GPU type). Every change is made under the store's lock
 for the recipe, so two promotions racing each other are both applied and both recorded.
@@ -92,19 +94,66 @@ def history(store: Store, name: str) -> list[dict]:
     left out; events of older stores, without ids, all count)."""
     records = _records(store, name)
     committed = {r["commit"] for r in records if "commit" in r} | _applied(store, name)
-    return [r for r in records if "commit" not in r and r.get("id", committed) in committed]
+    return [r for r in records if "commit" not in r and ("id" not in r or r["id"] in committed)]
 
 
 def _records(store: Store, name: str) -> list[dict]:
+    """The history's records; a last line without its newline (a write that never finished) is left out."""
     path = _dir(store, name) / HISTORY
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
-    try:
-        return [json.loads(line) for line in lines if line.strip()]
-    except ValueError as error:
+    except (OSError, ValueError) as error:
         raise StoreError(f"cannot read history {path}: {error}") from None
+    lines = text.split("\n")[:-1]  # the part after the last newline is a torn write, or ""
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as error:
+            where = f"line {number} column {getattr(error, 'colno', '?')}: {getattr(error, 'msg', error)}"
+            raise StoreError(f"cannot read history {path}: {where} (not a record the pipeline "
+                             "wrote: restore the file from a backup, or remove that line by hand)") from None
+    return records
+
+
+def torn(store: Store, name: str) -> tuple[Path, int] | None:
+    """(history path, bytes of its last line) when that line lacks its newline: a write that never finished
+    (a process killed in the middle of it). It never counts; `fsck --repair` and the next append cut it off."""
+    path = _dir(store, name) / HISTORY
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise StoreError(f"cannot read history {path}: {error.strerror}") from None
+    if not data or data.endswith(b"\n"):
+        return None
+    return path, len(data) - (data.rfind(b"\n") + 1)
+
+
+def cut_torn(store: Store, name: str) -> bool:
+    """Remove a torn last line of the history (see `torn`), under the recipe's lock; True if one was cut."""
+    with store.lock(name):
+        return _cut_torn(_dir(store, name) / HISTORY)
+
+
+def _cut_torn(path: Path) -> bool:
+    try:
+        with open(path, "r+b") as handle:
+            data = handle.read()
+            if not data or data.endswith(b"\n"):
+                return False
+            handle.truncate(data.rfind(b"\n") + 1)
+            os.fsync(handle.fileno())
+            return True
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        raise StoreError(f"cannot repair history {path}: {error.strerror}") from None
 
 
 def _applied(store: Store, name: str) -> set[str]:
@@ -113,14 +162,31 @@ def _applied(store: Store, name: str) -> set[str]:
 
 
 def _append(path: Path, record: dict) -> None:
-    """One JSON line, appended and fsynced (the history is never rewritten)."""
+    """One JSON line, appended and fsynced (the history is never rewritten). Call under the recipe's lock.
+
+    A write that fails (a full disk) is cut off again, so no half line stays behind; a half line left by a
+    process killed while writing is cut off first.
+    """
+    _cut_torn(path)
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
     try:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as error:
         raise StoreError(f"cannot append to {path}: {error.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            raise StoreError(f"cannot append to {path}: {error.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def set_(store: Store, name: str, tag: str, channel: str, entry: dict, event: dict) -> dict | None:

@@ -4,7 +4,8 @@ Checked: every artifact's manifest parses and its engine matches it (size, sha25
 published build with the engine it recorded, and is the last event of its channel in the history; every build the
 history names still exists. Garbage (what `repair` removes): staging, trash and lease directories and
 `.<name>.<pid>.tmp` files of processes that are gone, empty version directories (Store.leftovers, which every
-writing run reclaims too), and hash-memo entries of files gone or changed.
+writing run reclaims too), hash-memo entries of files gone or changed, and a history's torn last line (a write
+that never finished: it never counted, and the next promotion cuts it off too).
 Nothing else is ever removed: a damaged artifact, a broken channel or a directory of unknown owner is reported
 only (the user decides).
 """
@@ -22,7 +23,7 @@ from pipeline.store import HASHES, Leftover, Store
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # damaged | incomplete | channel | history | staging | temp | empty | memo
+    kind: str  # damaged | incomplete | channel | history | torn | staging | temp | empty | memo
     where: str  # a path (a memo entry: the file's), or 'NAME channel C of TAG'
     message: str
     garbage: bool = False  # `repair` removes it
@@ -55,6 +56,14 @@ def _artifacts(store: Store) -> Iterator[Problem]:
 
 def _channels(store: Store) -> Iterator[Problem]:
     for name in store.recipes():
+        try:
+            half = channels.torn(store, name)
+        except PipelineError as error:
+            half = None
+            yield Problem("history", name, str(error))
+        if half:
+            yield Problem("torn", str(half[0]), f"a half-written last line ({half[1]} bytes) of a write that never "
+                                                "finished; it does not count", garbage=True)
         try:
             events = channels.history(store, name)
             current = list(channels.everything(store, name))
@@ -112,6 +121,10 @@ def repair(store: Store, problems: list[Problem]) -> list[Problem]:
         removed += [p for p in problems if p.kind == "memo"]
     for problem in problems:
         if not problem.garbage or problem.kind == "memo":
+            continue
+        if problem.kind == "torn":
+            if channels.cut_torn(store, Path(problem.where).parent.parent.name):
+                removed.append(problem)
             continue
         if store.remove_leftover(Leftover(problem.kind, Path(problem.where), problem.message, problem.garbage)):
             removed.append(problem)

@@ -183,3 +183,34 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "usage: trt-pipeline fsck" in out and "exit codes: 0 clean" in out
+
+
+def test_a_torn_last_history_line_does_not_count_and_repair_cuts_it(store: Store,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    history = store.channels_dir("tiny") / channel.HISTORY
+    whole = history.read_bytes()
+    history.write_bytes(whole + b'{"at": "t2", "by": "bo')  # a process killed while appending
+    assert [e["at"] for e in channel.history(store, "tiny")] == ["t1"]
+    line = f"{history}: a half-written last line (22 bytes) of a write that never finished; it does not count"
+    assert lines(store) == [line]
+    assert cli(store, "fsck", "--repair") == 0
+    assert capsys.readouterr().out == f"removed {line}\n"
+    assert history.read_bytes() == whole and fsck.check(store) == []
+
+
+def test_a_torn_line_is_cut_before_the_next_event_is_appended(store: Store) -> None:
+    history = store.channels_dir("tiny") / channel.HISTORY
+    history.write_bytes(history.read_bytes() + b'{"at": "t2"')
+    artifact = store.resolve("tiny@1.0.0", SM86)
+    channel.set_(store, "tiny", SM86, "production", channel.pointer(artifact), {"at": "t3", "by": "bo@ci"})
+    assert [e["at"] for e in channel.history(store, "tiny")] == ["t1", "t3"]
+    assert fsck.check(store) == []
+
+
+def test_a_bad_history_line_is_named_by_its_number(store: Store) -> None:
+    history = store.channels_dir("tiny") / channel.HISTORY
+    text = history.read_text()
+    history.write_text(text + "not json\n")
+    number = text.count("\n") + 1
+    [problem] = lines(store)
+    assert problem.startswith(f"tiny: cannot read history {history}: line {number} column 1: Expecting value (not a record")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from pipeline.errors import StoreError
-from pipeline.lifecycle import channel, gc
+from pipeline.lifecycle import channel, fsck, gc
 from pipeline.store import STAGING, Store
 from tests._lifecycle import SM86, SM89, TINY, build, copy_store, write
 
@@ -104,3 +105,31 @@ def test_a_removed_build_number_is_never_given_again(store: Store, models_dir: P
     recipe = write(tmp_path / "tiny.yaml", TINY, models_dir / "tiny.onnx")
     (new,) = build(recipe, store, ("sm89",), force=True)
     assert (new.ref, new.path) == ("tiny@1.0.0+6", store.root / "tiny" / "1.0.0+6" / SM89)
+
+
+def to_the_old_format(store: Store) -> None:
+    """Rewrite the channels as the code before event ids wrote them (5762edb): events without an id and no commit
+    lines in the history, channel files without "events"."""
+    folder = store.channels_dir("tiny")
+    history = folder / channel.HISTORY
+    records = [json.loads(line) for line in history.read_text().splitlines()]
+    old = [{k: v for k, v in r.items() if k != "id"} for r in records if "commit" not in r]
+    history.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in old))
+    for path in folder.glob("*.json"):
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({"name": record["name"], "tag": record["tag"], "channels": record["channels"]}))
+
+
+def test_a_history_of_the_old_format_counts_in_full(store: Store) -> None:
+    to_the_old_format(store)
+    assert [(e["artifact"]["ref"], e["channel"]) for e in channel.history(store, "tiny")] == [
+        ("tiny@1.0.0+1", "production"), ("tiny@1.0.0+2", "candidate"), ("tiny@1.0.0+3", "candidate")]
+    assert fsck.check(store) == []
+    sweep = gc.collect(store, keep=0)
+    assert refs(sweep.remove) == [("tiny@1.0.0+1", SM86), ("tiny@1.0.0+4", SM89), ("tiny@1.0.0+5", SM89)]
+    assert refs(store.artifacts()) == [("tiny@1.0.0+1", SM89), ("tiny@1.0.0+2", SM89), ("tiny@1.0.0+3", SM89)]
+    # the next promotion writes the new format after the old lines; all of them still count
+    artifact = store.resolve("tiny@1.0.0+3", SM89)
+    channel.set_(store, "tiny", SM89, "production", channel.pointer(artifact), {"at": "t4"})
+    assert [e["at"] for e in channel.history(store, "tiny")] == ["t1", "t2", "t3", "t4"]
+    assert fsck.check(store) == []
