@@ -227,6 +227,34 @@ def test_an_interrupted_build_says_what_it_published_and_exits_128_plus_the_sign
     clean(store)
 
 
+def test_ctrl_c_while_tensorrt_builds_cancels_the_build_without_printing_tensorrt_callback_errors(
+        resnet50_path: Path, tmp_path: Path) -> None:
+    """A signal that arrives inside TensorRT's build (its logger and progress callbacks run Python) is deferred: the
+    progress monitor cancels the build and the run ends with the one `interrupted:` line, never TensorRT's
+    'Exception caught in log()' report with a Python stack listing."""
+    recipe = tmp_path / "resnet50.yaml"
+    recipe.write_text((REPO / "recipes" / "resnet50.yaml").read_text()
+                      .replace("../models/resnet50.onnx", str(resnet50_path))
+                      .replace("targets: [sm86, sm89, sm120]", "targets: [sm89]"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    building = subprocess.Popen([sys.executable, "-m", "pipeline", "build", str(recipe), "--store",
+                                 str(tmp_path / "store")], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in building.stderr:  # the stage lines come as each stage ends: serialize starts after memory-pool
+        lines.append(line)
+        if "memory-pool" in line:
+            time.sleep(0.4)
+            building.send_signal(signal.SIGINT)
+            break
+    _, rest = building.communicate(timeout=60)
+    err = "".join(lines) + rest
+    assert building.returncode == 130, err
+    assert "Exception caught" not in err and "At:" not in err, err
+    assert err.splitlines()[-1] == "interrupted: nothing was published by the interrupted step"
+    assert not Store(tmp_path / "store").artifacts()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_the_exit_status_of_an_interrupt_is_128_plus_the_signal_from_start_to_exit(store: Store,
                                                                                    signum: int) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import interrupt
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError
 from pipeline.stages.context import Context
@@ -90,8 +91,9 @@ def network_from_onnx(ctx: Context) -> None:
     parser = trt.OnnxParser(ctx.network, ctx.trt_logger)
     # Only a model with external data has any (graph-cleanup and precision write none into an embedded model).
     external = bool(ctx.model_record.get("external_data"))
-    parsed, ctx.parser_weights = parse_onnx(parser, ctx.onnx_path) if external else \
-        (parser.parse_from_file(str(ctx.onnx_path)), [])
+    with interrupt.deferred():  # as for the build: a signal raised inside TensorRT's logger callback is only printed
+        parsed, ctx.parser_weights = parse_onnx(parser, ctx.onnx_path) if external else \
+            (parser.parse_from_file(str(ctx.onnx_path)), [])
     if not parsed:
         errors = parser_errors(parser) or ctx.trt_logger.errors[-1:] or ["no detail given"]
         log_parser_errors(ctx.log, errors)

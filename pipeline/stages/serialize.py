@@ -55,18 +55,24 @@ def engine_from_network(ctx: Context) -> None:
     big = ctx.model_record.get("bytes", 0) >= STREAM_FROM
     with staged_file(path) as engine:
         writer = make_stream_writer(ctx.backend, engine.write) if big else None
+        # Ctrl-C/SIGTERM during the build is deferred: raised inside one of TensorRT's callbacks (its logger) it would
+        # only be printed by TensorRT; recorded instead, it makes the progress monitor cancel the build, and it is
+        # raised when the build has returned.
+        with interrupt.deferred():
+            if writer is not None:
+                built = ctx.builder.build_serialized_network_to_stream(ctx.network, ctx.config, writer)
+            else:
+                plan = ctx.builder.build_serialized_network(ctx.network, ctx.config)
+                built = plan is not None
         if writer is not None:
-            built = ctx.builder.build_serialized_network_to_stream(ctx.network, ctx.config, writer)
             if writer.error is not None:
                 raise writer.error
             ctx.log.info("serialize: the engine was streamed to disk in %d piece(s)", engine.pieces)
         else:
-            plan = ctx.builder.build_serialized_network(ctx.network, ctx.config)
-            built = plan is not None
             if built:
                 engine.write(memoryview(plan))
             del plan
-        interrupt.check()  # a Ctrl-C during the build may have landed in TensorRT's logger callback
+        interrupt.check()
         if not built or engine.size == 0:
             detail = "; ".join(ctx.trt_logger.errors[-3:]) or "no message from TensorRT"
             raise BuildError(f"serialize: {ctx.backend.label()} could not build the engine for {ctx.target.tag}: "
