@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
+import threading
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -33,13 +35,30 @@ def use_polygraphy(backend: Backend, environ: MutableMapping[str, str]) -> Any:
     return config
 
 
+_quiet = {"users": 0, "saved": None}
+_quiet_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Polygraphy prints to stdout; the pipeline's stdout is for results. Its errors reach us as exceptions."""
+    """Polygraphy prints to stdout; the pipeline's stdout is for results. Its errors reach us as exceptions.
+    Polygraphy's verbosity is one global: while any thread (the cleanup check runs beside the build) is inside
+    `quiet`, it stays silenced; the last one out restores it (G_LOGGER.verbosity() nested across threads would
+    restore it while another thread still runs Polygraphy, which then prints)."""
     from polygraphy.logger import G_LOGGER
 
-    with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
+    with _quiet_lock:
+        if not _quiet["users"]:
+            _quiet["saved"] = copy.copy(G_LOGGER.module_severity)
+            G_LOGGER.module_severity = G_LOGGER.CRITICAL + 1
+        _quiet["users"] += 1
+    try:
         yield
+    finally:
+        with _quiet_lock:
+            _quiet["users"] -= 1
+            if not _quiet["users"]:
+                G_LOGGER.module_severity = _quiet["saved"]
 
 
 @contextlib.contextmanager
