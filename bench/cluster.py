@@ -154,7 +154,7 @@ def _measured(report: dict) -> list[dict]:
     found = []
     for pair in report["pairs"]:
         manifest = Store(Path(report["store"])).resolve(pair["path"]).manifest()
-        check = (manifest.get("cleanup_check") or {}).get("seconds")
+        check = (manifest.to_dict().get("cleanup_check") or {}).get("seconds")
         found.append({"recipe": pair["recipe"], "target": pair["target"], "build_s": pair["build_s"],
                       "check_s": check, "engine_bytes": pair["engine_bytes"], "built_on": pair.get("built_on")})
     return found
