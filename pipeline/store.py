@@ -367,35 +367,17 @@ class Store:
         """A private directory inside the store, removed on exit whatever happens (Ctrl-C included). Its name
         carries the owner's pid (ROOT/.staging/<label>-<pid>-XXXXXXXX) and the owner holds its flock while it
         lives, so fsck can tell a killed process's leftovers from a live build's work (see `gone`)."""
-        base = self.root / STAGING
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-            path = Path(tempfile.mkdtemp(prefix=f"{label}-{os.getpid()}-", dir=base))
+        with self._held(f"{label}-{os.getpid()}-") as path:
             path.chmod(0o755)  # mkdtemp makes 0700; published artifacts are for everyone to read
-        except OSError as error:
-            raise StoreError(f"cannot create a staging directory in store {self.root}: {error.strerror}",
-                             hint="pick a writable store with --store DIR or TRT_PIPELINE_STORE") from None
-        held = _hold(path)
-        try:
             yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
-            _release(held)
 
     @contextlib.contextmanager
     def _trash(self, label: str) -> Iterator[Path]:
         """A private directory to move things out of view into, deleted with its content on exit. Its name carries
         the owner's pid (ROOT/.staging/_trash-<pid>-<label>-XXXXXXXX; no recipe name starts with '_'), so what a
         killed process left behind can be told from what a live one is still removing."""
-        base = self.root / STAGING
-        base.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=f"{TRASH}-{os.getpid()}-{label}-", dir=base))
-        held = _hold(path)
-        try:
+        with self._held(f"{TRASH}-{os.getpid()}-{label}-") as path:
             yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
-            _release(held)
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
@@ -576,16 +558,32 @@ class Store:
                 continue  # still being written (it is made under the lock gc takes) or damaged
         return found
 
-    @contextlib.contextmanager
-    def _owned(self, prefix: str) -> Iterator[Path]:
-        """A fresh ROOT/.staging/<prefix>XXXXXXXX/ (removed again if the block fails)."""
+    def _new_private(self, prefix: str) -> Path:
+        """A fresh ROOT/.staging/<prefix>XXXXXXXX/ (mkdtemp: 0700); a store it cannot be made in is a StoreError."""
         base = self.root / STAGING
         try:
             base.mkdir(parents=True, exist_ok=True)
-            path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
         except OSError as error:
             raise StoreError(f"cannot create a staging directory in store {self.root}: {error.strerror}",
                              hint="pick a writable store with --store DIR or TRT_PIPELINE_STORE") from None
+
+    @contextlib.contextmanager
+    def _held(self, prefix: str) -> Iterator[Path]:
+        """A fresh private directory (`_new_private`) whose flock this process holds for the block; removed with
+        its content on exit, whatever happens (staging and trash)."""
+        path = self._new_private(prefix)
+        held = _hold(path)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            _release(held)
+
+    @contextlib.contextmanager
+    def _owned(self, prefix: str) -> Iterator[Path]:
+        """A fresh private directory (`_new_private`), removed again if the block fails (a lease outlives it)."""
+        path = self._new_private(prefix)
         try:
             yield path
         except BaseException:
