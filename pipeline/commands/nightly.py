@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pipeline import interrupt
+from pipeline.commands.farm import cluster_options
 from pipeline.commands.output import Command, Progress, emit_json, print_table
 from pipeline.errors import PipelineError
 from pipeline.nightly import regression
@@ -204,12 +205,4 @@ def register(command: Command) -> None:
                    help="build up to N pairs at once in separate processes (fewer if memory is short); default 1")
     p.add_argument("--force", action="store_true", help="rebuild every pair even when its key is unchanged")
     p.add_argument("--config", type=Path, metavar="FILE", help="thresholds file (default RECIPES_DIR/nightly.yaml)")
-    p.add_argument("--cluster", metavar="ADDRESS",
-                   help="build and validate on the Ray cluster whose head is ADDRESS (HOST:PORT; run this on a node "
-                        "of it): builds go to free CPUs, validations to nodes offering the engine's GPU (see "
-                        "`trt-pipeline worker`); --jobs is then the cluster's CPUs")
-    p.add_argument("--retries", type=int, default=2, metavar="N",
-                   help="with --cluster: retry a pair whose node died up to N times (default 2)")
-    p.add_argument("--unschedulable-after", type=float, default=60.0, metavar="S",
-                   help="with --cluster: record a pair (or validation) no node can run as unschedulable after "
-                        "waiting S seconds for one to join (default 60)")
+    cluster_options(p, "build and validate", note="; --jobs is then the cluster's CPUs")
