@@ -35,7 +35,7 @@ from pipeline.nightly.parcel import File, Parcel, fetch, files_of, materialize, 
 from pipeline.nightly.task import Task, failure, file_logger
 from pipeline.recipe import Recipe
 from pipeline.stages.graph_cleanup import cleaned_files
-from pipeline.store import MANIFEST, Artifact, Store
+from pipeline.store import MANIFEST, Artifact, Store, alive
 from pipeline.trt import gpu, runtime
 from pipeline.validate import artifact as validation
 
@@ -270,18 +270,8 @@ def _remove_orphans(root: Path) -> None:
     """Directories of tasks whose process is gone (killed, or force-cancelled)."""
     for path in root.iterdir():
         pid = path.name.split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _close(log: logging.Logger) -> None:
