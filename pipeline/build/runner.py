@@ -192,7 +192,7 @@ def _settle(ctx: Context, progress: Progress) -> tuple[float, dict[str, Any]]:
     return waited, results
 
 
-class _LogFile(logging.FileHandler):
+class LogFile(logging.FileHandler):
     """A build's log file. A write error (a full disk) is kept, not printed as a logging traceback: `check` makes it
     the build's one-line StoreError."""
 
@@ -227,7 +227,7 @@ def _build_log(log: logging.Logger, path: Path, store: Store, name: str) -> Iter
     """Everything at INFO and above (TensorRT's messages included) also goes to `path` during the build.
     When the build fails, is interrupted or crashes, the log is kept in the store (a user error's hint names it;
     otherwise it is logged)."""
-    handler = _LogFile(path)
+    handler = LogFile(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     level = log.level

@@ -122,11 +122,12 @@ def failure(task: Task, target: str, error: Exception, log: logging.Logger) -> d
 
 
 def file_logger(name: str, path: Path) -> logging.Logger:
-    """The logger `name`, writing INFO and above to `path` only (a worker's log: nothing reaches the terminal)."""
+    """The logger `name`, writing INFO and above to `path` only (a worker's log: nothing reaches the terminal, not
+    even logging's own report of a write that failed, e.g. on a full disk: runner.LogFile keeps it)."""
     log = logging.getLogger(name)
     log.propagate = False
     log.setLevel(logging.INFO)
-    handler = logging.FileHandler(path)
+    handler = runner.LogFile(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log.handlers[:] = [handler]
     return log

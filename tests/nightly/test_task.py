@@ -10,7 +10,7 @@ import pytest
 from pipeline import recipe as recipes
 from pipeline.manifest import Manifest, ValidationRecord
 from pipeline.nightly.pool import workers_for
-from pipeline.nightly.task import Task, output_errors, validation_record
+from pipeline.nightly.task import Task, file_logger, output_errors, validation_record
 from tests.nightly.test_run import NO_GPU, TINY_PROFILE, recipe_text
 from tests.test_manifest import sample
 
@@ -108,3 +108,15 @@ def test_recipes_are_split_across_idle_workers() -> None:
     assert spread(tasks, 1) == tasks
     assert [t.targets for t in spread(tasks, 3)] == [("sm86", "sm89"), ("sm120",), ("sm89",)]
     assert [t.targets for t in spread(tasks, 8)] == [("sm86",), ("sm89",), ("sm120",), ("sm89",)]
+
+
+def test_a_worker_log_on_a_full_disk_prints_no_logging_error_report(capfd: pytest.CaptureFixture) -> None:
+    """/dev/full fails every write with ENOSPC: the worker's log keeps the error instead of printing logging's
+    '--- Logging error ---' traceback for every record (thousands in a night on a full disk)."""
+    log = file_logger("test-full-disk", Path("/dev/full"))
+    for _ in range(3):
+        log.info("a record nobody can write")
+    handler = log.handlers[0]
+    assert isinstance(handler.error, OSError)
+    assert "Logging error" not in capfd.readouterr().err
+    handler.close()
