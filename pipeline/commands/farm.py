@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.commands.output import Command, emit_json, progress
 from pipeline.errors import CannotRunHere, PipelineError
 from pipeline.nightly import farm, resources
+from pipeline.nightly.handover import TRANSPORTS
 from pipeline.nightly.node import SCRATCH_ENV
 from pipeline.nightly.pool import Quiet
 from pipeline.nightly.report import ran_on
@@ -90,10 +91,19 @@ def cluster_options(p: argparse.ArgumentParser, what: str, note: str = "") -> No
     p.add_argument("--unschedulable-after", type=float, default=60.0, metavar="S",
                    help="with --cluster: give up on a build or validation no node can run after waiting S seconds "
                         "for one to join (default 60)")
+    p.add_argument("--transport", choices=TRANSPORTS, default=os.environ.get(TRANSPORT_ENV) or "auto",
+                   help="with --cluster: how models and built files travel. auto (default): by path to and from a "
+                        "node that proves it sees this machine's files (the same machine, or a shared filesystem: it "
+                        "reads a random token in the store's staging), through Ray's object store otherwise; "
+                        f"object-store: always through the object store (also ${TRANSPORT_ENV})")
+
+
+TRANSPORT_ENV = "TRT_PIPELINE_TRANSPORT"
 
 
 def connect(args: argparse.Namespace) -> ContextManager[farm.Farm]:
-    return farm.Farm.connect(args.cluster, retries=args.retries, unschedulable_after=args.unschedulable_after)
+    return farm.Farm.connect(args.cluster, retries=args.retries, unschedulable_after=args.unschedulable_after,
+                             transport=args.transport)
 
 
 class Lines:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pipeline import interrupt
-from pipeline.commands.farm import cluster_options
+from pipeline.commands.farm import cluster_options, connect
 from pipeline.commands.output import Command, Progress, emit_json, print_table
 from pipeline.errors import PipelineError
 from pipeline.nightly import regression
@@ -151,7 +151,7 @@ def _executor(args: argparse.Namespace) -> ContextManager[Farm | None]:
     """--cluster ADDRESS: the night's pairs are built and validated on a Ray cluster."""
     if not args.cluster:
         return contextlib.nullcontext()
-    return Farm.connect(args.cluster, retries=args.retries, unschedulable_after=args.unschedulable_after)
+    return connect(args)
 
 
 def _print_summary(report: dict) -> None:

@@ -5,12 +5,14 @@ memory the recipe's model needs (TensorRT-RTX builds ahead of time on any node);
 (target 'local', or full TensorRT) asks for the GPU's resource; a validation asks for the resource of the
 engine's GPU ('sm89', or the full tag of a full-TensorRT engine), which `trt-pipeline worker` advertises.
 
-Only this process (the driver) writes the store: a node builds in its own scratch space and returns the staged
-files, and the driver publishes them with the same `runner.publisher` the local executor uses (lock, build-key
-re-check, atomic rename). A node that dies costs an attempt: the pair is retried (at most `retries` times) on
-the nodes that are left, and the night records each attempt. A task no node can run waits
-`unschedulable_after` seconds for one to join, then is recorded `unschedulable`. On Ctrl-C the driver cancels
-its tasks (they unwind and remove their scratch directories) and publishes nothing more.
+Only this process (the driver) publishes into the store: a node builds in its own scratch space and returns the
+staged files through Ray's object store, or, when it proves it sees the driver's files (`handover`: the same
+machine, a shared filesystem), builds in a box of the driver's handover directory and returns only names and
+hashes (and uses the model where it is); the driver publishes them with the same `runner.publisher` the local
+executor uses (lock, build-key re-check, atomic rename). A node that dies costs an attempt: the pair is retried
+(at most `retries` times) on the nodes that are left, and the night records each attempt. A task no node can run
+waits `unschedulable_after` seconds for one to join, then is recorded `unschedulable`. On Ctrl-C the driver
+cancels its tasks (they unwind and remove their scratch directories) and publishes nothing more.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from pipeline.build import runner
 from pipeline.digest import file_sha256
 from pipeline.errors import PipelineError
 from pipeline.files import replace_bytes
+from pipeline.nightly import handover as handovers
 from pipeline.nightly import node as nodes
 from pipeline.nightly import run as nights
+from pipeline.nightly.handover import OBJECT_STORE, PATH, Handover
 from pipeline.nightly.parcel import File, Parcel, files_of, link_files, put_file, put_model, write_files
 from pipeline.nightly.pool import Observer, spread
 from pipeline.nightly.regression import Config
@@ -47,7 +51,7 @@ from pipeline.nightly.task import (
 )
 from pipeline.recipe import Recipe
 from pipeline.stages.parse import digests
-from pipeline.store import Artifact, Run, Store
+from pipeline.store import Artifact, Run, Store, StoreError
 from pipeline.trt.backend import Backend
 from pipeline.trt.gpu import Probe
 from pipeline.trt.target import Target, parse_tag
@@ -92,7 +96,7 @@ class Flight:
     user: dict[str, str] = field(default_factory=dict)  # a build: node.user_files' names -> the files' sha256
     pair: dict | None = None  # a validation: the pair's record, finished when the validation is
     artifact: Any = None  # a validation: the published artifact
-    files: Any = None  # a validation: the engine's files (the build's return)
+    files: Any = None  # a validation: the engine's files (the build's return; None: handed over by path)
     report: dict | None = None  # a validation: the report the node made
     error: str | None = None  # a validation: why it could not run
 
@@ -101,11 +105,17 @@ class Farm:
     """The Ray executor of `nightly.run`: `defer` (planning), `workers`, `run`, `describe` (the report)."""
 
     def __init__(self, address: str, retries: int = 2, unschedulable_after: float = 60.0,
-                 cancel_grace_s: float = 5.0) -> None:
+                 cancel_grace_s: float = 5.0, transport: str = "auto") -> None:
+        """`transport`: 'auto' hands files over by path to the nodes that prove they see this machine's files,
+        through the object store to the others; 'object-store' sends everything through the object store."""
+        if transport not in handovers.TRANSPORTS:
+            raise PipelineError(f"transport: expected one of {', '.join(handovers.TRANSPORTS)}, got {transport!r}")
         self.address, self.retries, self.unschedulable_after = address, retries, unschedulable_after
-        self.cancel_grace_s = cancel_grace_s
+        self.cancel_grace_s, self.transport = cancel_grace_s, transport
         self._names: dict[str, str] = {}
         self._parcels: dict[str, tuple[Parcel, int]] = {}
+        self._handovers: dict[Path, Handover | None] = {}
+        self._held = contextlib.ExitStack()  # the handover directories, removed by `close`
 
     @classmethod
     @contextlib.contextmanager
@@ -120,10 +130,31 @@ class Farm:
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise PipelineError(f"cannot join the Ray cluster at {address}: {error}",
                                 hint="run the nightly on a node of the cluster (usually the head)") from None
+        farm = cls(address, **options)
         try:
-            yield cls(address, **options)
+            yield farm
         finally:
+            farm.close()
             ray.shutdown()
+
+    def close(self) -> None:
+        """Remove the handover directories, with whatever killed or cancelled tasks left in them."""
+        self._held.close()
+        self._handovers.clear()
+
+    def handover(self, store: Store) -> Handover | None:
+        """The handover directory in `store`'s staging (made at first use, kept until `close`); None when the
+        transport is the object store's, or no directory can be made there."""
+        root = store.root.resolve()
+        if self.transport == OBJECT_STORE:
+            return None
+        if root not in self._handovers:
+            try:
+                self._handovers[root] = handovers.make(self._held.enter_context(store.staging("handover")))
+            except (StoreError, OSError) as error:
+                log.warning("no handover directory in %s (%s): files go through the object store", root, error)
+                self._handovers[root] = None
+        return self._handovers[root]
 
     # ------------------------------------------------------------ what nightly.run asks
 
@@ -135,7 +166,7 @@ class Farm:
         return max(1, int(sum(n["Resources"].get("CPU", 0) for n in self._alive())))
 
     def describe(self) -> dict:
-        return {"address": self.address, "nodes": [{"name": n["NodeName"], "id": n["NodeID"],
+        return {"address": self.address, "transport": self.transport, "nodes": [{"name": n["NodeName"], "id": n["NodeID"],
                                                     "resources": n["Resources"]} for n in self._alive()]}
 
     def run(self, tasks: list[Task], observer: Observer, checks: tuple[Flight, ...] = ()) -> list[dict]:
@@ -218,8 +249,10 @@ class Farm:
 
     def _submit(self, remote: Any, flight: Flight) -> Any:
         task = flight.task
+        handover = self.handover(Store(Path(task.store)))
         job = nodes.BuildJob(task, str(Path(task.recipe_file).resolve()), flight.text, self._parcel(flight.model),
-                             flight.model, self._user_files(flight))
+                             flight.model, self._user_files(flight), handover,
+                             _stamps(flight.model) if handover else ())
         custom = {k: v for k, v in flight.needs.items() if k not in ("CPU", "memory")}
         flight.refs = remote.options(num_cpus=flight.needs["CPU"], memory=int(flight.needs["memory"]),
                                      resources=custom, num_returns=2 + len(task.targets), max_retries=0,
@@ -259,6 +292,8 @@ class Farm:
         shared_dir = None
         cache = self._timing_cache(flight, meta.get("timing_cache"))
         with contextlib.ExitStack() as stack:
+            if meta.get("box"):  # whatever is left in the task's box goes when its pairs are published
+                stack.callback(handovers.remove, self._handover_of(flight), meta["box"])
             logs = [meta["log"]] + ([cache.pop("line")] if cache else [])
             cached = {"timing_cache": cache} if cache else {}
             for index, result in enumerate(meta["results"]):
@@ -267,8 +302,8 @@ class Farm:
                     try:
                         if shared_dir is None:
                             shared_dir = stack.enter_context(Store(Path(task.store)).staging(task.recipe))
-                            logs.append(self._receive_shared(flight, shared_dir))
-                        record, outcome, line = self._publish(flight, result, record, shared_dir, index)
+                            logs.append(self._receive_shared(flight, meta, result, shared_dir))
+                        record, outcome, line = self._publish(flight, meta, result, record, shared_dir, index)
                     except Exception as error:  # noqa: BLE001 - e.g. the store is full: this pair fails
                         record = {**failure(task, result["target"], error, log), "wall_s": None, "built_on": node}
                         line = f"driver: publishing {result['target']} failed: {error}"
@@ -300,40 +335,57 @@ class Farm:
         after = file_sha256(cache.path) if cache.path.is_file() else None
         return {"path": str(cache.path), "before": sent, "after": after, "line": line}
 
-    def _receive_shared(self, flight: Flight, folder: Path) -> str:
+    def _receive_shared(self, flight: Flight, meta: dict, result: dict, folder: Path) -> str:
         """The files every target of the task shares (the cleaned model), received once."""
         started = time.perf_counter()
-        files = _ray().get(flight.refs[1])
-        write_files(files, folder)
-        return (f"driver: received the shared files ({sum(d.nbytes for d in files.values())} bytes) in "
+        if "handed" in result:
+            received = handovers.receive(self._handover_of(flight), str(Path(meta["box"]) / nodes.SHARED),
+                                         result["handed"]["shared"], folder)
+        else:
+            files = _ray().get(flight.refs[1])
+            write_files(files, folder)
+            received = sum(d.nbytes for d in files.values())
+        return (f"driver: received the shared files ({received} bytes, by {meta['transport']}) in "
                 f"{time.perf_counter() - started:.2f}s")
 
-    def _publish(self, flight: Flight, result: dict, record: dict, shared: Path,
+    def _receive(self, flight: Flight, meta: dict, result: dict, index: int, staged: Path) -> int:
+        """A target's own files into `staged`: renamed from the task's box (its sizes checked, the engine's
+        sha256 the one the manifest records), or written from the object store."""
+        if "handed" not in result:
+            files = _ray().get(flight.refs[2 + index])
+            write_files(files, staged)
+            return sum(data.nbytes for data in files.values())
+        handed, engine = result["handed"]["own"], result["manifest"]["engine"]
+        if handed.get(engine["file"], [None, None])[1] != engine["sha256"]:
+            raise PipelineError(f"the node handed over {engine['file']} with sha256 "
+                                f"{str(handed.get(engine['file'], [0, ''])[1])[:12]}, its manifest says "
+                                f"{engine['sha256'][:12]}", hint="run the night again; report it if it repeats")
+        return handovers.receive(self._handover_of(flight), str(Path(meta["box"]) / result["target"]), handed, staged)
+
+    def _publish(self, flight: Flight, meta: dict, result: dict, record: dict, shared: Path,
                  index: int) -> tuple[dict, Any, str]:
         """The driver's half of a build: the node's staged files into the store's staging, then published."""
-        ray = _ray()
         task, recipe = flight.task, flight.recipe
         manifest = result["manifest"]
         manifest["build"]["node"] = record["built_on"]
+        manifest["build"]["transport"] = meta["transport"]
         _driver_paths(manifest, recipe)
         store = Store(Path(task.store))
         target = _target(manifest)
         started = time.perf_counter()
         with store.staging(f"{recipe.name}-{target.sm}") as staged:
-            files = ray.get(flight.refs[2 + index])
-            write_files(files, staged)
-            received = sum(data.nbytes for data in files.values())
-            del files
+            received = self._receive(flight, meta, result, index, staged)
             link_files(result["shared"], shared, staged)
             finish = runner.publisher(store, recipe, Run(task.run), task.force, log, log.info)
             outcome = finish(target, staged, manifest, manifest["build"]["key"])
         reason = "build key unchanged" if outcome.reused else None
         record = {**identity(task, result["target"]), **artifact_record(outcome.artifact, recipe, reason, store),
-                  "wall_s": record["wall_s"], "built_on": record["built_on"]}
+                  "wall_s": record["wall_s"], "built_on": record["built_on"], "transport": meta["transport"],
+                  "model_from": meta["model"]}
         what = f"reused {outcome.artifact.ref} (same build key)" if outcome.reused else \
             f"published {outcome.artifact.path}"
         return record, outcome, (f"driver: {result['target']} built on {record['built_on']}; received {received} "
-                                 f"bytes and {what} in {time.perf_counter() - started:.2f}s")
+                                 f"bytes by {meta['transport']} and {what} in {time.perf_counter() - started:.2f}s")
 
     def _lost(self, flight: Flight, error: Exception, results: list[dict], observer: Observer) -> list[Flight]:
         """No result: retry on the nodes that are left when the node or its process died, else fail."""
@@ -366,18 +418,25 @@ class Farm:
         manifest = outcome.artifact.manifest().to_dict()
         # A CPU as well as the GPU: ONNX Runtime's reference run is CPU work (and a validation then reuses a
         # build's worker process: measured, asking for no CPU started a process per validation and was slower).
+        by_path = record.get("transport") == PATH  # then the node reads the published engine, or asks for it
         check = Flight(replace(flight.task, targets=(record["target"],)), flight.recipe,
                        {"CPU": 1, **validation_needs(manifest)}, flight.model, pair=record,
-                       artifact=outcome.artifact, files=flight.refs[2 + index])
+                       artifact=outcome.artifact, files=None if by_path else flight.refs[2 + index])
         self._send_validation(check, remote, checking)
 
     def _send_validation(self, check: Flight, remote: Any, checking: dict) -> None:
         """Submitted at once: Ray queues it until a node with the resource is free (the wait is bounded below
         only when no node offers the resource at all)."""
-        job = nodes.ValidationJob(check.artifact.manifest().to_dict(), self._parcel(check.model))
+        manifest = check.artifact.manifest()
+        handover = self.handover(Store(Path(check.task.store)))
+        engine = None
+        if check.files is None:
+            engine = handovers.stamp(check.artifact.path / manifest.engine.file, manifest.engine.sha256)
+        job = nodes.ValidationJob(manifest.to_dict(), self._parcel(check.model), handover,
+                                  _stamps(check.model) if handover else (), engine)
         custom = {k: v for k, v in check.needs.items() if k != "CPU"}
         check.refs = [remote.options(num_cpus=check.needs["CPU"], resources=custom, max_retries=0).remote(
-            job, [check.files])]  # nested: fetched by the node only if it can run the engine
+            job, [] if check.files is None else [check.files])]  # nested: fetched only if the node can run it
         checking[check.refs[0]] = check
 
     def _validated(self, check: Flight, results: list[dict], observer: Observer, checking: dict,
@@ -394,6 +453,10 @@ class Farm:
                 self._send_validation(check, remote, checking)
                 return
             result = {"error": f"validation could not run: {_first(error)}", "node": None, "log": ""}
+        if result.get("resend"):  # the node can run the engine but cannot see it: it goes by object store
+            check.files = ray.put(files_of(check.artifact.path, [check.artifact.manifest().engine.file]))
+            self._send_validation(check, remote, checking)
+            return
         node = self._name(result["node"]) if result.get("node") else None
         with open(record["log"], "a") as handle:  # the build task's log (or the validation's own)
             handle.write(result.get("log", "") + f"driver: {record['target']} validated on {node}\n")
@@ -483,6 +546,13 @@ class Farm:
         else:
             self._parcels.pop(sha256, None)
 
+    def _handover_of(self, flight: Flight) -> Handover:
+        found = self._handovers.get(Path(flight.task.store).resolve())
+        if found is None:
+            raise PipelineError("a node handed files over by path, but this night has no handover directory",
+                                hint="this is a bug: report it")
+        return found
+
     def _alive(self) -> list[dict]:
         alive = [n for n in _ray().nodes() if n.get("Alive")]
         self._names.update({n["NodeID"]: n.get("NodeName") or n["NodeManagerAddress"] for n in alive})
@@ -534,6 +604,14 @@ def build(farm: Farm, recipe_file: Path, store: Store, targets: tuple[str, ...],
         observer.finished(record)
     rank = {target: index for index, (_, target) in enumerate(order)}
     return sorted(known + (farm.run(tasks, observer) if tasks else []), key=lambda r: rank.get(r["target"], 0))
+
+
+def _stamps(model: dict) -> tuple[handovers.Stamp, ...]:
+    """The model's files as this machine sees them now; none when one is gone (the object store's copy then)."""
+    try:
+        return handovers.model_stamps(model)
+    except OSError:
+        return ()
 
 
 def _driver_paths(manifest: dict, recipe: Recipe) -> None:

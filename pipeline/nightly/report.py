@@ -102,10 +102,12 @@ def pair_row(pair: dict) -> tuple[str, ...]:
 
 
 def ran_on(pair: dict) -> str:
-    """Where a cluster's pair ran: 'on w1, validated on l4-1, after 1 lost attempt(s)'; '' for a local night."""
+    """Where a cluster's pair ran and how its files came back: 'on w1 by path, validated on l4-1, after 1 lost
+    attempt(s)'; '' for a local night."""
     built, checked = pair.get("built_on"), pair.get("validated_on")
     retried = f"after {len(pair['attempts'])} lost attempt(s)" if pair.get("attempts") else ""
-    return ", ".join(part for part in (f"on {built}" if built else "", f"validated on {checked}" if checked else "",
+    how = f" by {pair['transport']}" if pair.get("transport") else ""
+    return ", ".join(part for part in (f"on {built}{how}" if built else "", f"validated on {checked}" if checked else "",
                                        retried) if part)
 
 

@@ -124,9 +124,17 @@ class LocalCluster:
             ray.shutdown()
 
     def kill(self, name: str) -> None:
-        """The node dies at once (SIGKILL to its process group), as a machine that loses power."""
+        """The node dies at once, as a machine that loses power: SIGKILL to its process group and to every
+        process descending from it (Ray's task workers run in process groups of their own; a worker that outlived
+        its raylet could still hand a small result straight to the driver)."""
         node = self.nodes.pop(name)
+        below = _descendants(node.process.pid)
         _signal_group(node.process, signal.SIGKILL)
+        for pid in below:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         node.process.wait()
 
     def stop(self) -> None:
@@ -169,6 +177,23 @@ class LocalCluster:
             except OSError:
                 continue
         return found
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc's parent links."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:

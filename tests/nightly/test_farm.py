@@ -61,6 +61,20 @@ def jobs_left(cluster: LocalCluster) -> list[Path]:
     return [p for node in cluster.nodes.values() for p in (node.scratch / "jobs").glob("*")]
 
 
+def building_node(cluster: LocalCluster, store: Path) -> str | None:
+    """The node whose task is building in the store's handover directory (a box is named after the task
+    process's pid; that process descends from the node's `ray start`)."""
+    nodes = {node.process.pid: name for name, node in cluster.nodes.items()}
+    for log in store.glob(".staging/handover-*/*/store/.staging/*/build.log"):
+        pid = int(log.relative_to(store / ".staging").parts[1].split("-")[0])
+        with contextlib.suppress(OSError, ValueError):
+            while pid > 1 and pid not in nodes:
+                pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        if pid in nodes:
+            return nodes[pid]
+    return None
+
+
 @contextlib.contextmanager
 def driver_log() -> Iterator[list[str]]:
     """The farm driver's log messages (INFO), whatever the CLI tests did to the 'pipeline' logger."""
@@ -109,7 +123,8 @@ def test_builds_spread_validations_follow_the_gpu_resource_and_results_equal_the
     assert manifest["validation"]["node"] == "w120" and manifest["validation"]["status"] == "skipped"
     assert (artifact.path / "validation.json").is_file()
     summary = Path(remote["files"]["summary.md"]).read_text()  # and the HTML report: the same cells
-    assert f"{found['two', 'sm89']['artifact']} (on {found['two', 'sm89']['built_on']}, validated on w89)" in summary
+    assert f"{found['two', 'sm89']['artifact']} (on {found['two', 'sm89']['built_on']} by path, validated on w89)" \
+        in summary
     assert remote["cluster"]["address"] == cluster.address
     assert {n["name"] for n in remote["cluster"]["nodes"]} == {"head", "w89", "w120"}
     assert list((tmp_path / "farm" / ".staging").iterdir()) == []
@@ -120,6 +135,10 @@ def test_builds_spread_validations_follow_the_gpu_resource_and_results_equal_the
     assert log.count("model two_input.onnx") == 1
     puts = [line for line in lines if "into the object store" in line]
     assert len(puts) == 2 and sum("tiny.onnx" in line for line in puts) == 1  # tiny and small share one model
+    # every node here sees the driver's files: models used in place, artifacts handed over by path
+    assert {(p["transport"], p["model_from"]) for p in remote["pairs"]} == {("path", "path")}
+    assert manifest["build"]["transport"] == "path" and remote["cluster"]["transport"] == "auto"
+    assert "used in place" in log and "fetched" not in log and "by path" in log
 
 
 def test_a_target_no_node_can_run_is_reported_unschedulable_after_a_bounded_wait(
@@ -162,8 +181,7 @@ def test_a_node_killed_mid_build_costs_an_attempt_and_the_pair_is_published_once
     try:
         deadline = time.monotonic() + 60
         while victim is None and time.monotonic() < deadline and thread.is_alive():
-            victim = next((name for name, node in cluster.nodes.items()
-                           if list((node.scratch / "jobs").glob("*/store/.staging/*/build.log"))), None)
+            victim = building_node(cluster, store.root)
             time.sleep(0.02)
         assert victim, "the build never started"
         cluster.kill(victim)  # mid-build: its shared stages are running
@@ -177,7 +195,7 @@ def test_a_node_killed_mid_build_costs_an_attempt_and_the_pair_is_published_once
     assert pair["status"] == "built" and pair["retried"] is True
     assert [a["node"] for a in pair["attempts"]] == [victim]
     assert "NodeDiedError" in pair["attempts"][0]["error"]
-    assert pair["built_on"] not in (victim, "head")
+    assert pair["built_on"] not in (victim, "head") and pair["transport"] == "path"
     assert [(a.ref, a.tag) for a in store.artifacts()] == [("resnet@1.0.0+1", "sm89.rtx-1.7.1")]  # once
     assert list((store.root / ".staging").iterdir()) == []
 
@@ -251,7 +269,7 @@ def test_build_cluster_publishes_what_a_local_build_does_and_records_the_nodes(
     assert remote["sm120.rtx-1.7.1"]["validation"]["node"] == "w120"
     assert {m["validation"]["status"] for m in remote.values()} == {"skipped"} == \
         {m["validation"]["status"] for m in local.values()}
-    assert re.search(r"^\[built[^\]]*\] sm89 two@1\.0\.0\+1  on w(89|120), validated on w89", err, re.M), err
+    assert re.search(r"^\[built[^\]]*\] sm89 two@1\.0\.0\+1  on w(89|120) by path, validated on w89", err, re.M), err
     assert list((tmp_path / "farm" / ".staging").iterdir()) == []
     # unchanged: reused by source key, and nothing is sent to the cluster
     assert main(["--store", str(tmp_path / "farm"), "--json", "build", recipe, "--cluster", cluster.address]) == 0
