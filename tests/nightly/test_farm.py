@@ -362,3 +362,39 @@ def test_a_timing_cache_travels_and_what_the_build_added_comes_back_through_the_
             assert cache.read_bytes() == (meanwhile or grown)
             assert (record["before"], record["after"]) == (flight.user["timing_cache/t.cache"], file_sha256(cache))
             assert ("dropped" in record["line"]) == bool(meanwhile)
+
+
+def test_files_go_through_the_object_store_when_forced_or_when_the_token_does_not_match(
+        cluster: LocalCluster, tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    recipes = tmp_path / "recipes"
+    write(recipes, "two", models_dir / "two_input.onnx", TWO_INPUT_PROFILE, "[sm89, sm120]",
+          "validate: {atol: 1.0e-3, rtol: 1.0e-3}\n")
+    local = nightly.run(recipes, Store(tmp_path / "local"), jobs=2, probe=NO_GPU)
+    # forced, as a user forces it
+    code = main(["--store", str(tmp_path / "forced"), "--json", "nightly", str(recipes), "--cluster", cluster.address,
+                 "--transport", "object-store"])
+    forced = json.loads(capsys.readouterr().out)
+    assert code == 0 and forced["cluster"]["transport"] == "object-store"
+    # a directory at the handover's path, but not the driver's token: the nodes must not use it
+    store = Store(tmp_path / "mismatch")
+    with Farm.connect(cluster.address) as farm:
+        handover = farm.handover(store)
+        assert handover is not None and Path(handover.path).parent == store.root / ".staging"
+        (Path(handover.path) / "token").write_text("0" * 32)
+        mismatch = nightly.run(recipes, store, probe=NO_GPU, executor=farm)
+    assert list((store.root / ".staging").iterdir()) == []  # the handover directory goes with the connection
+
+    def same(report: dict) -> dict:
+        return {k: (p["status"], p.get("artifact"), p.get("tag"), p.get("build_key"), p.get("engine_bytes"),
+                    (p.get("validation") or {}).get("status")) for k, p in pairs(report).items()}
+
+    assert same(forced) == same(mismatch) == same(local)
+    assert {p["transport"] for p in forced["pairs"] + mismatch["pairs"]} == {"object-store"}
+    assert {p["model_from"] for p in forced["pairs"]} <= {"object-store", "cache"}  # no stamps were sent
+    # with a wrong token, the model's path is trusted only after its sha256 matched the driver's
+    assert {p["model_from"] for p in mismatch["pairs"]} == {"path"}
+    assert {a.manifest().to_dict()["build"]["transport"] for a in store.artifacts()} == {"object-store"}
+    assert "not seen here" in Path(pairs(mismatch)["two", "sm89"]["log"]).read_text()
+    with pytest.raises(SystemExit):
+        main(["nightly", "--help"])
+    assert "object-store: always through the object store" in " ".join(capsys.readouterr().out.split())
