@@ -6,7 +6,8 @@
               after (not timed).
   nightly-resnet  the same with six ResNet-50 recipes (a heavier night).
   overhead    per cluster shape (head + 2 one-CPU nodes; one 2-CPU node, as a machine of a real farm is one
-              node), local --jobs 2 against the farm, alternating, so that the machine's load hits both alike.
+              node), local --jobs 2 against the farm (files by path: the nodes see this machine's files) and the
+              farm with --transport object-store (as across machines), rotating, so that load hits all alike.
   large       the 2.25 GiB model of bench/run.py through a one-worker cluster: how the model travels to the
               node, how the cleaned model and engine come back, the peak RSS of the driver and the node's worker.
   simulation  100 recipes x 4 GPU types (sm75, sm86, sm89, sm120) on 1, 4 and 16 nodes: sleeping Ray tasks
@@ -138,12 +139,13 @@ def part_nightly(work: Path, runs: int, recipe_set: str, object_store: int | Non
     local, remote = statistics.median(walls["local"]), statistics.median(walls["cluster"])
     same = [(p["recipe"], p["target"], p["build_key"]) for p in reports["local"]["pairs"]] == \
         [(p["recipe"], p["target"], p["build_key"]) for p in reports["cluster"]["pairs"]]
+    transports = sorted({p.get("transport") for p in reports["cluster"]["pairs"]})
     return {"set": recipe_set, "object_store_bytes": object_store, "recipes": len(names), "targets": list(TARGETS),
             "runs": runs,
             "cluster_startup_s": round(startup, 2),
             "walls": walls, "median_local_s": local, "median_cluster_s": remote,
             "overhead_pct": round((remote / local - 1) * 100, 1), "goal_pct": 15,
-            "same_build_keys": same, "pairs": _measured(reports["cluster"])}
+            "same_build_keys": same, "transports": transports, "pairs": _measured(reports["cluster"])}
 
 
 def _measured(report: dict) -> list[dict]:
@@ -181,7 +183,7 @@ def part_overhead(work: Path, runs: int, recipe_set: str, object_store: int | No
     names = SETS[recipe_set]
     recipes = work / "recipes"
     write_recipes(recipes, work / "models", names)
-    variants = ("local", "cluster")
+    variants = ("local", "cluster", "object-store")
     found: dict[str, Any] = {"set": recipe_set, "recipes": len(names), "runs": runs, "shapes": {}}
     for shape in shapes:
         cpus, resources, workers = SHAPES[shape]
@@ -194,15 +196,18 @@ def part_overhead(work: Path, runs: int, recipe_set: str, object_store: int | No
         cpu: dict[str, list[dict]] = {v: [] for v in variants}
         try:
             for run in range(runs):
-                for kind in variants[run % 2:] + variants[:run % 2]:
+                for kind in variants[run % 3:] + variants[:run % 3]:
                     store = Store(work / f"{shape}-{kind}-{run}")
-                    meter = _CpuSeconds(farm.root if kind == "cluster" else None)
+                    meter = _CpuSeconds(farm.root if kind != "local" else None)
                     begin = time.perf_counter()
                     if kind == "local":
                         report = nightly.run(recipes, store, jobs=2)
                     else:
-                        with Farm.connect(farm.address) as executor:
+                        transport = "auto" if kind == "cluster" else "object-store"
+                        with Farm.connect(farm.address, transport=transport) as executor:
                             report = nightly.run(recipes, store, executor=executor)
+                        assert {p["transport"] for p in report["pairs"]} == \
+                            {"path" if kind == "cluster" else "object-store"}, report["pairs"]
                     walls[kind].append(round(time.perf_counter() - begin, 3))
                     cpu[kind].append(meter.stop())
                     assert report["summary"]["built"] == len(names) * len(TARGETS), report["summary"]
@@ -216,7 +221,11 @@ def part_overhead(work: Path, runs: int, recipe_set: str, object_store: int | No
         found["shapes"][shape] = {"walls": walls, "medians": medians, "cpu_s": cpu, "median_cpu_s": cpu_medians,
                                   "overhead_pct": round((medians["cluster"] / medians["local"] - 1) * 100, 1),
                                   "cpu_overhead_pct": round((cpu_medians["cluster"] / cpu_medians["local"] - 1) * 100,
-                                                            1)}
+                                                            1),
+                                  "object_store_overhead_pct": round((medians["object-store"] / medians["local"] - 1)
+                                                                     * 100, 1),
+                                  "object_store_cpu_overhead_pct": round(
+                                      (cpu_medians["object-store"] / cpu_medians["local"] - 1) * 100, 1)}
     return found
 
 
@@ -515,6 +524,10 @@ def _print(results: dict) -> None:
         print(f"overhead ({shape}): local {block['medians']['local']:.2f}s, cluster {block['medians']['cluster']:.2f}s "
               f"({block['overhead_pct']:+.1f}%); CPU seconds local {block['median_cpu_s']['local']:.1f}, cluster "
               f"{block['median_cpu_s']['cluster']:.1f} ({block['cpu_overhead_pct']:+.1f}%)")
+        if "object-store" in block["medians"]:
+            print(f"  --transport object-store: {block['medians']['object-store']:.2f}s "
+                  f"({block['object_store_overhead_pct']:+.1f}%), CPU seconds {block['median_cpu_s']['object-store']:.1f} "
+                  f"({block['object_store_cpu_overhead_pct']:+.1f}%)")
     large = results.get("large") or {}
     if "wall_s" in large:
         print(f"large ({large['model_bytes'] / 2 ** 30:.2f} GiB): {large['status']} in {large['wall_s']:.1f}s "
