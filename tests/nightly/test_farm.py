@@ -369,6 +369,7 @@ def test_files_go_through_the_object_store_when_forced_or_when_the_token_does_no
     recipes = tmp_path / "recipes"
     write(recipes, "two", models_dir / "two_input.onnx", TWO_INPUT_PROFILE, "[sm89, sm120]",
           "validate: {atol: 1.0e-3, rtol: 1.0e-3}\n")
+    write(recipes, "tiny", models_dir / "tiny.onnx", TINY_PROFILE, "[sm89]")
     local = nightly.run(recipes, Store(tmp_path / "local"), jobs=2, probe=NO_GPU)
     # forced, as a user forces it
     code = main(["--store", str(tmp_path / "forced"), "--json", "nightly", str(recipes), "--cluster", cluster.address,
@@ -389,12 +390,14 @@ def test_files_go_through_the_object_store_when_forced_or_when_the_token_does_no
                     (p.get("validation") or {}).get("status")) for k, p in pairs(report).items()}
 
     assert same(forced) == same(mismatch) == same(local)
+    assert pairs(forced)["tiny", "sm89"]["engine_sha256"] == pairs(mismatch)["tiny", "sm89"]["engine_sha256"] == \
+        pairs(local)["tiny", "sm89"]["engine_sha256"]  # a tiny engine is byte-identical build after build
     assert {p["transport"] for p in forced["pairs"] + mismatch["pairs"]} == {"object-store"}
     assert {p["model_from"] for p in forced["pairs"]} <= {"object-store", "cache"}  # no stamps were sent
     # with a wrong token, the model's path is trusted only after its sha256 matched the driver's
     assert {p["model_from"] for p in mismatch["pairs"]} == {"path"}
     assert {a.manifest().to_dict()["build"]["transport"] for a in store.artifacts()} == {"object-store"}
-    assert "not seen here" in Path(pairs(mismatch)["two", "sm89"]["log"]).read_text()
+    assert "not seen here" in Path(pairs(mismatch)["tiny", "sm89"]["log"]).read_text()
     with pytest.raises(SystemExit):
         main(["nightly", "--help"])
     assert "object-store: always through the object store" in " ".join(capsys.readouterr().out.split())
