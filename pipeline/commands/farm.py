@@ -91,7 +91,7 @@ def cluster_options(p: argparse.ArgumentParser, what: str, note: str = "") -> No
     p.add_argument("--unschedulable-after", type=float, default=60.0, metavar="S",
                    help="with --cluster: give up on a build or validation no node can run after waiting S seconds "
                         "for one to join (default 60)")
-    p.add_argument("--transport", choices=TRANSPORTS, default=os.environ.get(TRANSPORT_ENV) or "auto",
+    p.add_argument("--transport", choices=TRANSPORTS,
                    help="with --cluster: how models and built files travel. auto (default): by path to and from a "
                         "node that proves it sees this machine's files (the same machine, or a shared filesystem: it "
                         "reads a random token in the store's staging), through Ray's object store otherwise; "
@@ -103,7 +103,16 @@ TRANSPORT_ENV = "TRT_PIPELINE_TRANSPORT"
 
 def connect(args: argparse.Namespace) -> ContextManager[farm.Farm]:
     return farm.Farm.connect(args.cluster, retries=args.retries, unschedulable_after=args.unschedulable_after,
-                             transport=args.transport)
+                             transport=transport(args))
+
+
+def transport(args: argparse.Namespace) -> str:
+    """--transport, else $TRT_PIPELINE_TRANSPORT, else auto."""
+    value = args.transport or args.environ.get(TRANSPORT_ENV) or "auto"
+    if value not in TRANSPORTS:
+        raise PipelineError(f"${TRANSPORT_ENV}: expected one of {', '.join(TRANSPORTS)}, got {value!r}",
+                            hint="unset it, or pass --transport")
+    return value
 
 
 class Lines:
