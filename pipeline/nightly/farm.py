@@ -122,6 +122,7 @@ class Farm:
     def connect(cls, address: str, ship_code: bool = True, **options: Any) -> Iterator[Farm]:
         """Join the cluster as its driver (on one of its nodes, usually the head). `ship_code`: the nodes run
         this process's trt-pipeline (uploaded once per night by Ray), not whatever they have installed."""
+        farm = cls(address, **options)  # bad options fail before anything connects
         ray = _ray()
         _reachable(address)
         env = {"py_modules": [str(Path(pipeline.__file__).parent)]} if ship_code else {}
@@ -130,7 +131,6 @@ class Farm:
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise PipelineError(f"cannot join the Ray cluster at {address}: {error}",
                                 hint="run the nightly on a node of the cluster (usually the head)") from None
-        farm = cls(address, **options)
         try:
             yield farm
         finally:

@@ -188,8 +188,10 @@ def _ship(names: dict[str, str], shipped: dict, box: Path | None, target: Any, s
                  **({cleaned: record["model"]["cleaned_sha256"]} if cleaned else {})}
         handed = handovers.hand_over(staged, own, box / name, known)
         common = box / SHARED
+        earlier = next((entry[2] for entry in shipped.values() if entry[3] and entry[2]), None)
         if common.is_dir():  # an earlier target's: the same cleaned model (its hard links)
-            together = {n: [(common / n).stat().st_size, known.get(n) or file_sha256(common / n)] for n in shared}
+            together = earlier or {n: [(common / n).stat().st_size, known.get(n) or file_sha256(common / n)]
+                                   for n in shared}
         else:
             together = handovers.hand_over(staged, shared, common, known)
         shipped[name] = (record, handed, together, True)
@@ -273,7 +275,6 @@ def validate(job: ValidationJob, engine: list) -> dict:
             seen = handovers.visible(job.handover) if runnable else False
             files = _engine(job, engine, seen, log) if runnable else {}
             if files is None:
-                _close(log)
                 return {"node": node, "log": "", "resend": True}
             model = _model(job.model, job.model_stamps, seen, log)[0] if runnable else None
             store, artifact = _artifact_copy(job.manifest, files, work / "store")
