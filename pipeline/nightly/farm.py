@@ -142,15 +142,15 @@ class Farm:
         self._held.close()
         self._handovers.clear()
 
-    def handover(self, store: Store) -> Handover | None:
-        """The handover directory in `store`'s staging (made at first use, kept until `close`); None when the
-        transport is the object store's, or no directory can be made there."""
-        root = store.root.resolve()
+    def handover(self, store: str | Path) -> Handover | None:
+        """The handover directory in the staging of the store at `store` (made at first use, kept until `close`);
+        None when the transport is the object store's, or no directory can be made there."""
+        root = Path(store).resolve()
         if self.transport == OBJECT_STORE:
             return None
         if root not in self._handovers:
             try:
-                self._handovers[root] = handovers.make(self._held.enter_context(store.staging("handover")))
+                self._handovers[root] = handovers.make(self._held.enter_context(Store(root).staging("handover")))
             except (StoreError, OSError) as error:
                 log.warning("no handover directory in %s (%s): files go through the object store", root, error)
                 self._handovers[root] = None
@@ -249,7 +249,7 @@ class Farm:
 
     def _submit(self, remote: Any, flight: Flight) -> Any:
         task = flight.task
-        handover = self.handover(Store(Path(task.store)))
+        handover = self.handover(task.store)
         job = nodes.BuildJob(task, str(Path(task.recipe_file).resolve()), flight.text, self._parcel(flight.model),
                              flight.model, self._user_files(flight), handover,
                              _stamps(flight.model) if handover else ())
@@ -428,7 +428,7 @@ class Farm:
         """Submitted at once: Ray queues it until a node with the resource is free (the wait is bounded below
         only when no node offers the resource at all)."""
         manifest = check.artifact.manifest()
-        handover = self.handover(Store(Path(check.task.store)))
+        handover = self.handover(check.task.store)
         engine = None
         if check.files is None:
             engine = handovers.stamp(check.artifact.path / manifest.engine.file, manifest.engine.sha256)

@@ -379,7 +379,7 @@ def test_files_go_through_the_object_store_when_forced_or_when_the_token_does_no
     # a directory at the handover's path, but not the driver's token: the nodes must not use it
     store = Store(tmp_path / "mismatch")
     with Farm.connect(cluster.address) as farm:
-        handover = farm.handover(store)
+        handover = farm.handover(store.root)
         assert handover is not None and Path(handover.path).parent == store.root / ".staging"
         (Path(handover.path) / "token").write_text("0" * 32)
         mismatch = nightly.run(recipes, store, probe=NO_GPU, executor=farm)
