@@ -14,8 +14,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from pipeline import __version__, interrupt
-from pipeline.commands import register_all
+from pipeline import __version__, commands, interrupt
 from pipeline.commands.output import Progress, emit_json, emitted_json, paint, reset_emitted
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError, located
 
@@ -83,7 +82,10 @@ class _PrintCompletion(argparse.Action):
         parser.exit(0)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(words: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line, with the options of the command named in `words` (a command line) and of the
+    commands that share its module; the others are listed by name and help only, so that their modules (the
+    nightly, the farm, Triton export ...) are not imported for nothing. No `words`: every command in full."""
     common = _common(top=False)
     top = _Parser(
         prog="trt-pipeline", parents=[_common(top=True)], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -94,13 +96,20 @@ def parser() -> argparse.ArgumentParser:
                      help="print a shell completion script (bash, zsh, tcsh)")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, func: Callable, help_: str, description: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_, description=description,
+    def command(name: str, func: Callable, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=commands.COMMANDS[name][1], description=description,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=func)
         return p
 
-    register_all(command)
+    loaded = commands.modules_for(() if words is None else words)
+    for name in dict.fromkeys(m for m, _ in commands.COMMANDS.values()):  # --help's order: the table's
+        if name in loaded:
+            commands.module(name).register(command)
+        else:
+            for listed, (owner, help_) in commands.COMMANDS.items():
+                if owner == name:
+                    sub.add_parser(listed, help=help_, add_help=False)
     return top
 
 
@@ -130,7 +139,8 @@ def _crash_log(error: BaseException) -> Path:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = parser(words).parse_args(words)
     reset_emitted()  # main() may run several times in one process (tests)
     environ = os.environ if environ is None else environ
     args.store = args.store or Path(environ.get(STORE_ENV) or "artifacts")

@@ -44,7 +44,8 @@ STAGING = ".staging"
 FAILED = "_failed"
 MEMO = ".memo"  # hashes of unchanged files and plans already checked, so an unchanged rebuild costs little
 MEMO_MIN_BYTES = 1 << 20
-RACY_S = 2  # a file changed this recently is hashed again next time
+RACY_S = 2  # a file changed this recently is hashed again next time, on a file system with whole-second timestamps
+RACY_FINE_S = 0.1  # the same where timestamps have sub-second parts (ext4, XFS, btrfs, tmpfs: they tick every few ms)
 BUILDS = ".builds.json"  # version -> highest build number ever given (numbers are never reused)
 CHANNELS = "_channels"  # ROOT/<name>/_channels/: channel files and their history
 NIGHTLY = "_nightly"  # ROOT/_nightly/<run>/: one directory per nightly run
@@ -212,9 +213,11 @@ class Store:
         if isinstance(known, dict) and known.get("stamp") == stamp:
             return known["sha256"]
         sha256 = file_sha256(path)
-        # Remembered only if the file did not change while it was read, and not within RACY_S of its last change:
-        # a same-size rewrite inside one timestamp tick (coarse on some filesystems) would keep its stamp (as git).
-        if remember and _stamp(path.stat()) == stamp and time.time_ns() - stat.st_ctime_ns > RACY_S * 10**9:
+        # Remembered only if the file did not change while it was read, and not within the racy window of its last
+        # change: a same-size rewrite inside one timestamp tick would keep its stamp (as git). The tick is coarse
+        # (seconds) where the file system keeps whole seconds, a few ms where it keeps nanoseconds.
+        racy = RACY_S if stat.st_mtime_ns % 10**9 == 0 else min(RACY_S, RACY_FINE_S)
+        if remember and _stamp(path.stat()) == stamp and time.time_ns() - stat.st_ctime_ns > racy * 10**9:
             self.remember(HASHES, key, {"stamp": stamp, "sha256": sha256})
         return sha256
 

@@ -109,3 +109,13 @@ def test_no_import_cycles() -> None:
 def test_every_module_is_in_a_layer() -> None:
     for module in MODULES:
         _layer(module)
+
+
+def test_modules_are_loaded_by_name_only_through_the_two_seams() -> None:
+    """importlib.import_module bypasses the checks above, so it has two owners: the backend adapter (a TensorRT
+    module named by the user) and the command table (pipeline.commands.module, which loads command modules of its
+    own layer). Anything else must import at module level."""
+    allowed = {"pipeline.trt.backend", "pipeline.commands"}
+    for module, path in MODULES.items():
+        if "import_module" in path.read_text() and module not in allowed:
+            pytest.fail(f"{path.relative_to(PACKAGE.parent)} loads a module by name; import it at module level")

@@ -644,12 +644,31 @@ def test_small_files_are_hashed_every_time_not_remembered(store: Store, tmp_path
     assert store.memo("hashes") == {} and not store.root.exists()
 
 
-def test_a_file_changed_within_the_racy_window_is_hashed_but_not_remembered(store: Store, tmp_path: Path) -> None:
+def test_a_file_changed_within_the_racy_window_is_hashed_but_not_remembered(store: Store, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A same-size rewrite inside one timestamp tick would keep the stamp: a file this fresh is not trusted yet."""
+    monkeypatch.setattr(store_module, "RACY_FINE_S", 60)  # however slow this machine is, the file is fresh
     model = tmp_path / "model.onnx"
     model.write_bytes(big(b"model bytes"))
     assert store.file_sha256(model) == hashlib.sha256(big(b"model bytes")).hexdigest()
     assert store.memo("hashes") == {}
+
+
+def test_the_racy_window_is_short_where_timestamps_are_fine_and_long_where_they_are_whole_seconds(
+        store: Store, tmp_path: Path) -> None:
+    """A just-published engine is remembered by the next run a moment later (ext4 keeps nanoseconds), not only
+    two seconds later; a file whose mtime is a whole second (FAT, some network file systems) waits the two."""
+    fine, coarse = tmp_path / "fine.plan", tmp_path / "coarse.plan"
+    fine.write_bytes(big(b"fine"))
+    coarse.write_bytes(big(b"coarse"))
+    second = int(time.time()) * 10**9
+    os.utime(coarse, ns=(second, second))
+    assume_fine = fine.stat().st_mtime_ns % 10**9 != 0
+    time.sleep(store_module.RACY_FINE_S * 2)
+    store.file_sha256(fine)
+    store.file_sha256(coarse)
+    assert str(coarse.resolve()) not in store.memo("hashes")
+    assert (str(fine.resolve()) in store.memo("hashes")) == assume_fine
 
 
 def test_a_file_that_changes_while_it_is_hashed_is_not_remembered(store: Store, tmp_path: Path,

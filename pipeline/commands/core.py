@@ -11,7 +11,8 @@ from pathlib import Path
 
 from pipeline.build import capability, runner
 from pipeline.build import plan as plans
-from pipeline.commands.farm import cluster_build, cluster_options
+from pipeline.commands import module
+from pipeline.commands.options import cluster_options
 from pipeline.commands.output import Command, emit_json, paint, print_table, progress
 from pipeline.errors import CannotRunHere, PipelineError, RecipeError
 from pipeline.lifecycle import channel
@@ -60,7 +61,7 @@ def check(args: argparse.Namespace, log: logging.Logger) -> int:
 
 def build(args: argparse.Namespace, log: logging.Logger) -> int:
     if args.cluster and not args.dry_run:
-        return cluster_build(args, log)
+        return module("farm").cluster_build(args, log)  # the farm's modules (and Ray) only for --cluster
     # The model checks run in runner.build, and only when something is to be built (a dry run needs them now).
     probe = gpu.probe()  # once: planning and the validate step see the same machine
     store, names = Store(args.store), tuple(args.target)
@@ -210,7 +211,7 @@ def _cleanup_text(m: Manifest) -> str:
 
 
 def register(command: Command) -> None:
-    p = command("check", check, "validate recipes without building",
+    p = command("check", check,
                 "Check recipes against the schema, the stage order, the model's inputs and outputs, and what the "
                 "chosen TensorRT backend supports. Every problem is reported at once as FILE:LINE:COL: key: message.")
     p.epilog = """\
@@ -223,7 +224,7 @@ stdout: 'ok   RECIPE (BACKEND; GPU TAGS)' per sound recipe; every problem goes t
 exit codes: 0 every recipe is ok, 1 any problem (a target that needs a GPU here is a problem too)."""
     p.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
 
-    p = command("build", build, "build engines from a recipe",
+    p = command("build", build,
                 "Run the recipe's stages (parse, graph-cleanup, network-flag, memory-pool, serialize) for each target "
                 "and publish one artifact directory per target. Progress goes to stderr; the artifact directories "
                 "are printed on stdout, one per line, last.")
@@ -248,7 +249,7 @@ a target or its validation is unschedulable (no node offers what it needs)."""
                    help="rebuild even when an artifact with the same build key exists (default: reuse it)")
     cluster_options(p, "build and validate")
 
-    p = command("list", list_, "list artifacts in the store",
+    p = command("list", list_,
                 "List published artifacts: name, version+build, GPU tag, engine size, validation status.")
     p.epilog = """\
 examples:
@@ -261,7 +262,7 @@ shows validation 'damaged', with a warning on stderr.
 exit codes: 0 ok, 1 unreadable store."""
     p.add_argument("name", nargs="?", help="only this recipe name")
 
-    p = command("diff", diff, "what differs between two artifacts",
+    p = command("diff", diff,
                 "Compare two artifacts' manifests field by field: recipe settings, model and cleaned-model hashes, "
                 "backend and tool versions, target, builder settings, engine. Times, hosts, durations and build "
                 "numbers are left out unless --all.")
@@ -278,7 +279,7 @@ exit codes: 0 no change, 1 they differ (as diff(1)) or no such artifact."""
     p.add_argument("--tag-b", help="GPU tag of B")
     p.add_argument("--all", action="store_true", help="also times, hosts, durations and build numbers")
 
-    p = command("show", show, "show one artifact's manifest",
+    p = command("show", show,
                 "Show what produced an artifact: recipe, model hashes, backend, target, builder settings, validation.")
     p.epilog = """\
 examples:

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import Any
 
+from pipeline.commands.options import TRANSPORT_ENV
 from pipeline.commands.output import Command, emit_json, progress
 from pipeline.errors import CannotRunHere, PipelineError
 from pipeline.nightly import farm, resources
@@ -51,7 +52,7 @@ def worker(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def register(command: Command) -> None:
-    p = command("worker", worker, "join this machine to a build farm (a Ray cluster)",
+    p = command("worker", worker,
                 "Start a Ray worker node that joins the head at --address and offers this machine's GPUs as "
                 "resources (from the GPU probe): per GPU its compute capability (e.g. sm89), 'gpu', and with full "
                 "TensorRT installed the full GPU tag. `trt-pipeline nightly --cluster` routes validations and "
@@ -79,26 +80,6 @@ exit codes: `ray start`'s; 1 when Ray is not installed."""
 
 
 # ---------------------------------------------------------------- build --cluster, validate --cluster, nightly --cluster
-
-
-def cluster_options(p: argparse.ArgumentParser, what: str, note: str = "") -> None:
-    p.add_argument("--cluster", metavar="ADDRESS",
-                   help=f"{what} on the Ray cluster whose head is ADDRESS (HOST:PORT; run this on a node of it): "
-                        "builds go to free CPUs, validations to nodes offering the engine's GPU (see `trt-pipeline "
-                        f"worker`){note}")
-    p.add_argument("--retries", type=int, default=2, metavar="N",
-                   help="with --cluster: retry a build or validation whose node died up to N times (default 2)")
-    p.add_argument("--unschedulable-after", type=float, default=60.0, metavar="S",
-                   help="with --cluster: give up on a build or validation no node can run after waiting S seconds "
-                        "for one to join (default 60)")
-    p.add_argument("--transport", choices=TRANSPORTS,
-                   help="with --cluster: how models and built files travel. auto (default): by path to and from a "
-                        "node that proves it sees this machine's files (the same machine, or a shared filesystem: it "
-                        "reads a random token in the store's staging), through Ray's object store otherwise; "
-                        f"object-store: always through the object store (also ${TRANSPORT_ENV})")
-
-
-TRANSPORT_ENV = "TRT_PIPELINE_TRANSPORT"
 
 
 def connect(args: argparse.Namespace) -> ContextManager[farm.Farm]:

@@ -141,7 +141,7 @@ def _count(least: int) -> Callable[[str], int]:
 
 
 def register(command: Command) -> None:
-    p = command("promote", promote, "put a build on a channel of a GPU tag (reuse, rebuild or refuse)",
+    p = command("promote", promote,
                 "Decide from the build's manifest whether its engine is valid on the target GPU tag as it is (reuse), "
                 "must be rebuilt from exactly the same inputs (rebuild), or cannot be (refuse, naming the mismatch), "
                 "then point the channel at it and record who/when/why in the history. The production channel takes "
@@ -158,15 +158,15 @@ def register(command: Command) -> None:
                    help="let an unvalidated build into production; needs --reason, recorded as a waiver")
     p.add_argument("--reason", help="why: recorded in the history (required with --allow-unvalidated)")
 
-    p = command("channel", channel, "show a recipe's channels",
+    p = command("channel", channel,
                 "Show which build each channel of each GPU tag points at.")
     p.add_argument("name", metavar="NAME")
 
-    p = command("history", history, "show a recipe's promotion history",
+    p = command("history", history,
                 "Every promotion of a recipe, oldest first: when, who, channel and tag, build, decision, waiver, why.")
     p.add_argument("name", metavar="NAME")
 
-    p = command("export", export, "export a channel to a Triton model repository",
+    p = command("export", export,
                 "Write DIR/MODEL/config.pbtxt (platform tensorrt_plan, I/O from the manifest, cc_model_filenames per "
                 "compute capability) and a new numbered version folder holding the channel's engines; nothing new "
                 "when the newest version already holds them. One model folder serves one channel: export another "
@@ -196,7 +196,7 @@ exit codes: 0 ok, 1 nothing on the channel, settings the engines cannot serve, o
     p.add_argument("--instances", type=_count(1), metavar="N",
                    help="model instances per GPU (instance_group; default: Triton's, one per GPU)")
 
-    p = command("gc", gc, "remove old builds that no channel points at",
+    p = command("gc", gc,
                 "Keep the newest N builds per recipe and GPU tag; remove older ones unless a channel points at them or "
                 "they were ever promoted. --dry-run lists what would go.")
     p.add_argument("name", nargs="?", metavar="NAME", help="only this recipe")
@@ -204,7 +204,7 @@ exit codes: 0 ok, 1 nothing on the channel, settings the engines cannot serve, o
                    help=f"newest builds to keep per recipe and GPU tag (default {KEEP})")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
 
-    p = command("fsck", fsck, "check the whole store (and remove leftovers with --repair)",
+    p = command("fsck", fsck,
                 "Check every artifact (manifest readable, engine size and sha256 as recorded), every channel (it "
                 "points at a build in the store with the engine it recorded, and agrees with the history), and look "
                 "for leftovers: staging and trash directories and .*.tmp files of processes that are gone, empty "

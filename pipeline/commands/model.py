@@ -65,7 +65,7 @@ def init(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def register(command: Command) -> None:
-    p = command("inspect", inspect, "show a model's inputs, outputs, ops and what TensorRT cannot parse",
+    p = command("inspect", inspect,
                 "Read an ONNX model (weights are not loaded) and show its inputs and outputs with dtypes and dims "
                 "(dynamic dimensions by name), opset, op counts, weights size and external data files, and the "
                 "nodes TensorRT's ONNX parser cannot take, from the parser's own support query.")
@@ -79,7 +79,7 @@ exit codes: 0 the parser takes every node, 1 it refuses some (listed) or the mod
     p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "tensorrt-rtx", "none"],
                    help="whose parser to ask (default: auto; none: skip the support query)")
 
-    p = command("init", init, "write a starting recipe for a model",
+    p = command("init", init,
                 "Write a commented recipe for MODEL that `check` accepts: a profile for each dynamic input (the "
                 "first dynamic dimension is taken for a batch 1/8/32; others get 16/256/1024, to be checked), "
                 "targets, the standard stages and a validate block.")

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TextIO
 
 from pipeline import interrupt
-from pipeline.commands.farm import cluster_options, connect
+from pipeline.commands.farm import connect
+from pipeline.commands.options import cluster_options
 from pipeline.commands.output import Command, Progress, emit_json, print_table
 from pipeline.errors import PipelineError
 from pipeline.nightly import regression
@@ -191,7 +192,7 @@ def _target_names(values: list[str]) -> tuple[str, ...]:
 
 
 def register(command: Command) -> None:
-    p = command("nightly", nightly, "rebuild every recipe for every target, find regressions",
+    p = command("nightly", nightly,
                 "Plan every (recipe, target) pair of RECIPES_DIR, skip pairs whose build key is unchanged, build the "
                 "rest (in parallel with --jobs, bounded by memory), keep going past failures, record the night under "
                 "STORE/_nightly/<time>/ (report.json, report.html, summary.md) and compare it with the previous "

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.progress import Lines
 
-Command = Callable[[str, Callable, str, str], argparse.ArgumentParser]  # adds a sub-command
+Command = Callable[[str, Callable, str], argparse.ArgumentParser]  # adds a sub-command: name, function, description
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

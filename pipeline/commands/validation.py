@@ -6,7 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.commands.farm import cluster_options, cluster_validate
+from pipeline.commands import module
+from pipeline.commands.options import cluster_options
 from pipeline.commands.output import Command, emit_json
 from pipeline.errors import CannotRunHere, PipelineError
 from pipeline.manifest import Manifest
@@ -24,7 +25,7 @@ def _artifact(args: argparse.Namespace) -> tuple[Artifact, Manifest]:
 
 def validate(args: argparse.Namespace, log: logging.Logger) -> int:
     if args.cluster:
-        return cluster_validate(args, log)
+        return module("farm").cluster_validate(args, log)  # the farm's modules (and Ray) only for --cluster
     store = Store(args.store)
     artifact = store.verified(store.resolve(args.artifact, args.tag))  # the whole store is here: check the engine
     spec = validation.settings(artifact.manifest(), log)
@@ -82,7 +83,7 @@ def bench(args: argparse.Namespace, log: logging.Logger) -> int:
 
 
 def register(command: Command) -> None:
-    p = command("validate", validate, "compare an engine with ONNX Runtime (needs a GPU)",
+    p = command("validate", validate,
                 "Run the engine (Polygraphy TrtRunner) and the original ONNX model (ONNX Runtime) on identical seeded "
                 "inputs at each shape the recipe's validate: block asks for, and compare every output with its "
                 "atol/rtol. The result goes into validation.json and the manifest's validation block.\n"
@@ -105,7 +106,7 @@ exit codes: 0 passed, 1 failed, 2 cannot run here (recorded as skipped).
                         "machine); it must have the recorded sha256")
     cluster_options(p, "validate")
 
-    p = command("infer", infer, "run an engine on .npy inputs (needs a GPU)",
+    p = command("infer", infer,
                 "Run the engine once with TensorRT's Python API and write one OUTPUT.npy per output into --output-dir. "
                 "The optimization profile is the first one whose range holds the input shapes.")
     p.epilog = """\
@@ -120,7 +121,7 @@ exit codes: 0 ok, 1 error (e.g. an input that fits no profile), 2 cannot run her
                    help="an input tensor from a .npy file; repeat for each input")
     p.add_argument("--output-dir", type=Path, required=True, metavar="DIR", help="where the outputs are written")
 
-    p = command("bench", bench, "measure an engine's latency (needs a GPU)",
+    p = command("bench", bench,
                 "Time execute + synchronize at each optimization profile's opt shapes, after warm-up: "
                 "p50/p90/p99 latency and throughput.")
     p.epilog = """\

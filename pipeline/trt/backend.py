@@ -8,6 +8,9 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import os
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -96,13 +99,42 @@ def load(name: str = "auto", importer: Callable[[str], Any] = importlib.import_m
 
 def installed_version(name: str) -> str | None:
     """The installed version of a package (a backend's, or a tool's for the source key), read from its metadata
-    without importing it (~1 ms instead of ~100 ms for TensorRT); None when it is not installed under that name."""
-    from importlib import metadata
+    without importing it; None when it is not installed under that name. As importlib.metadata finds it (the first
+    sys.path entry holding a NAME-VERSION.dist-info or .egg-info whose name matches, the Version of its metadata)
+    but without importing importlib.metadata and the email parser, ~40 ms of an unchanged rebuild's start-up."""
+    wanted = _normalized(name)
+    for entry in sys.path:
+        try:
+            listed = os.scandir(entry or ".")
+        except OSError:
+            continue
+        with listed:
+            found = [e.path for e in listed if e.name.endswith((".dist-info", ".egg-info"))
+                     and _normalized(e.name.partition("-")[0]) == wanted]
+        for path in sorted(found):
+            version = _metadata_version(path)
+            if version:
+                return version
+    return None
 
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def _metadata_version(path: str) -> str | None:
+    """The Version header of a dist-info's METADATA or an egg-info's PKG-INFO (a directory, or the file itself)."""
+    for candidate in (os.path.join(path, "METADATA"), os.path.join(path, "PKG-INFO"), path):
+        try:
+            with open(candidate, encoding="utf-8", errors="replace") as headers:
+                for line in headers:
+                    if line.startswith("Version:"):
+                        return line.partition(":")[2].strip()
+                    if not line.strip():  # the end of the headers
+                        break
+        except OSError:  # not there, or a directory
+            continue
+    return None
 
 
 def module_file(name: str) -> str | None:

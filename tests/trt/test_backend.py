@@ -171,6 +171,32 @@ def test_installed_version_is_the_version_the_module_reports() -> None:
     assert backends.installed_version("no-such-tensorrt-distribution") is None
 
 
+def test_installed_version_agrees_with_importlib_metadata_for_every_installed_package() -> None:
+    from importlib import metadata
+
+    names = {d.metadata["Name"] for d in metadata.distributions()}
+    assert len(names) > 20
+    for name in sorted(names):
+        assert backends.installed_version(name) == metadata.version(name), name
+        assert backends.installed_version(name.upper().replace("-", "_")) == metadata.version(name), name
+
+
+def test_installed_version_reads_egg_info_and_takes_the_first_on_sys_path(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    (first / "Some.Tool-2.0-py3.11.egg-info").mkdir(parents=True)
+    (first / "Some.Tool-2.0-py3.11.egg-info" / "PKG-INFO").write_text("Metadata-Version: 1.0\nName: Some.Tool\n"
+                                                                     "Version: 2.0\n\nVersion: body\n")
+    (second / "some_tool-1.0.dist-info").mkdir(parents=True)
+    (second / "some_tool-1.0.dist-info" / "METADATA").write_text("Name: some_tool\nVersion: 1.0\n")
+    (second / "lone-3.1.egg-info").write_text("Name: lone\nVersion: 3.1\n")  # an egg-info file
+    monkeypatch.setattr(sys, "path", [str(first), str(tmp_path / "missing"), str(second)])
+    assert backends.installed_version("some-tool") == "2.0"
+    assert backends.installed_version("lone") == "3.1"
+    monkeypatch.setattr(sys, "path", [str(second)])
+    assert backends.installed_version("SOME_TOOL") == "1.0"
+
+
 def test_a_deferred_backend_is_the_real_one_once_used(rtx_backend: Backend) -> None:
     backend = backends.deferred("tensorrt-rtx", tensorrt_rtx.__version__)
     assert (backend.name, backend.version, backend.label()) == ("tensorrt-rtx", rtx_backend.version,
