@@ -14,11 +14,10 @@ from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import Any
 
-from pipeline.commands.options import TRANSPORT_ENV
+from pipeline.commands.options import TRANSPORT_ENV, TRANSPORTS
 from pipeline.commands.output import Command, emit_json, progress
 from pipeline.errors import CannotRunHere, PipelineError
 from pipeline.nightly import farm, resources
-from pipeline.nightly.handover import TRANSPORTS
 from pipeline.nightly.node import SCRATCH_ENV
 from pipeline.nightly.pool import Quiet
 from pipeline.nightly.report import ran_on

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.nightly.handover import TRANSPORTS
+
 
 def cluster_options(p: argparse.ArgumentParser, what: str, note: str = "") -> None:
     p.add_argument("--cluster", metavar="ADDRESS",
@@ -22,5 +24,4 @@ def cluster_options(p: argparse.ArgumentParser, what: str, note: str = "") -> No
                         f"object-store: always through the object store (also ${TRANSPORT_ENV})")
 
 
-TRANSPORTS = ("auto", "object-store")  # pipeline.nightly.handover.TRANSPORTS (not imported: --help stays light)
 TRANSPORT_ENV = "TRT_PIPELINE_TRANSPORT"

@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.commands.options import TRANSPORTS
-from pipeline.nightly.handover import TRANSPORTS as FARMS
 
 
 def test_a_bad_transport_in_the_environment_is_one_line_before_anything_connects(
@@ -21,6 +19,3 @@ def test_a_bad_transport_in_the_environment_is_one_line_before_anything_connects
         "error: $TRT_PIPELINE_TRANSPORT: expected one of auto, object-store, got 'nfs'",
         "hint: unset it, or pass --transport"]
 
-
-def test_the_transport_choices_the_cli_offers_are_the_farms() -> None:
-    assert TRANSPORTS == FARMS
