@@ -93,8 +93,10 @@ def network_from_onnx(ctx: Context) -> None:
     external = bool(ctx.model_record.get("external_data"))
     serialized = ctx.onnx_bytes[1] if ctx.onnx_bytes and ctx.onnx_bytes[0] == ctx.onnx_path else None
     ctx.onnx_bytes = None  # the parser keeps its own copy of the weights
+    if serialized is None:
+        ctx.model_written()
     with interrupt.deferred():  # as for the build: a signal raised inside TensorRT's logger callback is only printed
-        if serialized is not None:  # the bytes graph-cleanup just wrote to the file
+        if serialized is not None:  # the bytes graph-cleanup serialized (the file is being written beside)
             parsed, ctx.parser_weights = parser.parse(serialized, str(ctx.onnx_path)), []
         else:
             parsed, ctx.parser_weights = parse_onnx(parser, ctx.onnx_path) if external else \

@@ -154,8 +154,8 @@ def test_external_weights_reach_the_parser_from_a_memory_map(write_recipe: Recip
 
 def test_first_target_parses_the_bytes_graph_cleanup_serialized(write_recipe: Recipe, build_context: ContextFor,
                                                                  tmp_path: Path) -> None:
-    """graph-cleanup hands the bytes it wrote to the first target's parser, which drops them once parsed; later
-    targets read the file: here replaced by garbage after it was written."""
+    """graph-cleanup hands its serialized model to the first target's parser (the file is written beside it); later
+    targets, and the first once it has parsed, read the file: here replaced by garbage after it was written."""
     ctx = build_context(write_recipe(CLEANUP_NEEDED.format(cleanup=FREEZE_MODE)))
     run_stages(ctx, "parse", "graph-cleanup")
     assert ctx.onnx_bytes == (ctx.cleaned_path, ctx.cleaned_path.read_bytes())
