@@ -266,7 +266,6 @@ def _copy_log(source: Path, dest: Path, shared_end: int, target_start: int) -> N
 def _link_shared_files(ctx: Context, staged: Path) -> None:
     """The cleaned model, and the reduced-precision one TensorRT built from (with their external data), next to the
     engine: hard links when possible."""
-    ctx.model_written()
     models = [path for path in (ctx.cleaned_path, ctx.precision_path) if path is not None]
     for source in [file for path in models for file in cleaned_files(path)]:
         try:

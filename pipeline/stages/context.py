@@ -15,10 +15,6 @@ from pipeline.progress import Lines, Progress
 from pipeline.trt.backend import Backend
 from pipeline.trt.target import Target
 
-# The background job writing (and fsyncing) the model file a stage serialized in memory: whoever reads that file waits
-# for it (Context.model_written); the cleanup check, on the same worker thread, is queued behind it.
-MODEL_WRITTEN = "model_written"
-
 if TYPE_CHECKING:  # the recipe module sits above the stages (it freezes their specs through the registry)
     from pipeline.recipe import Recipe
 
@@ -51,9 +47,6 @@ class Context:
     cleaned_path: Path | None = None
     cleaned_sha256: str | None = None
     cleanup_record: dict = field(default_factory=dict)
-    # (onnx_path, its serialized bytes) while a stage still has them: TensorRT's parser then takes the bytes instead
-    # of reading the file, which is written beside it (MODEL_WRITTEN); handed to the first target only (for_target)
-    onnx_bytes: tuple[Path, bytes] | None = None
     # precision (the converted graph is then onnx_path)
     precision_path: Path | None = None
     precision_record: dict = field(default_factory=dict)
@@ -75,15 +68,7 @@ class Context:
     background: Background = field(default_factory=Background)  # checks running beside the build; shared by targets
 
     def for_target(self, target: Target, staged: Path) -> Context:
-        """A copy for one target: shared results carried over, per-target state fresh. The serialized model
-        (`onnx_bytes`) moves to the first target's copy, which drops it once parsed: later targets read the file."""
-        copy = replace(self, target=target, staged=staged, builder=None, network=None, parser=None, parser_weights=[],
+        """A copy for one target: shared results carried over, per-target state fresh."""
+        return replace(self, target=target, staged=staged, builder=None, network=None, parser=None, parser_weights=[],
                        network_record={}, config=None, config_record={}, timing_cache=None, monitor=None,
                        engine_path=None, engine_record={})
-        self.onnx_bytes = None
-        return copy
-
-    def model_written(self) -> None:
-        """Wait until the model files stages write beside the build are on disk (fsync'd); a failed write is raised
-        here. Call before reading onnx_path's file, except on the background thread (queued behind the write)."""
-        self.background.result(MODEL_WRITTEN)

@@ -22,8 +22,8 @@ from typing import Any
 
 from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError
-from pipeline.files import sync, write_bytes
-from pipeline.stages.context import MODEL_WRITTEN, Context
+from pipeline.files import sync
+from pipeline.stages.context import Context
 from pipeline.stages.inline import folded_and_inlined
 from pipeline.stages.parse import PROTO_LIMIT, describe, external_names, infer_shapes
 from pipeline.stages.stage import Stage, frozen
@@ -158,13 +158,9 @@ def cleaned_model_from_model(ctx: Context) -> None:
     del graph
     path = ctx.scratch / CLEANED_FILE
     sha256, written = _save(model, path, linked)
-    if isinstance(written, bytes):  # written and fsync'd beside the build; TensorRT's parser takes the bytes
-        ctx.background.start(MODEL_WRITTEN, write_bytes, path, written)
-        ctx.onnx_bytes = (path, written)
-    else:  # onnx wrote it with its external data: to disk now, beside the build
-        ctx.background.start(MODEL_WRITTEN, sync, cleaned_files(path))
+    ctx.background.start("cleaned_model_synced", sync, cleaned_files(path))  # to disk now, beside the build
     complaint = _checker_error(written) if planned_passes(spec) else None  # no passes: nothing to check
-    del written
+    del written  # the serialized model (as big as its weights) is not needed past the checker
     if complaint:
         raise BuildError(_broken_pass(ctx, spec, weights_dir) or f"graph-cleanup: the ONNX checker rejects the "
                                                                  f"cleaned model: {complaint}")
@@ -174,7 +170,6 @@ def cleaned_model_from_model(ctx: Context) -> None:
     ctx.onnx_path = ctx.cleaned_path = path
     # Beside the TensorRT build, joined before publishing. Weights left on disk (more than 2 GiB) are checked
     # before it instead: ONNX Runtime and TensorRT would otherwise hold them in memory at the same time.
-    # Queued behind MODEL_WRITTEN on the one worker thread: it reads the file.
     ctx.background.start(CHECK, ctx.checker(ctx.recipe, path, ctx.model_record, describe(model)["inputs"], ctx.log,
                                             ctx.background.stopping))
     ctx.model = None  # parse's model and the cleaned one are freed: the next stages read the cleaned file
@@ -221,13 +216,12 @@ def _broken_pass(ctx: Context, spec: CleanupSpec, weights_dir: str | None) -> st
 
 
 def _save(model: Any, path: Path, linked: Mapping[str, str]) -> tuple[str, bytes | Path]:
-    """Serialize the cleaned model as onnx.save does, once. `linked`: the external-data files that
+    """Write the cleaned model as onnx.save does, serializing it once. `linked`: the external-data files that
     _link_weights put beside `path` (name -> sha256); weights made in memory (folded, frozen) then go to
     NEW_WEIGHTS_FILE, never into a linked file (a reflink or copy of the original, unchanged). Without them,
     external data (WEIGHTS_FILE) only when the model is more than protobuf holds. Returns the model's sha256
     (model_sha256 of the file and its data files: a linked file's hash is known, only what is written here is
-    read again) and what the ONNX checker reads: the bytes, which the caller writes to `path` (nothing is written
-    here then), or `path`, written, when they point at external data."""
+    read again) and what the ONNX checker reads: the bytes written, or `path` when they point at external data."""
     import onnx
     from onnx.external_data_helper import (
         convert_model_to_external_data,
@@ -244,9 +238,9 @@ def _save(model: Any, path: Path, linked: Mapping[str, str]) -> tuple[str, bytes
     if data is None or len(data) >= PROTO_LIMIT:
         onnx.save(model, str(path), save_as_external_data=True, location=WEIGHTS_FILE)
         return model_sha256(file_sha256(path), [file_sha256(path.parent / WEIGHTS_FILE)]), path
+    path.write_bytes(data)
     sha256 = hashlib.sha256(data).hexdigest()
     if linked:
-        path.write_bytes(data)
         names = external_names(model)
         names += [name for name in linked if name not in names]  # beside the engine, even if no longer used
         hashes = [linked[name] if name in linked else file_sha256(path.parent / name) for name in names]

@@ -91,17 +91,9 @@ def network_from_onnx(ctx: Context) -> None:
     parser = trt.OnnxParser(ctx.network, ctx.trt_logger)
     # Only a model with external data has any (graph-cleanup and precision write none into an embedded model).
     external = bool(ctx.model_record.get("external_data"))
-    serialized = ctx.onnx_bytes[1] if ctx.onnx_bytes and ctx.onnx_bytes[0] == ctx.onnx_path else None
-    ctx.onnx_bytes = None  # the parser keeps its own copy of the weights
-    if serialized is None:
-        ctx.model_written()
     with interrupt.deferred():  # as for the build: a signal raised inside TensorRT's logger callback is only printed
-        if serialized is not None:  # the bytes graph-cleanup serialized (the file is being written beside)
-            parsed, ctx.parser_weights = parser.parse(serialized, str(ctx.onnx_path)), []
-        else:
-            parsed, ctx.parser_weights = parse_onnx(parser, ctx.onnx_path) if external else \
-                (parser.parse_from_file(str(ctx.onnx_path)), [])
-    del serialized
+        parsed, ctx.parser_weights = parse_onnx(parser, ctx.onnx_path) if external else \
+            (parser.parse_from_file(str(ctx.onnx_path)), [])
     if not parsed:
         errors = parser_errors(parser) or ctx.trt_logger.errors[-1:] or ["no detail given"]
         log_parser_errors(ctx.log, errors)

@@ -214,8 +214,6 @@ def reduced_model_from_model(ctx: Context) -> None:
     spec: PrecisionSpec = ctx.recipe.spec("precision")
     started = time.perf_counter()
     source = ctx.onnx_path
-    ctx.model_written()
-    ctx.onnx_bytes = None  # read from the file here; TensorRT parses the converted model
     if spec.mode in FLOATS and _bytes(source) >= PROTO_LIMIT:
         raise BuildError(f"precision: {spec.mode} conversion of a model with more than 2 GiB of weights is not "
                          "supported: onnxruntime's float16 converter holds the model in one protobuf message",

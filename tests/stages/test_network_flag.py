@@ -15,7 +15,7 @@ from pipeline.stages.context import Context
 from pipeline.stages.network_flag import FlagSpec, creation_flags
 from pipeline.trt.backend import Backend
 from tests.conftest import TINY_STAGES, run_stages
-from tests.stages.test_graph_cleanup import CLEANUP_NEEDED, FREEZE_MODE
+from tests.stages.test_graph_cleanup import CLEANUP_NEEDED
 
 Recipe = Callable[..., Path]
 ContextFor = Callable[..., Context]
@@ -150,20 +150,3 @@ def test_external_weights_reach_the_parser_from_a_memory_map(write_recipe: Recip
     plain.model_record = {**plain.model_record, "external_data": []}  # as for a model without: parse_from_file
     run_stages(plain, "network-flag", "memory-pool", "serialize")
     assert plain.parser_weights == [] and plain.engine_path.read_bytes() == mapped
-
-
-def test_first_target_parses_the_bytes_graph_cleanup_serialized(write_recipe: Recipe, build_context: ContextFor,
-                                                                 tmp_path: Path) -> None:
-    """graph-cleanup hands its serialized model to the first target's parser (the file is written beside it); later
-    targets, and the first once it has parsed, read the file: here replaced by garbage after it was written."""
-    ctx = build_context(write_recipe(CLEANUP_NEEDED.format(cleanup=FREEZE_MODE)))
-    run_stages(ctx, "parse", "graph-cleanup")
-    assert ctx.onnx_bytes == (ctx.cleaned_path, ctx.cleaned_path.read_bytes())
-    ctx.cleaned_path.write_bytes(b"not a model")
-    first = ctx.for_target(ctx.target, tmp_path / "staged")
-    assert ctx.onnx_bytes is None and first.onnx_bytes is not None
-    run_stages(first, "network-flag")
-    assert first.onnx_bytes is None and first.network_record["layers"] > 0
-    second = ctx.for_target(ctx.target, tmp_path / "staged")
-    with pytest.raises(BuildError, match="the TensorRT ONNX parser reported"):
-        run_stages(second, "network-flag")
