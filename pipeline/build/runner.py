@@ -26,7 +26,7 @@ from pipeline.recipe import Recipe
 from pipeline.stages import REGISTRY
 from pipeline.stages.context import Context
 from pipeline.stages.graph_cleanup import CHECK, cleaned_files
-from pipeline.stages.parse import keeping_model, preflight
+from pipeline.stages.parse import preflight
 from pipeline.stages.precision import CHECK as PRECISION_CHECK
 from pipeline.store import Artifact, Run, Store
 from pipeline.trt.backend import Backend, make_logger
@@ -81,12 +81,6 @@ def build(plan: Plan, store: Store, log: logging.Logger, progress: Callable[[str
     `model`: the model record when the caller has it (a build farm's node: hashed where the model lives);
     `finish`: what becomes of each staged target (default: `publisher`, into `store`).
     """
-    with keeping_model():  # the model read for its hashes is parsed once, for parse too
-        return _build(plan, store, log, progress, force, annotate, run, model, finish)
-
-
-def _build(plan: Plan, store: Store, log: logging.Logger, progress: Callable[[str], object] | None, force: bool,
-           annotate: dict | None, run: Run | None, model: dict | None, finish: Finish | None) -> list[Outcome]:
     recipe, progress = plan.recipe, as_progress(progress)
     model = model or model_record(plan.recipe, store, log)
     done: dict[Target, Outcome] = {}

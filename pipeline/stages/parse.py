@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,48 +50,8 @@ def header(path: Path) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _header(path: Path, inode: int, size: int, mtime_ns: int) -> dict:
-    data = None
-    if _KEPT.on and model_problem(path) is None:  # kept for the parse stage: read here, once
-        with contextlib.suppress(OSError):  # else read_model says what is wrong
-            data = _read_bytes(path)
-    model = read_model(path, weights=False, data=data)
-    if _KEPT.on:
-        _KEPT.model = ((path, inode, size, mtime_ns), data, model)
+    model = read_model(path, weights=False)
     return {**describe(model), "external_data": external_names(model)}
-
-
-class _Kept(threading.local):
-    on = False
-    model: tuple[tuple, bytes | None, Any] | None = None  # (path and stamp, the file's bytes, the parsed model)
-
-
-_KEPT = _Kept()
-
-
-@contextlib.contextmanager
-def keeping_model() -> Iterator[None]:
-    """Within the block (one build, on this thread), the model header() reads is kept, with the file's bytes, for
-    the parse stage, which takes it instead of reading and parsing the file again (~0.15 s per 100 MB); whatever
-    is not taken is dropped when the block ends."""
-    _KEPT.on, _KEPT.model = True, None
-    try:
-        yield
-    finally:
-        _KEPT.on, _KEPT.model = False, None
-
-
-def _kept(path: Path) -> tuple[bytes | None, Any]:
-    """(bytes, model) that header() kept for `path`, if the file is unchanged since (same inode, size and mtime);
-    else (None, None). Either way nothing is kept any more."""
-    kept, _KEPT.model = _KEPT.model, None
-    if kept is None:
-        return None, None
-    (where, *stamp), data, model = kept
-    try:
-        stat = path.stat()
-    except OSError:
-        return None, None
-    return (data, model) if where == path and stamp == [stat.st_ino, stat.st_size, stat.st_mtime_ns] else (None, None)
 
 
 def _io(values: Any) -> dict[str, dict]:
@@ -289,13 +247,11 @@ def model_from_onnx(ctx: Context) -> None:
     # protobuf can hold: graph-cleanup then keeps them on disk (path-based), and so does TensorRT's parser.
     weights = "graph-cleanup" in recipe.stages and size < PROTO_LIMIT
     require_model(path)
-    data, model = _kept(path)  # as header() read it for the model's hashes, when it did in this build
-    if model is None:
-        try:
-            data = _read_bytes(path)
-        except OSError as error:
-            raise BuildError(f"parse: cannot read ONNX model {path}: {error.strerror}") from None
-        model = read_model(path, weights=False, data=data)  # text formats (data None): onnx.load reads the file
+    try:
+        data = _read_bytes(path)
+    except OSError as error:
+        raise BuildError(f"parse: cannot read ONNX model {path}: {error.strerror}") from None
+    model = read_model(path, weights=False, data=data)  # text formats (data None): onnx.load reads the file
     require_external_data(path, external_names(model))  # before the checker or anything else reads them
     if spec.check:
         _check(path, model, data)

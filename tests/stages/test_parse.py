@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -284,43 +283,3 @@ def test_external_data_must_be_regular_files_in_the_models_folder(
     with pytest.raises(BuildError) as caught:
         run_stages(ctx, "parse")
     assert str(caught.value) == f"parse: {problem}"
-
-
-@pytest.mark.parametrize("touched", [False, True])
-def test_a_build_parses_the_model_header_read_once(write_recipe: Recipe, models_dir: Path, build_context: ContextFor,
-                                                     tmp_path: Path, touched: bool) -> None:
-    """Within keeping_model (one build), parse takes the bytes and model header() read for the hashes instead of
-    reading the file again, as long as the file is unchanged (inode, size, mtime). Here the file is overwritten
-    with a same-size copy of another model and its mtime put back: parse still sees the model header() read;
-    with the mtime changed it reads the file again."""
-    from pipeline.stages.parse import keeping_model
-
-    model = tmp_path / "model.onnx"
-    model.write_bytes((models_dir / "tiny.onnx").read_bytes())
-    other = onnx.load(str(model))
-    other.graph.output[0].name = "z"  # same length as 'y': the same size
-    other.graph.node[-1].output[0] = "z"
-    ctx = build_context(recipe_for(write_recipe, model))
-    with keeping_model():
-        digests(model)
-        stamp = model.stat().st_mtime_ns
-        model.write_bytes(other.SerializeToString())
-        assert model.stat().st_size == (models_dir / "tiny.onnx").stat().st_size
-        os.utime(model, ns=(stamp, stamp + 1 if touched else stamp))
-        run_stages(ctx, "parse")
-    assert list(ctx.model_record["outputs"]) == (["z"] if touched else ["y"])
-
-
-def test_outside_a_build_nothing_is_kept(models_dir: Path, build_context: ContextFor, write_recipe: Recipe,
-                                         tmp_path: Path) -> None:
-    from pipeline.stages import parse
-
-    model = tmp_path / "model.onnx"
-    model.write_bytes((models_dir / "tiny.onnx").read_bytes())
-    header(model)
-    assert parse._KEPT.model is None
-    with parse.keeping_model():
-        parse._header.cache_clear()
-        header(model)
-        assert parse._KEPT.model is not None
-    assert parse._KEPT.model is None  # dropped when the build ends, taken or not
