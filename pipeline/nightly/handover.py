@@ -48,6 +48,7 @@ class Stamp:
     mtime_ns: int
     inode: int
     device: int
+    ctime_ns: int  # any write changes it, and no tool sets it back (mtime can be)
 
 
 def make(folder: Path) -> Handover:
@@ -71,7 +72,7 @@ def visible(handover: Handover | None) -> bool:
 
 def stamp(path: Path, sha256: str) -> Stamp:
     found = path.stat()
-    return Stamp(str(path), sha256, found.st_size, found.st_mtime_ns, found.st_ino, found.st_dev)
+    return Stamp(str(path), sha256, found.st_size, found.st_mtime_ns, found.st_ino, found.st_dev, found.st_ctime_ns)
 
 
 def model_stamps(record: dict) -> tuple[Stamp, ...]:
@@ -81,8 +82,8 @@ def model_stamps(record: dict) -> tuple[Stamp, ...]:
 
 
 def in_place(stamps: tuple[Stamp, ...], seen: bool) -> bool:
-    """Whether every stamped file can be used where it is: the same size and mtime, and either the same inode
-    and device in a view of the driver's files this process has proved (`seen`: the token) or, otherwise, the
+    """Whether every stamped file can be used where it is: the same size and mtime, and either the same inode,
+    device and ctime in a view of the driver's files this process has proved (`seen`: the token) or, otherwise, the
     sha256 the driver recorded (read here: still cheaper than a fetch, which also hashes)."""
     if not stamps:
         return False
@@ -93,7 +94,7 @@ def in_place(stamps: tuple[Stamp, ...], seen: bool) -> bool:
             return False
         if (found.st_size, found.st_mtime_ns) != (item.size, item.mtime_ns):
             return False
-        same = (found.st_ino, found.st_dev) == (item.inode, item.device)
+        same = (found.st_ino, found.st_dev, found.st_ctime_ns) == (item.inode, item.device, item.ctime_ns)
         if not (seen and same) and file_sha256(Path(item.path)) != item.sha256:
             return False
     return True

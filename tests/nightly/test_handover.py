@@ -47,6 +47,14 @@ def test_a_model_is_used_in_place_only_while_it_is_the_drivers_file(tmp_path: Pa
     assert handover.in_place((stamp,), seen=True)
     os.utime(model, ns=(stamp.mtime_ns + 1, stamp.mtime_ns + 1))  # touched since the driver looked
     assert not handover.in_place((stamp,), seen=True)
+    # the driver's own file rewritten in place with its size and mtime put back: the ctime tells, then the sha256
+    os.rename(tmp_path / "old", model)
+    stamp = handover.stamp(model, file_sha256(model))
+    with open(model, "r+b") as handle:
+        handle.write(b"W")
+    os.utime(model, ns=(stamp.mtime_ns, stamp.mtime_ns))
+    assert (model.stat().st_ino, model.stat().st_size) == (stamp.inode, stamp.size)
+    assert not handover.in_place((stamp,), seen=True)
     model.unlink()
     assert not handover.in_place((stamp,), seen=True)
 
