@@ -356,10 +356,10 @@ class Farm:
             write_files(files, staged)
             return sum(data.nbytes for data in files.values())
         handed, engine = result["handed"]["own"], result["manifest"]["engine"]
-        if handed.get(engine["file"], [None, None])[1] != engine["sha256"]:
-            raise PipelineError(f"the node handed over {engine['file']} with sha256 "
-                                f"{str(handed.get(engine['file'], [0, ''])[1])[:12]}, its manifest says "
-                                f"{engine['sha256'][:12]}", hint="run the night again; report it if it repeats")
+        sent = (handed.get(engine["file"]) or [None, ""])[1]
+        if sent != engine["sha256"]:
+            raise PipelineError(f"the node handed over {engine['file']} with sha256 {str(sent)[:12]}, its manifest "
+                                f"says {engine['sha256'][:12]}", hint="run the night again; report it if it repeats")
         return handovers.receive(self._handover_of(flight), str(Path(meta["box"]) / result["target"]), handed, staged)
 
     def _publish(self, flight: Flight, meta: dict, result: dict, record: dict, shared: Path,

@@ -117,12 +117,17 @@ def hand_over(source: Path, names: list[str], folder: Path, known: dict[str, str
     handed = {}
     for name in names:
         target = folder / name
-        try:
-            os.rename(source / name, target)
-        except OSError:
-            shutil.copyfile(source / name, target)
+        _move(source / name, target)
         handed[name] = [target.stat().st_size, known.get(name) or file_sha256(target)]
     return handed
+
+
+def _move(source: Path, target: Path) -> None:
+    """A rename; a copy where `target` is on another filesystem (the store's staging fsyncs when it publishes)."""
+    try:
+        os.rename(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def inside(handover: Handover, path: str) -> Path:
@@ -146,10 +151,7 @@ def receive(handover: Handover, folder: str, handed: dict[str, list], dest: Path
         if found != size:
             raise PipelineError(f"{source / name} has {found} bytes; the node wrote {size}",
                                 hint="run the night again; report it if it repeats")
-        try:
-            os.rename(source / name, dest / name)
-        except OSError:
-            shutil.copyfile(source / name, dest / name)
+        _move(source / name, dest / name)
         total += size
     return total
 
