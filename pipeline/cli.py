@@ -103,7 +103,7 @@ def parser(words: Sequence[str] | None = None) -> argparse.ArgumentParser:
         return p
 
     loaded = commands.modules_for(() if words is None else words)
-    for name in dict.fromkeys(m for m, _ in commands.COMMANDS.values()):  # --help's order: the table's
+    for name in commands.MODULES:  # --help's order: the table's
         if name in loaded:
             commands.module(name).register(command)
         else:

@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("farm", "join this machine to a build farm (a Ray cluster)"),
 }
 
+MODULES = tuple(dict.fromkeys(owner for owner, _ in COMMANDS.values()))  # each command module once, in that order
+
 
 def module(name: str) -> ModuleType:
     """The command module `name` (e.g. "farm"), imported on first use."""
@@ -45,4 +47,4 @@ def modules_for(words: Iterable[str]) -> list[str]:
     """The modules that the command named among `words` (a command line) needs; every module when none is named
     (`trt-pipeline --help`, a typo) so that argparse can describe or suggest all of them."""
     named = {COMMANDS[word][0] for word in words if word in COMMANDS}
-    return [m for m in dict.fromkeys(m for m, _ in COMMANDS.values()) if m in named or not named]
+    return [m for m in MODULES if m in named or not named]
