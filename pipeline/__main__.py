@@ -10,4 +10,4 @@ try:
 except KeyboardInterrupt:  # before main's own handler was reached (while importing)
     print(f"interrupted: {interrupt.summary()}", file=sys.stderr)
     code = interrupt.exit_code()
-raise SystemExit(interrupt.finish(code))
+interrupt.end(code)

@@ -173,17 +173,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                                                f"details and versions: {path}"], None, log=str(path))
 
 
-def run() -> None:
-    """main(), with the exit status fixed as `python -m pipeline` fixes it (130 or 143 after
-    an interrupt, even one arriving while the interpreter shuts down); the console script is `pipeline.entry.run`,
-    which also covers importing this module."""
-    try:
-        code = main()
-    except KeyboardInterrupt:
-        code = interrupt.exit_code()
-    raise SystemExit(interrupt.finish(code))
-
-
 def _failed(args: argparse.Namespace, code: int, kind: str, lines: list[str], hint: str | None, **extra: str) -> int:
     """The one way a failure is reported: its lines (and hint) on stderr; with --json, also one JSON object on
     stdout ({"error": {kind, message, problems, hint, exit_code}}) unless the command wrote its own document, so

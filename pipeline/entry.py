@@ -17,9 +17,9 @@ def run() -> None:
     """main(), with the exit status fixed as late as possible (interrupt.finish)."""
     if cli is None:
         print(f"interrupted: {interrupt.summary()}", file=sys.stderr)
-        raise SystemExit(interrupt.finish(interrupt.exit_code()))
+        interrupt.end(interrupt.exit_code())
     try:
         code = cli.main()
     except KeyboardInterrupt:  # before main's own handler was reached
         code = interrupt.exit_code()
-    raise SystemExit(interrupt.finish(code))
+    interrupt.end(code)

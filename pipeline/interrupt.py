@@ -10,11 +10,14 @@ arriving meanwhile takes effect when the step ends.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 _requested = threading.Event()
 _state: dict[str, Any] = {"signal": None, "depth": 0, "pending": False}
@@ -110,3 +113,25 @@ def finish(code: int) -> int:
     # running exec() once more clears it.
     exec("None")  # noqa: S102 - a constant
     return exit_code() if _state["signal"] else code
+
+
+def end(code: int) -> NoReturn:
+    """End the process with finish(code)'s status. What a normal exit does that anyone sees runs first: the atexit
+    functions (logging's flush, weakref finalizers, Ray's disconnect), then stdout and stderr are flushed; tearing
+    the interpreter down (every module, TensorRT's and ONNX Runtime's objects, the heap: ~0.1 s after a build)
+    is skipped. A normal exit instead when another non-daemon thread still runs (it would be waited for), when a
+    profiler or tracer is attached (cProfile, coverage: they write their results at exit), or when stdout cannot
+    be flushed (a reader that left: the interpreter reports it as it always does)."""
+    status = finish(code)
+    if sys.getprofile() or sys.gettrace() or any(
+            thread is not threading.main_thread() and not thread.daemon and thread.is_alive()
+            for thread in threading.enumerate()):
+        raise SystemExit(status)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            raise SystemExit(status) from None
+    os._exit(status)

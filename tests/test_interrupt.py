@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +53,32 @@ def test_nothing_published_says_so() -> None:
     interrupt.published("a")
     interrupt.install()
     assert interrupt.summary() == "nothing was published by the interrupted step"  # each run starts afresh
+
+
+def _ended(body: str) -> subprocess.CompletedProcess:
+    """Run `body` in a fresh interpreter that ends with interrupt.end(3)."""
+    script = "import atexit, sys, threading, time\nfrom pipeline import interrupt\n" + body + "\ninterrupt.end(3)\n"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def test_end_runs_the_atexit_functions_and_flushes() -> None:
+    """What a normal exit does that anyone sees still happens: atexit functions (logging's flush among them),
+    buffered output written, the exit status kept; the interpreter's teardown (here a global's __del__) does not."""
+    done = _ended("atexit.register(lambda: print('atexit ran'))\nprint('out', end='')\n"
+                  "print('err', end='', file=sys.stderr)\n"
+                  "class Torn:\n    def __del__(self): print(' torn down')\nkept = Torn()")
+    assert (done.returncode, done.stdout, done.stderr) == (3, "outatexit ran\n", "err")
+
+
+def test_end_waits_for_a_running_thread_as_a_normal_exit_does() -> None:
+    done = _ended("threading.Thread(target=lambda: (time.sleep(0.3), print('joined', flush=True))).start()")
+    assert (done.returncode, done.stdout) == (3, "joined\n")
+
+
+def test_end_leaves_a_profile_to_be_written(tmp_path: Path) -> None:
+    """Under cProfile (and coverage) the interpreter exits normally, so they write their results."""
+    script = tmp_path / "ends.py"
+    script.write_text("from pipeline import interrupt\ninterrupt.end(0)\n")
+    out = tmp_path / "profile.out"
+    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), str(script)], check=True, timeout=60)
+    assert out.stat().st_size > 0

@@ -182,7 +182,9 @@ def _settle(ctx: Context, progress: Progress) -> tuple[float, dict[str, Any]]:
     if waited >= 0.05:
         progress(f"      {label:<24} {waited:7.2f}s")
     check = results.get(CHECK)
-    if check:
+    if check and check["status"] == "skipped":
+        ctx.log.info("graph-cleanup: check skipped: %s", check["reason"])
+    elif check:
         ctx.log.info("graph-cleanup: cleaned graph matches the original on %d shape set(s) (%.2fs beside the build)",
                      len(check["results"]), check["seconds"])
     reduced = results.get(PRECISION_CHECK)

@@ -205,6 +205,8 @@ def _cleanup_text(m: Manifest) -> str:
     check = m.to_dict().get("cleanup_check")
     if not check:
         return "(no graph-cleanup)"
+    if check.get("status") == "skipped":
+        return f"check skipped: {check.get('reason')}"
     frozen = ", ".join(f"{k}={v}" for k, v in (check.get("frozen_inputs") or {}).items())
     return (f"check {check.get('status')} on {len(check.get('results') or [])} shape set(s)"
             + (f", frozen inputs {frozen}" if frozen else ""))

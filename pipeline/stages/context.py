@@ -19,8 +19,9 @@ if TYPE_CHECKING:  # the recipe module sits above the stages (it freezes their s
     from pipeline.recipe import Recipe
 
 # graph-cleanup's check of the cleaned graph against the original, given by the runner: (recipe, cleaned model
-# path, parse's model record, the cleaned graph's inputs, log, stop event) -> a job to run beside the build.
-Checker = Callable[["Recipe", Path, Mapping[str, Any], Mapping[str, dict], logging.Logger, threading.Event],
+# path, parse's model record, the cleaned graph's inputs, log, stop event, whether the cleaned graph is the original
+# one up to the order of its nodes) -> a job to run beside the build.
+Checker = Callable[["Recipe", Path, Mapping[str, Any], Mapping[str, dict], logging.Logger, threading.Event, bool],
                    Callable[[], dict]]
 # precision's check of the reduced-precision graph against the FP32 original, given by the runner: (recipe, model
 # paths {source, original, converted}, parse's model record, the source graph's inputs, the check's input
@@ -42,6 +43,7 @@ class Context:
     # parse
     model: Any = None  # onnx.ModelProto, weights loaded only when graph-cleanup needs them (None after it: on disk)
     model_record: dict = field(default_factory=dict)
+    model_bytes: bytes | None = None  # parse: the model file as read (its sha256 checked), kept for graph-cleanup
     # graph-cleanup (or the original model when there is no cleanup)
     onnx_path: Path | None = None
     cleaned_path: Path | None = None

@@ -9,7 +9,9 @@ onnx-graphsurgeon reads one only if folding needs it, and weights the passes mak
 
 from __future__ import annotations
 
+import collections
 import fcntl
+import gc
 import hashlib
 import os
 import shutil
@@ -22,7 +24,7 @@ from typing import Any
 
 from pipeline.digest import file_sha256, model_sha256
 from pipeline.errors import BuildError
-from pipeline.files import sync
+from pipeline.files import sync, write_bytes
 from pipeline.stages.context import Context
 from pipeline.stages.inline import folded_and_inlined
 from pipeline.stages.parse import PROTO_LIMIT, describe, external_names, infer_shapes
@@ -153,28 +155,76 @@ def cleaned_model_from_model(ctx: Context) -> None:
         ordered = ordered or name == "toposort"
         check_graph(graph, name, ordered)
         ctx.log.debug("graph-cleanup: %s -> %d nodes", name, len(graph.nodes))
-    model = gs.export_onnx(graph)
     nodes_after = len(graph.nodes)
+    same = unchanged(ctx.model, graph)
+    # The original file serves as the cleaned model unless a pass was asked to annotate it (value_info)
+    copy = same and "infer_shapes" not in planned_passes(spec)
+    original, ctx.model_bytes = ctx.model_bytes if copy else None, None
+    if original is not None and not ctx.recipe.spec("parse").check and _checker_error(original):
+        original = None  # not checked by parse, and the checker rejects it (nodes out of order): export the graph
+    model = ctx.model if original is not None else gs.export_onnx(graph)
     del graph
+    gc.collect()  # graphsurgeon's graph is a web of cycles (nodes <-> tensors): only a collection frees its arrays
     path = ctx.scratch / CLEANED_FILE
-    sha256, written = _save(model, path, linked)
+    if original is not None:
+        # Nothing that computes changed, in a model parse read whole, which the ONNX checker accepts: the cleaned
+        # model is the original file byte for byte (its sha256 known) rather than the same graph re-exported.
+        write_bytes(path, original, durable=False)
+        sha256, written = ctx.cleaned_sha256, None
+    else:
+        sha256, written = _save(model, path, linked)
+    del original
     ctx.background.start("cleaned_model_synced", sync, cleaned_files(path))  # to disk now, beside the build
-    complaint = _checker_error(written) if planned_passes(spec) else None  # no passes: nothing to check
+    complaint = _checker_error(written) if written is not None and planned_passes(spec) else None
     del written  # the serialized model (as big as its weights) is not needed past the checker
     if complaint:
         raise BuildError(_broken_pass(ctx, spec, weights_dir) or f"graph-cleanup: the ONNX checker rejects the "
                                                                  f"cleaned model: {complaint}")
     ctx.cleanup_record = {"passes": planned_passes(spec), "nodes_before": len(ctx.model.graph.node),
-                          "nodes_after": nodes_after}
+                          "nodes_after": nodes_after, "unchanged": same}
     ctx.cleaned_sha256 = sha256
     ctx.onnx_path = ctx.cleaned_path = path
     # Beside the TensorRT build, joined before publishing. Weights left on disk (more than 2 GiB) are checked
     # before it instead: ONNX Runtime and TensorRT would otherwise hold them in memory at the same time.
     ctx.background.start(CHECK, ctx.checker(ctx.recipe, path, ctx.model_record, describe(model)["inputs"], ctx.log,
-                                            ctx.background.stopping))
+                                            ctx.background.stopping, same))
+    del model
     ctx.model = None  # parse's model and the cleaned one are freed: the next stages read the cleaned file
     if on_disk:
         ctx.background.result(CHECK)
+
+
+def unchanged(original: Any, graph: Any) -> bool:
+    """The cleaned `graph` (onnx-graphsurgeon's) computes exactly what the `original` ModelProto does, by
+    construction: the same opsets and functions, the same graph inputs and outputs in the same order, the same
+    initializers (each still the original's tensor, untouched), and the same nodes, at most in another order
+    (toposort of a graph that was already sorted another way). Compared piece by piece as graphsurgeon would
+    export them, without exporting the weights. Annotations that compute nothing (value_info, the names and doc
+    strings of graph and model) are not compared; anything else that differs makes it False."""
+    import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, update_import_domains
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    a = original.graph
+    if sorted((o.domain, o.version) for o in original.opset_import) != sorted(
+            (o.domain, o.version) for o in update_import_domains(graph)):
+        return False
+    pairs = [(original.functions, map(OnnxExporter.export_function, graph.functions)),
+             (a.input, (OnnxExporter.export_value_info_proto(t, False) for t in graph.inputs)),
+             (a.output, (OnnxExporter.export_value_info_proto(t, False) for t in graph.outputs))]
+    if a.sparse_initializer or any(_serialized(first) != _serialized(second) for first, second in pairs):
+        return False
+    weights = {tensor.name: tensor for tensor in a.initializer}
+    constants = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
+    untouched = lambda t: isinstance(t._values, LazyValues) and weights.get(t.name) == t._values.tensor  # noqa: E731
+    if not len(constants) == len(weights) == len(a.initializer) or not all(map(untouched, constants)):
+        return False
+    return collections.Counter(_serialized(a.node)) == collections.Counter(
+        _serialized(map(OnnxExporter.export_node, graph.nodes)))
+
+
+def _serialized(messages: Any) -> list[bytes]:
+    return [message.SerializeToString(deterministic=True) for message in messages]
 
 
 def cleaned_files(path: Path) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ class ParseSpec:
 
 # Above this, protobuf cannot hold the model in one message: use the path-based onnx APIs.
 PROTO_LIMIT = 2**31 - 1
+READ = "model_read"  # the background job that checks the bytes parse read against the model's sha256
 # Files onnx.load reads as binary protobuf (other suffixes select its text or JSON readers).
 PROTOBUF_SUFFIXES = (".onnx", ".pb")
 # Weights shape inference never reads: float tensors (FLOAT, FLOAT16, DOUBLE, BFLOAT16) of this many elements.
@@ -251,10 +253,14 @@ def model_from_onnx(ctx: Context) -> None:
         data = _read_bytes(path)
     except OSError as error:
         raise BuildError(f"parse: cannot read ONNX model {path}: {error.strerror}") from None
+    if data is not None:  # the bytes parsed are the bytes hashed: checked beside the parse, joined before publishing
+        ctx.background.start(READ, _same_bytes, path, data, sha)
     model = read_model(path, weights=False, data=data)  # text formats (data None): onnx.load reads the file
     require_external_data(path, external_names(model))  # before the checker or anything else reads them
     if spec.check:
         _check(path, model, data)
+    # graph-cleanup writes them as the cleaned model when its passes change nothing (every weight inside the file)
+    ctx.model_bytes = data if "graph-cleanup" in recipe.stages and _embedded(model) else None
     del data
     if weights:
         load_weights(path, model)
@@ -266,6 +272,15 @@ def model_from_onnx(ctx: Context) -> None:
     ctx.model_record = {**record, **describe(model)}
     ctx.log.debug("parse: %s opset %s, inputs %s, outputs %s", path.name, ctx.model_record["opset"],
                   ctx.model_record["inputs"], ctx.model_record["outputs"])
+
+
+def _same_bytes(path: Path, data: bytes, sha256: str) -> None:
+    """The model's bytes, as parse read them, are the ones hashed before the build (the source key, the pin, the
+    manifest's model.sha256): a model rewritten meanwhile fails the build instead of being built under another
+    file's hash."""
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise BuildError(f"parse: {path} changed while the build read it (its sha256 is no longer {sha256[:12]}...)",
+                         hint="run the build again once the model file is no longer being written")
 
 
 def preflight(recipe: Any, sha256: str | None = None, io: bool = True) -> list[str]:

@@ -36,14 +36,23 @@ from pipeline.validate.compare import (
 SMALL = "small"
 
 
+# The record's reason when graph-cleanup changed nothing that computes (graph_cleanup.unchanged).
+UNCHANGED = ("graph-cleanup changed only the order of the graph's nodes: the cleaned graph computes exactly what "
+             "the original does, so there was nothing for ONNX Runtime to compare")
+
+
 def cleanup_check(recipe: Recipe, cleaned: Path, model: Mapping[str, Any], inputs: Mapping[str, dict],
-                  log: Any, stopping: threading.Event) -> Callable[[], dict]:
+                  log: Any, stopping: threading.Event, unchanged: bool = False) -> Callable[[], dict]:
     """A build's cleanup check, ready to run on any thread: ONNX Runtime on the cleaned graph at `cleaned` (whose
     `inputs` are given, as parse.describe records them) vs the original model (`model`: parse's record of it), with
     the same seeded inputs and the recipe's tolerances. The job raises BuildError naming the outputs that differ,
-    and returns the manifest's `cleanup_check` record. Polygraphy must already point at the build's TensorRT."""
+    and returns the manifest's `cleanup_check` record. Polygraphy must already point at the build's TensorRT.
+    When the cleaned graph is `unchanged` (the original's, its nodes at most reordered) the job only records that
+    the check was skipped, and why: it imports and runs nothing."""
     spec = dataclasses.replace(recipe.validate or ValidateSpec(), shapes=(SMALL,))
     frozen = plain(recipe.spec("graph-cleanup").freeze_inputs)
+    if unchanged:
+        return functools.partial(record_of, "skipped", spec, UNCHANGED, frozen_inputs=frozen, seconds=0.0)
     profiles = [{name: {**point, SMALL: [max(lo, min(2, hi)) for lo, hi in zip(point["min"], point["max"])]}
                  for name, point in profile.items()} for profile in recipe_profiles(recipe)]
     return functools.partial(

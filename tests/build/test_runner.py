@@ -9,6 +9,7 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorrt_rtx
 
@@ -515,13 +516,19 @@ def test_a_model_with_weights_on_disk_builds_end_to_end(write_recipe: Recipe, st
     external data) with a protobuf limit of 1 MiB, so parse and graph-cleanup leave the weights on disk as they
     do above 2 GiB, and streaming from 1 MiB of weights (as from 512 MiB). The cleaned model's weights are
     published beside the engine, byte for byte the originals; TensorRT parses them from a memory map and streams
-    the engine to disk, hashed as written: the manifest's sha256 and size are the published file's."""
+    the engine to disk, hashed as written: the manifest's sha256 and size are the published file's. An unused
+    initializer, which the cleanup pass drops, makes the cleanup check run (ONNX Runtime on the weights on disk)."""
+    import onnx
+
     from models.make_models import write_matmul_chain
     from pipeline.stages import graph_cleanup, parse, serialize
 
     model = tmp_path / "chain" / "chain.onnx"
     model.parent.mkdir()
     assert write_matmul_chain(model, 512, 4) == 4 << 20
+    proto = onnx.load(str(model), load_external_data=False)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(4, np.float32), "unused"))
+    onnx.save(proto, str(model))  # the weights stay where they are, in chain.onnx.data
     for module in (parse, graph_cleanup):
         monkeypatch.setattr(module, "PROTO_LIMIT", 1 << 20)
     monkeypatch.setattr(serialize, "STREAM_FROM", 1 << 20)

@@ -7,20 +7,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import pytest
 
+from models.make_models import MODELS
 from pipeline.digest import model_sha256
 from pipeline.errors import BuildError
 from pipeline.stages import graph_cleanup, parse
 from pipeline.stages.context import Context
 from pipeline.stages.graph_cleanup import (
+    CHECK,
     CLEANED_FILE,
     PASSES,
     CleanupSpec,
     planned_passes,
+    unchanged,
 )
 from tests.conftest import TINY_STAGES, run_stages
+from tests.stages.test_parse import unsorted_tiny
 
 Recipe = Callable[..., Path]
 ContextFor = Callable[..., Context]
@@ -96,9 +101,12 @@ def test_planned_passes() -> None:
 
 
 def test_infer_shapes_pass(write_recipe: Recipe, build_context: ContextFor) -> None:
+    """Shapes only annotate the graph: it is written with them (not the original file), and the cleanup check has
+    nothing to compare."""
     ctx = build_context(tiny_with(write_recipe, "{fold_constants: false, passes: [infer_shapes]}"))
     run_stages(ctx, "parse", "graph-cleanup")
     assert ctx.cleanup_record["passes"] == ["infer_shapes"]
+    assert ctx.cleanup_record["unchanged"] is True and ctx.background.result(CHECK)["status"] == "skipped"
     assert {v.name for v in onnx.load(str(ctx.cleaned_path)).graph.value_info} == {"matmul_out", "add_out"}
 
 
@@ -318,3 +326,94 @@ def test_a_changed_weight_is_written_not_linked(write_recipe: Recipe, doubled_mo
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_cleanup_that_changes_nothing_keeps_the_original_file(write_recipe: Recipe, build_context: ContextFor,
+                                                               models_dir: Path) -> None:
+    """tiny has nothing to fold or drop, and is sorted already: the cleaned model is the original file byte for byte
+    (its sha256 the one parse checked), and the cleanup check records why it ran nothing."""
+    ctx = build_context(tiny_with(write_recipe, "{}"))
+    run_stages(ctx, "parse", "graph-cleanup")
+    assert ctx.cleaned_path.read_bytes() == (models_dir / "tiny.onnx").read_bytes()
+    assert ctx.cleaned_sha256 == ctx.model_record["sha256"] == sha256(models_dir / "tiny.onnx")
+    assert ctx.cleanup_record["unchanged"] is True and ctx.model_bytes is None
+    check = ctx.background.wait()[CHECK]
+    assert (check["status"], check["results"], check["seconds"]) == ("skipped", [], 0.0)
+    assert check["reason"].startswith("graph-cleanup changed only the order of the graph's nodes")
+
+
+def test_a_cleanup_that_drops_something_is_written_and_checked(write_recipe: Recipe, build_context: ContextFor,
+                                                               tmp_path: Path, models_dir: Path) -> None:
+    """An unused initializer, which the cleanup pass drops: the graph is exported and written, and ONNX Runtime
+    compares it with the original."""
+    model = MODELS["tiny"]()
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
+    onnx.save(model, str(tmp_path / "unused.onnx"))
+    ctx = build_context(write_recipe(tiny_with(write_recipe, "{}").read_text().replace(
+        str(models_dir / "tiny.onnx"), str(tmp_path / "unused.onnx"))))
+    run_stages(ctx, "parse", "graph-cleanup")
+    assert ctx.cleanup_record["unchanged"] is False
+    assert "unused" not in {i.name for i in onnx.load(str(ctx.cleaned_path)).graph.initializer}
+    assert ctx.cleaned_sha256 == sha256(ctx.cleaned_path) != ctx.model_record["sha256"]
+    check = ctx.background.wait()[CHECK]
+    assert check["status"] == "passed" and len(check["results"]) == 1
+
+
+def test_an_unchecked_model_out_of_order_is_written_sorted(write_recipe: Recipe, build_context: ContextFor,
+                                                           tmp_path: Path, models_dir: Path) -> None:
+    """parse did not run the checker (check: false) and the nodes are out of order: toposort's graph computes the
+    same, but the original file is no valid cleaned model, so the sorted graph is written."""
+    model = unsorted_tiny(tmp_path / "unsorted.onnx")
+    body = tiny_with(write_recipe, "{}").read_text().replace(str(models_dir / "tiny.onnx"), str(model))
+    ctx = build_context(write_recipe(body.replace("- parse: {}", "- parse: {check: false}")))
+    run_stages(ctx, "parse", "graph-cleanup")
+    assert ctx.cleanup_record["unchanged"] is True and ctx.background.wait()[CHECK]["status"] == "skipped"
+    cleaned = onnx.load(str(ctx.cleaned_path))
+    assert [n.op_type for n in cleaned.graph.node] == ["MatMul", "Add", "Relu"]
+    onnx.checker.check_model(cleaned)
+
+
+def _tiny_graph() -> tuple[Any, Any]:
+    import onnx_graphsurgeon as gs
+
+    model = MODELS["tiny"]()
+    return model, gs.import_onnx(model)
+
+
+def _set_op(graph: Any) -> None:
+    graph.nodes[2].op = "Sigmoid"
+
+
+def _set_weight(graph: Any) -> None:
+    graph.tensors()["fc.bias"].values = np.zeros(8, np.float32)
+
+
+def _set_input_shape(graph: Any) -> None:
+    graph.inputs[0].shape = [2, 4]
+
+
+def _drop_output(graph: Any) -> None:
+    graph.outputs = [graph.nodes[1].outputs[0]]
+    graph.cleanup()
+
+
+def _rename_tensor(graph: Any) -> None:
+    graph.tensors()["add_out"].name = "renamed"
+
+
+@pytest.mark.parametrize("change", [_set_op, _set_weight, _set_input_shape, _drop_output, _rename_tensor])
+def test_unchanged_notices_what_computes(change: Callable[[Any], None]) -> None:
+    model, graph = _tiny_graph()
+    change(graph)
+    assert not unchanged(model, graph)
+
+
+def test_unchanged_ignores_node_order_and_annotations() -> None:
+    model, graph = _tiny_graph()
+    graph.nodes.reverse()
+    graph.toposort()
+    graph.name, graph.doc_string = "another", "annotated"
+    graph.tensors()["add_out"].shape = ["batch", 8]  # value_info
+    assert unchanged(model, graph)
+    graph.nodes.reverse()
+    assert unchanged(model, graph)  # a multiset: order is toposort's business (checked by check_graph)

@@ -112,6 +112,23 @@ def test_sha256_pin_matches(write_recipe: Recipe, models_dir: Path, build_contex
     assert ctx.model_record["sha256"] == sha256(model)
 
 
+def test_a_model_rewritten_after_it_was_hashed_fails_the_build(write_recipe: Recipe, tmp_path: Path,
+                                                               build_context: ContextFor) -> None:
+    """The bytes parse reads are checked (beside it) against the sha256 taken before the build: a model written
+    in between is not built under the old file's hash."""
+    model = tmp_path / "tiny.onnx"
+    write_model(MODELS["tiny"](), model)
+    ctx = build_context(recipe_for(write_recipe, model))
+    ctx.model_record = digests(model)
+    write_model(MODELS["tiny"](seed=1), model)  # other weights, same graph
+    run_stages(ctx, "parse")
+    with pytest.raises(BuildError) as caught:
+        ctx.background.wait()
+    assert str(caught.value) == (f"parse: {model} changed while the build read it (its sha256 is no longer "
+                                 f"{ctx.model_record['sha256'][:12]}...)")
+    assert caught.value.hint == "run the build again once the model file is no longer being written"
+
+
 def test_sha256_pin_mismatch(write_recipe: Recipe, models_dir: Path, build_context: ContextFor) -> None:
     model, pin = models_dir / "tiny.onnx", "ab" * 32
     path = recipe_for(write_recipe, model, extra=f", sha256: {pin}")

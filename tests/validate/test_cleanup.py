@@ -13,10 +13,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def warning_model(path: Path) -> Path:
-    """Declares output y as [1, 4] while it is [batch, 4]: ONNX Runtime warns 'VerifyOutputSizes' on each run."""
+    """Declares output y as [1, 4] while it is [batch, 4]: ONNX Runtime warns 'VerifyOutputSizes' on each run. An
+    unused initializer gives graph-cleanup something to drop, so the cleanup check runs."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    unused = helper.make_tensor("unused", TensorProto.FLOAT, [1], [0.0])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y], [unused])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
