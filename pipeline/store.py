@@ -199,11 +199,12 @@ class Store:
             (self.root / MEMO).mkdir(parents=True, exist_ok=True)
             replace_json(self.root / MEMO / f"{kind}.json", self._memos[kind], durable=False)
 
-    def file_sha256(self, path: Path, remember: bool = True) -> str:
+    def file_sha256(self, path: Path, remember: bool = True, read: Callable[[Path], str] | None = None) -> str:
         """sha256 of a file's bytes, remembered with the file's inode, size, mtime and ctime (as DVC does): a file
         none of these changed for is not read again. Any write changes the ctime, which no tool can set back.
         Files under MEMO_MIN_BYTES are hashed every time (quicker than remembering them). `remember=False`
-        (a dry run) uses the memo but writes nothing."""
+        (a dry run) uses the memo but writes nothing. `read`: what hashes a file the memo could know but does not
+        (default: read and hash it; a build's first look at its model keeps the bytes it hashed)."""
         stat = path.stat()
         if stat.st_size < MEMO_MIN_BYTES:
             return file_sha256(path)
@@ -212,7 +213,7 @@ class Store:
         known = self.memo(HASHES).get(key)
         if isinstance(known, dict) and known.get("stamp") == stamp:
             return known["sha256"]
-        sha256 = file_sha256(path)
+        sha256 = (read or file_sha256)(path)
         # Remembered only if the file did not change while it was read, and not within the racy window of its last
         # change: a same-size rewrite inside one timestamp tick would keep its stamp (as git). The tick is coarse
         # (seconds) where the file system keeps whole seconds, a few ms where it keeps nanoseconds.

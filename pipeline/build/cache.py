@@ -14,7 +14,7 @@ from pipeline.errors import PipelineError, RecipeError
 from pipeline.manifest import Manifest
 from pipeline.recipe import Recipe
 from pipeline.stages import KEY_STAGES, ORDER, REGISTRY
-from pipeline.stages.parse import check_pin, digests, model_problem, preflight
+from pipeline.stages.parse import Loaded, check_pin, digests, header_of, load, model_problem, preflight
 from pipeline.store import Artifact, Store
 from pipeline.trt.backend import Backend, installed_version
 from pipeline.trt.target import Target
@@ -111,15 +111,27 @@ def _known_model(store: Store, recipe: Recipe, sha256: str, log: logging.Logger,
     return _newest_first(store, recipe, log, same_file)
 
 
-def model_record(recipe: Recipe, store: Store, log: logging.Logger, remember: bool = True) -> dict:
+def model_record(recipe: Recipe, store: Store, log: logging.Logger, remember: bool = True,
+                 keep: list[Loaded] | None = None) -> dict:
     """The model's hashes for the source key; from an earlier manifest when the file is unchanged (no parse).
-    A pin is checked here, before any reuse: it is never skipped. `remember=False` (a dry run) writes nothing."""
+    A pin is checked here, before any reuse: it is never skipped. `remember=False` (a dry run) writes nothing.
+    `keep` (a build): when the hash memo does not know the model file, it is read once (parse.load), hashed and
+    described from those bytes, which are appended to `keep` for parse instead of being read twice more."""
     if model_problem(recipe.model_path):  # missing, empty, a FIFO, a directory, ...: said as `check` says it
         raise RecipeError(preflight(recipe))
     hasher = functools.partial(store.file_sha256, remember=remember)
-    sha = hasher(recipe.model_path)
+    sha = store.file_sha256(recipe.model_path, remember, None if keep is None else functools.partial(_read_once, keep))
     check_pin(recipe, sha)
-    return _known_model(store, recipe, sha, log, hasher) or digests(recipe.model_path, sha, hasher)
+    return _known_model(store, recipe, sha, log, hasher) or digests(
+        recipe.model_path, sha, hasher, header_of(keep[0].model) if keep else None)
+
+
+def _read_once(keep: list[Loaded], path: Path) -> str:
+    loaded = load(path)
+    if loaded is None:  # a text format, or more than protobuf holds
+        return file_sha256(path)
+    keep.append(loaded)
+    return loaded.sha256
 
 
 def source_hit(recipe: Recipe, backend: Backend, store: Store, model: dict, target: Target,

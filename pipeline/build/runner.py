@@ -26,7 +26,7 @@ from pipeline.recipe import Recipe
 from pipeline.stages import REGISTRY
 from pipeline.stages.context import Context
 from pipeline.stages.graph_cleanup import CHECK, cleaned_files
-from pipeline.stages.parse import preflight
+from pipeline.stages.parse import Loaded, header_of, preflight
 from pipeline.stages.precision import CHECK as PRECISION_CHECK
 from pipeline.store import Artifact, Run, Store
 from pipeline.trt.backend import Backend, make_logger
@@ -82,7 +82,8 @@ def build(plan: Plan, store: Store, log: logging.Logger, progress: Callable[[str
     `finish`: what becomes of each staged target (default: `publisher`, into `store`).
     """
     recipe, progress = plan.recipe, as_progress(progress)
-    model = model or model_record(plan.recipe, store, log)
+    first_look: list[Loaded] = []  # the model file as read for its hashes, when it was read: parse takes it over
+    model = model or model_record(plan.recipe, store, log, keep=first_look)
     done: dict[Target, Outcome] = {}
     for target in plan.targets:
         hit = None if force else source_hit(plan.recipe, plan.backend, store, model, target, log)
@@ -90,11 +91,13 @@ def build(plan: Plan, store: Store, log: logging.Logger, progress: Callable[[str
             progress(f"[skip] {target.name:<6} unchanged recipe and model (source key): reusing {hit.ref} {hit.tag}")
             done[target] = Outcome(target, hit, reused=True)
     todo = [t for t in plan.targets if t not in done]
-    if todo and not plan.model_checked and (problems := preflight(recipe, model["sha256"])):
+    info = header_of(first_look[0].model) if first_look else None
+    if todo and not plan.model_checked and (problems := preflight(recipe, model["sha256"], info=info)):
         raise RecipeError(problems)
     if todo:
         finish = finish or publisher(store, recipe, run or Run(), force, log, progress)
-        _build_targets(plan, todo, model, store, log, progress, force, annotate or {}, done, finish)
+        _build_targets(plan, todo, model, store, log, progress, force, annotate or {}, done, finish, first_look)
+    first_look.clear()
     reused = sum(o.reused for o in done.values())
     if reused:
         progress(f"{reused} of {len(plan.targets)} target(s) skipped (unchanged); use --force to rebuild")
@@ -102,16 +105,21 @@ def build(plan: Plan, store: Store, log: logging.Logger, progress: Callable[[str
 
 
 def _build_targets(plan: Plan, todo: list[Target], model: dict, store: Store, log: logging.Logger,
-                   progress: Progress, force: bool, annotate: dict, done: dict, finish: Finish) -> None:
+                   progress: Progress, force: bool, annotate: dict, done: dict, finish: Finish,
+                   first_look: list[Loaded]) -> None:
     """Run the shared stages once, then each target's stages into its own staged directory, and hand each
-    finished directory with its manifest to `finish` (which publishes it, or ships it to whoever does)."""
+    finished directory with its manifest to `finish` (which publishes it, or ships it to whoever does).
+    `first_look`: the model file as already read (parse.Loaded), if it was; handed to parse, not kept here."""
     recipe, backend = plan.recipe, plan.backend
     shared = [s for s in plan.stages if not REGISTRY[s].per_target]
     per_target = [s for s in plan.stages if REGISTRY[s].per_target]
     total = len(plan.stages)
     with store.staging(recipe.name) as scratch, _build_log(log, scratch / BUILD_LOG, store, recipe.name) as handler, \
             Background() as background:
-        ctx = context(recipe, backend, scratch, log, model_record=model, background=background, progress=progress)
+        loaded = {"model": first_look[0].model, "model_bytes": first_look.pop().data} if first_look else {}
+        ctx = context(recipe, backend, scratch, log, model_record=model, background=background, progress=progress,
+                      **loaded)
+        del loaded
         timings = [_run_stage(name, ctx, i + 1, total, progress) for i, name in enumerate(shared)]
         shared_log = handler.stream.tell()
         for target in todo:

@@ -52,8 +52,34 @@ def header(path: Path) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _header(path: Path, inode: int, size: int, mtime_ns: int) -> dict:
-    model = read_model(path, weights=False)
+    return header_of(read_model(path, weights=False))
+
+
+def header_of(model: Any) -> dict:
+    """header() of a ModelProto at hand."""
     return {**describe(model), "external_data": external_names(model)}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model file read once, before the build's stages: its bytes, their sha256 and the ModelProto parsed from
+    them (external data not read). The hashes and the header come from it, and parse takes it over."""
+    data: bytes
+    sha256: str
+    model: Any
+
+
+def load(path: Path) -> Loaded | None:
+    """The model at `path` read, hashed and parsed once; None when parse would not read it as bytes (its text
+    formats) or protobuf cannot hold it."""
+    if path.suffix not in PROTOBUF_SUFFIXES or path.stat().st_size >= PROTO_LIMIT:
+        return None
+    require_model(path)
+    try:
+        data = userfiles.read_regular(path)
+    except OSError as error:
+        raise BuildError(f"parse: cannot read ONNX model {path}: {error.strerror}") from None
+    return Loaded(data, hashlib.sha256(data).hexdigest(), read_model(path, weights=False, data=data))
 
 
 def _io(values: Any) -> dict[str, dict]:
@@ -172,10 +198,12 @@ def load_weights(path: Path, model: Any) -> None:
         raise BuildError(f"parse: cannot read ONNX model {path}: {error}") from None
 
 
-def digests(path: Path, sha256: str | None = None, hasher: Callable[[Path], str] = file_sha256) -> dict:
+def digests(path: Path, sha256: str | None = None, hasher: Callable[[Path], str] = file_sha256,
+            info: Mapping[str, Any] | None = None) -> dict:
     """sha256 of the model file (pass it when already known) and of every external-data file it names, and the
-    total size. `hasher`: e.g. Store.file_sha256, which remembers the hashes of unchanged files."""
-    names = header(path)["external_data"]
+    total size. `hasher`: e.g. Store.file_sha256, which remembers the hashes of unchanged files. `info`: the
+    model's header when at hand."""
+    names = (info or header(path))["external_data"]
     require_external_data(path, names)
     data = [{"path": str(path.parent / name), "sha256": hasher(path.parent / name)} for name in names]
     size = path.stat().st_size + sum(Path(d["path"]).stat().st_size for d in data)
@@ -248,14 +276,17 @@ def model_from_onnx(ctx: Context) -> None:
     # The file is read once. Weights in external data are loaded for graph-cleanup, unless there are more than
     # protobuf can hold: graph-cleanup then keeps them on disk (path-based), and so does TensorRT's parser.
     weights = "graph-cleanup" in recipe.stages and size < PROTO_LIMIT
-    require_model(path)
-    try:
-        data = _read_bytes(path)
-    except OSError as error:
-        raise BuildError(f"parse: cannot read ONNX model {path}: {error.strerror}") from None
-    if data is not None:  # the bytes parsed are the bytes hashed: checked beside the parse, joined before publishing
-        ctx.background.start(READ, _same_bytes, path, data, sha)
-    model = read_model(path, weights=False, data=data)  # text formats (data None): onnx.load reads the file
+    if ctx.model is not None:  # read, hashed and parsed once already (Loaded): the bytes hashed are these
+        model, data, ctx.model_bytes = ctx.model, ctx.model_bytes, None
+    else:
+        require_model(path)
+        try:
+            data = _read_bytes(path)
+        except OSError as error:
+            raise BuildError(f"parse: cannot read ONNX model {path}: {error.strerror}") from None
+        if data is not None:  # the bytes parsed are the bytes hashed: checked beside the parse, joined before publishing
+            ctx.background.start(READ, _same_bytes, path, data, sha)
+        model = read_model(path, weights=False, data=data)  # text formats (data None): onnx.load reads the file
     require_external_data(path, external_names(model))  # before the checker or anything else reads them
     if spec.check:
         _check(path, model, data)
@@ -283,18 +314,18 @@ def _same_bytes(path: Path, data: bytes, sha256: str) -> None:
                          hint="run the build again once the model file is no longer being written")
 
 
-def preflight(recipe: Any, sha256: str | None = None, io: bool = True) -> list[str]:
+def preflight(recipe: Any, sha256: str | None = None, io: bool = True, info: Mapping[str, Any] | None = None) -> list[str]:
     """Cheap checks against the model's declared I/O (no weights read): used by `check` and before a build.
     `sha256`: the model file's, when the caller has hashed it already (the pin is checked against it). `io`:
     False when the recipe's stages that name inputs and outputs are damaged: only the model file itself is
-    checked (readable, a model, its external data, its pin)."""
+    checked (readable, a model, its external data, its pin). `info`: the model's header when at hand."""
     path = recipe.model_path
     problem = model_problem(path)
     if problem:
         relative = " (paths are relative to the recipe)" if problem.startswith("model file not found") else ""
         return [recipe.problem(("model", "path"), problem + relative)]
     try:
-        info = header(path)
+        info = info or header(path)
         missing = external_data_problems(path, info["external_data"])
         if missing:
             return [recipe.problem(("model", "path"), line) for line in missing]
