@@ -14,7 +14,7 @@ from pipeline.errors import PipelineError, RecipeError
 from pipeline.manifest import Manifest
 from pipeline.recipe import Recipe
 from pipeline.stages import KEY_STAGES, ORDER, REGISTRY
-from pipeline.stages.parse import Loaded, check_pin, digests, header_of, load, model_problem, preflight
+from pipeline.stages.parse import Loaded, check_pin, digests, load, model_problem, preflight
 from pipeline.store import Artifact, Store
 from pipeline.trt.backend import Backend, installed_version
 from pipeline.trt.target import Target
@@ -123,7 +123,7 @@ def model_record(recipe: Recipe, store: Store, log: logging.Logger, remember: bo
     sha = store.file_sha256(recipe.model_path, remember, None if keep is None else functools.partial(_read_once, keep))
     check_pin(recipe, sha)
     return _known_model(store, recipe, sha, log, hasher) or digests(
-        recipe.model_path, sha, hasher, header_of(keep[0].model) if keep else None)
+        recipe.model_path, sha, hasher, keep[0].header if keep else None)
 
 
 def _read_once(keep: list[Loaded], path: Path) -> str:

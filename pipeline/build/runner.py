@@ -26,7 +26,7 @@ from pipeline.recipe import Recipe
 from pipeline.stages import REGISTRY
 from pipeline.stages.context import Context
 from pipeline.stages.graph_cleanup import CHECK, cleaned_files
-from pipeline.stages.parse import Loaded, header_of, preflight
+from pipeline.stages.parse import Loaded, preflight
 from pipeline.stages.precision import CHECK as PRECISION_CHECK
 from pipeline.store import Artifact, Run, Store
 from pipeline.trt.backend import Backend, make_logger
@@ -91,7 +91,7 @@ def build(plan: Plan, store: Store, log: logging.Logger, progress: Callable[[str
             progress(f"[skip] {target.name:<6} unchanged recipe and model (source key): reusing {hit.ref} {hit.tag}")
             done[target] = Outcome(target, hit, reused=True)
     todo = [t for t in plan.targets if t not in done]
-    info = header_of(first_look[0].model) if first_look else None
+    info = first_look[0].header if first_look else None
     if todo and not plan.model_checked and (problems := preflight(recipe, model["sha256"], info=info)):
         raise RecipeError(problems)
     if todo:

@@ -62,11 +62,12 @@ def header_of(model: Any) -> dict:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A model file read once, before the build's stages: its bytes, their sha256 and the ModelProto parsed from
-    them (external data not read). The hashes and the header come from it, and parse takes it over."""
+    """A model file read once, before the build's stages: its bytes, their sha256, the ModelProto parsed from
+    them (external data not read) and its header(). The hashes and checks use it, and parse takes it over."""
     data: bytes
     sha256: str
     model: Any
+    header: dict
 
 
 def load(path: Path) -> Loaded | None:
@@ -74,12 +75,9 @@ def load(path: Path) -> Loaded | None:
     formats) or protobuf cannot hold it."""
     if path.suffix not in PROTOBUF_SUFFIXES or path.stat().st_size >= PROTO_LIMIT:
         return None
-    require_model(path)
-    try:
-        data = userfiles.read_regular(path)
-    except OSError as error:
-        raise BuildError(f"parse: cannot read ONNX model {path}: {error.strerror}") from None
-    return Loaded(data, hashlib.sha256(data).hexdigest(), read_model(path, weights=False, data=data))
+    data = _read(path)
+    model = read_model(path, weights=False, data=data)
+    return Loaded(data, hashlib.sha256(data).hexdigest(), model, header_of(model))
 
 
 def _io(values: Any) -> dict[str, dict]:
@@ -218,6 +216,15 @@ def check_pin(recipe: Any, sha256: str) -> None:
                           hint="update the pin if the model change is intended")
 
 
+def _read(path: Path) -> bytes | None:
+    """_read_bytes of a model file, with what is wrong with it as a PipelineError or BuildError."""
+    require_model(path)
+    try:
+        return _read_bytes(path)
+    except OSError as error:
+        raise BuildError(f"parse: cannot read ONNX model {path}: {error.strerror}") from None
+
+
 def _read_bytes(path: Path) -> bytes | None:
     """The file's bytes when onnx.load would parse it as binary protobuf (a regular file only: a FIFO swapped in
     cannot block the read); None for its text formats. Raises OSError."""
@@ -279,11 +286,7 @@ def model_from_onnx(ctx: Context) -> None:
     if ctx.model is not None:  # read, hashed and parsed once already (Loaded): the bytes hashed are these
         model, data, ctx.model_bytes = ctx.model, ctx.model_bytes, None
     else:
-        require_model(path)
-        try:
-            data = _read_bytes(path)
-        except OSError as error:
-            raise BuildError(f"parse: cannot read ONNX model {path}: {error.strerror}") from None
+        data = _read(path)
         if data is not None:  # the bytes parsed are the bytes hashed: checked beside the parse, joined before publishing
             ctx.background.start(READ, _same_bytes, path, data, sha)
         model = read_model(path, weights=False, data=data)  # text formats (data None): onnx.load reads the file
