@@ -4,11 +4,15 @@ TensorRT-RTX builds on one core (and releases the GIL while it does), so a check
 build, such as graph-cleanup's ONNX Runtime comparison, runs beside network-flag, memory-pool and serialize
 instead of before them. A check's exception is raised where the build waits for it, so a failed check fails
 the build exactly as if it had run in line.
+
+A check that holds the GIL itself (the ONNX checker's C++) gains nothing beside Python work: it is started
+`gated`, and runs once the build calls `release` on entering TensorRT, which lets go of the GIL.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
@@ -28,16 +32,30 @@ class Background:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline-check")
         self._jobs: dict[str, Future] = {}
         self.stopping = threading.Event()
+        self._released = threading.Event()
+        # Never left waiting for a release (a Background dropped without `with`): the worker would keep the
+        # interpreter from exiting.
+        weakref.finalize(self, _drop, self._released, self.stopping)
 
-    def start(self, name: str, job: Callable[..., Any], *args: Any) -> None:
+    def start(self, name: str, job: Callable[..., Any], *args: Any, gated: bool = False) -> None:
+        """Run `job(*args)` on the worker after the jobs started before it; `gated`: not before `release`."""
         if name in self._jobs:
             raise ValueError(f"background job {name!r} was already started")
-        self._jobs[name] = self._pool.submit(_trimmed, job, *args)
+        self._jobs[name] = self._pool.submit(_gated, self._released, self.stopping, job, *args) if gated else \
+            self._pool.submit(_trimmed, job, *args)
+
+    def release(self) -> None:
+        """Let gated jobs run: the build is about to spend a while in code that does not hold the GIL."""
+        self._released.set()
 
     def result(self, name: str) -> Any:
-        """The job's return value, once it has finished; its exception is raised here. None if never started."""
+        """The job's return value, once it has finished; its exception is raised here. None if never started, or
+        gated and skipped on Ctrl-C. Waiting releases the gated jobs (this thread has nothing else to do)."""
         job = self._jobs.get(name)
-        return None if job is None else job.result()
+        if job is None:
+            return None
+        self.release()
+        return job.result()
 
     def done(self) -> bool:
         """Every job started so far has finished."""
@@ -58,7 +76,18 @@ class Background:
             else:
                 self.stopping.set()
         finally:
+            self.release()
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _gated(released: threading.Event, stopping: threading.Event, job: Callable[..., Any], *args: Any) -> Any:
+    released.wait()
+    return None if stopping.is_set() else _trimmed(job, *args)
+
+
+def _drop(released: threading.Event, stopping: threading.Event) -> None:
+    stopping.set()
+    released.set()
 
 
 def _trimmed(job: Callable[..., Any], *args: Any) -> Any:

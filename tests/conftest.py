@@ -113,11 +113,13 @@ def build_context(tmp_path: Path, rtx_backend: Backend) -> Callable[..., Context
 
 
 def run_stages(ctx: Context, *names: str) -> None:
-    """Run the named stages, in the order given, on one context."""
+    """Run the named stages, in the order given, on one context; then wait for the checks they started beside
+    them, as the runner does before it publishes (the first failure is raised)."""
     from pipeline.stages import REGISTRY
 
     for name in names:
         REGISTRY[name].run(ctx)
+    ctx.background.wait()
 
 
 def pytest_configure(config: pytest.Config) -> None:

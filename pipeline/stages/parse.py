@@ -7,6 +7,7 @@ import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class ParseSpec:
 # Above this, protobuf cannot hold the model in one message: use the path-based onnx APIs.
 PROTO_LIMIT = 2**31 - 1
 READ = "model_read"  # the background job that checks the bytes parse read against the model's sha256
+CHECKER = "onnx_checker"  # the background job that runs the ONNX checker on the model parse read
 # Files onnx.load reads as binary protobuf (other suffixes select its text or JSON readers).
 PROTOBUF_SUFFIXES = (".onnx", ".pb")
 # Weights shape inference never reads: float tensors (FLOAT, FLOAT16, DOUBLE, BFLOAT16) of this many elements.
@@ -75,9 +77,20 @@ def load(path: Path) -> Loaded | None:
     formats) or protobuf cannot hold it."""
     if path.suffix not in PROTOBUF_SUFFIXES or path.stat().st_size >= PROTO_LIMIT:
         return None
-    data = _read(path)
-    model = read_model(path, weights=False, data=data)
-    return Loaded(data, hashlib.sha256(data).hexdigest(), model, header_of(model))
+    # The read and the hash let go of the GIL: the file is read while onnx is imported (the first time, ~0.1 s),
+    # and hashed while protobuf parses it.
+    with ThreadPoolExecutor(1, thread_name_prefix="model-read") as worker:
+        read = worker.submit(_read, path)
+        import onnx  # noqa: F401 - meanwhile
+
+        data = read.result()
+        digest = worker.submit(_sha256, data)
+        model = read_model(path, weights=False, data=data)
+        return Loaded(data, digest.result(), model, header_of(model))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _io(values: Any) -> dict[str, dict]:
@@ -238,13 +251,14 @@ def _embedded(model: Any) -> bool:
     return not any(uses_external_data(tensor) for tensor in _get_all_tensors(model))
 
 
-def _check(path: Path, model: Any, data: bytes | None) -> None:
-    """The ONNX checker. On bytes already read when every tensor is inside the file: the same checks as on the
-    path, without the slow second read; on the path otherwise, which also checks the external-data files."""
+def _check(path: Path, data: bytes | None) -> None:
+    """The ONNX checker. On the file's bytes when given (already read, and every tensor inside them): the same
+    checks as on the path, without a second read; on the path otherwise, which also checks the external-data
+    files."""
     import onnx
 
     try:
-        onnx.checker.check_model(data if data is not None and _embedded(model) else str(path))
+        onnx.checker.check_model(data if data is not None else str(path))
     except onnx.checker.ValidationError as error:
         first = str(error).strip().splitlines()[0]
         raise BuildError(f"parse: the ONNX checker rejects {path}: {first}") from None
@@ -254,24 +268,58 @@ def infer_shapes(model: Any) -> Any:
     """onnx.shape_inference.infer_shapes(model, data_prop=True), without sending the weights through it.
 
     Shape inference reads values only of integer (shape) tensors and of tiny float ones (Resize scales, Range
-    bounds): big float initializers are lifted out while it runs and put back into the result, byte for byte.
-    The model passed in is consumed: its big float initializers are left empty.
+    bounds): it runs on a copy of the model whose big float initializers are stubs (name, type and dims, no
+    data), and what it infers is put back into `model` (returned), whose weights are not copied.
     """
     import onnx
 
-    lifted: dict[int, bytes] = {}
-    for index, init in enumerate(model.graph.initializer):
-        if big_float(init):
-            lifted[index] = init.raw_data
-            init.ClearField("raw_data")
-    inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
-    initializers = inferred.graph.initializer
-    if len(initializers) != len(model.graph.initializer) or any(
-            initializers[i].name != model.graph.initializer[i].name for i in lifted):
+    inferred = onnx.shape_inference.infer_shapes(_stubbed(model), check_type=False, strict_mode=False, data_prop=True)
+    names = [init.name for init in inferred.graph.initializer]
+    if names != [init.name for init in model.graph.initializer]:
         raise BuildError("parse: shape inference changed the initializers; this is a bug")
-    for index in list(lifted):
-        initializers[index].raw_data = lifted.pop(index)
-    return inferred
+    inferred.graph.ClearField("initializer")
+    _replace(model.graph, inferred.graph, keep="initializer")
+    inferred.ClearField("graph")
+    _replace(model, inferred, keep="graph")
+    return model
+
+
+def _stubbed(model: Any) -> Any:
+    """A copy of a ModelProto whose big float initializers (big_float) are stubs: name, type, dims, empty data."""
+    copy = _copy_except(model, "graph")
+    graph = copy.graph
+    graph.CopyFrom(_copy_except(model.graph, "initializer"))
+    for init in model.graph.initializer:
+        if big_float(init):
+            graph.initializer.add(name=init.name, dims=init.dims, data_type=init.data_type, raw_data=b"")
+        else:
+            graph.initializer.add().CopyFrom(init)
+    return copy
+
+
+def _copy_except(message: Any, skip: str) -> Any:
+    """A copy of a protobuf message without its field `skip` (which is never read, let alone copied)."""
+    from google.protobuf.message import Message
+
+    copy = type(message)()
+    for field, value in message.ListFields():
+        if field.name == skip:
+            continue
+        if isinstance(value, Message):
+            getattr(copy, field.name).CopyFrom(value)
+        elif isinstance(value, (bytes, str, int, float)):
+            setattr(copy, field.name, value)
+        else:  # a repeated field
+            getattr(copy, field.name).extend(value)
+    return copy
+
+
+def _replace(message: Any, other: Any, keep: str) -> None:
+    """Every field of `message` but `keep` becomes `other`'s (which has no `keep`)."""
+    for field, _ in message.ListFields():
+        if field.name != keep:
+            message.ClearField(field.name)
+    message.MergeFrom(other)
 
 
 def model_from_onnx(ctx: Context) -> None:
@@ -291,11 +339,14 @@ def model_from_onnx(ctx: Context) -> None:
             ctx.background.start(READ, _same_bytes, path, data, sha)
         model = read_model(path, weights=False, data=data)  # text formats (data None): onnx.load reads the file
     require_external_data(path, external_names(model))  # before the checker or anything else reads them
+    embedded = data if data is not None and _embedded(model) else None
     if spec.check:
-        _check(path, model, data)
+        # The checker's C++ holds the GIL (~0.1 s per 100 MB): it runs while TensorRT parses, which does not, and
+        # network-flag waits for its verdict before it goes on.
+        ctx.background.start(CHECKER, _check, path, embedded, gated=True)
     # graph-cleanup writes them as the cleaned model when its passes change nothing (every weight inside the file)
-    ctx.model_bytes = data if "graph-cleanup" in recipe.stages and _embedded(model) else None
-    del data
+    ctx.model_bytes = embedded if "graph-cleanup" in recipe.stages else None
+    del data, embedded
     if weights:
         load_weights(path, model)
     if spec.infer_shapes and size < PROTO_LIMIT:
@@ -312,7 +363,7 @@ def _same_bytes(path: Path, data: bytes, sha256: str) -> None:
     """The model's bytes, as parse read them, are the ones hashed before the build (the source key, the pin, the
     manifest's model.sha256): a model rewritten meanwhile fails the build instead of being built under another
     file's hash."""
-    if hashlib.sha256(data).hexdigest() != sha256:
+    if _sha256(data) != sha256:
         raise BuildError(f"parse: {path} changed while the build read it (its sha256 is no longer {sha256[:12]}...)",
                          hint="run the build again once the model file is no longer being written")
 

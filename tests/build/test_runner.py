@@ -157,7 +157,8 @@ def test_failure_leaves_nothing_half_written(write_recipe: Recipe, store: Store)
 
 
 def test_failure_in_a_shared_stage(write_recipe: Recipe, store: Store, tmp_path: Path) -> None:
-    """The ONNX checker rejects the model in parse, before any target."""
+    """The ONNX checker rejects the model parse read. It runs while TensorRT parses the first target's network
+    (it holds the GIL, TensorRT does not), whose stage waits for its verdict: no engine is built."""
     from tests.stages.test_parse import unsorted_tiny
 
     model = unsorted_tiny(tmp_path / "broken.onnx")
@@ -165,7 +166,9 @@ def test_failure_in_a_shared_stage(write_recipe: Recipe, store: Store, tmp_path:
     with pytest.raises(BuildError, match=r"^parse: the ONNX checker rejects "):
         build_with(path, store)
     assert store.artifacts() == [] and staging_leftovers(store) == []
-    assert "stage parse failed: parse: the ONNX checker rejects" in next((store.root / FAILED).iterdir()).read_text()
+    log = next((store.root / FAILED).iterdir()).read_text()
+    assert "stage network-flag sm86 failed: parse: the ONNX checker rejects" in log
+    assert "serialize" not in log
 
 
 def test_a_wrong_pin_fails_even_when_the_build_could_be_reused(write_recipe: Recipe, store: Store,
