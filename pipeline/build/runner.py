@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline import heap
 from pipeline.background import Background
-from pipeline.build.cache import build_key, model_record, reusable, source_hit
+from pipeline.build.cache import WeightCopies, build_key, model_record, reusable, source_hit
 from pipeline.build.plan import Plan
 from pipeline.build.record import manifest
 from pipeline.errors import PipelineError, RecipeError, StoreError
@@ -83,21 +83,25 @@ def build(plan: Plan, store: Store, log: logging.Logger, progress: Callable[[str
     """
     recipe, progress = plan.recipe, as_progress(progress)
     first_look: list[Loaded] = []  # the model file as read for its hashes, when it was read: parse takes it over
-    model = model or model_record(plan.recipe, store, log, keep=first_look)
     done: dict[Target, Outcome] = {}
-    for target in plan.targets:
-        hit = None if force else source_hit(plan.recipe, plan.backend, store, model, target, log)
-        if hit:
-            progress(f"[skip] {target.name:<6} unchanged recipe and model (source key): reusing {hit.ref} {hit.tag}")
-            done[target] = Outcome(target, hit, reused=True)
-    todo = [t for t in plan.targets if t not in done]
-    info = first_look[0].header if first_look else None
-    if todo and not plan.model_checked and (problems := preflight(recipe, model["sha256"], info=info)):
-        raise RecipeError(problems)
-    if todo:
-        finish = finish or publisher(store, recipe, run or Run(), force, log, progress)
-        _build_targets(plan, todo, model, store, log, progress, force, annotate or {}, done, finish, first_look)
-    first_look.clear()
+    with store.staging(recipe.name) as scratch:  # the build's scratch directory, removed whatever happens
+        copies = WeightCopies(scratch)  # weights copied into it while they are hashed
+        model = model or model_record(plan.recipe, store, log, keep=first_look, copies=copies)
+        for target in plan.targets:
+            hit = None if force else source_hit(plan.recipe, plan.backend, store, model, target, log)
+            if hit:
+                progress(f"[skip] {target.name:<6} unchanged recipe and model (source key): reusing {hit.ref} "
+                         f"{hit.tag}")
+                done[target] = Outcome(target, hit, reused=True)
+        todo = [t for t in plan.targets if t not in done]
+        info = first_look[0].header if first_look else None
+        if todo and not plan.model_checked and (problems := preflight(recipe, model["sha256"], info=info)):
+            raise RecipeError(problems)
+        if todo:
+            finish = finish or publisher(store, recipe, run or Run(), force, log, progress)
+            _build_targets(plan, todo, model, store, log, progress, force, annotate or {}, done, finish, first_look,
+                           scratch, copies.found)
+        first_look.clear()
     reused = sum(o.reused for o in done.values())
     if reused:
         progress(f"{reused} of {len(plan.targets)} target(s) skipped (unchanged); use --force to rebuild")
@@ -106,19 +110,19 @@ def build(plan: Plan, store: Store, log: logging.Logger, progress: Callable[[str
 
 def _build_targets(plan: Plan, todo: list[Target], model: dict, store: Store, log: logging.Logger,
                    progress: Progress, force: bool, annotate: dict, done: dict, finish: Finish,
-                   first_look: list[Loaded]) -> None:
+                   first_look: list[Loaded], scratch: Path, copies: dict[str, Path]) -> None:
     """Run the shared stages once, then each target's stages into its own staged directory, and hand each
     finished directory with its manifest to `finish` (which publishes it, or ships it to whoever does).
-    `first_look`: the model file as already read (parse.Loaded), if it was; handed to parse, not kept here."""
+    `first_look`: the model file as already read (parse.Loaded), if it was; handed to parse, not kept here.
+    `scratch`: the build's scratch directory; `copies`: external-data files copied into it (WeightCopies)."""
     recipe, backend = plan.recipe, plan.backend
     shared = [s for s in plan.stages if not REGISTRY[s].per_target]
     per_target = [s for s in plan.stages if REGISTRY[s].per_target]
     total = len(plan.stages)
-    with store.staging(recipe.name) as scratch, _build_log(log, scratch / BUILD_LOG, store, recipe.name) as handler, \
-            Background() as background:
+    with _build_log(log, scratch / BUILD_LOG, store, recipe.name) as handler, Background() as background:
         loaded = {"model": first_look[0].model, "model_bytes": first_look.pop().data} if first_look else {}
         ctx = context(recipe, backend, scratch, log, model_record=model, background=background, progress=progress,
-                      **loaded)
+                      weight_copies=copies, **loaded)
         del loaded
         timings = [_run_stage(name, ctx, i + 1, total, progress) for i, name in enumerate(shared)]
         shared_log = handler.stream.tell()

@@ -44,6 +44,7 @@ class Context:
     model: Any = None  # onnx.ModelProto, weights loaded only when graph-cleanup needs them (None after it: on disk)
     model_record: dict = field(default_factory=dict)
     model_bytes: bytes | None = None  # parse: the model file as read (its sha256 checked), kept for graph-cleanup
+    weight_copies: dict[str, Path] = field(default_factory=dict)  # external data copied as hashed: path -> copy
     # graph-cleanup (or the original model when there is no cleanup)
     onnx_path: Path | None = None
     cleaned_path: Path | None = None

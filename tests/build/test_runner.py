@@ -518,12 +518,14 @@ def test_a_model_with_weights_on_disk_builds_end_to_end(write_recipe: Recipe, st
     """The big-model path at a small size: models/make_models.py's matmul chain (4 x [512]^2, 4 MiB of weights in
     external data) with a protobuf limit of 1 MiB, so parse and graph-cleanup leave the weights on disk as they
     do above 2 GiB, and streaming from 1 MiB of weights (as from 512 MiB). The cleaned model's weights are
-    published beside the engine, byte for byte the originals; TensorRT parses them from a memory map and streams
-    the engine to disk, hashed as written: the manifest's sha256 and size are the published file's. An unused
-    initializer, which the cleanup pass drops, makes the cleanup check run (ONNX Runtime on the weights on disk)."""
+    published beside the engine, byte for byte the originals (copied while they were hashed: cache.WeightCopies);
+    TensorRT parses them from a memory map and streams the engine to disk, hashed as written: the manifest's sha256
+    and size are the published file's. An unused initializer, which the cleanup pass drops, makes the cleanup check
+    run (ONNX Runtime on the weights on disk)."""
     import onnx
 
     from models.make_models import write_matmul_chain
+    from pipeline.build import cache
     from pipeline.stages import graph_cleanup, parse, serialize
 
     model = tmp_path / "chain" / "chain.onnx"
@@ -532,7 +534,7 @@ def test_a_model_with_weights_on_disk_builds_end_to_end(write_recipe: Recipe, st
     proto = onnx.load(str(model), load_external_data=False)
     proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(4, np.float32), "unused"))
     onnx.save(proto, str(model))  # the weights stay where they are, in chain.onnx.data
-    for module in (parse, graph_cleanup):
+    for module in (parse, graph_cleanup, cache):
         monkeypatch.setattr(module, "PROTO_LIMIT", 1 << 20)
     monkeypatch.setattr(serialize, "STREAM_FROM", 1 << 20)
     [outcome] = build_with(write_recipe(CHAIN.format(model=model)), store)
