@@ -25,13 +25,18 @@ DIRECT_BUFFER = 4 << 20  # Direct's buffer: 4 MiB, whole blocks
 FICLONE = 0x40049409  # ioctl: make a file share another's blocks (linux/fs.h)
 
 
-def write_bytes(path: Path, data: bytes | memoryview, durable: bool = True) -> None:
+def write_bytes(path: Path, data: bytes | memoryview, durable: bool = True, direct: bool = False) -> None:
     """Write and fsync (unless not `durable`: a cache); a full disk or other OS error becomes a StoreError naming
-    the file."""
+    the file. `direct`: past the page cache (Direct), where the file system allows it."""
     try:
-        with open(path, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        with _created(path, direct) if direct else open(path, "wb") as handle:
+            if fcntl.fcntl(handle.fileno(), fcntl.F_GETFL) & os.O_DIRECT:
+                out = Direct(handle.fileno())
+                out.write(data)
+                out.finish()
+            else:
+                handle.write(data)
+                handle.flush()
             if durable:
                 os.fsync(handle.fileno())
     except OSError as error:

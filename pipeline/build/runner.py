@@ -25,7 +25,7 @@ from pipeline.progress import Progress, as_progress
 from pipeline.recipe import Recipe
 from pipeline.stages import REGISTRY
 from pipeline.stages.context import Context
-from pipeline.stages.graph_cleanup import CHECK, cleaned_files
+from pipeline.stages.graph_cleanup import CHECK, WRITE, cleaned_files
 from pipeline.stages.parse import Loaded, preflight
 from pipeline.stages.precision import CHECK as PRECISION_CHECK
 from pipeline.store import Artifact, Run, Store
@@ -137,6 +137,7 @@ def _build_targets(plan: Plan, todo: list[Target], model: dict, store: Store, lo
             target_log = handler.stream.tell()
             with store.staging(f"{recipe.name}-{target.sm}") as staged:
                 tctx = ctx.for_target(target, staged)
+                ctx.onnx_bytes = None  # the first target's parser takes the cleaned model's bytes; later ones the file
                 stage_times = timings + [_run_stage(name, tctx, len(shared) + i + 1, total, progress)
                                          for i, name in enumerate(per_target)]
                 _link_shared_files(tctx, staged)
@@ -274,6 +275,7 @@ def _copy_log(source: Path, dest: Path, shared_end: int, target_start: int) -> N
 def _link_shared_files(ctx: Context, staged: Path) -> None:
     """The cleaned model, and the reduced-precision one TensorRT built from (with their external data), next to the
     engine: hard links when possible."""
+    ctx.background.result(WRITE)  # the cleaned model's file, when graph-cleanup writes it beside the build
     models = [path for path in (ctx.cleaned_path, ctx.precision_path) if path is not None]
     for source in [file for path in models for file in cleaned_files(path)]:
         try:

@@ -49,6 +49,9 @@ class Context:
     onnx_path: Path | None = None
     cleaned_path: Path | None = None
     cleaned_sha256: str | None = None
+    # The cleaned model's bytes while its file is written beside the build (graph-cleanup): the first target's
+    # parser takes them (as (path, bytes): only for that file); later targets wait for the file.
+    onnx_bytes: tuple[Path, bytes] | None = None
     cleanup_record: dict = field(default_factory=dict)
     # precision (the converted graph is then onnx_path)
     precision_path: Path | None = None

@@ -39,6 +39,7 @@ class CleanupSpec:
 
 
 CLEANED_FILE = "model.cleaned.onnx"
+WRITE = "cleaned_model_written"  # the background job that writes the cleaned model when it is the original file
 CHECK = "cleanup_check"  # the name of its background job (pipeline.background)
 WEIGHTS_FILE = f"{CLEANED_FILE}.data"
 NEW_WEIGHTS_FILE = f"{CLEANED_FILE}.new.data"  # weights the passes made, beside the linked originals
@@ -167,13 +168,15 @@ def cleaned_model_from_model(ctx: Context) -> None:
     if original is not None:
         # Nothing that computes changed, in a model parse read whole, which the ONNX checker accepts: the cleaned
         # model is the original file byte for byte (its sha256 known) rather than the same graph re-exported.
-        write_bytes(path, original, durable=False)
+        # TensorRT's parser takes the bytes; the file is written (past the page cache, fsync'd) beside it.
+        ctx.background.start(WRITE, write_bytes, path, original, True, True)
+        ctx.onnx_bytes = (path, original)
         sha256, written = ctx.cleaned_sha256, None
     else:
         sha256, written = _save(model, path, linked)
+    files = [] if original is not None else cleaned_files(path)
     del original
-    files = cleaned_files(path)
-    if sum(file.stat().st_size for file in files) < STREAM_FROM:
+    if files and sum(file.stat().st_size for file in files) < STREAM_FROM:
         # To disk now, beside the build, rather than when publishing. Not a big model's: its engine is streamed to
         # disk as it is built, and flushing gigabytes of weights meanwhile slowed the build more than the flush
         # costs when publishing (2.25 GiB: 14.3 s -> 12.8 s, 3 runs each).

@@ -13,6 +13,7 @@ from pipeline import interrupt
 from pipeline.digest import file_sha256
 from pipeline.errors import BuildError
 from pipeline.stages.context import Context
+from pipeline.stages.graph_cleanup import WRITE
 from pipeline.stages.parse import CHECKER
 from pipeline.stages.stage import Stage
 from pipeline.trt.backend import Backend
@@ -93,9 +94,17 @@ def network_from_onnx(ctx: Context) -> None:
     # Only a model with external data has any (graph-cleanup and precision write none into an embedded model).
     external = bool(ctx.model_record.get("external_data"))
     ctx.background.release()  # TensorRT's parser and builder let go of the GIL: parse's ONNX checker runs meanwhile
+    held, ctx.onnx_bytes = ctx.onnx_bytes, None
+    data = held[1] if held is not None and held[0] == ctx.onnx_path else None
+    if data is None:
+        ctx.background.result(WRITE)  # the file, when graph-cleanup writes it beside the first target's parse
     with interrupt.deferred():  # as for the build: a signal raised inside TensorRT's logger callback is only printed
-        parsed, ctx.parser_weights = parse_onnx(parser, ctx.onnx_path) if external else \
-            (parser.parse_from_file(str(ctx.onnx_path)), [])
+        if external:
+            parsed, ctx.parser_weights = parse_onnx(parser, ctx.onnx_path)
+        else:  # the cleaned model's bytes when graph-cleanup holds them, else its file
+            parsed = parser.parse(data, str(ctx.onnx_path)) if data is not None else \
+                parser.parse_from_file(str(ctx.onnx_path))
+    del held, data
     ctx.background.result(CHECKER)  # the checker's verdict on the model comes first, and before any engine is built
     if not parsed:
         errors = parser_errors(parser) or ctx.trt_logger.errors[-1:] or ["no detail given"]

@@ -26,7 +26,7 @@ from pipeline.errors import BuildError
 from pipeline.files import sync
 from pipeline.stages import calibration, conversion
 from pipeline.stages.context import Context
-from pipeline.stages.graph_cleanup import cleaned_files
+from pipeline.stages.graph_cleanup import WRITE, cleaned_files
 from pipeline.stages.parse import PROTO_LIMIT, describe
 from pipeline.stages.stage import Stage
 from pipeline.trt.backend import Backend, installed_version
@@ -213,6 +213,7 @@ def reduced_model_from_model(ctx: Context) -> None:
 
     spec: PrecisionSpec = ctx.recipe.spec("precision")
     started = time.perf_counter()
+    ctx.background.result(WRITE)  # the cleaned model's file, when graph-cleanup writes it beside the build
     source = ctx.onnx_path
     if spec.mode in FLOATS and _bytes(source) >= PROTO_LIMIT:
         raise BuildError(f"precision: {spec.mode} conversion of a model with more than 2 GiB of weights is not "

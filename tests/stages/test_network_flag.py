@@ -150,3 +150,24 @@ def test_external_weights_reach_the_parser_from_a_memory_map(write_recipe: Recip
     plain.model_record = {**plain.model_record, "external_data": []}  # as for a model without: parse_from_file
     run_stages(plain, "network-flag", "memory-pool", "serialize")
     assert plain.parser_weights == [] and plain.engine_path.read_bytes() == mapped
+
+
+def test_the_first_target_parses_the_bytes_graph_cleanup_holds(write_recipe: Recipe, build_context: ContextFor,
+                                                                models_dir: Path) -> None:
+    """When graph-cleanup keeps the original file as the cleaned model, it writes the file beside the build and
+    TensorRT's parser takes the bytes (the runner hands them to the first target only); a second target's parser
+    reads the file. Both get the same network."""
+    stages = TINY_STAGES.replace("- parse: {}", "- parse: {}\n  - graph-cleanup: {}")
+    ctx = build_context(write_recipe(f"name: t\nversion: 1.0.0\nmodel: {{path: {{models}}/tiny.onnx}}\n"
+                                     f"targets: [sm89]\n{stages}"))
+    run_stages(ctx, "parse", "graph-cleanup")
+    original = (models_dir / "tiny.onnx").read_bytes()
+    assert ctx.onnx_bytes == (ctx.onnx_path, original)
+    first = ctx.for_target(ctx.target, ctx.staged)
+    ctx.onnx_bytes = None
+    run_stages(first, "network-flag")
+    assert first.onnx_bytes is None
+    second = ctx.for_target(ctx.target, ctx.staged)
+    run_stages(second, "network-flag")
+    assert ctx.onnx_path.read_bytes() == original
+    assert first.network_record == second.network_record and first.network_record["layers"] > 0
