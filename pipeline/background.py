@@ -33,8 +33,8 @@ class Background:
         self._jobs: dict[str, Future] = {}
         self.stopping = threading.Event()
         self._released = threading.Event()
-        # Never left waiting for a release (a Background dropped without `with`): the worker would keep the
-        # interpreter from exiting.
+        # A Background collected without `with` (a bare Context's) leaves no gated job waiting for a release: its
+        # worker would keep the interpreter from exiting. (One still alive at exit would: leave it by `with`.)
         weakref.finalize(self, _drop, self._released, self.stopping)
 
     def start(self, name: str, job: Callable[..., Any], *args: Any, gated: bool = False) -> None:
@@ -75,6 +75,9 @@ class Background:
                 self.wait()  # a failed check is raised first even here: its stage came before the one that failed
             else:
                 self.stopping.set()
+        except BaseException:  # Ctrl-C while waiting: no gated job starts after it
+            self.stopping.set()
+            raise
         finally:
             self.release()
             self._pool.shutdown(wait=True, cancel_futures=True)

@@ -225,8 +225,8 @@ def _created(path: Path, direct: bool) -> BinaryIO:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     if direct:
         try:
-            return open(os.open(path, flags | os.O_DIRECT, 0o644), "wb", buffering=0)
+            return open(os.open(path, flags | os.O_DIRECT, 0o666), "wb", buffering=0)  # open()'s mode
         except OSError as error:
             if error.errno != errno.EINVAL:
                 raise
-    return open(os.open(path, flags, 0o644), "wb")
+    return open(os.open(path, flags, 0o666), "wb")

@@ -191,3 +191,38 @@ def test_what_a_job_freed_goes_back_to_the_os(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(CHURN)], cwd=REPO, capture_output=True, text=True,
                           timeout=60, check=True, env={**os.environ, **FIXED_MALLOC})
     assert int(done.stdout) >= 100 * 2**20
+
+
+def test_a_gated_job_runs_only_once_released() -> None:
+    """A job that holds the GIL waits for the build to enter code that lets go of it (`release`)."""
+    ran: list[str] = []
+    with Background() as background:
+        background.start("checker", ran.append, "checker", gated=True)
+        time.sleep(0.1)
+        assert ran == [] and not background.done()
+        background.release()
+        assert background.result("checker") is None
+        assert ran == ["checker"]
+
+
+def test_waiting_for_any_job_releases_the_gated_ones_before_it() -> None:
+    """The worker runs jobs in the order started: a job queued behind a gated one would wait forever if waiting
+    did not release the gate (the thread that waits has nothing else to do)."""
+    ran: list[str] = []
+    with Background() as background:
+        background.start("checker", ran.append, "checker", gated=True)
+        background.start("written", ran.append, "written")
+        background.result("written")
+    assert ran == ["checker", "written"]
+
+
+def test_leaving_releases_and_ctrl_c_skips_gated_jobs() -> None:
+    ran: list[str] = []
+    with Background() as background:
+        background.start("checker", ran.append, "left", gated=True)
+    assert ran == ["left"]
+    with pytest.raises(KeyboardInterrupt):
+        with Background() as background:
+            background.start("checker", ran.append, "after Ctrl-C", gated=True)
+            raise KeyboardInterrupt
+    assert ran == ["left"]

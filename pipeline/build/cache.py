@@ -4,8 +4,9 @@ artifacts whose key matches (newest first), with the model's hashes remembered f
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,23 +143,32 @@ class WeightCopies:
     copy, a file the hash describes (one that changed while it was read is not kept)."""
     scratch: Path
     found: dict[str, Path] = field(default_factory=dict)
+    _stamps: dict[str, tuple[int, ...]] = field(default_factory=dict)  # each copy's file as it was copied
+    _names: Iterator[int] = field(default_factory=itertools.count)  # copy names, never used twice
 
     def hash(self, recipe: Recipe, path: Path) -> str:
         """sha256 of `path`, an external-data file of the recipe's model, copied meanwhile if parse leaves the
-        model's weights on disk."""
+        model's weights on disk. Hashed again (a file the memo does not remember yet, as it changed moments ago):
+        the copy is kept if the file is still as it was copied, else dropped."""
+        key = str(path)
+        if key in self.found:
+            sha256 = file_sha256(path)
+            if _stamp(path) != self._stamps[key]:
+                self.found.pop(key).unlink(missing_ok=True)
+            return sha256
         model = recipe.model_path
         names = header(model)["external_data"]  # a small file, when its weights are in others
         if sum(file.stat().st_size for file in [model, *(model.parent / name for name in names)]
                if file.is_file()) < PROTO_LIMIT:
             return file_sha256(path)
-        copy = self.scratch / f"{COPY_PREFIX}{len(self.found)}"
-        before = _stamp(path)
+        copy = self.scratch / f"{COPY_PREFIX}{next(self._names)}"
+        before = self._stamps[key] = _stamp(path)
         with ThreadPoolExecutor(1, thread_name_prefix="weights-copy") as worker:
             copying = worker.submit(clone, path, copy)
             sha256 = file_sha256(path)
             failed = copying.exception()  # a full disk, say: graph-cleanup copies the file again, and says so
         if failed is None and _stamp(path) == before:
-            self.found[str(path)] = copy
+            self.found[key] = copy
         else:
             copy.unlink(missing_ok=True)
         return sha256

@@ -25,7 +25,7 @@ from pipeline.errors import BuildError
 from pipeline.files import clone, sync, write_bytes
 from pipeline.stages.context import Context
 from pipeline.stages.inline import folded_and_inlined
-from pipeline.stages.parse import PROTO_LIMIT, describe, external_names, infer_shapes
+from pipeline.stages.parse import CHECKER, PROTO_LIMIT, describe, external_names, infer_shapes
 from pipeline.stages.serialize import STREAM_FROM
 from pipeline.stages.stage import Stage, frozen
 
@@ -159,6 +159,8 @@ def cleaned_model_from_model(ctx: Context) -> None:
     # The original file serves as the cleaned model unless a pass was asked to annotate it (value_info)
     copy = same and "infer_shapes" not in planned_passes(spec)
     original, ctx.model_bytes = ctx.model_bytes if copy else None, None
+    if original is None:  # the graph is exported: the checker's verdict now frees the bytes it holds before that
+        ctx.background.result(CHECKER)
     if original is not None and not ctx.recipe.spec("parse").check and _checker_error(original):
         original = None  # not checked by parse, and the checker rejects it (nodes out of order): export the graph
     model = ctx.model if original is not None else gs.export_onnx(graph)

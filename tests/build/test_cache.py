@@ -92,3 +92,26 @@ def test_a_file_that_changes_while_it_is_hashed_is_not_kept(write_recipe: Callab
     copies = WeightCopies(tmp_path)
     model_record(recipe(write_recipe, model), store, LOG, copies=copies)
     assert copies.found == {} and not list(tmp_path.glob("weights-copy.*"))
+
+
+def test_a_file_hashed_again_keeps_its_copy_while_it_is_unchanged(write_recipe: Callable[..., Path], store: Store,
+                                                                  tmp_path: Path, small_limit: None) -> None:
+    """A file the memo does not remember yet (changed moments ago) is hashed once per look: it is copied once,
+    the copy kept while the file is as it was, dropped when it changed; other files' copies get names of their own."""
+    model, data = chain(tmp_path / "m")
+    other = data.with_name("other.data")
+    other.write_bytes(b"\x07" * 4096)
+    recipe_ = recipe(write_recipe, model)
+    copies = WeightCopies(tmp_path)
+    sha = copies.hash(recipe_, data)
+    assert copies.hash(recipe_, data) == sha and list(copies.found) == [str(data)]
+    first = copies.found[str(data)]
+    with open(data, "r+b") as handle:
+        handle.write(b"\x01")
+    assert copies.hash(recipe_, data) == file_sha256(data) != sha
+    assert copies.found == {} and not first.exists()
+    copies.hash(recipe_, other)
+    copies.hash(recipe_, data)
+    assert len(set(copies.found.values())) == 2
+    assert copies.found[str(data)].read_bytes() == data.read_bytes()
+    assert copies.found[str(other)].read_bytes() == other.read_bytes()
