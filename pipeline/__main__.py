@@ -7,7 +7,12 @@ try:
     from pipeline.cli import main
 
     code = main()
-except KeyboardInterrupt:  # before main's own handler was reached (while importing)
+except Exception as error:  # an interrupt before main's own handler was reached (while importing), however wrapped
+    if not interrupt.caused(error):
+        raise
+    print(f"interrupted: {interrupt.summary()}", file=sys.stderr)
+    code = interrupt.exit_code()
+except KeyboardInterrupt:
     print(f"interrupted: {interrupt.summary()}", file=sys.stderr)
     code = interrupt.exit_code()
 interrupt.end(code)

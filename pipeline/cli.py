@@ -164,6 +164,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:  # 130 for SIGINT (Ctrl-C), 143 for SIGTERM
         return _failed(args, interrupt.exit_code(), "interrupted", [f"interrupted: {interrupt.summary()}"], None)
     except Exception as error:  # noqa: BLE001 - the one place unexpected errors are reported
+        if interrupt.caused(error):  # an interrupt some code wrapped (a class's __set_name__ during an import)
+            return _failed(args, interrupt.exit_code(), "interrupted", [f"interrupted: {interrupt.summary()}"], None)
         try:
             path: Path | str = _crash_log(error)
         except OSError as unwritable:  # a full disk: the traceback goes to stderr instead

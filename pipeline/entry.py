@@ -9,7 +9,9 @@ from pipeline import interrupt
 interrupt.install()
 try:
     from pipeline import cli
-except KeyboardInterrupt:  # while importing: run() reports it
+except BaseException as error:  # an interrupt while importing, however wrapped (interrupt.caused): run() reports it
+    if not interrupt.caused(error):
+        raise
     cli = None  # type: ignore[assignment]
 
 
@@ -20,6 +22,9 @@ def run() -> None:
         interrupt.end(interrupt.exit_code())
     try:
         code = cli.main()
-    except KeyboardInterrupt:  # before main's own handler was reached
+    except BaseException as error:  # an interrupt before main's own handler was reached, however wrapped
+        if not interrupt.caused(error):
+            raise
+        print(f"interrupted: {interrupt.summary()}", file=sys.stderr)
         code = interrupt.exit_code()
     interrupt.end(code)

@@ -48,6 +48,19 @@ def check() -> None:
         raise KeyboardInterrupt
 
 
+def caused(error: BaseException) -> bool:
+    """`error` is an interrupt, or what some code made of one: a signal during an import can land in a class's
+    `__set_name__`, which Python turns into a RuntimeError whose cause is the KeyboardInterrupt."""
+    seen: BaseException | None = error
+    for _ in range(32):  # a chain, not a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def requested() -> bool:
     return _requested.is_set()
 

@@ -82,3 +82,28 @@ def test_end_leaves_a_profile_to_be_written(tmp_path: Path) -> None:
     out = tmp_path / "profile.out"
     subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), str(script)], check=True, timeout=60)
     assert out.stat().st_size > 0
+
+
+class _InterruptedWhileNamed:
+    """A descriptor whose __set_name__ meets the interrupt, as a dataclass field can while its module imports."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        raise KeyboardInterrupt
+
+
+def test_an_interrupt_is_recognised_however_it_was_wrapped() -> None:
+    """Python 3.11 turns an exception in __set_name__ into a RuntimeError (its cause the KeyboardInterrupt): a Ctrl-C
+    during an import must still end as an interrupt (130), not as a crash. Seen in tests/test_faults.py's signal
+    sweep: 1 run in ~200."""
+    with pytest.raises(BaseException) as caught:
+        type("Spec", (), {"outputs": _InterruptedWhileNamed()})
+    assert interrupt.caused(caught.value)
+    assert interrupt.caused(KeyboardInterrupt())
+    assert not interrupt.caused(RuntimeError("a bug"))
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ValueError("raised while unwinding from it") from None
+    except ValueError as error:
+        assert interrupt.caused(error)  # the run was interrupted: its context says so, shown or not
