@@ -15,4 +15,7 @@ except Exception as error:  # an interrupt before main's own handler was reached
 except KeyboardInterrupt:
     print(f"interrupted: {interrupt.summary()}", file=sys.stderr)
     code = interrupt.exit_code()
-interrupt.end(code)
+try:
+    interrupt.end(code)
+except KeyboardInterrupt:  # the signal came between main's return and end's first line, where nothing catches it
+    interrupt.end(interrupt.exit_code())

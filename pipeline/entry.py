@@ -27,4 +27,7 @@ def run() -> None:
             raise
         print(f"interrupted: {interrupt.summary()}", file=sys.stderr)
         code = interrupt.exit_code()
-    interrupt.end(code)
+    try:
+        interrupt.end(code)
+    except KeyboardInterrupt:  # the signal came between main's return and end's first line
+        interrupt.end(interrupt.exit_code())
