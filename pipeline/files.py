@@ -29,14 +29,12 @@ def write_bytes(path: Path, data: bytes | memoryview, durable: bool = True, dire
     """Write and fsync (unless not `durable`: a cache); a full disk or other OS error becomes a StoreError naming
     the file. `direct`: past the page cache (Direct), where the file system allows it."""
     try:
-        with _created(path, direct) if direct else open(path, "wb") as handle:
-            if fcntl.fcntl(handle.fileno(), fcntl.F_GETFL) & os.O_DIRECT:
-                out = Direct(handle.fileno())
-                out.write(data)
+        with _created(path, direct) as handle:
+            out = _writer(handle)
+            out.write(data)
+            if isinstance(out, Direct):
                 out.finish()
-            else:
-                handle.write(data)
-                handle.flush()
+            handle.flush()
             if durable:
                 os.fsync(handle.fileno())
     except OSError as error:
@@ -205,7 +203,7 @@ def staged_file(path: Path, direct: bool = False) -> Iterator[StagedFile]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="sha256") as hasher, _created(tmp, direct) as handle:
-            out = Direct(handle.fileno()) if fcntl.fcntl(handle.fileno(), fcntl.F_GETFL) & os.O_DIRECT else handle
+            out = _writer(handle)
             staged = StagedFile(out, hasher)
             yield staged
             if isinstance(out, Direct):
@@ -220,8 +218,14 @@ def staged_file(path: Path, direct: bool = False) -> Iterator[StagedFile]:
         tmp.unlink(missing_ok=True)
 
 
+def _writer(handle: BinaryIO) -> BinaryIO | Direct:
+    """What writes to a file made by _created: Direct when it was opened with O_DIRECT, else the handle."""
+    return Direct(handle.fileno()) if fcntl.fcntl(handle.fileno(), fcntl.F_GETFL) & os.O_DIRECT else handle
+
+
 def _created(path: Path, direct: bool) -> BinaryIO:
-    """A new file; with O_DIRECT (unbuffered) when asked and the file system has it (tmpfs has not: EINVAL)."""
+    """A new file, as open(path, "wb") makes it; with O_DIRECT (unbuffered) when asked and the file system has it
+    (where it has not: EINVAL, an ordinary file)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     if direct:
         try:

@@ -18,7 +18,17 @@ from pipeline.files import clone
 from pipeline.manifest import Manifest
 from pipeline.recipe import Recipe
 from pipeline.stages import KEY_STAGES, ORDER, REGISTRY
-from pipeline.stages.parse import PROTO_LIMIT, Loaded, check_pin, digests, header, load, model_problem, preflight
+from pipeline.stages.parse import (
+    PROTO_LIMIT,
+    Loaded,
+    check_pin,
+    digests,
+    header,
+    load,
+    model_problem,
+    model_size,
+    preflight,
+)
 from pipeline.store import Artifact, Store
 from pipeline.trt.backend import Backend, installed_version
 from pipeline.trt.target import Target
@@ -157,9 +167,7 @@ class WeightCopies:
                 self.found.pop(key).unlink(missing_ok=True)
             return sha256
         model = recipe.model_path
-        names = header(model)["external_data"]  # a small file, when its weights are in others
-        if sum(file.stat().st_size for file in [model, *(model.parent / name for name in names)]
-               if file.is_file()) < PROTO_LIMIT:
+        if model_size(model, header(model)["external_data"]) < PROTO_LIMIT:  # parse loads the weights
             return file_sha256(path)
         copy = self.scratch / f"{COPY_PREFIX}{next(self._names)}"
         before = self._stamps[key] = _stamp(path)

@@ -217,8 +217,14 @@ def digests(path: Path, sha256: str | None = None, hasher: Callable[[Path], str]
     names = (info or header(path))["external_data"]
     require_external_data(path, names)
     data = [{"path": str(path.parent / name), "sha256": hasher(path.parent / name)} for name in names]
-    size = path.stat().st_size + sum(Path(d["path"]).stat().st_size for d in data)
-    return {"path": str(path), "sha256": sha256 or hasher(path), "external_data": data, "bytes": size}
+    return {"path": str(path), "sha256": sha256 or hasher(path), "external_data": data,
+            "bytes": model_size(path, names)}
+
+
+def model_size(path: Path, names: list[str]) -> int:
+    """The bytes of a model file and of its external-data files `names` (those that exist): what decides whether
+    parse loads the weights (under PROTO_LIMIT) or leaves them on disk."""
+    return sum(file.stat().st_size for file in [path, *(path.parent / name for name in names)] if file.is_file())
 
 
 def check_pin(recipe: Any, sha256: str) -> None:
